@@ -1,0 +1,87 @@
+"""AnnData plumbing shared by the public functions: one door in, one door out."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from ._settings import settings
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger("normalisr_sc")
+
+#: Key of ``adata.uns`` holding the parameters of the normalisation steps.
+UNS_KEY = "normalisr"
+
+
+def block_cells() -> int:
+    return settings.block_cells
+
+
+def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts"):
+    """``adata.X`` or ``adata.layers[layer]``, with a helpful error for unknown layers."""
+    if layer is None:
+        if adata.X is None:
+            msg = f"adata.X is empty; pass `layer=` naming the layer that holds {what}."
+            raise ValueError(msg)
+        return adata.X
+    if layer not in adata.layers:
+        msg = (
+            f"layer {layer!r} not found; available layers: {list(adata.layers)}. "
+            "Pass layer=None to use adata.X."
+        )
+        raise ValueError(msg)
+    return adata.layers[layer]
+
+
+def matrix_name(layer: str | None) -> str:
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def row_accessible(matrix):
+    """The matrix in a form whose row blocks are cheap to slice (CSC becomes CSR)."""
+    if sparse.issparse(matrix) and matrix.format != "csr":
+        return sparse.csr_matrix(matrix)
+    return matrix
+
+
+def require(adata: AnnData, where: str, key: str, made_by: str) -> None:
+    """Raise a ValueError naming the ``nsc.pp`` call that creates a missing key."""
+    container = getattr(adata, where)
+    if key not in container:
+        msg = f"adata.{where}[{key!r}] not found; run `{made_by}` first."
+        raise ValueError(msg)
+
+
+def ensure_actual(adata: AnnData) -> None:
+    """Turn a view into an actual AnnData before writing to it, like scanpy does."""
+    if adata.is_view:
+        adata._init_as_actual(adata.copy())
+
+
+def record_params(adata: AnnData, step: str, params: dict) -> None:
+    """Store the parameters of one step in ``adata.uns['normalisr'][step]``."""
+    adata.uns.setdefault(UNS_KEY, {})[step] = {k: v for k, v in params.items() if v is not None}
+
+
+def check_no_clobber(container, key: str, where: str, *, owned: bool) -> None:
+    """Refuse to overwrite a key that an earlier normalisr_sc call did not write."""
+    if key in container and not owned:
+        msg = (
+            f"adata.{where}[{key!r}] already exists and was not written by normalisr_sc; "
+            "pass another `key_added=` or delete it first."
+        )
+        raise ValueError(msg)
+
+
+def covariate_frame(adata: AnnData, key: str) -> pd.DataFrame:
+    frame = adata.obsm[key]
+    if isinstance(frame, pd.DataFrame):
+        return frame
+    return pd.DataFrame(np.asarray(frame), index=adata.obs_names)

@@ -1,0 +1,206 @@
+"""Bayesian log CPM (METHOD 2) and the gene scaling factor (METHOD 3)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .._core._blocks import materialize, n_blocks, row_slices
+from .._core._counts import (
+    SCALING_VARIABLES,
+    GeneStatistics,
+    cell_summaries,
+    lcpm_block,
+    matrix_total,
+    scaling_factor_values,
+    summary_covariates,
+    validate_counts,
+)
+from .._progress import progress
+from .._utils import (
+    block_cells,
+    ensure_actual,
+    get_matrix,
+    logger,
+    matrix_name,
+    record_params,
+    row_accessible,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from numpy.typing import DTypeLike
+
+#: Column names of ``adata.obsm['nsc_cov']``, the cellular summary covariates.
+SUMMARY_COLUMNS = ("log_total_counts", "n_zero_genes", "log_total_counts_sq")
+
+
+def _read_counts(adata: AnnData, layer: str | None):
+    counts = row_accessible(get_matrix(adata, layer))
+    validate_counts(counts, source=matrix_name(layer), block_cells=block_cells())
+    return counts
+
+
+def _count_blocks(adata: AnnData, counts, desc: str):
+    """Blocks of cells with their total counts and zero-gene counts; no empty cells allowed."""
+    size = block_cells()
+    for rows in progress(row_slices(adata.n_obs, size), n_blocks(adata.n_obs, size), desc):
+        block = materialize(counts[rows])
+        totals, zeros = cell_summaries(block)
+        if (totals == 0).any():
+            empty = adata.obs_names[rows][totals == 0]
+            msg = (
+                f"{empty.size} cell(s) have zero total count (e.g. {list(empty[:3])}); Bayesian "
+                "log CPM needs at least one count per cell. Remove them first, e.g. "
+                "`nsc.pp.qc_reads(adata, min_cell_counts=1)`."
+            )
+            raise ValueError(msg)
+        yield rows, block, totals, zeros
+
+
+def lcpm(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    key_added: str = "lcpm",
+    varscale: float = 0.0,
+    seed: int | None = None,
+    dtype: DTypeLike = np.float64,
+) -> None:
+    """Bayesian log counts per million, cellular summary covariates and gene scaling factor.
+
+    Each count ``k`` is replaced by the posterior mean of its log proportion under a
+    binomial sampling model with a uniform prior, ``digamma(k + 1) - digamma(T + 2)``
+    with ``T`` the total count of the matrix, evaluated once per distinct count value.
+    Each cell is then shifted so that its proportions sum to one million. Zero counts
+    get a finite value, so the result is dense; a sparse input is never densified as
+    integers, only the float result is built, one block of cells at a time.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes AnnData with raw UMI counts (dense, CSR or CSC).
+    layer
+        Layer holding the counts; ``None`` uses ``adata.X``.
+    key_added
+        Layer receiving the log CPM.
+    varscale
+        If positive, resample each entry from a Normal with ``varscale`` times the
+        posterior variance (``trigamma(k + 1) - trigamma(T + 2)``) around the mean.
+    seed
+        Seed of the resampling.
+    dtype
+        Float type of the stored layer (computation is float64 throughout).
+
+    Returns
+    -------
+    Nothing; sets
+
+    ``adata.layers[key_added]``
+        Dense log CPM, cells x genes.
+    ``adata.obsm['nsc_cov']``
+        DataFrame of the cellular summary covariates ``log_total_counts``,
+        ``n_zero_genes`` and ``log_total_counts_sq``.
+    ``adata.var['nsc_scale']``
+        Gene scaling factor in [0, 1] (zero-count fraction, maximum mapped to 1), see
+        :func:`normalisr_sc.pp.scaling_factor`.
+    ``adata.uns['normalisr']['lcpm']``
+        Parameters and the matrix total.
+
+    Examples
+    --------
+    >>> nsc.pp.lcpm(adata)
+    >>> adata.layers["lcpm"].shape == adata.shape
+    True
+    """
+    if varscale < 0 or not np.isfinite(varscale):
+        msg = f"varscale must be a finite non-negative number, got {varscale!r}."
+        raise ValueError(msg)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        msg = f"dtype must be a float type such as float64 or float32, got {dtype}."
+        raise ValueError(msg)
+    counts = _read_counts(adata, layer)
+    total = matrix_total(counts, block_cells=block_cells())
+    rng = np.random.default_rng(seed) if varscale > 0 else None
+
+    log_cpm = np.empty(adata.shape, dtype=dtype)
+    summaries = np.empty((adata.n_obs, 2))
+    gene_stats = GeneStatistics(adata.n_vars)
+    for rows, block, totals, zeros in _count_blocks(adata, counts, "lcpm"):
+        log_cpm[rows] = lcpm_block(block, total, varscale=varscale, rng=rng)
+        summaries[rows] = np.column_stack([totals, zeros])
+        gene_stats.update(block, totals)
+    scale = scaling_factor_values(gene_stats)
+
+    ensure_actual(adata)
+    adata.layers[key_added] = log_cpm
+    adata.obsm["nsc_cov"] = pd.DataFrame(
+        summary_covariates(summaries[:, 0], summaries[:, 1]),
+        index=adata.obs_names, columns=list(SUMMARY_COLUMNS),
+    )
+    adata.var["nsc_scale"] = scale
+    record_params(adata, "lcpm", {
+        "layer": layer, "key_added": key_added, "varscale": varscale, "seed": seed,
+        "dtype": dtype.name, "total_counts": total,
+    })
+    logger.info("lcpm: wrote adata.layers[%r] (%d cells x %d genes)", key_added, *adata.shape)
+
+
+def scaling_factor(
+    adata: AnnData,
+    *,
+    variable: str = "zero_fraction",
+    zero_at: float | str = 0.0,
+    one_at: float | str = "max",
+    layer: str | None = None,
+    key_added: str = "nsc_scale",
+    inplace: bool = True,
+) -> np.ndarray | None:
+    """Per-gene exponent of the variance normalisation.
+
+    Lowly expressed genes are confounded by sequencing depth and need the full cell
+    variance weight; well measured genes need little. The scaling factor is a gene-level
+    variable mapped linearly so that ``zero_at`` becomes 0 and ``one_at`` becomes 1.
+    :func:`normalisr_sc.pp.lcpm` already stores the default; call this to use another.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes AnnData with raw UMI counts.
+    variable
+        ``'zero_fraction'`` (default: fraction of cells where the gene has zero count),
+        ``'log_zero_fraction'``, ``'log_detected_fraction'``, ``'log_mean_proportion'``
+        (log of the gene's share of all counts) or ``'log_mean_cell_proportion'`` (log of
+        the gene's mean proportion per cell).
+    zero_at, one_at
+        Values of ``variable`` mapped to 0 and 1: numbers, ``'min'`` or ``'max'``.
+    layer
+        Layer holding the counts; ``None`` uses ``adata.X``.
+    key_added
+        ``adata.var`` column receiving the factor.
+    inplace
+        Store the factor; otherwise return it.
+
+    Returns
+    -------
+    The factor per gene if not ``inplace``.
+    """
+    if variable not in SCALING_VARIABLES:
+        msg = f"unknown scaling variable {variable!r}; choose one of {list(SCALING_VARIABLES)}."
+        raise ValueError(msg)
+    counts = _read_counts(adata, layer)
+    gene_stats = GeneStatistics(adata.n_vars)
+    for _, block, totals, _ in _count_blocks(adata, counts, "scaling factor"):
+        gene_stats.update(block, totals)
+    scale = scaling_factor_values(gene_stats, variable, zero_at=zero_at, one_at=one_at)
+    if not inplace:
+        return scale
+    ensure_actual(adata)
+    adata.var[key_added] = scale
+    record_params(adata, "scaling_factor", {
+        "variable": variable, "zero_at": zero_at, "one_at": one_at, "layer": layer,
+    })
+    return None

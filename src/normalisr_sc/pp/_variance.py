@@ -1,0 +1,180 @@
+"""Cell variance weights (METHOD 5) and mean/variance normalisation (METHOD 7)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .._core._normalize import cell_weights, normalize_covariates, normalize_expression
+from .._progress import progress
+from .._utils import (
+    block_cells,
+    covariate_frame,
+    ensure_actual,
+    get_matrix,
+    logger,
+    record_params,
+    require,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from numpy.typing import DTypeLike
+
+
+def _expression_and_covariates(
+    adata: AnnData, layer: str, covariates_key: str
+) -> tuple[object, pd.DataFrame]:
+    require(adata, "layers", layer, "nsc.pp.lcpm")
+    require(adata, "obsm", covariates_key, "nsc.pp.normcov")
+    covariates = covariate_frame(adata, covariates_key)
+    n_cov = covariates.shape[1]
+    if adata.n_obs <= n_cov + 1:
+        msg = (
+            f"{adata.n_obs} cells are too few for {n_cov} covariates: at least {n_cov + 2} are "
+            "needed (and the method is meant for hundreds of cells)."
+        )
+        raise ValueError(msg)
+    return get_matrix(adata, layer), covariates
+
+
+def compute_var(
+    adata: AnnData,
+    *,
+    stepmax: int = 1,
+    eps: float = 1e-6,
+    layer: str = "lcpm",
+    covariates_key: str = "nsc_covariates",
+    key_added: str = "nsc_weight",
+) -> None:
+    """Fit each cell's technical variance and derive its weight.
+
+    Each gene's log CPM is regressed on the covariates; the residuals are standardised
+    per gene; each cell's log root-mean-square standardised residual is fitted by least
+    squares on the covariates and an intercept. The weight of a cell is the inverse of
+    its fitted standard deviation, scaled so the smallest weight is 1.
+
+    Parameters
+    ----------
+    adata
+        AnnData on which :func:`~normalisr_sc.pp.lcpm` and
+        :func:`~normalisr_sc.pp.normcov` have run.
+    stepmax
+        Maximum number of alternating mean/variance fits (1: a single fit). With more,
+        the step whose cell scale changed least relative to the previous is kept.
+    eps
+        Stop iterating once the largest relative change of the cell scale is below this.
+    layer
+        Layer holding the log CPM.
+    covariates_key
+        ``adata.obsm`` key of the normalised covariates.
+    key_added
+        ``adata.obs`` column receiving the weights.
+
+    Returns
+    -------
+    Nothing; sets ``adata.obs[key_added]`` (float, minimum 1).
+    """
+    if int(stepmax) != stepmax or stepmax < 1:
+        msg = f"stepmax must be a positive integer, got {stepmax!r}."
+        raise ValueError(msg)
+    if not eps > 0:
+        msg = f"eps must be positive, got {eps!r}."
+        raise ValueError(msg)
+    expression, covariates = _expression_and_covariates(adata, layer, covariates_key)
+    weights, steps, change = cell_weights(
+        expression, covariates.to_numpy(dtype=np.float64),
+        stepmax=int(stepmax), eps=eps, block_cells=block_cells(), progress=progress,
+    )
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        msg = "the cell variance fit gave non-finite weights; check covariates and QC."
+        raise ValueError(msg)
+    ensure_actual(adata)
+    adata.obs[key_added] = weights
+    record_params(adata, "compute_var", {
+        "stepmax": int(stepmax), "eps": eps, "layer": layer, "covariates_key": covariates_key,
+        "steps": steps, "max_relative_change": change,
+    })
+    logger.info("compute_var: weights in [%.3g, %.3g] after %d step(s)",
+                weights.min(), weights.max(), steps)
+
+
+def normvar(
+    adata: AnnData,
+    *,
+    keepvar: bool = True,
+    key_added: str = "normalisr",
+    layer: str = "lcpm",
+    covariates_key: str = "nsc_covariates",
+    weights_key: str = "nsc_weight",
+    scale_key: str = "nsc_scale",
+    dtype: DTypeLike | None = None,
+) -> None:
+    """Normalise expression and covariates for association tests.
+
+    Gene ``x`` is multiplied by ``w ** f_x`` (cell weights ``w`` from
+    :func:`~normalisr_sc.pp.compute_var`, scaling factor ``f_x`` from
+    :func:`~normalisr_sc.pp.lcpm`), and its least-squares fit on the covariates, also
+    weighted by ``w ** f_x``, is removed. With ``keepvar`` each gene's residual is
+    rescaled by ``(sd_before / rms_after) ** f_x`` so it keeps its variance scale, which
+    keeps log fold changes interpretable. Continuous covariates and the intercept are
+    multiplied by ``w``; binary covariates are left as they are.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`~normalisr_sc.pp.compute_var` (and usually
+        :func:`~normalisr_sc.pp.qc_outlier`).
+    keepvar
+        Keep each gene's variance scale.
+    key_added
+        Layer receiving the normalised expression.
+    layer
+        Layer holding the log CPM.
+    covariates_key
+        ``adata.obsm`` key of the normalised covariates.
+    weights_key
+        ``adata.obs`` column of the cell weights.
+    scale_key
+        ``adata.var`` column of the gene scaling factors.
+    dtype
+        Float type of the stored layer; defaults to that of ``layer``.
+
+    Returns
+    -------
+    Nothing; sets ``adata.layers[key_added]`` (dense, cells x genes) and
+    ``adata.obsm['nsc_covariates_norm']`` (DataFrame, same columns as the covariates).
+    """
+    expression, covariates = _expression_and_covariates(adata, layer, covariates_key)
+    require(adata, "obs", weights_key, "nsc.pp.compute_var")
+    require(adata, "var", scale_key, "nsc.pp.lcpm")
+    weights = adata.obs[weights_key].to_numpy(dtype=np.float64)
+    scale = adata.var[scale_key].to_numpy(dtype=np.float64)
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        msg = f"adata.obs[{weights_key!r}] must hold finite positive weights; rerun compute_var."
+        raise ValueError(msg)
+    if not (np.isfinite(scale).all() and (scale >= 0).all()):
+        msg = f"adata.var[{scale_key!r}] must hold finite non-negative factors; rerun lcpm."
+        raise ValueError(msg)
+    dtype = np.dtype(dtype if dtype is not None else expression.dtype)
+    if dtype.kind != "f":
+        msg = f"dtype must be a float type, got {dtype}."
+        raise ValueError(msg)
+    cov = covariates.to_numpy(dtype=np.float64)
+    out = np.empty(adata.shape, dtype=dtype)
+    normalize_expression(
+        expression, cov, weights, scale, out,
+        keepvar=keepvar, block_cells=block_cells(), progress=progress,
+    )
+    ensure_actual(adata)
+    adata.layers[key_added] = out
+    adata.obsm["nsc_covariates_norm"] = pd.DataFrame(
+        normalize_covariates(cov, weights), index=adata.obs_names, columns=covariates.columns
+    )
+    record_params(adata, "normvar", {
+        "keepvar": keepvar, "key_added": key_added, "layer": layer,
+        "covariates_key": covariates_key, "weights_key": weights_key, "scale_key": scale_key,
+    })
+    logger.info("normvar: wrote adata.layers[%r]", key_added)
