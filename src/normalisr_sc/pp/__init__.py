@@ -3,11 +3,17 @@
 from ._covariates import normcov
 from ._lcpm import lcpm, scaling_factor
 from ._qc import qc_outlier, qc_reads
+from ._recipe import DEFAULT_QC, normalize
+from ._simple import cpm, minmax
 from ._variance import compute_var, normvar
 
 __all__ = [
+    "DEFAULT_QC",
     "compute_var",
+    "cpm",
     "lcpm",
+    "minmax",
+    "normalize",
     "normcov",
     "normvar",
     "qc_outlier",
