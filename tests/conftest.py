@@ -1,0 +1,52 @@
+"""Shared fixtures: generated count matrices and the real data sets of ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+import normalisr_sc as nsc
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress():
+    nsc.settings.progress = False
+    yield
+    nsc.settings.progress = None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` next to the repository; tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def random_counts(
+    n_cells: int = 300, n_genes: int = 80, *, seed: int = 0, mean_total: float = 2000.0
+) -> np.ndarray:
+    """Dense int64 negative-binomial counts, cells x genes, every cell non-empty."""
+    rng = np.random.default_rng(seed)
+    proportions = rng.dirichlet(np.full(n_genes, 0.5))
+    depth = rng.lognormal(np.log(mean_total), 0.5, n_cells)
+    rate = rng.gamma(5.0, np.outer(depth, proportions) / 5.0)
+    counts = rng.poisson(rate)
+    counts[counts.sum(axis=1) == 0, 0] = 1
+    return counts
+
+
+@pytest.fixture
+def counts_adata() -> AnnData:
+    """Small AnnData with CSR int counts and a categorical ``batch`` column."""
+    counts = random_counts()
+    adata = AnnData(X=sparse.csr_matrix(counts))
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 3 == 0, "b1", "b2")
+    adata.obs["batch"] = adata.obs["batch"].astype("category")
+    return adata
