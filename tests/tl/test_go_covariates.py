@@ -1,0 +1,265 @@
+"""Tests of nsc.tl.gotop / nsc.tl.pccovt on a tiny hand-made ontology and real PBMC data."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import sparse, stats
+
+import normalisr_sc as nsc
+from normalisr_sc import _go
+
+N_GENES = 40
+HUB_GENES = [f"G{i}" for i in range(10)]
+
+OBO = """format-version: 1.2
+ontology: go
+
+[Term]
+id: GO:0000001
+name: root process
+namespace: biological_process
+
+[Term]
+id: GO:0000002
+name: housekeeping programme
+namespace: biological_process
+is_a: GO:0000001 ! root process
+
+[Term]
+id: GO:0000003
+name: housekeeping subprogramme
+namespace: biological_process
+is_a: GO:0000002 ! housekeeping programme
+
+[Term]
+id: GO:0000004
+name: other programme
+namespace: biological_process
+is_a: GO:0000001 ! root process
+"""
+
+
+def _gaf_line(entrez: int, symbol: str, term: str, evidence: str = "IDA", qualifier: str = "involved_in") -> str:
+    fields = ["NCBIGene", str(entrez), symbol, qualifier, term, "PMID:1", evidence, "", "P",
+              "", "", "protein", "taxon:9606", "20220101", "test", "", ""]
+    return "\t".join(fields)
+
+
+def _annotation_lines() -> list[tuple[int, str, str, str, str]]:
+    rows = [(1000 + i, f"G{i}", "GO:0000003", "IDA", "involved_in") for i in range(8)]
+    rows += [(1000 + i, f"G{i}", "GO:0000002", "IMP", "involved_in") for i in (8, 9)]
+    rows += [(1000 + i, f"G{i}", "GO:0000004", "IDA", "involved_in") for i in range(20, 30)]
+    rows.append((1030, "G30", "GO:0000002", "IEP", "involved_in"))  # expression-based
+    rows.append((1031, "G31", "GO:0000002", "IDA", "NOT|involved_in"))  # negated
+    return rows
+
+
+@pytest.fixture
+def go_files(tmp_path):
+    obo = tmp_path / "tiny.obo"
+    obo.write_text(OBO)
+    gaf = tmp_path / "tiny.gaf.gz"
+    lines = ["!gaf-version: 2.2"] + [_gaf_line(*row) for row in _annotation_lines()]
+    with gzip.open(gaf, "wt") as stream:
+        stream.write("\n".join(lines) + "\n")
+    gene2go = tmp_path / "gene2go"
+    header = "#tax_id\tGeneID\tGO_ID\tEvidence\tQualifier\tGO_term\tPubMed\tCategory"
+    body = [f"9606\t{e}\t{t}\t{ev}\t{q.split('|')[0]}\tx\t1\tProcess"
+            for e, _, t, ev, q in _annotation_lines()]
+    gene2go.write_text("\n".join([header, *body]) + "\n")
+    return obo, gaf, gene2go
+
+
+@pytest.fixture
+def hub_adata() -> AnnData:
+    """Genes G0..G39; the network is a clique on G0..G9 plus a few sparse edges."""
+    rng = np.random.default_rng(0)
+    adata = AnnData(X=rng.normal(size=(50, N_GENES)))
+    adata.var_names = [f"G{i}" for i in range(N_GENES)]
+    adata.var["entrez"] = [str(1000 + i) for i in range(N_GENES)]
+    net = np.zeros((N_GENES, N_GENES), dtype=bool)
+    net[:10, :10] = True
+    np.fill_diagonal(net, False)
+    net[20, 21] = net[25, 30] = True
+    adata.varp["nsc_coex_net"] = sparse.csr_matrix(net)
+    return adata
+
+
+def _run_gotop(adata, go_files, **kwargs):
+    obo, gaf, _ = go_files
+    nsc.tl.gotop(adata, obo, gaf, n_principal=10, min_genes=5, **kwargs)
+    return adata.uns["nsc_gotop"]
+
+
+def test_gotop_finds_planted_term_with_exact_fisher(hub_adata, go_files):
+    result = _run_gotop(hub_adata, go_files)
+    assert sorted(result["principal_genes"]) == sorted(HUB_GENES)
+    assert result["top_term"] == "GO:0000002"
+    assert result["top_term_name"] == "housekeeping programme"
+    assert sorted(result["top_term_genes"]) == sorted(HUB_GENES)
+    table = result["enrichment"].set_index("term")
+    # Propagated: G0..G9 are in GO:0000002 (8 via the child term); G30 (IEP) and G31 (NOT) are not.
+    row = table.loc["GO:0000002"]
+    assert (row.study_count, row.study_size, row.population_count, row.population_size) == (10, 10, 10, 40)
+    expected = stats.fisher_exact([[10, 0], [0, 30]]).pvalue
+    np.testing.assert_allclose(row.pval, expected, rtol=1e-10)
+    child = table.loc["GO:0000003"]
+    assert (child.study_count, child.population_count) == (8, 8)
+    np.testing.assert_allclose(child.pval, stats.fisher_exact([[8, 2], [0, 30]]).pvalue, rtol=1e-10)
+    assert child.odds_ratio == np.inf  # no population gene outside the study is in the term
+    assert child.depth == 2 and child.namespace == "BP"
+
+
+def test_gotop_evidence_codes_are_respected(hub_adata, go_files):
+    result = _run_gotop(hub_adata, go_files, evidence=_go.DEFAULT_EVIDENCE | {"IEP"})
+    assert "G30" in result["top_term_genes"]
+    assert "G31" not in result["top_term_genes"]
+
+
+def test_gotop_gene2go_with_var_column(hub_adata, go_files):
+    obo, _, gene2go = go_files
+    nsc.tl.gotop(hub_adata, obo, gene2go, n_principal=10, gene_id="entrez")
+    result = hub_adata.uns["nsc_gotop"]
+    assert result["top_term"] == "GO:0000002"
+    assert sorted(result["top_term_genes"]) == sorted(HUB_GENES)
+
+
+def test_gotop_mapping(hub_adata, go_files):
+    obo, gaf, _ = go_files
+    hub_adata.var_names = [f"ENSG{i:05d}" for i in range(N_GENES)]
+    mapping = {f"ENSG{i:05d}": f"G{i}" for i in range(N_GENES)}
+    nsc.tl.gotop(hub_adata, obo, gaf, n_principal=10, gene_id=mapping)
+    assert hub_adata.uns["nsc_gotop"]["top_term"] == "GO:0000002"
+
+
+def test_go_files_are_parsed_once(go_files, tmp_path):
+    obo, gaf, _ = go_files
+    assert _go.read_godag(obo) is _go.read_godag(obo)
+    assert _go.read_annotations(gaf) is _go.read_annotations(gaf)
+    copy = tmp_path / "copy.obo"
+    copy.write_text(OBO)
+    first = _go.read_godag(copy)
+    copy.write_text(OBO + "\n")  # a changed file (size and mtime) is read again
+    assert _go.read_godag(copy) is not first
+
+
+def _snapshot(adata):
+    return adata.copy()
+
+
+def _assert_unchanged(before: AnnData, after: AnnData) -> None:
+    assert list(after.uns) == list(before.uns)
+    assert list(after.obsm) == list(before.obsm)
+    assert after.shape == before.shape
+    for key in before.obsm:
+        pd.testing.assert_frame_equal(pd.DataFrame(after.obsm[key]), pd.DataFrame(before.obsm[key]))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a, f: {"go_obo": f[0].parent / "missing.obo"}, "not found"),
+        (lambda a, f: {"go_obo": f[2]}, "does not look like an OBO"),
+        (lambda a, f: {"annotations": f[0]}, "neither a GAF"),
+        (lambda a, f: {"n_principal": 1}, "n_principal must be between"),
+        (lambda a, f: {"n_principal": N_GENES}, "n_principal must be between"),
+        (lambda a, f: {"gene_id": "nonexistent"}, "neither 'symbol'"),
+    ],
+)
+def test_gotop_bad_input(hub_adata, go_files, change, match):
+    obo, gaf, _ = go_files
+    kwargs = {"go_obo": obo, "annotations": gaf, "n_principal": 10, **change(hub_adata, go_files)}
+    before = _snapshot(hub_adata)
+    with pytest.raises(ValueError, match=match):
+        nsc.tl.gotop(hub_adata, **kwargs)
+    _assert_unchanged(before, hub_adata)
+
+
+def test_gotop_no_gene_matches_shows_both_sides(hub_adata, go_files):
+    hub_adata.var_names = [f"X{i}" for i in range(N_GENES)]
+    before = _snapshot(hub_adata)
+    with pytest.raises(ValueError, match=r"e\.g\. \['X0'.*symbols \['G0'"):
+        _run_gotop(hub_adata, go_files)
+    _assert_unchanged(before, hub_adata)
+
+
+def test_gotop_empty_network(hub_adata, go_files):
+    hub_adata.varp["nsc_coex_net"] = sparse.csr_matrix((N_GENES, N_GENES), dtype=bool)
+    before = _snapshot(hub_adata)
+    with pytest.raises(ValueError, match="no edge"):
+        _run_gotop(hub_adata, go_files)
+    _assert_unchanged(before, hub_adata)
+
+
+def test_gotop_missing_network(hub_adata, go_files):
+    del hub_adata.varp["nsc_coex_net"]
+    with pytest.raises(ValueError, match=r"nsc\.tl\.binnet"):
+        _run_gotop(hub_adata, go_files)
+
+
+@pytest.fixture
+def normalized():
+    adata = nsc.datasets.simulate(n_cells=400, n_genes=120, seed=3)
+    nsc.pp.normalize(adata, covariates=["batch"], qc=None)
+    return adata
+
+
+def _reference_standardized_pc(expression: np.ndarray) -> np.ndarray:
+    centred = expression - expression.mean(axis=0)
+    standardized = centred / np.sqrt((centred**2).mean(axis=0))
+    u, s, _ = np.linalg.svd(standardized, full_matrices=False)
+    return u[:, 0] * s[0]
+
+
+@pytest.mark.parametrize("condition", [True, False])
+def test_pccovt_is_top_pc(normalized, condition):
+    genes = list(normalized.var_names[:15])
+    before = normalized.obsm["nsc_covariates_norm"].copy()
+    nsc.tl.pccovt(normalized, genes, condition_on_covariates=condition, name="hk")
+    after = normalized.obsm["nsc_covariates_norm"]
+    pd.testing.assert_frame_equal(after.drop(columns="hk"), before)
+    expression = normalized[:, genes].layers["normalisr"]
+    if condition:
+        design = np.column_stack([before.to_numpy(), np.ones(normalized.n_obs)])
+        expression = expression - design @ np.linalg.lstsq(design, expression, rcond=None)[0]
+    expected = _reference_standardized_pc(expression)
+    sign = np.sign(expected @ after["hk"].to_numpy())
+    np.testing.assert_allclose(after["hk"].to_numpy(), sign * expected, rtol=1e-8, atol=1e-10)
+    record = normalized.uns["nsc_pccovt"]["hk"]
+    assert list(record["genes"]) == genes and 0 < record["explained_variance_ratio"] <= 1
+
+
+def test_pccovt_agrees_with_reference(normalized):
+    ref = pytest.importorskip("normalisr.normalisr")
+    genes = list(normalized.var_names[10:40])
+    # A housekeeping-like programme shared by the genes gives the component a clear
+    # eigen-gap, so the reference's randomized truncated SVD converges.
+    rng = np.random.default_rng(1)
+    programme = np.outer(rng.normal(size=normalized.n_obs), rng.uniform(0.5, 1.5, len(genes)))
+    normalized.layers["normalisr"][:, 10:40] += programme
+    covariates = normalized.obsm["nsc_covariates_norm"]
+    expected = ref.pccovt(normalized.layers["normalisr"].T, covariates.to_numpy().T,
+                          np.array(normalized.var_names), genes)[-1]
+    nsc.tl.pccovt(normalized, genes)
+    ours = normalized.obsm["nsc_covariates_norm"]["pc_covariate_1"].to_numpy()
+    sign = np.sign(ours @ expected)
+    np.testing.assert_allclose(ours, sign * expected, rtol=1e-6, atol=1e-6 * np.abs(ours).max())
+
+
+def test_pccovt_bad_input(normalized):
+    before = normalized.copy()
+    with pytest.raises(ValueError, match="not in adata.var_names"):
+        nsc.tl.pccovt(normalized, ["gene00000", "nope"])
+    with pytest.raises(ValueError, match="at least 2 genes"):
+        nsc.tl.pccovt(normalized, ["gene00000"])
+    with pytest.raises(ValueError, match="already exists"):
+        nsc.tl.pccovt(normalized, list(normalized.var_names[:5]), name="intercept")
+    _assert_unchanged(before, normalized)
+    del normalized.layers["normalisr"]
+    with pytest.raises(ValueError, match=r"nsc\.pp\.normvar"):
+        nsc.tl.pccovt(normalized, list(normalized.var_names[:5]))
