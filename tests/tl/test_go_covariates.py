@@ -112,7 +112,8 @@ def test_gotop_finds_planted_term_with_exact_fisher(hub_adata, go_files):
     assert (child.study_count, child.population_count) == (8, 8)
     np.testing.assert_allclose(child.pval, stats.fisher_exact([[8, 2], [0, 30]]).pvalue, rtol=1e-10)
     assert child.odds_ratio == np.inf  # no population gene outside the study is in the term
-    assert child.depth == 2 and child.namespace == "BP"
+    assert child.depth == 2
+    assert child.namespace == "BP"
 
 
 def test_gotop_evidence_codes_are_respected(hub_adata, go_files):
@@ -231,7 +232,8 @@ def test_pccovt_is_top_pc(normalized, condition):
     sign = np.sign(expected @ after["hk"].to_numpy())
     np.testing.assert_allclose(after["hk"].to_numpy(), sign * expected, rtol=1e-8, atol=1e-10)
     record = normalized.uns["nsc_pccovt"]["hk"]
-    assert list(record["genes"]) == genes and 0 < record["explained_variance_ratio"] <= 1
+    assert list(record["genes"]) == genes
+    assert 0 < record["explained_variance_ratio"] <= 1
 
 
 def test_pccovt_agrees_with_reference(normalized):
@@ -253,7 +255,7 @@ def test_pccovt_agrees_with_reference(normalized):
 
 def test_pccovt_bad_input(normalized):
     before = normalized.copy()
-    with pytest.raises(ValueError, match="not in adata.var_names"):
+    with pytest.raises(ValueError, match=r"not in adata\.var_names"):
         nsc.tl.pccovt(normalized, ["gene00000", "nope"])
     with pytest.raises(ValueError, match="at least 2 genes"):
         nsc.tl.pccovt(normalized, ["gene00000"])
