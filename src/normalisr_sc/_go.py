@@ -58,7 +58,7 @@ def _check_readable(path: str | os.PathLike, what: str) -> Path:
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 - returned to a `with` of the caller
+    return open(path, encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 from scipy import sparse
 
 from .._core._blocks import dense_block, row_slices
@@ -20,9 +21,6 @@ from .._go import (
     read_godag,
 )
 from .._utils import block_cells, covariate_frame, ensure_actual, get_matrix, logger, require
-
-if TYPE_CHECKING:
-    from anndata import AnnData
 
 PathLike = str | os.PathLike
 
@@ -247,3 +245,114 @@ def pccovt(
     }
     logger.info("pccovt: added covariate %r from %d genes (%.1f%% variance)",
                 name, len(genes), 100 * explained)
+
+
+def coex_peel(
+    adata: AnnData,
+    go_obo: PathLike,
+    annotations: PathLike,
+    *,
+    rounds: int = 3,
+    qcut: float = 0.05,
+    n_principal: int = 100,
+    min_genes: int = 5,
+    evidence: Collection[str] = DEFAULT_EVIDENCE,
+    gene_id: str | Mapping[str, str] = "symbol",
+    genes: Collection[str] | None = None,
+    key: str = "nsc_coex",
+    layer: str = "normalisr",
+    covariates_key: str = "nsc_covariates_norm",
+) -> None:
+    """Peel housekeeping programmes off a co-expression network, one per round.
+
+    Each round runs :func:`coex`, :func:`binnet` and :func:`gotop`, keeps the round's
+    network, and adds the top principal component of the top term's genes as a
+    covariate with :func:`pccovt`. It stops early when no term qualifies. The
+    co-expression is finally recomputed with every peeled covariate removed.
+
+    Parameters
+    ----------
+    adata
+        Normalised AnnData (:func:`normalisr_sc.pp.normalize`).
+    go_obo, annotations, n_principal, min_genes, evidence, gene_id
+        As in :func:`gotop`.
+    rounds
+        Maximum number of programmes to peel.
+    qcut
+        Q-value cutoff of :func:`binnet`.
+    genes
+        Restrict co-expression to these genes, e.g. the top few thousand expressed.
+    key
+        Key of the co-expression results.
+    layer
+        Layer holding the normalised expression.
+    covariates_key
+        ``adata.obsm`` key of the normalised covariates, which receives the new ones.
+
+    Returns
+    -------
+    Nothing; sets the final co-expression results under ``key`` (with
+    ``adata.varp[key + '_net']``), each round's network as
+    ``adata.varp[key + '_net_round<r>']`` (round 1 is the network before any peeling),
+    the new covariates ``go_round<r>`` in ``adata.obsm['nsc_covariates_norm']``, and
+    ``adata.uns['nsc_coex_peel']`` with a table of the peeled terms (round, term, name,
+    pval, odds_ratio, n_genes, n_edges of the round's network).
+
+    Examples
+    --------
+    >>> nsc.tl.coex_peel(adata, "go-basic.obo", "goa_human.gaf.gz", rounds=2)
+    >>> adata.uns["nsc_coex_peel"]["terms"]
+    """
+    from . import binnet, coex
+
+    if int(rounds) != rounds or rounds < 1:
+        msg = f"rounds must be a positive integer, got {rounds!r}."
+        raise ValueError(msg)
+    # Parse the files first so that bad paths fail before any work.
+    read_godag(go_obo)
+    read_annotations(annotations, evidence=evidence)
+    require(adata, "layers", layer, "nsc.pp.normvar")
+    require(adata, "obsm", covariates_key, "nsc.pp.normvar")
+    # The rounds run on an AnnData sharing only the (read-only) expression with ``adata``,
+    # so that a failure in any round leaves ``adata`` as it was.
+    work = AnnData(
+        obs=pd.DataFrame(index=adata.obs_names), var=adata.var.copy(),
+        layers={layer: adata.layers[layer]},
+        obsm={covariates_key: covariate_frame(adata, covariates_key).copy()},
+        uns=copy.deepcopy(dict(adata.uns)),
+    )
+    peeled = []
+    for round_number in range(1, int(rounds) + 1):
+        coex(work, genes=genes, key_added=key)
+        binnet(work, qcut=qcut, key=key)
+        work.varp[f"{key}_net_round{round_number}"] = work.varp[f"{key}_net"].copy()
+        gotop(work, go_obo, annotations, n_principal=n_principal, min_genes=min_genes,
+              evidence=evidence, gene_id=gene_id, key=key)
+        found = work.uns["nsc_gotop"]
+        if "top_term" not in found:
+            break
+        top = found["enrichment"].set_index("term").loc[found["top_term"]]
+        peeled.append({
+            "round": round_number, "term": found["top_term"], "name": top["name"],
+            "pval": top["pval"], "odds_ratio": top["odds_ratio"],
+            "n_genes": len(found["top_term_genes"]),
+            "n_edges": int(work.varp[f"{key}_net"].nnz),
+        })
+        pccovt(work, found["top_term_genes"], name=f"go_round{round_number}",
+               layer=layer, covariates_key=covariates_key)
+    else:
+        coex(work, genes=genes, key_added=key)
+        binnet(work, qcut=qcut, key=key)
+    work.uns["nsc_coex_peel"] = {
+        "terms": pd.DataFrame(peeled, columns=["round", "term", "name", "pval", "odds_ratio",
+                                               "n_genes", "n_edges"]),
+        "params": {"rounds": int(rounds), "qcut": qcut, "n_principal": n_principal,
+                   "min_genes": min_genes, "key": key},
+    }
+    ensure_actual(adata)
+    adata.obsm[covariates_key] = work.obsm[covariates_key]
+    for column in work.var.columns:
+        adata.var[column] = work.var[column]
+    for name, value in work.varp.items():
+        adata.varp[name] = value
+    adata.uns.update(work.uns)
