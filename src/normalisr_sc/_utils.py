@@ -12,6 +12,8 @@ from scipy import sparse
 from ._settings import settings
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
 logger = logging.getLogger("normalisr_sc")
@@ -78,6 +80,19 @@ def check_no_clobber(container, key: str, where: str, *, owned: bool) -> None:
             "pass another `key_added=` or delete it first."
         )
         raise ValueError(msg)
+
+
+def obs_columns(adata: AnnData, columns: Sequence[str] | str | None) -> list[str]:
+    """``columns`` as a list, checked to exist in ``adata.obs``."""
+    columns = [columns] if isinstance(columns, str) else list(columns or [])
+    unknown = [c for c in columns if c not in adata.obs.columns]
+    if unknown:
+        msg = (
+            f"covariate column(s) {unknown} not found in adata.obs; available columns: "
+            f"{list(adata.obs.columns)}."
+        )
+        raise ValueError(msg)
+    return columns
 
 
 def covariate_frame(adata: AnnData, key: str) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._core._normalize import standardize_covariates
-from .._utils import ensure_actual, record_params, require
+from .._utils import ensure_actual, obs_columns, record_params, require
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -82,14 +82,7 @@ def normcov(
     >>> list(adata.obsm["nsc_covariates"].columns)
     ['log_total_counts', 'n_zero_genes', 'log_total_counts_sq', 'batch[b2]', 'intercept']
     """
-    columns = [covariates] if isinstance(covariates, str) else list(covariates or [])
-    unknown = [c for c in columns if c not in adata.obs.columns]
-    if unknown:
-        msg = (
-            f"covariate column(s) {unknown} not found in adata.obs; available columns: "
-            f"{list(adata.obs.columns)}."
-        )
-        raise ValueError(msg)
+    columns = obs_columns(adata, covariates)
     parts = []
     if summary:
         require(adata, "obsm", "nsc_cov", "nsc.pp.lcpm")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import UNS_KEY, ensure_actual, get_matrix, logger
+from .._utils import UNS_KEY, ensure_actual, get_matrix, logger, obs_columns
 from ._covariates import normcov
 from ._lcpm import lcpm
 from ._qc import qc_outlier, qc_reads
@@ -83,14 +83,7 @@ def normalize(
     >>> adata.layers["normalisr"].shape == adata.shape
     True
     """
-    columns = [covariates] if isinstance(covariates, str) else list(covariates or [])
-    unknown = [c for c in columns if c not in adata.obs.columns]
-    if unknown:
-        msg = (
-            f"covariate column(s) {unknown} not found in adata.obs; available columns: "
-            f"{list(adata.obs.columns)}."
-        )
-        raise ValueError(msg)
+    columns = obs_columns(adata, covariates)
     # Positions as names make the way back to ``adata`` independent of its own names.
     obs = adata.obs[columns].set_axis(np.arange(adata.n_obs).astype(str))
     var = pd.DataFrame(index=np.arange(adata.n_vars).astype(str))
