@@ -72,12 +72,14 @@ def record_params(adata: AnnData, step: str, params: dict) -> None:
     adata.uns.setdefault(UNS_KEY, {})[step] = {k: v for k, v in params.items() if v is not None}
 
 
-def check_no_clobber(container, key: str, where: str, *, owned: bool) -> None:
-    """Refuse to overwrite a key that an earlier normalisr_sc call did not write."""
-    if key in container and not owned:
+def check_new_layer(adata: AnnData, key: str) -> None:
+    """Refuse to overwrite a layer that no earlier normalisr_sc call wrote."""
+    steps = adata.uns.get(UNS_KEY, {}).values()
+    ours = any(isinstance(step, dict) and step.get("key_added") == key for step in steps)
+    if key in adata.layers and not ours:
         msg = (
-            f"adata.{where}[{key!r}] already exists and was not written by normalisr_sc; "
-            "pass another `key_added=` or delete it first."
+            f"adata.layers[{key!r}] already exists and was not written by normalisr_sc; pass "
+            "another `key_added=` or delete that layer first."
         )
         raise ValueError(msg)
 

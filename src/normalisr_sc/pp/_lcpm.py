@@ -21,6 +21,7 @@ from .._core._counts import (
 from .._progress import progress
 from .._utils import (
     block_cells,
+    check_new_layer,
     ensure_actual,
     get_matrix,
     logger,
@@ -122,6 +123,7 @@ def lcpm(
     if dtype.kind != "f":
         msg = f"dtype must be a float type such as float64 or float32, got {dtype}."
         raise ValueError(msg)
+    check_new_layer(adata, key_added)
     counts = _read_counts(adata, layer)
     total = matrix_total(counts, block_cells=block_cells())
     rng = np.random.default_rng(seed) if varscale > 0 else None

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import UNS_KEY, ensure_actual, get_matrix, logger, obs_columns
+from .._utils import UNS_KEY, check_new_layer, ensure_actual, get_matrix, logger, obs_columns
 from ._covariates import normcov
 from ._lcpm import lcpm
 from ._qc import qc_outlier, qc_reads
@@ -84,6 +84,8 @@ def normalize(
     True
     """
     columns = obs_columns(adata, covariates)
+    for key in ("lcpm", "normalisr"):
+        check_new_layer(adata, key)
     # Positions as names make the way back to ``adata`` independent of its own names.
     obs = adata.obs[columns].set_axis(np.arange(adata.n_obs).astype(str))
     var = pd.DataFrame(index=np.arange(adata.n_vars).astype(str))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from .._utils import ensure_actual, get_matrix, logger, matrix_name, record_params
+from .._utils import check_new_layer, ensure_actual, get_matrix, logger, matrix_name, record_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -65,6 +65,7 @@ def cpm(
     if not (np.isfinite(target_sum) and target_sum > 0):
         msg = f"target_sum must be a positive number, got {target_sum!r}."
         raise ValueError(msg)
+    check_new_layer(adata, key_added)
     counts = _as_compressed(get_matrix(adata, layer))
     source = matrix_name(layer)
     _check_finite(counts, source)
@@ -125,6 +126,7 @@ def minmax(
     if not (np.isfinite([low, high]).all() and low < high):
         msg = f"feature_range must be two finite numbers (low, high) with low < high, got {feature_range!r}."
         raise ValueError(msg)
+    check_new_layer(adata, key_added)
     matrix = _as_compressed(get_matrix(adata, layer, what="the values to scale"))
     _check_finite(matrix, matrix_name(layer))
     lowest = np.asarray(matrix.min(axis=0).toarray() if sparse.issparse(matrix)

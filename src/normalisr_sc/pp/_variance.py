@@ -11,6 +11,7 @@ from .._core._normalize import cell_weights, normalize_covariates, normalize_exp
 from .._progress import progress
 from .._utils import (
     block_cells,
+    check_new_layer,
     covariate_frame,
     ensure_actual,
     get_matrix,
@@ -147,6 +148,7 @@ def normvar(
     Nothing; sets ``adata.layers[key_added]`` (dense, cells x genes) and
     ``adata.obsm['nsc_covariates_norm']`` (DataFrame, same columns as the covariates).
     """
+    check_new_layer(adata, key_added)
     expression, covariates = _expression_and_covariates(adata, layer, covariates_key)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
     require(adata, "var", scale_key, "nsc.pp.lcpm")
