@@ -6,7 +6,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, pl, pp, tl
+from . import datasets, get, pl, pp, tl
 from ._settings import settings
 
 try:
@@ -14,4 +14,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "pl", "pp", "settings", "tl"]
+__all__ = ["datasets", "get", "pl", "pp", "settings", "tl"]

@@ -1,5 +1,8 @@
 """Tools: association tests, co-expression networks and GO covariates (``nsc.tl``)."""
 
+from ._coex import binnet, coex
+from ._de import de
 from ._go_covariates import gotop, pccovt
+from ._guides import assign_guides
 
-__all__ = ["gotop", "pccovt"]
+__all__ = ["assign_guides", "binnet", "coex", "de", "gotop", "pccovt"]

@@ -1,0 +1,154 @@
+"""Guide (gRNA) assignment of cells from guide UMI counts: ``nsc.tl.assign_guides``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._utils import ensure_actual, logger
+from ._groups import NAMES, obsm_group_names
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+GuideMap = Mapping[str, str] | pd.Series | pd.DataFrame | str
+
+
+def _guide_names(adata: AnnData, obsm_key: str, guide_names: Sequence[str] | str | None,
+                 n_guides: int) -> list[str]:
+    if guide_names is None:
+        return obsm_group_names(adata, obsm_key)
+    if isinstance(guide_names, str):
+        if guide_names not in adata.uns:
+            msg = f"guide_names={guide_names!r} is not an adata.uns key; pass the names as a list."
+            raise ValueError(msg)
+        guide_names = adata.uns[guide_names]
+    names = [str(n) for n in np.asarray(guide_names).ravel()]
+    if len(names) != n_guides:
+        msg = f"{len(names)} guide names given for the {n_guides} columns of adata.obsm[{obsm_key!r}]."
+        raise ValueError(msg)
+    return names
+
+
+def _guide_to_group(adata: AnnData, groups: GuideMap) -> dict[str, str]:
+    if isinstance(groups, str):
+        if groups not in adata.uns:
+            msg = f"groups={groups!r} is not an adata.uns key; pass the guide -> group mapping."
+            raise ValueError(msg)
+        groups = adata.uns[groups]
+    if isinstance(groups, pd.DataFrame):
+        if groups.shape[1] < 2:
+            msg = "a guide -> group DataFrame needs two columns: guide name, then group name."
+            raise ValueError(msg)
+        groups = pd.Series(groups.iloc[:, 1].to_numpy(), index=groups.iloc[:, 0].to_numpy())
+    return {str(guide): str(group) for guide, group in dict(groups).items()}
+
+
+def assign_guides(
+    adata: AnnData,
+    obsm_key: str = "grna_counts",
+    *,
+    mode: Literal["max", "threshold"] = "max",
+    threshold: float = 5,
+    groups: GuideMap | None = None,
+    guide_names: Sequence[str] | str | None = None,
+    key_added: str = "nsc_guides",
+) -> None:
+    """Assign guides (gRNAs) to cells from their UMI counts.
+
+    ``mode='max'`` gives each cell the single guide with its largest count (the customary
+    low-MOI assignment; ties go to the first such guide, cells without any guide count
+    get none). ``mode='threshold'`` gives each cell every guide with at least
+    ``threshold`` UMIs (the customary high-MOI assignment). With ``groups``, guides are
+    pooled by target: a cell carries a group if it carries any of its guides.
+
+    Parameters
+    ----------
+    adata
+        AnnData with guide counts in ``adata.obsm[obsm_key]`` (cells x guides).
+    obsm_key
+        ``adata.obsm`` key of the guide UMI counts (dense, sparse or DataFrame).
+    mode
+        ``'max'`` or ``'threshold'``.
+    threshold
+        Minimum UMI count of an assigned guide in ``'threshold'`` mode.
+    groups
+        Guide -> group mapping: a dict or Series, a DataFrame whose first two columns are
+        guide and group (e.g. ``adata.uns['grna_group']``), or the ``adata.uns`` key of
+        one. Guides absent from the mapping are dropped.
+    guide_names
+        Names of the guide columns (a list or an ``adata.uns`` key) when the counts are
+        not a DataFrame; default ``adata.uns[obsm_key]['names']`` or the positions.
+    key_added
+        Key receiving the assignment.
+
+    Returns
+    -------
+    Nothing; sets ``adata.obsm[key_added]`` (CSR boolean, cells x guides or groups) and
+    ``adata.uns[key_added]`` with ``names`` (the column names, read by
+    :func:`normalisr_sc.tl.de`), ``n_cells`` (cells per column) and the parameters.
+
+    Examples
+    --------
+    >>> nsc.tl.assign_guides(adata, "grna_counts", guide_names="grna_ids",
+    ...                      groups="grna_group")
+    >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
+    """
+    if obsm_key not in adata.obsm:
+        msg = f"adata.obsm[{obsm_key!r}] not found; available keys: {list(adata.obsm)}."
+        raise ValueError(msg)
+    if mode not in ("max", "threshold"):
+        msg = f"mode must be 'max' or 'threshold', got {mode!r}."
+        raise ValueError(msg)
+    if mode == "threshold" and not threshold > 0:
+        msg = f"threshold must be positive, got {threshold!r}."
+        raise ValueError(msg)
+    raw = adata.obsm[obsm_key]
+    counts = sparse.csr_matrix(raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw,
+                               dtype=np.float64)
+    if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
+        msg = f"adata.obsm[{obsm_key!r}] must hold non-negative finite guide counts."
+        raise ValueError(msg)
+    names = _guide_names(adata, obsm_key, guide_names, counts.shape[1])
+    mapping = None if groups is None else _guide_to_group(adata, groups)
+
+    if mode == "max":
+        top = np.asarray(counts.argmax(axis=1)).ravel()
+        has = np.asarray(counts.max(axis=1).toarray()).ravel() > 0
+        cells = np.flatnonzero(has)
+        assigned = sparse.csr_matrix(
+            (np.ones(cells.size, dtype=bool), (cells, top[has])), shape=counts.shape
+        )
+    else:
+        assigned = sparse.csr_matrix(counts >= threshold)
+    columns = names
+    if mapping is not None:
+        known = [i for i, name in enumerate(names) if name in mapping]
+        if not known:
+            msg = f"no guide name (e.g. {names[:3]}) is in the guide -> group mapping."
+            raise ValueError(msg)
+        columns = sorted({mapping[names[i]] for i in known})
+        position = {group: j for j, group in enumerate(columns)}
+        pool = sparse.csr_matrix(
+            (np.ones(len(known)), (known, [position[mapping[names[i]]] for i in known])),
+            shape=(len(names), len(columns)),
+        )
+        assigned = sparse.csr_matrix((assigned.astype(np.float64) @ pool) > 0)
+    assigned = assigned.astype(bool)
+    n_cells = np.diff(assigned.tocsc().indptr)
+    ensure_actual(adata)
+    adata.obsm[key_added] = assigned
+    adata.uns[key_added] = {
+        NAMES: list(columns), "n_cells": n_cells, "mode": mode, "obsm_key": obsm_key,
+        "pooled": mapping is not None,
+        **({"threshold": threshold} if mode == "threshold" else {}),
+    }
+    logger.info("assign_guides: %d cells carry at least one of %d %s",
+                int((np.diff(assigned.indptr) > 0).sum()), len(columns),
+                "groups" if mapping else "guides")
