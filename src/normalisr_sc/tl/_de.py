@@ -40,7 +40,7 @@ def _cells_per_group(groups: Groups, design: Design) -> tuple[np.ndarray, np.nda
 
 def _check_group_sizes(groups: Groups, design: Design, carrying: np.ndarray,
                        used: np.ndarray) -> None:
-    names = np.array(groups.names)[groups.tested]
+    names = np.array(groups.names, dtype=object)[groups.tested]
     carrying, used = carrying[groups.tested], used[groups.tested]
     few = names[carrying < MIN_GROUP_CELLS]
     if few.size:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .._utils import covariate_frame, get_matrix, require
 
@@ -23,16 +22,7 @@ def normalised_inputs(adata: AnnData, layer: str, covariates_key: str) -> tuple[
     """The normalised expression layer and the normalised covariates as a float64 array."""
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
-    frame = covariate_frame(adata, covariates_key)
-    if isinstance(adata.obsm[covariates_key], pd.DataFrame) and not frame.index.equals(
-        adata.obs_names
-    ):
-        msg = (
-            f"the index of adata.obsm[{covariates_key!r}] does not match adata.obs_names; "
-            "rerun `nsc.pp.normvar` on this AnnData."
-        )
-        raise ValueError(msg)
-    covariates = frame.to_numpy(dtype=np.float64)
+    covariates = covariate_frame(adata, covariates_key).to_numpy(dtype=np.float64)
     if covariates.ndim != 2 or covariates.shape[1] == 0:
         msg = f"adata.obsm[{covariates_key!r}] holds no covariate; rerun `nsc.pp.normcov`."
         raise ValueError(msg)
