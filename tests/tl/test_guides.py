@@ -1,0 +1,85 @@
+"""``nsc.tl.assign_guides``: max and threshold assignment, pooling by target, bad input."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import normalisr_sc as nsc
+from pp._helpers import assert_unchanged
+
+COUNTS = np.array([
+    [0, 7, 2, 0],
+    [3, 3, 0, 9],
+    [0, 0, 0, 0],
+    [6, 0, 5, 1],
+    [1, 0, 0, 0],
+])
+NAMES = ["A1", "A2", "B1", "NT1"]
+TARGETS = pd.DataFrame({"grna_id": NAMES, "grna_group": ["A", "A", "B", "non-targeting"]})
+
+
+@pytest.fixture
+def adata():
+    adata = ad.AnnData(np.zeros((5, 2)))
+    adata.obsm["grna_counts"] = sparse.csr_matrix(COUNTS)
+    adata.uns["grna_ids"] = np.array(NAMES)
+    adata.uns["grna_group"] = TARGETS
+    return adata
+
+
+def test_max_assignment(adata):
+    nsc.tl.assign_guides(adata, guide_names="grna_ids")
+    assigned = adata.obsm["nsc_guides"]
+    assert sparse.issparse(assigned)
+    expected = np.zeros((5, 4), dtype=bool)
+    expected[[0, 1, 3, 4], [1, 3, 0, 0]] = True  # cell 2 has no guide count
+    np.testing.assert_array_equal(assigned.toarray(), expected)
+    assert adata.uns["nsc_guides"]["names"] == NAMES
+    np.testing.assert_array_equal(adata.uns["nsc_guides"]["n_cells"], [2, 1, 0, 1])
+
+
+def test_threshold_assignment_pooled_by_target(adata):
+    nsc.tl.assign_guides(adata, mode="threshold", threshold=5, guide_names=NAMES,
+                         groups="grna_group", key_added="targets")
+    assert adata.uns["targets"]["names"] == ["A", "B", "non-targeting"]
+    expected = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(adata.obsm["targets"].toarray(), expected)
+
+
+def test_assignment_feeds_de_and_survives_h5ad(adata, tmp_path):
+    adata.obsm["grna_counts"] = pd.DataFrame(COUNTS, columns=NAMES, index=adata.obs_names)
+    nsc.tl.assign_guides(adata, groups=dict(zip(NAMES, TARGETS["grna_group"], strict=True)))
+    path = tmp_path / "guides.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.obsm["nsc_guides"].toarray(),
+                                  adata.obsm["nsc_guides"].toarray())
+    assert list(back.uns["nsc_guides"]["names"]) == ["A", "B", "non-targeting"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"obsm_key": "missing"}, "not found"),
+    ({"mode": "median"}, "mode"),
+    ({"mode": "threshold", "threshold": 0}, "threshold"),
+    ({"guide_names": ["a", "b"]}, "2 guide names"),
+    ({"guide_names": "absent"}, "not an adata.uns key"),
+    ({"guide_names": "grna_ids", "groups": {"x": "y"}}, "no guide name"),
+    ({"groups": pd.DataFrame({"only": NAMES})}, "two columns"),
+])
+def test_bad_input_leaves_adata_unchanged(adata, kwargs, match):
+    before = adata.copy()
+    with pytest.raises(ValueError, match=match):
+        nsc.tl.assign_guides(adata, **kwargs)
+    assert_unchanged(before, adata)
+
+
+def test_negative_counts_are_an_error(adata):
+    adata.obsm["grna_counts"] = sparse.csr_matrix(-COUNTS)
+    before = adata.copy()
+    with pytest.raises(ValueError, match="non-negative"):
+        nsc.tl.assign_guides(adata)
+    assert_unchanged(before, adata)
