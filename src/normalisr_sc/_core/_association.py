@@ -26,7 +26,7 @@ from ._linalg import pinv_psd
 from ._pvalues import association_pvalues
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from numpy.typing import ArrayLike
 
@@ -41,6 +41,15 @@ ESTIMABLE_TOL = 1e-6
 
 def _no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
     return iterable
+
+
+def _expression_blocks(
+    expression: ArrayLike, block_cells: int, progress: Progress, desc: str
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Row slices of consecutive blocks of cells and the float64 expression of each."""
+    blocks = list(row_slices(expression.shape[0], block_cells))
+    for rows in progress(blocks, len(blocks), desc):
+        yield rows, dense_block(expression[rows])
 
 
 @dataclass
@@ -152,9 +161,7 @@ def case_control(
     cy = np.zeros((n_cov, n_genes))
     yy = np.zeros(n_genes)
     xy = np.zeros((groups.shape[1], n_genes))
-    blocks = list(row_slices(n_cells, block_cells))
-    for rows in progress(blocks, len(blocks), "de: accumulating"):
-        y = dense_block(expression[rows])
+    for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
         c = covariates[rows]
         cc += c.T @ c
         cy += c.T @ y
@@ -215,7 +222,7 @@ def low_moi(
     used), so each group's statistics are sums over two classes.
     """
     groups = _as_csr(groups)
-    n_cells, n_genes = expression.shape
+    n_genes = expression.shape[1]
     n_groups = groups.shape[1]
     n_cov = covariates.shape[1]
     n_class = n_groups + 1
@@ -225,9 +232,7 @@ def low_moi(
     cy = np.zeros((n_class * n_cov, n_genes))
     yy = np.zeros((n_class, n_genes))
     y_sum = np.zeros((n_class, n_genes))
-    blocks = list(row_slices(n_cells, block_cells))
-    for rows in progress(blocks, len(blocks), "de: accumulating"):
-        y = dense_block(expression[rows])
+    for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
         c = covariates[rows]
         keep = np.flatnonzero(used[rows])
         cls = label[rows][keep]
@@ -299,9 +304,7 @@ def high_moi(
     cy = np.zeros((n_cov, n_genes))
     xy = np.zeros((n_active, n_genes))
     yy = np.zeros(n_genes)
-    blocks = list(row_slices(n_cells, block_cells))
-    for rows in progress(blocks, len(blocks), "de: accumulating"):
-        y = dense_block(expression[rows])
+    for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
         cy += covariates[rows].T @ y
         xy += active[rows].T @ y
         yy += np.einsum("ij,ij->j", y, y)
@@ -356,14 +359,12 @@ def _gram_accumulate(
     expression: ArrayLike, covariates: np.ndarray, block_cells: int, progress: Progress
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``Y'Y`` (upper triangle valid), ``C'Y`` and ``C'C`` summed over blocks of cells."""
-    n_cells, n_genes = expression.shape
+    n_genes = expression.shape[1]
     n_cov = covariates.shape[1]
     gram = np.zeros((n_genes, n_genes), order="F")
     cy = np.zeros((n_cov, n_genes))
     cc = np.zeros((n_cov, n_cov))
-    blocks = list(row_slices(n_cells, block_cells))
-    for rows in progress(blocks, len(blocks), "coex: Gram matrix"):
-        y = dense_block(expression[rows])
+    for rows, y in _expression_blocks(expression, block_cells, progress, "coex: Gram matrix"):
         c = covariates[rows]
         gram = dsyrk(1.0, y.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
         cy += c.T @ y
