@@ -265,3 +265,82 @@ def test_pccovt_bad_input(normalized):
     del normalized.layers["normalisr"]
     with pytest.raises(ValueError, match=r"nsc\.pp\.normvar"):
         nsc.tl.pccovt(normalized, list(normalized.var_names[:5]))
+
+
+#: Housekeeping programmes the top term of PBMC co-expression may be.
+HOUSEKEEPING_TERMS = {
+    "GO:0022626",  # cytosolic ribosome
+    "GO:0002181",  # cytoplasmic translation
+    "GO:0005840",  # ribosome
+    "GO:0003735",  # structural constituent of ribosome
+    "GO:0044391",  # ribosomal subunit
+    "GO:0022625",  # cytosolic large ribosomal subunit
+    "GO:0022627",  # cytosolic small ribosomal subunit
+    "GO:0006412",  # translation
+    "GO:0005743",  # mitochondrial inner membrane
+    "GO:0006119",  # oxidative phosphorylation
+}
+
+
+@pytest.fixture(scope="module")
+def pbmc_monocytes(shared_data):
+    import anndata as ad
+
+    adata = ad.read_h5ad(shared_data / "pbmc3k_raw.h5ad")
+    adata = adata[adata.obs["seurat_cell_type"] == "CD14+ Mono"].copy()
+    nsc.pp.normalize(adata, qc={"min_gene_cells": 50, "min_cell_counts": 500,
+                                "min_cell_genes": 100})
+    return adata
+
+
+def test_pbmc_top_term_is_housekeeping_and_peels_off(pbmc_monocytes, shared_data):
+    go = shared_data / "go"
+    obo, gaf = go / "go-basic_GOdb_2022-07-01.obo.gz", go / "human_orgHsegdb_2022-09-12.gaf.gz"
+    adata = pbmc_monocytes.copy()
+    nsc.tl.coex(adata)
+    nsc.tl.binnet(adata, qcut=0.05)
+    nsc.tl.gotop(adata, obo, gaf)
+    result = adata.uns["nsc_gotop"]
+    assert result["top_term"] in HOUSEKEEPING_TERMS
+    housekeeping = result["top_term_genes"]
+    assert sum(g.startswith(("RPL", "RPS")) for g in housekeeping) >= 20
+    index = adata.var_names.get_indexer(housekeeping)
+    edges_before = adata.varp["nsc_coex_net"][np.ix_(index, index)].sum()
+
+    nsc.tl.pccovt(adata, housekeeping)
+    nsc.tl.coex(adata)
+    nsc.tl.binnet(adata, qcut=0.05)
+    edges_after = adata.varp["nsc_coex_net"][np.ix_(index, index)].sum()
+    # Measured on this data: 453 -> 105 edges among the 73 cytosolic-ribosome genes (0.23).
+    assert edges_after < 0.5 * edges_before
+
+
+def test_pbmc_coex_peel(pbmc_monocytes, shared_data):
+    go = shared_data / "go"
+    obo, gaf = go / "go-basic_GOdb_2022-07-01.obo.gz", go / "human_orgHsegdb_2022-09-12.gaf.gz"
+    adata = pbmc_monocytes.copy()
+    nsc.tl.coex_peel(adata, obo, gaf, rounds=2)
+    terms = adata.uns["nsc_coex_peel"]["terms"]
+    assert list(terms["round"]) == [1, 2]
+    assert terms["term"].iloc[0] in HOUSEKEEPING_TERMS
+    assert terms["term"].iloc[1] != terms["term"].iloc[0]
+    covariates = adata.obsm["nsc_covariates_norm"].columns
+    assert {"go_round1", "go_round2"} <= set(covariates)
+    first, last = adata.varp["nsc_coex_net_round1"], adata.varp["nsc_coex_net"]
+    assert last.sum() < first.sum()
+    assert adata.uns["nsc_coex"]["binnet"]["n_edges"] == last.sum()
+
+
+def test_coex_peel_bad_input_leaves_adata_unchanged(normalized, go_files, tmp_path):
+    obo, gaf, _ = go_files
+    before = normalized.copy()
+    with pytest.raises(ValueError, match="does not look like an OBO"):
+        nsc.tl.coex_peel(normalized, gaf, gaf)
+    with pytest.raises(ValueError, match="rounds must be"):
+        nsc.tl.coex_peel(normalized, obo, gaf, rounds=0)
+    # Fails inside the first round (no gene of the data is annotated): nothing is kept.
+    with pytest.raises(ValueError, match="no gene of the data"):
+        nsc.tl.coex_peel(normalized, obo, gaf, n_principal=10)
+    _assert_unchanged(before, normalized)
+    assert list(normalized.varp) == list(before.varp)
+    assert list(normalized.var.columns) == list(before.var.columns)

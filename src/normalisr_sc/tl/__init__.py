@@ -2,7 +2,7 @@
 
 from ._coex import binnet, coex
 from ._de import de
-from ._go_covariates import gotop, pccovt
+from ._go_covariates import coex_peel, gotop, pccovt
 from ._guides import assign_guides
 
-__all__ = ["assign_guides", "binnet", "coex", "de", "gotop", "pccovt"]
+__all__ = ["assign_guides", "binnet", "coex", "coex_peel", "de", "gotop", "pccovt"]

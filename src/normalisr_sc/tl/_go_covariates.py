@@ -323,7 +323,7 @@ def coex_peel(
     )
     peeled = []
     for round_number in range(1, int(rounds) + 1):
-        coex(work, genes=genes, key_added=key)
+        coex(work, layer=layer, genes=genes, covariates_key=covariates_key, key_added=key)
         binnet(work, qcut=qcut, key=key)
         work.varp[f"{key}_net_round{round_number}"] = work.varp[f"{key}_net"].copy()
         gotop(work, go_obo, annotations, n_principal=n_principal, min_genes=min_genes,
@@ -341,7 +341,7 @@ def coex_peel(
         pccovt(work, found["top_term_genes"], name=f"go_round{round_number}",
                layer=layer, covariates_key=covariates_key)
     else:
-        coex(work, genes=genes, key_added=key)
+        coex(work, layer=layer, genes=genes, covariates_key=covariates_key, key_added=key)
         binnet(work, qcut=qcut, key=key)
     work.uns["nsc_coex_peel"] = {
         "terms": pd.DataFrame(peeled, columns=["round", "term", "name", "pval", "odds_ratio",
