@@ -1,0 +1,65 @@
+"""nsc.pl.qq and nsc.pl.volcano draw the stored association results."""
+
+from __future__ import annotations
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from scipy import stats
+
+import normalisr_sc as nsc
+from normalisr_sc.pl._association import inflation
+
+
+@pytest.fixture(scope="module")
+def tested():
+    adata = nsc.datasets.simulate(n_cells=600, n_genes=150, seed=4)
+    nsc.pp.normalize(adata, covariates="batch", qc=None)
+    nsc.tl.de(adata, "group", reference="control")
+    nsc.tl.coex(adata, genes=list(adata.var_names[:40]))
+    return adata
+
+
+def test_qq_de_points_are_sorted_stored_values(tested, tmp_path):
+    ax = nsc.pl.qq(tested, save=tmp_path / "qq.png")
+    assert (tmp_path / "qq.png").stat().st_size > 1000
+    expected, observed = ax.collections[0].get_offsets().T
+    stored = tested.varm["nsc_de_log10p"]["case"].to_numpy()
+    np.testing.assert_allclose(observed, np.sort(stored)[::-1])
+    n = stored.size
+    np.testing.assert_allclose(expected, -np.log10((np.arange(1, n + 1) - 0.5) / n))
+    assert f"{inflation(stored):.3f}" in ax.get_title()
+    plt.close(ax.figure)
+
+
+def test_qq_coex_uses_distinct_pairs_of_the_block(tested):
+    ax = nsc.pl.qq(tested, "nsc_coex")
+    assert ax.collections[0].get_offsets().shape[0] == 40 * 39 // 2
+    plt.close(ax.figure)
+
+
+def test_inflation_of_uniform_pvalues_is_one():
+    p = (np.arange(1, 100_001) - 0.5) / 100_000
+    assert inflation(-np.log10(p)) == pytest.approx(1.0, abs=1e-3)
+    assert inflation(-np.log10(stats.chi2.sf(4 * stats.chi2.isf(p, 1), 1))) == pytest.approx(4.0, rel=1e-3)
+
+
+def test_volcano_points_and_labels(tested):
+    ax = nsc.pl.volcano(tested, "case", n_labels=5)
+    x, y = ax.collections[0].get_offsets().T
+    np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"])
+    np.testing.assert_allclose(y, tested.varm["nsc_de_log10p"]["case"])
+    top = tested.var_names[np.argsort(y)[::-1][:5]]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(top)
+    plt.close(ax.figure)
+
+
+def test_plot_errors(tested):
+    with pytest.raises(ValueError, match="not in the results"):
+        nsc.pl.volcano(tested, "nope")
+    with pytest.raises(ValueError, match="no results under key"):
+        nsc.pl.qq(tested, "missing")
