@@ -63,3 +63,31 @@ def test_plot_errors(tested):
         nsc.pl.volcano(tested, "nope")
     with pytest.raises(ValueError, match="no results under key"):
         nsc.pl.qq(tested, "missing")
+
+
+def test_coex_network_draws_stored_edges(tested, tmp_path):
+    nsc.tl.binnet(tested, qcut=0.05)
+    genes = list(tested.var_names[:40])
+    ax = nsc.pl.coex_network(tested, genes=genes, highlight=genes[:3], save=tmp_path / "n.png")
+    assert (tmp_path / "n.png").stat().st_size > 1000
+    net = tested.varp["nsc_coex_net"].toarray()[:40, :40]
+    undirected = net | net.T
+    expected = sorted((genes[i], genes[j]) if genes[i] < genes[j] else (genes[j], genes[i])
+                      for i, j in zip(*np.nonzero(np.triu(undirected, 1)), strict=True))
+    assert ax.nsc_edges == expected
+    colors = ax.collections[0].get_facecolors()
+    assert (colors[:3, 0] > colors[:3, 2]).all()  # highlighted genes are red
+    plt.close(ax.figure)
+
+
+def test_coex_heatmap_shows_clustered_r(tested):
+    genes = list(tested.var_names[:12])
+    ax = nsc.pl.coex_heatmap(tested, genes)
+    order = [genes.index(label.get_text()) for label in ax.get_xticklabels()]
+    r = tested.varp["nsc_coex_r"]
+    r = r.toarray() if hasattr(r, "toarray") else np.asarray(r)
+    np.testing.assert_allclose(ax.images[0].get_array(), r[np.ix_(order, order)])
+    assert sorted(order) == list(range(12))
+    with pytest.raises(ValueError, match="outside the co-expression"):
+        nsc.pl.coex_heatmap(tested, [*genes[:2], tested.var_names[100]])
+    plt.close(ax.figure)
