@@ -26,6 +26,15 @@ DEFAULT_QC = MappingProxyType({
     "min_cell_genes": 100,
 })
 
+#: Column of the working object's obs/var holding positions in the user's AnnData.
+_POSITION = "_nsc_position"
+
+
+def _unique_names(names: pd.Index) -> pd.Index:
+    """``names``, or positions as names if they are not unique."""
+    return names if names.is_unique else pd.Index(np.arange(names.size).astype(str))
+
+
 def normalize(
     adata: AnnData,
     covariates: Sequence[str] | str | None = None,
@@ -86,9 +95,12 @@ def normalize(
     columns = obs_columns(adata, covariates)
     for key in ("lcpm", "normalisr"):
         check_new_layer(adata, key)
-    # Positions as names make the way back to ``adata`` independent of its own names.
-    obs = adata.obs[columns].set_axis(np.arange(adata.n_obs).astype(str))
-    var = pd.DataFrame(index=np.arange(adata.n_vars).astype(str))
+    # The working object keeps the user's names if unique (error messages name cells) and
+    # carries each cell's and gene's position for the way back to ``adata``.
+    obs = adata.obs[columns].set_axis(_unique_names(adata.obs_names))
+    obs[_POSITION] = np.arange(adata.n_obs)
+    var = pd.DataFrame({_POSITION: np.arange(adata.n_vars)},
+                       index=_unique_names(adata.var_names))
     work = AnnData(X=get_matrix(adata, layer), obs=obs, var=var)
     if qc is not None:
         qc_reads(work, **qc)
@@ -103,9 +115,9 @@ def normalize(
         adata = adata.copy()
     ensure_actual(adata)
     if work.n_obs != adata.n_obs:
-        adata._inplace_subset_obs(work.obs_names.astype(int))
+        adata._inplace_subset_obs(work.obs[_POSITION].to_numpy())
     if work.n_vars != adata.n_vars:
-        adata._inplace_subset_var(work.var_names.astype(int))
+        adata._inplace_subset_var(work.var[_POSITION].to_numpy())
     for key in ("lcpm", "normalisr"):
         adata.layers[key] = work.layers[key]
     for key in ("nsc_cov", "nsc_covariates", "nsc_covariates_norm"):
