@@ -50,3 +50,9 @@ def counts_adata() -> AnnData:
     adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 3 == 0, "b1", "b2")
     adata.obs["batch"] = adata.obs["batch"].astype("category")
     return adata
+
+
+@pytest.fixture(scope="session")
+def make_counts():
+    """:func:`random_counts` as a fixture, for test modules that cannot import conftest."""
+    return random_counts
