@@ -14,6 +14,8 @@ are ``x'x' = x.x - (C x)' (C'C)^+ (C x)`` and alike; then
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -164,7 +166,7 @@ def case_control(
     for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
         c = covariates[rows]
         cc += c.T @ c
-        cy += c.T @ y
+        cy += (y.T @ c).T
         yy += np.einsum("ij,ij->j", y, y)
         xy += groups[rows].T @ y
     _check_finite(yy)
@@ -227,34 +229,39 @@ def low_moi(
     n_cov = covariates.shape[1]
     n_class = n_groups + 1
     label = exclusive_class(groups)
-    used = label >= 0
-    cc = np.zeros((n_class * n_cov, n_cov))
-    cy = np.zeros((n_class * n_cov, n_genes))
+    # With a column of ones appended to the covariates, one product per class of cells
+    # gives the Gram matrix, the covariate sums and the class size (``ext_gram``), and
+    # the expression-covariate products and expression sums (``ext_cross``).
+    ext_gram = np.zeros((n_class, n_cov + 1, n_cov + 1))
+    ext_cross = np.zeros((n_class, n_genes, n_cov + 1))
     yy = np.zeros((n_class, n_genes))
-    y_sum = np.zeros((n_class, n_genes))
-    for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
-        c = covariates[rows]
-        keep = np.flatnonzero(used[rows])
-        cls = label[rows][keep]
-        member = sparse.csr_matrix(
-            (np.ones(keep.size), (cls, keep)), shape=(n_class, y.shape[0])
-        )
-        # Row ``cls * n_cov + i`` of ``spread`` selects covariate i of the cells in class cls.
-        spread = sparse.csr_matrix(
-            (c[keep].ravel(),
-             ((cls[:, None] * n_cov + np.arange(n_cov)).ravel(), np.repeat(keep, n_cov))),
-            shape=(n_class * n_cov, y.shape[0]),
-        )
-        cc += spread @ c
-        cy += spread @ y
-        yy += member @ (y * y)
-        y_sum += member @ y
+
+    def accumulate(j: int, ys: np.ndarray, cs: np.ndarray) -> None:
+        ext_gram[j] += cs.T @ cs
+        # einsum: BLAS is slow on these skinny products (few covariates, few cells).
+        ext_cross[j] += np.einsum("ik,ig->gk", cs, ys)
+        yy[j] += np.einsum("ij,ij->j", ys, ys)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
+            # Sort the block's used cells by class: each class is one contiguous segment,
+            # and classes are summed in parallel threads (each writes only its own sums).
+            cls = label[rows]
+            order = np.argsort(cls, kind="stable")
+            order = order[cls[order] >= 0]
+            cls, y = cls[order], y[order]
+            c = np.column_stack([covariates[rows][order], np.ones(order.size)])
+            present, starts = np.unique(cls, return_index=True)
+            ends = np.append(starts[1:], cls.size)
+            list(pool.map(accumulate, present,
+                          [y[lo:hi] for lo, hi in zip(starts, ends, strict=True)],
+                          [c[lo:hi] for lo, hi in zip(starts, ends, strict=True)]))
     _check_finite(yy.sum(axis=0))
-    class_size = np.bincount(label[used], minlength=n_class).astype(np.float64)
-    c_sum = np.zeros((n_class, n_cov))
-    np.add.at(c_sum, label[used], covariates[used])
-    cc = cc.reshape(n_class, n_cov, n_cov)
-    cy = cy.reshape(n_class, n_cov, n_genes)
+    cc = ext_gram[:, :n_cov, :n_cov]
+    c_sum = ext_gram[:, n_cov, :n_cov]
+    class_size = ext_gram[:, n_cov, n_cov]
+    cy = np.swapaxes(ext_cross[:, :, :n_cov], 1, 2)
+    y_sum = ext_cross[:, :, n_cov]
 
     # Group j combines the no-group class 0 and its own class j + 1.
     pinv, rank = pinv_psd(cc[0] + cc[1:])
@@ -305,7 +312,7 @@ def high_moi(
     xy = np.zeros((n_active, n_genes))
     yy = np.zeros(n_genes)
     for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
-        cy += covariates[rows].T @ y
+        cy += (y.T @ covariates[rows]).T
         xy += active[rows].T @ y
         yy += np.einsum("ij,ij->j", y, y)
     _check_finite(yy)
@@ -367,7 +374,7 @@ def _gram_accumulate(
     for rows, y in _expression_blocks(expression, block_cells, progress, "coex: Gram matrix"):
         c = covariates[rows]
         gram = dsyrk(1.0, y.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
-        cy += c.T @ y
+        cy += (y.T @ c).T
         cc += c.T @ c
     return gram, cy, cc
 
@@ -379,44 +386,51 @@ def coexpression(
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = _no_progress,
+    band_rows: int = 256,
 ) -> CoexResult:
     """All gene pairs: the association test with ``x`` and ``y`` both genes (METHOD 8).
 
     One Gram matrix of the expression (a symmetric rank-k update per block of cells)
-    gives every covariate-removed inner product at once. Diagonal: p = 1, r = 1.
+    gives every covariate-removed inner product at once. The test statistics are then
+    computed in bands of ``band_rows`` genes, in parallel threads, each band once for
+    the upper triangle and mirrored. Diagonal: p = 1, r = 1.
     """
     n_cells, n_genes = expression.shape
     gram, cy, cc = _gram_accumulate(expression, covariates, block_cells, progress)
     pinv, rank = pinv_psd(cc)
-    upper = np.triu_indices(n_genes, 1)
-    raw = np.diag(gram).copy()
-    _check_finite(raw)
-    dot = gram
-    dot -= cy.T @ (pinv @ cy)
-    res = np.diag(dot).copy()
-    zero = res <= ZERO_VARIANCE_RTOL * raw
-    res[zero] = n_cells
-    dot[zero, :] = 0.0
-    dot[:, zero] = 0.0
     df = n_cells - 1 - int(rank) - dimreduce
     _check_df(np.array([df]), np.array([True]))
-    inv_sd = 1.0 / np.sqrt(res)
-    r_upper = dot[upper] * inv_sd[upper[0]] * inv_sd[upper[1]]
-    p_upper, log_upper = association_pvalues(1.0 - r_upper * r_upper, df)
-    del dot
-    r = _symmetric(n_genes, upper, r_upper, 1.0)
-    pvals = _symmetric(n_genes, upper, p_upper, 1.0)
-    neg_log10 = _symmetric(n_genes, upper, log_upper, 0.0)
+    raw = np.diag(gram).copy()
+    _check_finite(raw)
+    fitted = pinv @ cy
+    res = raw - np.einsum("kg,kg->g", cy, fitted)
+    zero = res <= ZERO_VARIANCE_RTOL * raw
+    res[zero] = n_cells
+    inv_sd = np.where(zero, 0.0, 1.0 / np.sqrt(res))
+
+    pvals = np.empty((n_genes, n_genes))
+    neg_log10 = np.empty((n_genes, n_genes))
+    r = np.empty((n_genes, n_genes))
+
+    def band(start: int) -> None:
+        rows = slice(start, min(start + band_rows, n_genes))
+        dot = gram[rows, start:] - cy[:, rows].T @ fitted[:, start:]
+        # Only the upper triangle of the Gram matrix is filled: mirror it in the diagonal block.
+        width = rows.stop - start
+        diagonal = dot[:, :width]
+        dot[:, :width] = np.triu(diagonal) + np.triu(diagonal, 1).T
+        band_r = dot * (inv_sd[rows, None] * inv_sd[None, start:])
+        band_p, band_log = association_pvalues(1.0 - band_r * band_r, df)
+        for out, values in ((r, band_r), (pvals, band_p), (neg_log10, band_log)):
+            out[rows, start:] = values
+            out[start:, rows] = values.T
+
+    starts = range(0, n_genes, band_rows)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(progress(pool.map(band, starts), len(starts), "coex: tests"))
+    for out, diagonal in ((r, 1.0), (pvals, 1.0), (neg_log10, 0.0)):
+        np.fill_diagonal(out, diagonal)
     return CoexResult(pvals, neg_log10, r, res / n_cells, n_cells, df)
-
-
-def _symmetric(n: int, upper: tuple[np.ndarray, np.ndarray], values: np.ndarray,
-               diagonal: float) -> np.ndarray:
-    out = np.empty((n, n))
-    out[upper] = values
-    out.T[upper] = values
-    np.fill_diagonal(out, diagonal)
-    return out
 
 
 def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
