@@ -410,3 +410,14 @@ def test_normalize_fails_in_outlier_step(adata, monkeypatch):
 def test_normalize_copy_fails_cleanly(adata):
     assert_fails(adata, nsc.pp.normalize, "removed every gene", qc={"min_gene_counts": 10**9},
                  copy=True)
+
+
+def test_layers_written_by_us_may_be_rewritten_but_not_foreign_ones(counts_adata):
+    nsc.pp.cpm(counts_adata)
+    nsc.pp.cpm(counts_adata, key_added="cpm_again")
+    nsc.pp.cpm(counts_adata)  # the first layer is still ours after a second key was added
+    counts_adata.layers["mine"] = counts_adata.X.copy()
+    before = counts_adata.copy()
+    with pytest.raises(ValueError, match="was not written by normalisr_sc"):
+        nsc.pp.cpm(counts_adata, key_added="mine")
+    assert_unchanged(before, counts_adata)

@@ -62,8 +62,11 @@ def test_normalize_round_trip(normalized, tmp_path):
     ]
     assert read.obs["nsc_outlier"].dtype == bool
     assert set(read.uns["normalisr"]) == {
-        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar",
+        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar", "keys_written",
     }
+    assert list(read.uns["normalisr"]["keys_written"]) == [
+        "lcpm", "nsc_covariates", "nsc_weight", "nsc_outlier", "normalisr",
+    ]
     assert read.uns["normalisr"]["compute_var"]["steps"] == 2
     assert list(read.uns["normalisr"]["normcov"]["covariates"]) == ["batch", "dose"]
 

@@ -127,7 +127,7 @@ def test_normalize_outputs_are_valid(recipe_data):
         pd.testing.assert_index_equal(frame.index, result.obs_names)
         assert np.isfinite(frame.to_numpy()).all()
     assert set(result.uns["normalisr"]) == {
-        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar",
+        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar", "keys_written",
     }
 
 

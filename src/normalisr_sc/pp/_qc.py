@@ -173,6 +173,6 @@ def qc_outlier(
     if inplace:
         adata._inplace_subset_obs(~outliers)
     record_params(adata, "qc_outlier", {
-        "pcut": pcut, "outrate": outrate, "n_outliers": int(outliers.sum()),
+        "pcut": pcut, "outrate": outrate, "n_outliers": int(outliers.sum()), "key_added": key_added,
         "iterations": iterations, "removed": inplace,
     })

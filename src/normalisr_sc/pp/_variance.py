@@ -96,6 +96,7 @@ def compute_var(
     adata.obs[key_added] = weights
     record_params(adata, "compute_var", {
         "stepmax": int(stepmax), "eps": eps, "layer": layer, "covariates_key": covariates_key,
+        "key_added": key_added,
         "steps": steps, "max_relative_change": change,
     })
     logger.info("compute_var: weights in [%.3g, %.3g] after %d step(s)",
