@@ -35,9 +35,43 @@ def materialize(block: ArrayLike) -> np.ndarray | sparse.csr_matrix:
     return np.asarray(block)
 
 
+def row_block(matrix: ArrayLike, rows: slice) -> np.ndarray | sparse.csr_matrix:
+    """Rows ``rows`` of ``matrix`` in memory, like ``materialize(matrix[rows])``.
+
+    A block of an in-memory CSR matrix shares its ``data`` and ``indices`` instead of
+    copying them (slicing a CSR matrix copies).
+    """
+    if not (isinstance(matrix, sparse.csr_matrix | sparse.csr_array) and rows.step in (None, 1)):
+        return materialize(matrix[rows])
+    first, last, _ = rows.indices(matrix.shape[0])
+    last = max(first, last)
+    start, stop = matrix.indptr[first], matrix.indptr[last]
+    block = sparse.csr_matrix((last - first, matrix.shape[1]), dtype=matrix.dtype)
+    # Assigned, not passed to the constructor, which copies views of much larger arrays.
+    block.data, block.indices = matrix.data[start:stop], matrix.indices[start:stop]
+    block.indptr = matrix.indptr[first:last + 1] - start
+    return block
+
+
 def dense_block(block: ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:
     """One block of rows as a dense array of ``dtype`` (no copy if it already is one)."""
     block = materialize(block)
     if sparse.issparse(block):
         return block.toarray().astype(dtype, copy=False)
     return np.asarray(block, dtype=dtype)
+
+
+def compact_rows(array: np.ndarray, keep: np.ndarray, block_rows: int) -> np.ndarray:
+    """The rows of ``array`` where ``keep`` is True, moved to its front in place.
+
+    Returns a view of the first ``keep.sum()`` rows. Unlike ``array[keep]``, no second
+    copy of the array is made; the memory of the dropped rows stays allocated.
+    """
+    kept = np.flatnonzero(keep)
+    moved = kept != np.arange(kept.size)
+    first = int(moved.argmax()) if moved.any() else kept.size
+    for rows in row_slices(kept.size - first, block_rows):
+        rows = slice(first + rows.start, first + rows.stop)
+        # Every destination row precedes its source, which no earlier block overwrote.
+        array[rows] = array[kept[rows]]
+    return array[: kept.size]

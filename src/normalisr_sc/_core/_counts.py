@@ -13,7 +13,7 @@ import numpy as np
 from scipy import sparse
 from scipy.special import digamma, polygamma
 
-from ._blocks import materialize, row_slices
+from ._blocks import row_block, row_slices
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,7 +34,7 @@ def validate_counts(counts: ArrayLike, *, source: str, block_cells: int) -> None
     ``source`` names the matrix in the message (e.g. ``"adata.X"``).
     """
     for rows in row_slices(counts.shape[0], block_cells):
-        values = _stored_values(materialize(counts[rows]))
+        values = _stored_values(row_block(counts, rows))
         if values.dtype.kind in "biu":
             if values.dtype.kind == "i" and values.size and values.min() < 0:
                 msg = (
@@ -69,10 +69,19 @@ def validate_counts(counts: ArrayLike, *, source: str, block_cells: int) -> None
             raise ValueError(msg)
 
 
+def _block_rows(block: sparse.csr_matrix) -> np.ndarray:
+    """Row index of every stored entry of a CSR block."""
+    return np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+
+
 def _nonzero_per_row(block: np.ndarray | sparse.csr_matrix) -> np.ndarray:
     if sparse.issparse(block):
-        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-        return np.bincount(rows[block.data != 0], minlength=block.shape[0])
+        stored = np.diff(block.indptr)
+        explicit_zeros = block.data == 0
+        if explicit_zeros.any():
+            rows = _block_rows(block)[explicit_zeros]
+            stored = stored - np.bincount(rows, minlength=block.shape[0])
+        return stored
     return np.count_nonzero(block, axis=1)
 
 
@@ -112,7 +121,7 @@ def filter_reads(
         cell_genes = np.zeros(n_cells)
         gene_weights = keep_genes.astype(np.float64)
         for rows in row_slices(n_cells, block_cells):
-            block = materialize(counts[rows])
+            block = row_block(counts, rows)
             detected = block != 0
             cell_weights = keep_cells[rows].astype(np.float64)
             gene_counts += np.asarray(cell_weights @ block).ravel()
@@ -139,22 +148,30 @@ def filter_reads(
         keep_cells, keep_genes = new_cells, new_genes
 
 
-def _lookup(function: Callable[[np.ndarray], np.ndarray], counts: np.ndarray) -> np.ndarray:
-    """``function(counts)`` evaluated once per distinct count value."""
-    counts = counts.astype(np.int64, copy=False)
+def _table(function: Callable[[np.ndarray], np.ndarray], counts: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``function`` at the distinct counts, and each count's index into them."""
+    if counts.dtype.kind not in "iu":
+        counts = counts.astype(np.int64)
     if counts.size == 0:
-        return np.empty(0)
+        return np.empty(0), np.empty(0, dtype=np.intp)
     largest = int(counts.max())
     if largest < max(counts.size, 1 << 16):
-        return function(np.arange(largest + 1, dtype=np.float64))[counts]
+        return function(np.arange(largest + 1, dtype=np.float64)), counts
     distinct, index = np.unique(counts, return_inverse=True)
-    return function(distinct.astype(np.float64))[index]
+    return function(distinct.astype(np.float64)), index.reshape(counts.shape)
+
+
+def _lookup(function: Callable[[np.ndarray], np.ndarray], counts: np.ndarray) -> np.ndarray:
+    """``function(counts)`` evaluated once per distinct count value."""
+    table, index = _table(function, counts)
+    return table[index]
 
 
 def matrix_total(counts: ArrayLike, *, block_cells: int) -> float:
     """Total count of the whole matrix."""
     return float(
-        sum(_stored_values(materialize(counts[rows])).sum(dtype=np.float64)
+        sum(_stored_values(row_block(counts, rows)).sum(dtype=np.float64)
             for rows in row_slices(counts.shape[0], block_cells))
     )
 
@@ -165,13 +182,15 @@ def lcpm_block(
     *,
     varscale: float = 0.0,
     rng: np.random.Generator | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bayesian log CPM of one block of cells (METHOD 2).
 
     Each count ``k`` maps to the posterior mean ``digamma(k + 1) - digamma(total + 2)``
     of the log proportion, optionally resampled with variance ``varscale`` times the
     posterior variance; each cell is then shifted so that its proportions sum to
-    ``CPM_SCALE``. Returns a dense float64 array.
+    ``CPM_SCALE``. Returns a dense float64 array: ``out`` (C-contiguous, float64, the
+    shape of ``block``) if given.
     """
     digamma_total = digamma(total + 2.0)
 
@@ -179,14 +198,20 @@ def lcpm_block(
         return digamma(k + 1.0) - digamma_total
 
     n_block, n_genes = block.shape
+    if out is None:
+        out = np.empty((n_block, n_genes))
     zero_value = float(log_proportion(np.zeros(1))[0])
-    out = np.full((n_block, n_genes), zero_value)
     if sparse.issparse(block):
-        rows = np.repeat(np.arange(n_block), np.diff(block.indptr))
-        stored = _lookup(log_proportion, block.data)
-        out[rows, block.indices] = stored
+        rows = _block_rows(block)
+        table, index = _table(log_proportion, block.data)
+        # Stored entries addressed by flat position: faster than (row, column) indexing.
+        flat = rows * n_genes
+        flat += block.indices
+        out.fill(zero_value)
+        out.reshape(-1)[flat] = table[index]
     else:
-        out[...] = _lookup(log_proportion, block)
+        table, index = _table(log_proportion, block)
+        np.take(table, index, out=out)
     if varscale > 0:
         trigamma_total = polygamma(1, total + 2.0)
 
@@ -195,14 +220,14 @@ def lcpm_block(
 
         if sparse.issparse(block):
             variance = np.full(out.shape, float(posterior_variance(np.zeros(1))[0]))
-            variance[rows, block.indices] = _lookup(posterior_variance, block.data)
+            variance.reshape(-1)[flat] = _lookup(posterior_variance, block.data)
         else:
             variance = _lookup(posterior_variance, block)
         out += np.sqrt(varscale * variance) * rng.standard_normal(out.shape)
         log_mass = np.log(np.exp(out).sum(axis=1))
     elif sparse.issparse(block):
         n_stored = np.diff(block.indptr)
-        stored_mass = np.bincount(rows, weights=np.exp(stored), minlength=n_block)
+        stored_mass = np.bincount(rows, weights=np.exp(table)[index], minlength=n_block)
         log_mass = np.log(stored_mass + (n_genes - n_stored) * np.exp(zero_value))
     else:
         log_mass = np.log(np.exp(out).sum(axis=1))
@@ -234,7 +259,11 @@ class GeneStatistics:
 
     def update(self, block: np.ndarray | sparse.csr_matrix, cell_totals: np.ndarray) -> None:
         self.n_cells += block.shape[0]
-        self.detected += np.asarray((block != 0).sum(axis=0)).ravel()
+        if sparse.issparse(block):
+            detected = np.bincount(block.indices[block.data != 0], minlength=block.shape[1])
+        else:
+            detected = np.count_nonzero(block, axis=0)
+        self.detected += detected
         self.total += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
         self.proportion_sum += np.asarray((1.0 / cell_totals) @ block).ravel()
 

@@ -17,12 +17,14 @@ class ColumnMoments:
         self.mean = np.zeros(n_columns)
         self.m2 = np.zeros(n_columns)
 
-    def update(self, block: np.ndarray) -> None:
+    def update(self, block: np.ndarray, *, overwrite: bool = False) -> None:
+        """Add the rows of ``block``; ``overwrite`` lets it serve as scratch space."""
         n_block = block.shape[0]
         if n_block == 0:
             return
         block_mean = block.mean(axis=0)
-        block_m2 = ((block - block_mean) ** 2).sum(axis=0)
+        centred = np.subtract(block, block_mean, out=block if overwrite else None)
+        block_m2 = np.einsum("ij,ij->j", centred, centred)
         total = self.count + n_block
         delta = block_mean - self.mean
         self.mean += delta * (n_block / total)

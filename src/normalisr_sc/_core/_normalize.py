@@ -64,6 +64,11 @@ def _ls_fit(design: np.ndarray, response: np.ndarray) -> np.ndarray:
     return design @ (pinv @ (design.T @ response))
 
 
+def _block_buffer(n_cells: int, n_genes: int, block_cells: int) -> np.ndarray:
+    """Working array for one block of cells, reused by every block."""
+    return np.empty((min(block_cells, n_cells), n_genes))
+
+
 def _log_rms_standardized_residuals(
     expression: ArrayLike,
     covariates: np.ndarray,
@@ -81,26 +86,40 @@ def _log_rms_standardized_residuals(
     scaled_cov = covariates / cell_scale[:, None]
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
     blocks = list(row_slices(n_cells, block_cells))
+    uniform = bool((cell_scale == 1).all())
 
-    def scaled(rows: slice) -> np.ndarray:
-        return dense_block(expression[rows]) / cell_scale[rows, None]
-
+    # (C / s)' (Y / s) = (C / s^2)' Y: the expression block is used as it is.
+    cov_twice_scaled = scaled_cov / cell_scale[:, None]
     cross = np.zeros((covariates.shape[1], n_genes))
     for rows in progress(blocks, len(blocks), "variance fit: regression"):
-        cross += scaled_cov[rows].T @ scaled(rows)
+        cross += cov_twice_scaled[rows].T @ dense_block(expression[rows])
     coefficients = pinv @ cross
+
+    buffer = _block_buffer(n_cells, n_genes, block_cells)
+
+    def residual(rows: slice) -> np.ndarray:
+        """(Y - C B) / s of one block, in ``buffer``."""
+        out = np.matmul(covariates[rows], coefficients, out=buffer[: rows.stop - rows.start])
+        np.subtract(dense_block(expression[rows]), out, out=out)
+        if not uniform:
+            out /= cell_scale[rows, None]
+        return out
 
     moments = ColumnMoments(n_genes)
     for rows in progress(blocks, len(blocks), "variance fit: residual spread"):
-        moments.update(scaled(rows) - scaled_cov[rows] @ coefficients)
+        moments.update(residual(rows), overwrite=True)
     spread = moments.std
     informative = spread > 0
+    # Genes without spread are left out: their standardised residual is set to 0.
+    inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread), where=informative)
 
     log_rms = np.empty(n_cells)
     for rows in progress(blocks, len(blocks), "variance fit: per-cell spread"):
-        residual = scaled(rows) - scaled_cov[rows] @ coefficients
-        standardized = (residual[:, informative] - moments.mean[informative]) / spread[informative]
-        log_rms[rows] = 0.5 * np.log((standardized**2).mean(axis=1))
+        standardized = residual(rows)
+        standardized -= moments.mean
+        standardized *= inverse_spread
+        mean_square = np.einsum("ij,ij->i", standardized, standardized) / informative.sum()
+        log_rms[rows] = 0.5 * np.log(mean_square)
     return log_rms
 
 
@@ -174,34 +193,6 @@ def variance_outliers(
         fit_set = inliers
 
 
-def _normvar_fit(
-    expression: ArrayLike,
-    covariates: np.ndarray,
-    log_weights: np.ndarray,
-    scale: np.ndarray,
-    blocks: list[slice],
-    progress: Progress,
-) -> tuple[np.ndarray, ColumnMoments]:
-    """Per-gene weighted regression coefficients and moments of the weighted expression."""
-    n_genes = expression.shape[1]
-    n_cov = covariates.shape[1]
-    gram = np.zeros((n_genes, n_cov * n_cov))
-    cross = np.zeros((n_genes, n_cov))
-    moments = ColumnMoments(n_genes)
-    for rows in progress(blocks, len(blocks), "normvar: weighted regression"):
-        cov = covariates[rows]
-        gene_weight = np.exp(np.outer(log_weights[rows], scale))
-        weighted = dense_block(expression[rows]) * gene_weight
-        moments.update(weighted)
-        weighted *= gene_weight
-        cross += weighted.T @ cov
-        gene_weight *= gene_weight
-        gram += gene_weight.T @ (cov[:, :, None] * cov[:, None, :]).reshape(-1, n_cov * n_cov)
-    pinv, _ = pinv_psd(gram.reshape(n_genes, n_cov, n_cov))
-    coefficients = np.einsum("gij,gj->gi", pinv, cross)
-    return coefficients, moments
-
-
 def normalize_expression(
     expression: ArrayLike,
     covariates: np.ndarray,
@@ -218,19 +209,66 @@ def normalize_expression(
     Gene ``x`` is multiplied by ``weights ** scale[x]`` and its least-squares fit on
     the covariates, weighted the same way, is removed. With ``keepvar`` the residual
     is rescaled by ``(sd_before / rms_after) ** scale[x]``.
+
+    Two passes over the cells: the first accumulates per-gene weighted Gram matrices,
+    cross products and moments; the second writes the weighted residuals. A float64
+    ``out`` holds the gene weights ``weights ** scale`` between the passes, so they are
+    computed once.
     """
-    n_cells = expression.shape[0]
+    n_cells, n_genes = expression.shape
+    n_cov = covariates.shape[1]
     log_weights = np.log(weights)
     blocks = list(row_slices(n_cells, block_cells))
-    coefficients, before = _normvar_fit(
-        expression, covariates, log_weights, scale, blocks, progress
-    )
-    sum_squares = np.zeros(expression.shape[1])
+    keep_gene_weights = out.dtype == np.float64
+    weighted = _block_buffer(n_cells, n_genes, block_cells)
+    scratch = _block_buffer(n_cells, n_genes, block_cells)
+    own_buffer = None if keep_gene_weights else _block_buffer(n_cells, n_genes, block_cells)
+
+    def gene_weights(rows: slice) -> np.ndarray:
+        """``exp(log_weights[rows] x scale)``, in ``out`` or its own buffer."""
+        target = out[rows] if keep_gene_weights else own_buffer[: rows.stop - rows.start]
+        np.multiply.outer(log_weights[rows], scale, out=target)
+        return np.exp(target, out=target)
+
+    # Gram matrices are symmetric: only the upper triangle is accumulated.
+    upper = np.triu_indices(n_cov)
+    gram_upper = np.zeros((n_genes, upper[0].size))
+    cross = np.zeros((n_genes, n_cov))
+    before = ColumnMoments(n_genes)
+    for rows in progress(blocks, len(blocks), "normvar: weighted regression"):
+        n_block = rows.stop - rows.start
+        cov = covariates[rows]
+        gene_weight = gene_weights(rows)
+        expression_weighted = np.multiply(
+            dense_block(expression[rows]), gene_weight, out=weighted[:n_block]
+        )
+        twice_weighted = np.multiply(expression_weighted, gene_weight, out=scratch[:n_block])
+        cross += twice_weighted.T @ cov
+        before.update(expression_weighted, overwrite=True)
+        squared_weight = np.multiply(gene_weight, gene_weight, out=scratch[:n_block])
+        gram_upper += squared_weight.T @ (cov[:, upper[0]] * cov[:, upper[1]])
+    gram = np.empty((n_genes, n_cov, n_cov))
+    gram[:, upper[0], upper[1]] = gram[:, upper[1], upper[0]] = gram_upper
+    pinv, _ = pinv_psd(gram)
+    coefficients = np.einsum("gij,gj->gi", pinv, cross)
+    del gram, scratch
+
+    sum_squares = np.zeros(n_genes)
     for rows in progress(blocks, len(blocks), "normvar: residuals"):
-        residual = dense_block(expression[rows]) - covariates[rows] @ coefficients.T
-        residual *= np.exp(np.outer(log_weights[rows], scale))
-        sum_squares += (residual**2).sum(axis=0)
-        out[rows] = residual
+        residual = np.matmul(
+            covariates[rows], coefficients.T, out=weighted[: rows.stop - rows.start]
+        )
+        np.subtract(dense_block(expression[rows]), residual, out=residual)
+        if keep_gene_weights:
+            # ``out[rows]`` holds the gene weights: weight them into the residual in place.
+            target = out[rows]
+            target *= residual
+        else:
+            residual *= gene_weights(rows)
+            target = residual
+        sum_squares += np.einsum("ij,ij->j", target, target)
+        if not keep_gene_weights:
+            out[rows] = residual
     if not keepvar:
         return
     rms_after = np.sqrt(sum_squares / n_cells)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._blocks import materialize, n_blocks, row_slices
+from .._core._blocks import n_blocks, row_block, row_slices
 from .._core._counts import (
     SCALING_VARIABLES,
     GeneStatistics,
@@ -48,7 +48,7 @@ def _count_blocks(adata: AnnData, counts, desc: str):
     """Blocks of cells with their total counts and zero-gene counts; no empty cells allowed."""
     size = block_cells()
     for rows in progress(row_slices(adata.n_obs, size), n_blocks(adata.n_obs, size), desc):
-        block = materialize(counts[rows])
+        block = row_block(counts, rows)
         totals, zeros = cell_summaries(block)
         if (totals == 0).any():
             empty = adata.obs_names[rows][totals == 0]
@@ -129,10 +129,17 @@ def lcpm(
     rng = np.random.default_rng(seed) if varscale > 0 else None
 
     log_cpm = np.empty(adata.shape, dtype=dtype)
+    # float64 blocks are computed in place, others in a buffer and then converted.
+    buffer = None
+    if dtype != np.float64:
+        buffer = np.empty((min(block_cells(), adata.n_obs), adata.n_vars))
     summaries = np.empty((adata.n_obs, 2))
     gene_stats = GeneStatistics(adata.n_vars)
     for rows, block, totals, zeros in _count_blocks(adata, counts, "lcpm"):
-        log_cpm[rows] = lcpm_block(block, total, varscale=varscale, rng=rng)
+        out = log_cpm[rows] if buffer is None else buffer[: block.shape[0]]
+        lcpm_block(block, total, varscale=varscale, rng=rng, out=out)
+        if buffer is not None:
+            log_cpm[rows] = out
         summaries[rows] = np.column_stack([totals, zeros])
         gene_stats.update(block, totals)
     scale = scaling_factor_values(gene_stats)

@@ -9,7 +9,16 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import UNS_KEY, check_new_layer, ensure_actual, get_matrix, logger, obs_columns
+from .._core._blocks import compact_rows
+from .._utils import (
+    UNS_KEY,
+    block_cells,
+    check_new_layer,
+    ensure_actual,
+    get_matrix,
+    logger,
+    obs_columns,
+)
 from ._covariates import normcov
 from ._lcpm import lcpm
 from ._qc import qc_outlier, qc_reads
@@ -33,6 +42,19 @@ _POSITION = "_nsc_position"
 def _unique_names(names: pd.Index) -> pd.Index:
     """``names``, or positions as names if they are not unique."""
     return names if names.is_unique else pd.Index(np.arange(names.size).astype(str))
+
+
+def _drop_cells(work: AnnData, keep: np.ndarray) -> AnnData:
+    """``work`` (holding no counts) restricted to the cells in ``keep``.
+
+    Unlike ``work[keep].copy()``, the log CPM layer is compacted in place rather than
+    copied, so that the whole recipe never holds two copies of it.
+    """
+    return AnnData(
+        obs=work.obs[keep], var=work.var, uns=work.uns,
+        obsm={key: value[keep] for key, value in work.obsm.items()},
+        layers={"lcpm": compact_rows(work.layers["lcpm"], keep, block_cells())},
+    )
 
 
 def normalize(
@@ -105,10 +127,13 @@ def normalize(
     if qc is not None:
         qc_reads(work, **qc)
     lcpm(work)
+    work.X = None  # the remaining steps need no counts
     normcov(work, columns)
     compute_var(work, stepmax=stepmax)
     if remove_outliers:
-        qc_outlier(work)
+        qc_outlier(work, inplace=False)
+        work = _drop_cells(work, ~work.obs["nsc_outlier"].to_numpy())
+        work.uns[UNS_KEY]["qc_outlier"]["removed"] = True
     normvar(work, keepvar=keepvar)
 
     if copy:
