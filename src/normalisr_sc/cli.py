@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import _io, get, pp, tl
@@ -86,7 +87,7 @@ def cmd_report(args):
     adata = _input(args)
     print(adata)
     for step, params in adata.uns.get("normalisr", {}).items():
-        print(f"  {step}: {dict(params)}")
+        print(f"  {step}: {dict(params) if isinstance(params, Mapping) else list(params)}")
     folder = Path(args.plots) if args.plots else None
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
