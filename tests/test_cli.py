@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,3 +73,28 @@ def test_module_entry_point_help():
     assert result.returncode == 0
     for command in ("qc", "normalize", "de", "coex", "binnet", "gotop", "report", "demo"):
         assert command in result.stdout
+
+
+def test_gotop_subcommand(tmp_path):
+    import gzip
+
+    from scipy import sparse
+
+    from tl.test_go_covariates import N_GENES, OBO, _annotation_lines, _gaf_line
+
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(X=rng.normal(size=(30, N_GENES)))
+    adata.var_names = [f"G{i}" for i in range(N_GENES)]
+    net = np.zeros((N_GENES, N_GENES), dtype=bool)
+    net[:10, :10] = True
+    np.fill_diagonal(net, False)
+    adata.varp["nsc_coex_net"] = sparse.csr_matrix(net)
+    adata.write_h5ad(tmp_path / "net.h5ad")
+    (tmp_path / "go.obo").write_text(OBO)
+    with gzip.open(tmp_path / "anno.gaf.gz", "wt") as stream:
+        stream.write("\n".join(["!gaf-version: 2.2", *(_gaf_line(*r) for r in _annotation_lines())]))
+    assert main(["--quiet", "gotop", str(tmp_path / "net.h5ad"), "-o", str(tmp_path / "go.h5ad"),
+                 "--obo", str(tmp_path / "go.obo"), "--annotations", str(tmp_path / "anno.gaf.gz"),
+                 "--n-principal", "10", "--table", str(tmp_path / "go.tsv")]) == 0
+    assert ad.read_h5ad(tmp_path / "go.h5ad").uns["nsc_gotop"]["top_term"] == "GO:0000002"
+    assert pd.read_csv(tmp_path / "go.tsv", sep="\t")["term"].iloc[0] == "GO:0000002"

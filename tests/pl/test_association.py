@@ -48,8 +48,9 @@ def test_inflation_of_uniform_pvalues_is_one():
     assert inflation(-np.log10(stats.chi2.sf(4 * stats.chi2.isf(p, 1), 1))) == pytest.approx(4.0, rel=1e-3)
 
 
-def test_volcano_points_and_labels(tested):
-    ax = nsc.pl.volcano(tested, "case", n_labels=5)
+def test_volcano_points_and_labels(tested, tmp_path):
+    ax = nsc.pl.volcano(tested, "case", n_labels=5, save=tmp_path / "volcano.png")
+    assert (tmp_path / "volcano.png").stat().st_size > 1000
     x, y = ax.collections[0].get_offsets().T
     np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"])
     np.testing.assert_allclose(y, tested.varm["nsc_de_log10p"]["case"])
@@ -80,9 +81,10 @@ def test_coex_network_draws_stored_edges(tested, tmp_path):
     plt.close(ax.figure)
 
 
-def test_coex_heatmap_shows_clustered_r(tested):
+def test_coex_heatmap_shows_clustered_r(tested, tmp_path):
     genes = list(tested.var_names[:12])
-    ax = nsc.pl.coex_heatmap(tested, genes)
+    ax = nsc.pl.coex_heatmap(tested, genes, save=tmp_path / "heatmap.png")
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
     order = [genes.index(label.get_text()) for label in ax.get_xticklabels()]
     r = tested.varp["nsc_coex_r"]
     r = r.toarray() if hasattr(r, "toarray") else np.asarray(r)
