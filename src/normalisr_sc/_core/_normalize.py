@@ -88,12 +88,13 @@ def _log_rms_standardized_residuals(
     blocks = list(row_slices(n_cells, block_cells))
     uniform = bool((cell_scale == 1).all())
 
-    # (C / s)' (Y / s) = (C / s^2)' Y: the expression block is used as it is.
+    # (Y / s)' (C / s) = Y' (C / s^2): the expression block is used as it is. Written with
+    # the genes first: OpenBLAS threads ``C' Y`` (few rows, long inner dimension) badly.
     cov_twice_scaled = scaled_cov / cell_scale[:, None]
-    cross = np.zeros((covariates.shape[1], n_genes))
+    cross = np.zeros((n_genes, covariates.shape[1]))
     for rows in progress(blocks, len(blocks), "variance fit: regression"):
-        cross += cov_twice_scaled[rows].T @ dense_block(expression[rows])
-    coefficients = pinv @ cross
+        cross += dense_block(expression[rows]).T @ cov_twice_scaled[rows]
+    coefficients = pinv @ cross.T
 
     buffer = _block_buffer(n_cells, n_genes, block_cells)
 
