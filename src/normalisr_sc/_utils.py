@@ -111,6 +111,16 @@ def obs_columns(adata: AnnData, columns: Sequence[str] | str | None) -> list[str
     return columns
 
 
+def gene_positions(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
+    """Positions of ``genes`` in ``adata.var_names``; a ValueError names the missing ones."""
+    index = adata.var_names.get_indexer(list(genes))
+    if (index < 0).any():
+        missing = [g for g, i in zip(genes, index, strict=True) if i < 0]
+        msg = f"{len(missing)} gene(s) not in adata.var_names, e.g. {missing[:5]}."
+        raise ValueError(msg)
+    return index
+
+
 def covariate_frame(adata: AnnData, key: str) -> pd.DataFrame:
     frame = adata.obsm[key]
     if isinstance(frame, pd.DataFrame):

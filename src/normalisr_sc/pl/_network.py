@@ -9,7 +9,7 @@ from scipy import sparse
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from .._utils import require
+from .._utils import gene_positions, require
 from ..tl._coex import coex_block
 from ._utils import finish, new_axes
 
@@ -19,15 +19,6 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from matplotlib.axes import Axes
-
-
-def _gene_index(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
-    index = adata.var_names.get_indexer(list(genes))
-    if (index < 0).any():
-        missing = [g for g, i in zip(genes, index, strict=True) if i < 0]
-        msg = f"{len(missing)} gene(s) not in adata.var_names, e.g. {missing[:3]}."
-        raise ValueError(msg)
-    return index
 
 
 def coex_network(
@@ -76,7 +67,7 @@ def coex_network(
         degree = np.asarray(undirected.sum(axis=1)).ravel()
         index = np.sort(np.argsort(degree, kind="stable")[::-1][:n_genes])
     else:
-        index = _gene_index(adata, genes)
+        index = gene_positions(adata, genes)
     names = adata.var_names[index]
     graph = nx.from_scipy_sparse_array(undirected[index][:, index])
     graph = nx.relabel_nodes(graph, dict(enumerate(names)))

@@ -20,7 +20,15 @@ from .._go import (
     read_annotations,
     read_godag,
 )
-from .._utils import block_cells, covariate_frame, ensure_actual, get_matrix, logger, require
+from .._utils import (
+    block_cells,
+    covariate_frame,
+    ensure_actual,
+    gene_positions,
+    get_matrix,
+    logger,
+    require,
+)
 
 PathLike = str | os.PathLike
 
@@ -221,11 +229,7 @@ def pccovt(
     if len(genes) < 2:
         msg = f"pccovt needs at least 2 genes, got {len(genes)}."
         raise ValueError(msg)
-    index = adata.var_names.get_indexer(genes)
-    if (index < 0).any():
-        missing = [g for g, i in zip(genes, index, strict=True) if i < 0]
-        msg = f"{len(missing)} gene(s) not in adata.var_names, e.g. {missing[:3]}."
-        raise ValueError(msg)
+    index = gene_positions(adata, genes)
     covariates = covariate_frame(adata, covariates_key)
     name = name or f"pc_covariate_{len(adata.uns.get('nsc_pccovt', {})) + 1}"
     if name in covariates.columns:
