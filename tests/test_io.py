@@ -92,3 +92,25 @@ def test_tables_by_suffix(tmp_path):
     _io.write_table(table, tmp_path / "t.tsv.gz", force=False)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), table)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.tsv.gz", sep="\t"), table)
+
+
+def test_10x_h5(small, tmp_path):
+    import h5py
+
+    matrix = sparse.csc_matrix(small.X.T)  # 10x stores genes x cells, compressed by cell
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    with h5py.File(path, "w") as store:
+        group = store.create_group("matrix")
+        group["data"] = matrix.data.astype(np.int32)
+        group["indices"] = matrix.indices.astype(np.int64)
+        group["indptr"] = matrix.indptr.astype(np.int64)
+        group["shape"] = np.array(matrix.shape, dtype=np.int32)
+        group["barcodes"] = np.array(small.obs_names, dtype="S")
+        features = group.create_group("features")
+        features["id"] = np.array([f"ENSG{i}" for i in range(small.n_vars)], dtype="S")
+        features["name"] = np.array(small.var_names, dtype="S")
+        features["feature_type"] = np.array(["Gene Expression"] * small.n_vars, dtype="S")
+        features["genome"] = np.array(["GRCh38"] * small.n_vars, dtype="S")
+    adata = _io.read_counts(path)
+    np.testing.assert_array_equal(adata.X.toarray(), small.X.toarray())
+    assert list(adata.var_names) == list(small.var_names)
