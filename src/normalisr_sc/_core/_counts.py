@@ -74,15 +74,6 @@ def _block_rows(block: sparse.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
 
 
-def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Per row of a CSR block: sum of ``values`` over its stored entries (0 if none)."""
-    sums = np.zeros(indptr.size - 1)
-    filled = np.flatnonzero(np.diff(indptr))
-    if filled.size:
-        sums[filled] = np.add.reduceat(values, indptr[filled])
-    return sums
-
-
 def _nonzero_per_row(block: np.ndarray | sparse.csr_matrix) -> np.ndarray:
     if sparse.issparse(block):
         stored = np.diff(block.indptr)
@@ -211,11 +202,11 @@ def lcpm_block(
         out = np.empty((n_block, n_genes))
     zero_value = float(log_proportion(np.zeros(1))[0])
     if sparse.issparse(block):
+        rows = _block_rows(block)
         table, index = _table(log_proportion, block.data)
         stored = table[index]
         # Stored entries addressed by flat position: faster than (row, column) indexing.
-        flat = _block_rows(block)
-        flat *= n_genes
+        flat = rows * n_genes
         flat += block.indices
         out.fill(zero_value)
         out.reshape(-1)[flat] = stored
@@ -237,7 +228,7 @@ def lcpm_block(
         log_mass = np.log(np.exp(out).sum(axis=1))
     elif sparse.issparse(block):
         n_stored = np.diff(block.indptr)
-        stored_mass = _row_sums(np.exp(stored, out=stored), block.indptr)
+        stored_mass = np.bincount(rows, weights=np.exp(stored, out=stored), minlength=n_block)
         log_mass = np.log(stored_mass + (n_genes - n_stored) * np.exp(zero_value))
     else:
         log_mass = np.log(np.exp(out).sum(axis=1))
