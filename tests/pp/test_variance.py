@@ -301,12 +301,17 @@ def test_variance_block_size_invariant(make_counts, seed, n_cells, n_genes, mean
 
 
 def test_variance_block_size_realistic(weighted):
-    """On a few hundred cells the weights do not depend on the block size beyond 1e-12."""
+    """On a few hundred cells the weights do not depend on the block size beyond 1e-10.
+
+    The variance fit is ill-conditioned (log total and its square are nearly collinear),
+    so summation order alone moves the weights by a few 1e-12.
+    """
     reference = weighted.copy()
     nsc.pp.normvar(reference)
     adata = weighted.copy()
     with block_size(7):
         nsc.pp.compute_var(adata)
         nsc.pp.normvar(adata)
-    assert_close(adata.obs["nsc_weight"].to_numpy(), reference.obs["nsc_weight"].to_numpy())
+    assert_close(adata.obs["nsc_weight"].to_numpy(), reference.obs["nsc_weight"].to_numpy(),
+                 rtol=1e-10)
     assert_close(adata.layers["normalisr"], reference.layers["normalisr"], rtol=1e-10)
