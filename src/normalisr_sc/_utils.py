@@ -121,6 +121,18 @@ def gene_positions(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     return index
 
 
+def complete_obs_column(adata: AnnData, column: str, purpose: str) -> pd.Series:
+    """``adata.obs[column]``, refusing missing values (``purpose`` completes the message)."""
+    values = adata.obs[column]
+    if values.isna().any():
+        msg = (
+            f"adata.obs[{column!r}] has {int(values.isna().sum())} missing values; fill them "
+            f"or drop those cells before {purpose}."
+        )
+        raise ValueError(msg)
+    return values
+
+
 def covariate_frame(adata: AnnData, key: str) -> pd.DataFrame:
     frame = adata.obsm[key]
     if isinstance(frame, pd.DataFrame):

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 
 from .._core._normalize import standardize_covariates
-from .._utils import ensure_actual, obs_columns, record_params, require
+from .._utils import (
+    complete_obs_column,
+    ensure_actual,
+    obs_columns,
+    record_params,
+    require,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -21,13 +27,7 @@ INTERCEPT = "intercept"
 
 def _obs_covariate(adata: AnnData, column: str) -> pd.DataFrame:
     """One ``obs`` column as covariate columns: numeric as is, categorical one-hot."""
-    values = adata.obs[column]
-    if values.isna().any():
-        msg = (
-            f"adata.obs[{column!r}] has {values.isna().sum()} missing values; fill or drop "
-            "those cells before using it as a covariate."
-        )
-        raise ValueError(msg)
+    values = complete_obs_column(adata, column, "using it as a covariate")
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         return pd.DataFrame({column: values.astype(np.float64)}, index=adata.obs_names)
     categories = values.astype("category").cat.remove_unused_categories()

@@ -10,7 +10,7 @@ from scipy import sparse
 from .._core._association import bh_qvalues, coexpression
 from .._core._blocks import dense_block
 from .._progress import progress
-from .._utils import block_cells, ensure_actual, logger, require
+from .._utils import block_cells, ensure_actual, gene_positions, logger, require
 from ._inputs import check_dimreduce, normalised_inputs
 
 if TYPE_CHECKING:
@@ -37,12 +37,7 @@ class _Columns:
 def _gene_index(adata: AnnData, genes: Sequence[str] | None) -> np.ndarray | None:
     if genes is None:
         return None
-    genes = [genes] if isinstance(genes, str) else list(genes)
-    index = adata.var_names.get_indexer(genes)
-    if (index < 0).any():
-        missing = [g for g, i in zip(genes, index, strict=True) if i < 0]
-        msg = f"{len(missing)} gene(s) not in adata.var_names, e.g. {missing[:5]}."
-        raise ValueError(msg)
+    index = gene_positions(adata, [genes] if isinstance(genes, str) else list(genes))
     if np.unique(index).size != index.size:
         msg = "`genes` contains duplicates; pass each gene once."
         raise ValueError(msg)

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._utils import complete_obs_column
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -52,13 +54,7 @@ def obsm_group_names(adata: AnnData, key: str) -> list[str]:
 
 
 def _indicators_from_obs(adata: AnnData, column: str) -> tuple[sparse.csr_matrix, list[str]]:
-    values = adata.obs[column]
-    if values.isna().any():
-        msg = (
-            f"adata.obs[{column!r}] has {int(values.isna().sum())} missing values; fill them "
-            "or drop those cells before testing."
-        )
-        raise ValueError(msg)
+    values = complete_obs_column(adata, column, "testing")
     categories = values.astype("category").cat.remove_unused_categories()
     codes = categories.cat.codes.to_numpy()
     names = [str(c) for c in categories.cat.categories]
