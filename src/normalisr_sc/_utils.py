@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._core._reduce import is_dask
 from ._settings import settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,54 @@ def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts
         )
         raise ValueError(msg)
     return adata.layers[layer]
+
+
+def chunk_cells(chunk_size: int | None) -> int:
+    """Cells per block: ``chunk_size`` if given, else ``nsc.settings.block_cells``."""
+    size = settings.block_cells if chunk_size is None else chunk_size
+    if isinstance(size, bool) or int(size) != size or size < 1:
+        msg = f"chunk_size must be a positive number of cells, got {chunk_size!r}."
+        raise ValueError(msg)
+    return int(size)
+
+
+def input_matrix(
+    adata: AnnData,
+    layer: str | None,
+    *,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
+    what: str = "raw UMI counts",
+) -> tuple[object, int]:
+    """The matrix a step reads, and the number of cells per block to read it in.
+
+    The matrix is streamed -- returned as a dask array chunked by cells, so that every
+    pass runs as a dask graph and derived layers are stored lazily -- when ``chunked``
+    is True, or when it is None and the matrix already is a dask array or ``adata`` is
+    backed on disk. Otherwise it is returned as it is (CSC converted to CSR).
+    """
+    size = chunk_cells(chunk_size)
+    matrix = get_matrix(adata, layer, what=what)
+    backed = adata.isbacked and layer is None
+    lazy = is_dask(matrix) or backed
+    if chunked is False and lazy:
+        source = "backed on disk" if backed else "a dask array"
+        msg = (
+            f"{matrix_name(layer)} is {source}, which is read in chunks; drop `chunked=False` "
+            "or load the data into memory first (`adata.to_memory()`)."
+        )
+        raise ValueError(msg)
+    if not (chunked or lazy):
+        return row_accessible(matrix), size
+    if backed:
+        from anndata.experimental import read_elem_lazy
+
+        return read_elem_lazy(adata.file["X"], chunks=(size, adata.n_vars)), size
+    if is_dask(matrix):
+        return matrix.rechunk((size, -1)), size
+    import dask.array as da
+
+    return da.from_array(row_accessible(matrix), chunks=(size, -1), asarray=False), size
 
 
 def matrix_name(layer: str | None) -> str:

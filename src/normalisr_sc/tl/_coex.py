@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from .._core._association import bh_qvalues, coexpression
+from .._core._association import bh_qvalues
 from .._core._blocks import dense_block
+from .._core._coex import coexpression
 from .._progress import progress
 from .._utils import block_cells, ensure_actual, gene_positions, logger, require
 from ._inputs import check_dimreduce, normalised_inputs

@@ -1,0 +1,182 @@
+"""Sums over blocks of cells: one kernel, two drivers (a loop in memory, a dask graph).
+
+A pass over a cells x genes matrix is written once, as an accumulator of statistics
+(``BlockSums``) that adds one block of cells at a time and merges with another
+accumulator of the same kind. :func:`accumulate` runs it
+
+- in a loop over consecutive blocks when the matrix is in memory (numpy, scipy sparse)
+  or row-sliceable on disk (h5py, backed AnnData), adding into a single accumulator;
+- as a dask graph when the matrix is a dask array: one accumulator per chunk of cells,
+  merged pairwise in a tree, computed by the active scheduler -- the local threaded one,
+  or a ``dask.distributed`` cluster when a ``Client`` is active.
+
+Both give the same sums up to the order of floating-point additions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+
+import dask
+import numpy as np
+from dask import delayed
+from dask.callbacks import Callback
+from scipy import sparse
+
+from ._blocks import materialize, row_block, row_slices
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from numpy.typing import ArrayLike
+
+    Progress = Callable[[Iterable, int, str], Iterable]
+
+
+class BlockSums(Protocol):
+    """Statistics accumulated over blocks of cells."""
+
+    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix, *row_data) -> None:
+        """Add the cells ``rows`` (positions in the whole matrix): their ``block`` of the
+        matrix (dense or CSR) and the same rows of each side array in ``row_data``."""
+
+    def merge(self, other: Self) -> Self:
+        """Add the statistics of ``other`` (disjoint cells) into ``self``; return ``self``."""
+
+
+S = TypeVar("S", bound=BlockSums)
+
+
+def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
+    return iterable
+
+
+def is_dask(matrix: object) -> bool:
+    """Whether ``matrix`` is a dask array (without importing dask when it is not)."""
+    return type(matrix).__module__.split(".")[0] == "dask"
+
+
+def accumulate(
+    new_sums: Callable[[], S],
+    matrix: ArrayLike,
+    row_data: Sequence[ArrayLike] = (),
+    *,
+    block_cells: int,
+    progress: Progress = no_progress,
+    desc: str = "",
+) -> S:
+    """Sum the statistics ``new_sums()`` over all cells of ``matrix``, block by block.
+
+    Parameters
+    ----------
+    new_sums
+        Makes an empty accumulator (called once per block by the dask driver).
+    matrix
+        Cells x genes matrix: numpy, scipy sparse, h5py/backed, or dask.
+    row_data
+        Arrays with one row per cell (covariates, labels, a CSR group matrix); each
+        block receives its own rows of them.
+    block_cells
+        Cells per block; the dask driver rechunks ``matrix`` to this many cells per chunk.
+    progress, desc
+        Progress display (see :mod:`normalisr_sc._progress`).
+    """
+    if is_dask(matrix):
+        return _accumulate_dask(new_sums, matrix, row_data, block_cells, progress, desc)
+    sums = new_sums()
+    blocks = list(row_slices(matrix.shape[0], block_cells))
+    for rows in progress(blocks, len(blocks), desc):
+        sums.add(rows, row_block(matrix, rows), *(data[rows] for data in row_data))
+    return sums
+
+
+def _sums_of_block(new_sums: Callable[[], S], rows: slice, block: ArrayLike, *row_data) -> S:
+    sums = new_sums()
+    sums.add(rows, materialize(block), *row_data)
+    return sums
+
+
+def _merge(first: S, second: S) -> S:
+    return first.merge(second)
+
+
+def _accumulate_dask(
+    new_sums: Callable[[], S],
+    matrix,
+    row_data: Sequence[ArrayLike],
+    block_cells: int,
+    progress: Progress,
+    desc: str,
+) -> S:
+    matrix = matrix.rechunk((block_cells, -1))
+    starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
+    leaves = [
+        delayed(_sums_of_block)(
+            new_sums, slice(start, stop), block, *(data[start:stop] for data in row_data)
+        )
+        for start, stop, block in zip(
+            starts[:-1], starts[1:], matrix.to_delayed()[:, 0], strict=True
+        )
+    ]
+    if not leaves:
+        return new_sums()
+    done = iter(progress(range(len(leaves)), len(leaves), desc))
+    client = _active_client()
+    if client is not None:
+        return _merge_as_completed(client, leaves, done)
+    # A binary tree of merges: dask's ordering frees partial sums as soon as they merge.
+    parts = leaves
+    while len(parts) > 1:
+        paired = [delayed(_merge)(a, b) for a, b in zip(parts[::2], parts[1::2], strict=False)]
+        parts = paired + parts[len(paired) * 2:]
+    leaf_keys = {leaf.key for leaf in leaves}
+    with _Advance(leaf_keys, done):
+        (result,) = dask.compute(parts[0])
+    return result
+
+
+def _merge_as_completed(client, leaves: list, done: Iterator) -> S:
+    """Merge the accumulators of ``leaves`` on the cluster in the order they finish.
+
+    Merges run before waiting blocks (higher priority), so at most a few partial sums
+    are held at once.
+    """
+    from distributed import as_completed
+
+    futures = client.compute(leaves)
+    leaf_keys = {future.key for future in futures}
+    finished = as_completed(futures)
+    waiting = None
+    for future in finished:
+        if future.key in leaf_keys:
+            next(done, None)
+        if waiting is None:
+            waiting = future
+        else:
+            finished.add(client.submit(_merge, waiting, future, priority=1, pure=False))
+            waiting = None
+    return waiting.result()
+
+
+def _active_client():
+    """The active ``dask.distributed`` client, if distributed is installed and one is."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+class _Advance(Callback):
+    """Local-scheduler callback advancing ``done`` as the sums of each block finish."""
+
+    def __init__(self, leaf_keys: set, done: Iterator) -> None:
+        super().__init__()
+        self._leaf_keys, self._done = leaf_keys, done
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if key in self._leaf_keys:
+            next(self._done, None)
