@@ -24,11 +24,19 @@ class ColumnMoments:
             return
         block_mean = block.mean(axis=0)
         centred = np.subtract(block, block_mean, out=block if overwrite else None)
-        block_m2 = np.einsum("ij,ij->j", centred, centred)
-        total = self.count + n_block
-        delta = block_mean - self.mean
-        self.mean += delta * (n_block / total)
-        self.m2 += block_m2 + delta**2 * (self.count * n_block / total)
+        self._combine(n_block, block_mean, np.einsum("ij,ij->j", centred, centred))
+
+    def merge(self, other: ColumnMoments) -> ColumnMoments:
+        """Add the rows summarised by ``other``; returns ``self``."""
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+        return self
+
+    def _combine(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean += delta * (count / total)
+        self.m2 += m2 + delta**2 * (self.count * count / total)
         self.count = total
 
     @property

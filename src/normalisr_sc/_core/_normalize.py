@@ -8,25 +8,24 @@ products) over blocks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
-from ._blocks import dense_block, row_slices
+from ._blocks import dense_block
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments
+from ._reduce import accumulate, no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Sequence
 
     from numpy.typing import ArrayLike
 
-    Progress = Callable[[Iterable, int, str], Iterable]
-
-
-def _no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
-    return iterable
+    from ._reduce import Progress
 
 
 def is_binary(covariates: np.ndarray) -> np.ndarray:
@@ -64,9 +63,80 @@ def _ls_fit(design: np.ndarray, response: np.ndarray) -> np.ndarray:
     return design @ (pinv @ (design.T @ response))
 
 
-def _block_buffer(n_cells: int, n_genes: int, block_cells: int) -> np.ndarray:
-    """Working array for one block of cells, reused by every block."""
-    return np.empty((min(block_cells, n_cells), n_genes))
+def _scaled_residual(
+    block: np.ndarray, covariates: np.ndarray, coefficients: np.ndarray, cell_scale: np.ndarray
+) -> np.ndarray:
+    """``(Y - C B) / s`` of one block of cells, in a new array."""
+    residual = covariates @ coefficients
+    np.subtract(dense_block(block), residual, out=residual)
+    if not (cell_scale == 1).all():
+        residual /= cell_scale[:, None]
+    return residual
+
+
+class _CrossProducts:
+    """``Y' D`` of the expression with a cells x k design ``D``."""
+
+    def __init__(self, n_genes: int, n_columns: int) -> None:
+        self.cross = np.zeros((n_genes, n_columns))
+
+    def add(self, rows: slice, block: np.ndarray, design: np.ndarray) -> None:
+        # Genes first: OpenBLAS threads ``D' Y`` (few rows, long inner dimension) badly.
+        self.cross += dense_block(block).T @ design
+
+    def merge(self, other: _CrossProducts) -> _CrossProducts:
+        self.cross += other.cross
+        return self
+
+
+class _ResidualMoments:
+    """Per-gene mean and spread of the scaled covariate residuals."""
+
+    def __init__(self, coefficients: np.ndarray) -> None:
+        self.coefficients = coefficients
+        self.moments = ColumnMoments(coefficients.shape[1])
+
+    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
+            cell_scale: np.ndarray) -> None:
+        residual = _scaled_residual(block, covariates, self.coefficients, cell_scale)
+        self.moments.update(residual, overwrite=True)
+
+    def merge(self, other: _ResidualMoments) -> _ResidualMoments:
+        self.moments.merge(other.moments)
+        return self
+
+
+class _LogRmsPerCell:
+    """Per cell: log root-mean-square over genes of the standardised residuals."""
+
+    def __init__(self, coefficients: np.ndarray, moments: ColumnMoments) -> None:
+        self.coefficients = coefficients
+        self.mean = moments.mean
+        spread = moments.std
+        informative = spread > 0
+        # Genes without spread are left out: their standardised residual is set to 0.
+        self.inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread),
+                                        where=informative)
+        self.n_informative = int(informative.sum())
+        self.pieces: list[tuple[int, np.ndarray]] = []
+
+    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
+            cell_scale: np.ndarray) -> None:
+        standardized = _scaled_residual(block, covariates, self.coefficients, cell_scale)
+        standardized -= self.mean
+        standardized *= self.inverse_spread
+        mean_square = np.einsum("ij,ij->i", standardized, standardized) / self.n_informative
+        self.pieces.append((rows.start, 0.5 * np.log(mean_square)))
+
+    def merge(self, other: _LogRmsPerCell) -> _LogRmsPerCell:
+        self.pieces += other.pieces
+        return self
+
+    def values(self, n_cells: int) -> np.ndarray:
+        out = np.empty(n_cells)
+        for start, values in self.pieces:
+            out[start:start + values.size] = values
+        return out
 
 
 def _log_rms_standardized_residuals(
@@ -80,48 +150,23 @@ def _log_rms_standardized_residuals(
     """Per cell: log root-mean-square over genes of standardised covariate residuals.
 
     Expression and covariates of each cell are divided by ``cell_scale`` first
-    (weighted least squares when the scale is not uniform).
+    (weighted least squares when the scale is not uniform). Three passes over the
+    cells: regression, residual spread per gene, spread per cell.
     """
     n_cells, n_genes = expression.shape
     scaled_cov = covariates / cell_scale[:, None]
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
-    blocks = list(row_slices(n_cells, block_cells))
-    uniform = bool((cell_scale == 1).all())
-
-    # (Y / s)' (C / s) = Y' (C / s^2): the expression block is used as it is. Written with
-    # the genes first: OpenBLAS threads ``C' Y`` (few rows, long inner dimension) badly.
-    cov_twice_scaled = scaled_cov / cell_scale[:, None]
-    cross = np.zeros((n_genes, covariates.shape[1]))
-    for rows in progress(blocks, len(blocks), "variance fit: regression"):
-        cross += dense_block(expression[rows]).T @ cov_twice_scaled[rows]
+    stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
+    # (Y / s)' (C / s) = Y' (C / s^2): the expression block is used as it is.
+    cross = stream(partial(_CrossProducts, n_genes, covariates.shape[1]),
+                   row_data=(scaled_cov / cell_scale[:, None],),
+                   desc="variance fit: regression").cross
     coefficients = pinv @ cross.T
-
-    buffer = _block_buffer(n_cells, n_genes, block_cells)
-
-    def residual(rows: slice) -> np.ndarray:
-        """(Y - C B) / s of one block, in ``buffer``."""
-        out = np.matmul(covariates[rows], coefficients, out=buffer[: rows.stop - rows.start])
-        np.subtract(dense_block(expression[rows]), out, out=out)
-        if not uniform:
-            out /= cell_scale[rows, None]
-        return out
-
-    moments = ColumnMoments(n_genes)
-    for rows in progress(blocks, len(blocks), "variance fit: residual spread"):
-        moments.update(residual(rows), overwrite=True)
-    spread = moments.std
-    informative = spread > 0
-    # Genes without spread are left out: their standardised residual is set to 0.
-    inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread), where=informative)
-
-    log_rms = np.empty(n_cells)
-    for rows in progress(blocks, len(blocks), "variance fit: per-cell spread"):
-        standardized = residual(rows)
-        standardized -= moments.mean
-        standardized *= inverse_spread
-        mean_square = np.einsum("ij,ij->i", standardized, standardized) / informative.sum()
-        log_rms[rows] = 0.5 * np.log(mean_square)
-    return log_rms
+    side = (covariates, cell_scale)
+    moments = stream(partial(_ResidualMoments, coefficients), row_data=side,
+                     desc="variance fit: residual spread").moments
+    return stream(partial(_LogRmsPerCell, coefficients, moments), row_data=side,
+                  desc="variance fit: per-cell spread").values(n_cells)
 
 
 def cell_weights(
@@ -131,7 +176,7 @@ def cell_weights(
     stepmax: int = 1,
     eps: float = 1e-6,
     block_cells: int,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> tuple[np.ndarray, int, float]:
     """Cell variance weights from a log-linear fit of each cell's residual spread (METHOD 5).
 
@@ -194,89 +239,147 @@ def variance_outliers(
         fit_set = inliers
 
 
-def normalize_expression(
+@dataclass
+class NormalisationFit:
+    """Per-gene parameters of the mean and variance normalisation (METHOD 7).
+
+    Attributes
+    ----------
+    coefficients
+        Genes x covariates weighted least-squares coefficients.
+    scale
+        Gene scaling factors: gene ``x`` is weighted by ``weights ** scale[x]``.
+    factor
+        Per-gene rescaling of the weighted residuals (all ones without ``keepvar``).
+    """
+
+    coefficients: np.ndarray
+    scale: np.ndarray
+    factor: np.ndarray
+
+
+def normalised_block(
+    block: np.ndarray,
+    covariates: np.ndarray,
+    log_weights: np.ndarray,
+    coefficients: np.ndarray,
+    scale: np.ndarray,
+    factor: np.ndarray | None = None,
+) -> np.ndarray:
+    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``."""
+    residual = covariates @ coefficients.T
+    np.subtract(dense_block(block), residual, out=residual)
+    gene_weight = np.multiply.outer(log_weights, scale)
+    residual *= np.exp(gene_weight, out=gene_weight)
+    if factor is not None:
+        residual *= factor
+    return residual
+
+
+class _WeightedRegression:
+    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes."""
+
+    def __init__(self, scale: np.ndarray, n_cov: int) -> None:
+        n_genes = scale.size
+        self.scale = scale
+        # Gram matrices are symmetric: only the upper triangle is accumulated.
+        self.upper = np.triu_indices(n_cov)
+        self.gram_upper = np.zeros((n_genes, self.upper[0].size))
+        self.cross = np.zeros((n_genes, n_cov))
+        self.before = ColumnMoments(n_genes)
+
+    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
+            log_weights: np.ndarray) -> None:
+        gene_weight = np.multiply.outer(log_weights, self.scale)
+        np.exp(gene_weight, out=gene_weight)
+        weighted = dense_block(block) * gene_weight
+        self.cross += (weighted * gene_weight).T @ covariates
+        self.before.update(weighted, overwrite=True)
+        squared_weight = np.multiply(gene_weight, gene_weight, out=gene_weight)
+        self.gram_upper += squared_weight.T @ (covariates[:, self.upper[0]]
+                                               * covariates[:, self.upper[1]])
+
+    def merge(self, other: _WeightedRegression) -> _WeightedRegression:
+        self.gram_upper += other.gram_upper
+        self.cross += other.cross
+        self.before.merge(other.before)
+        return self
+
+    def coefficients(self) -> np.ndarray:
+        n_genes, n_cov = self.cross.shape
+        gram = np.empty((n_genes, n_cov, n_cov))
+        gram[:, self.upper[0], self.upper[1]] = gram[:, self.upper[1], self.upper[0]] = (
+            self.gram_upper
+        )
+        pinv, _ = pinv_psd(gram)
+        return np.einsum("gij,gj->gi", pinv, self.cross)
+
+
+class _NormalisedSquares:
+    """Per-gene sums of squares of the normalised expression before the keepvar rescaling.
+
+    With ``out`` (an in-memory array), the values are also written there.
+    """
+
+    def __init__(self, coefficients: np.ndarray, scale: np.ndarray,
+                 out: np.ndarray | None = None) -> None:
+        self.coefficients, self.scale, self.out = coefficients, scale, out
+        self.sum_squares = np.zeros(scale.size)
+
+    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
+            log_weights: np.ndarray) -> None:
+        values = normalised_block(block, covariates, log_weights, self.coefficients, self.scale)
+        self.sum_squares += np.einsum("ij,ij->j", values, values)
+        if self.out is not None:
+            self.out[rows] = values
+
+    def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:
+        self.sum_squares += other.sum_squares
+        return self
+
+
+def fit_normalisation(
     expression: ArrayLike,
     covariates: np.ndarray,
     weights: np.ndarray,
     scale: np.ndarray,
-    out: np.ndarray,
     *,
     keepvar: bool = True,
     block_cells: int,
-    progress: Progress = _no_progress,
-) -> None:
-    """Mean and variance normalisation of expression, written into ``out`` (METHOD 7).
+    progress: Progress = no_progress,
+    out: np.ndarray | None = None,
+) -> NormalisationFit:
+    """Fit the mean and variance normalisation of expression (METHOD 7).
 
     Gene ``x`` is multiplied by ``weights ** scale[x]`` and its least-squares fit on
     the covariates, weighted the same way, is removed. With ``keepvar`` the residual
     is rescaled by ``(sd_before / rms_after) ** scale[x]``.
 
-    Two passes over the cells: the first accumulates per-gene weighted Gram matrices,
-    cross products and moments; the second writes the weighted residuals. A float64
-    ``out`` holds the gene weights ``weights ** scale`` between the passes, so they are
-    computed once.
+    Two passes over the cells (the second only with ``keepvar`` or ``out``): per-gene
+    weighted Gram matrices, cross products and moments; then the sums of squares of
+    the weighted residuals. With ``out`` (in memory, cells x genes) the second pass
+    also writes the normalised expression *before* the ``factor`` rescaling into it:
+    multiply by ``factor`` to finish. Otherwise :func:`normalised_block` gives it
+    block by block.
     """
-    n_cells, n_genes = expression.shape
     n_cov = covariates.shape[1]
     log_weights = np.log(weights)
-    blocks = list(row_slices(n_cells, block_cells))
-    keep_gene_weights = out.dtype == np.float64
-    weighted = _block_buffer(n_cells, n_genes, block_cells)
-    scratch = _block_buffer(n_cells, n_genes, block_cells)
-    own_buffer = None if keep_gene_weights else _block_buffer(n_cells, n_genes, block_cells)
-
-    def gene_weights(rows: slice) -> np.ndarray:
-        """``exp(log_weights[rows] x scale)``, in ``out`` or its own buffer."""
-        target = out[rows] if keep_gene_weights else own_buffer[: rows.stop - rows.start]
-        np.multiply.outer(log_weights[rows], scale, out=target)
-        return np.exp(target, out=target)
-
-    # Gram matrices are symmetric: only the upper triangle is accumulated.
-    upper = np.triu_indices(n_cov)
-    gram_upper = np.zeros((n_genes, upper[0].size))
-    cross = np.zeros((n_genes, n_cov))
-    before = ColumnMoments(n_genes)
-    for rows in progress(blocks, len(blocks), "normvar: weighted regression"):
-        n_block = rows.stop - rows.start
-        cov = covariates[rows]
-        gene_weight = gene_weights(rows)
-        expression_weighted = np.multiply(
-            dense_block(expression[rows]), gene_weight, out=weighted[:n_block]
-        )
-        twice_weighted = np.multiply(expression_weighted, gene_weight, out=scratch[:n_block])
-        cross += twice_weighted.T @ cov
-        before.update(expression_weighted, overwrite=True)
-        squared_weight = np.multiply(gene_weight, gene_weight, out=scratch[:n_block])
-        gram_upper += squared_weight.T @ (cov[:, upper[0]] * cov[:, upper[1]])
-    gram = np.empty((n_genes, n_cov, n_cov))
-    gram[:, upper[0], upper[1]] = gram[:, upper[1], upper[0]] = gram_upper
-    pinv, _ = pinv_psd(gram)
-    coefficients = np.einsum("gij,gj->gi", pinv, cross)
-    del gram, scratch
-
-    sum_squares = np.zeros(n_genes)
-    for rows in progress(blocks, len(blocks), "normvar: residuals"):
-        residual = np.matmul(
-            covariates[rows], coefficients.T, out=weighted[: rows.stop - rows.start]
-        )
-        np.subtract(dense_block(expression[rows]), residual, out=residual)
-        if keep_gene_weights:
-            # ``out[rows]`` holds the gene weights: weight them into the residual in place.
-            target = out[rows]
-            target *= residual
-        else:
-            residual *= gene_weights(rows)
-            target = residual
-        sum_squares += np.einsum("ij,ij->j", target, target)
-        if not keep_gene_weights:
-            out[rows] = residual
-    if not keepvar:
-        return
-    rms_after = np.sqrt(sum_squares / n_cells)
-    ratio = np.divide(before.std, rms_after, out=np.ones_like(rms_after), where=rms_after > 0)
-    factor = (ratio**scale).astype(out.dtype)
-    for rows in row_slices(n_cells, block_cells):
-        out[rows] *= factor
+    stream = partial(accumulate, matrix=expression, row_data=(covariates, log_weights),
+                     block_cells=block_cells, progress=progress)
+    regression = stream(partial(_WeightedRegression, scale, n_cov),
+                        desc="normvar: weighted regression")
+    coefficients = regression.coefficients()
+    factor = np.ones_like(scale)
+    if keepvar or out is not None:
+        squares = stream(partial(_NormalisedSquares, coefficients, scale, out),
+                         desc="normvar: residuals")
+        if keepvar:
+            rms_after = np.sqrt(squares.sum_squares / expression.shape[0])
+            sd_before = regression.before.std
+            ratio = np.divide(sd_before, rms_after, out=np.ones_like(rms_after),
+                              where=rms_after > 0)
+            factor = ratio**scale
+    return NormalisationFit(coefficients, scale, factor)
 
 
 def normalize_covariates(covariates: np.ndarray, weights: np.ndarray) -> np.ndarray:

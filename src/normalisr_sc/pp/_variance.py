@@ -7,14 +7,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._normalize import cell_weights, normalize_covariates, normalize_expression
+from .._core._blocks import row_slices
+from .._core._normalize import (
+    NormalisationFit,
+    cell_weights,
+    fit_normalisation,
+    normalised_block,
+    normalize_covariates,
+)
+from .._core._reduce import is_dask
 from .._progress import progress
 from .._utils import (
-    block_cells,
     check_new_layer,
     covariate_frame,
     ensure_actual,
-    get_matrix,
+    input_matrix,
     logger,
     record_params,
     require,
@@ -26,8 +33,8 @@ if TYPE_CHECKING:
 
 
 def _expression_and_covariates(
-    adata: AnnData, layer: str, covariates_key: str
-) -> tuple[object, pd.DataFrame]:
+    adata: AnnData, layer: str, covariates_key: str, chunked: bool | None, chunk_size: int | None
+) -> tuple[object, int, pd.DataFrame]:
     require(adata, "layers", layer, "nsc.pp.lcpm")
     require(adata, "obsm", covariates_key, "nsc.pp.normcov")
     covariates = covariate_frame(adata, covariates_key)
@@ -38,7 +45,33 @@ def _expression_and_covariates(
             "needed (and the method is meant for hundreds of cells)."
         )
         raise ValueError(msg)
-    return get_matrix(adata, layer), covariates
+    expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
+                                    what="log CPM")
+    return expression, size, covariates
+
+
+def _normalised_chunk(
+    block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray,
+    coefficients: np.ndarray, scale: np.ndarray, factor: np.ndarray, out_dtype: np.dtype,
+) -> np.ndarray:
+    values = normalised_block(block, covariates, log_weights, coefficients, scale, factor)
+    return values.astype(out_dtype, copy=False)
+
+
+def lazy_normalised(expression, covariates: np.ndarray, weights: np.ndarray,
+                    fit: NormalisationFit, dtype: np.dtype):
+    """The normalised expression as a dask array computed block by block from ``expression``."""
+    import dask.array as da
+
+    rows = expression.chunks[0]
+    return da.blockwise(
+        _normalised_chunk, "ij",
+        expression, "ij",
+        da.from_array(covariates, chunks=(rows, -1)), "ik",
+        da.from_array(np.log(weights), chunks=(rows,)), "i",
+        concatenate=True, dtype=dtype, meta=np.empty((0, 0), dtype=dtype),
+        coefficients=fit.coefficients, scale=fit.scale, factor=fit.factor, out_dtype=dtype,
+    )
 
 
 def compute_var(
@@ -49,6 +82,8 @@ def compute_var(
     layer: str = "lcpm",
     covariates_key: str = "nsc_covariates",
     key_added: str = "nsc_weight",
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Fit each cell's technical variance and derive its weight.
 
@@ -73,6 +108,13 @@ def compute_var(
         ``adata.obsm`` key of the normalised covariates.
     key_added
         ``adata.obs`` column receiving the weights.
+    chunked
+        Read ``layer`` as a dask array in blocks of ``chunk_size`` cells, each pass a
+        dask graph (run by a ``dask.distributed`` client if one is active). Default:
+        when the layer already is a dask array (a lazy layer of a chunked
+        :func:`~normalisr_sc.pp.lcpm`) or ``adata`` is backed.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
@@ -84,10 +126,12 @@ def compute_var(
     if not eps > 0:
         msg = f"eps must be positive, got {eps!r}."
         raise ValueError(msg)
-    expression, covariates = _expression_and_covariates(adata, layer, covariates_key)
+    expression, size, covariates = _expression_and_covariates(
+        adata, layer, covariates_key, chunked, chunk_size
+    )
     weights, steps, change = cell_weights(
         expression, covariates.to_numpy(dtype=np.float64),
-        stepmax=int(stepmax), eps=eps, block_cells=block_cells(), progress=progress,
+        stepmax=int(stepmax), eps=eps, block_cells=size, progress=progress,
     )
     if not (np.isfinite(weights).all() and (weights > 0).all()):
         msg = "the cell variance fit gave non-finite weights; check covariates and QC."
@@ -113,6 +157,8 @@ def normvar(
     weights_key: str = "nsc_weight",
     scale_key: str = "nsc_scale",
     dtype: DTypeLike | None = None,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Normalise expression and covariates for association tests.
 
@@ -143,14 +189,25 @@ def normvar(
         ``adata.var`` column of the gene scaling factors.
     dtype
         Float type of the stored layer; defaults to that of ``layer``.
+    chunked
+        Stream ``layer`` as a dask array in blocks of ``chunk_size`` cells and store the
+        result as a lazy dask array, recomputed block by block from ``layer`` and the
+        fitted per-gene parameters whenever it is read (no dense cells x genes matrix is
+        held). Default: when the layer already is a dask array or ``adata`` is backed.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
-    Nothing; sets ``adata.layers[key_added]`` (dense, cells x genes) and
-    ``adata.obsm['nsc_covariates_norm']`` (DataFrame, same columns as the covariates).
+    Nothing; sets ``adata.layers[key_added]`` (dense cells x genes, or lazy dask when
+    chunked), ``adata.obsm['nsc_covariates_norm']`` (DataFrame, same columns as the
+    covariates) and the fitted per-gene parameters in ``adata.varm['nsc_normvar']``
+    (covariate coefficients, then the rescaling factor).
     """
     check_new_layer(adata, key_added)
-    expression, covariates = _expression_and_covariates(adata, layer, covariates_key)
+    expression, size, covariates = _expression_and_covariates(
+        adata, layer, covariates_key, chunked, chunk_size
+    )
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
     require(adata, "var", scale_key, "nsc.pp.lcpm")
     weights = adata.obs[weights_key].to_numpy(dtype=np.float64)
@@ -166,13 +223,22 @@ def normvar(
         msg = f"dtype must be a float type, got {dtype}."
         raise ValueError(msg)
     cov = covariates.to_numpy(dtype=np.float64)
-    out = np.empty(adata.shape, dtype=dtype)
-    normalize_expression(
-        expression, cov, weights, scale, out,
-        keepvar=keepvar, block_cells=block_cells(), progress=progress,
-    )
+    if is_dask(expression):
+        fit = fit_normalisation(expression, cov, weights, scale, keepvar=keepvar,
+                                block_cells=size, progress=progress)
+        out = lazy_normalised(expression, cov, weights, fit, dtype)
+    else:
+        out = np.empty(adata.shape, dtype=dtype)
+        fit = fit_normalisation(expression, cov, weights, scale, keepvar=keepvar,
+                                block_cells=size, progress=progress, out=out)
+        for rows in row_slices(adata.n_obs, size):
+            out[rows] *= fit.factor
     ensure_actual(adata)
     adata.layers[key_added] = out
+    adata.varm["nsc_normvar"] = pd.DataFrame(
+        np.column_stack([fit.coefficients, fit.factor]), index=adata.var_names,
+        columns=[*map(str, covariates.columns), "factor"],
+    )
     adata.obsm["nsc_covariates_norm"] = pd.DataFrame(
         normalize_covariates(cov, weights), index=adata.obs_names, columns=covariates.columns
     )
