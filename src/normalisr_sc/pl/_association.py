@@ -31,7 +31,7 @@ def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarra
                 raise ValueError(msg)
             table = table[[group]]
         values = table.to_numpy(dtype=float).ravel()
-    elif f"{key}_log10p" in adata.varp:
+    elif f"{key}_log10p" in adata.varp or f"{key}_net" in adata.varp:
         _, block = coex_block(adata, key, "log10p")
         values = block[np.triu_indices_from(block, k=1)]
     else:

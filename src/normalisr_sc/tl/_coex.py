@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
 
-from .._core._association import bh_qvalues
 from .._core._blocks import dense_block
-from .._core._coex import coexpression
+from .._core._coex import coex_matrices, coex_network, coex_stats, pvalue_network
+from .._core._reduce import is_dask
 from .._progress import progress
-from .._utils import block_cells, ensure_actual, gene_positions, logger, require
+from .._utils import ensure_actual, gene_positions, input_matrix, logger, require
 from ._inputs import check_dimreduce, normalised_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from numpy.typing import DTypeLike
 
 #: Matrices of ``adata.varp`` written by :func:`coex`, by suffix.
 COEX_MATRICES = ("pvals", "log10p", "r")
+#: What :func:`coex` can store.
+STORE_OPTIONS = ("all", "network")
+#: Default q-value cutoff of the network (:func:`binnet` and ``coex(store='network')``).
+QCUT = 0.05
 
 
 class _Columns:
-    """Some columns of a row-sliceable matrix, itself row-sliceable."""
+    """Some columns of a row-sliceable in-memory matrix, itself row-sliceable."""
 
     def __init__(self, matrix, columns: np.ndarray) -> None:
         self.matrix = matrix
@@ -32,7 +37,7 @@ class _Columns:
         self.shape = (matrix.shape[0], columns.size)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return dense_block(self.matrix[rows])[:, self.columns]
+        return dense_block(self.matrix[rows][:, self.columns])
 
 
 def _gene_index(adata: AnnData, genes: Sequence[str] | None) -> np.ndarray | None:
@@ -48,6 +53,41 @@ def _gene_index(adata: AnnData, genes: Sequence[str] | None) -> np.ndarray | Non
     return np.sort(index)
 
 
+def _check_qcut(qcut: float) -> None:
+    if not 0 < qcut < 1:
+        msg = f"qcut must be strictly between 0 and 1, got {qcut!r}."
+        raise ValueError(msg)
+
+
+def _output_dtype(dtype: DTypeLike) -> np.dtype:
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out not in (np.float32, np.float64):
+        msg = f"dtype must be float32 or float64, got {dtype!r}."
+        raise ValueError(msg)
+    return out
+
+
+def _check_store(store: str, qcut: float | None) -> float | None:
+    """The q-value cutoff of the stored network (None when the matrices are stored)."""
+    if store not in STORE_OPTIONS:
+        msg = f"store must be one of {STORE_OPTIONS}, got {store!r}."
+        raise ValueError(msg)
+    if store == "all":
+        if qcut is not None:
+            msg = (
+                "qcut applies to store='network' only; with store='all', binarise afterwards "
+                "with `nsc.tl.binnet(adata, qcut=...)`."
+            )
+            raise ValueError(msg)
+        return None
+    qcut = QCUT if qcut is None else qcut
+    _check_qcut(qcut)
+    return qcut
+
+
 def _block_matrix(n_vars: int, index: np.ndarray, block: np.ndarray) -> sparse.csr_matrix:
     """An ``n_vars`` square CSR matrix storing ``block`` at rows and columns ``index``."""
     rows = np.repeat(index, index.size)
@@ -55,6 +95,30 @@ def _block_matrix(n_vars: int, index: np.ndarray, block: np.ndarray) -> sparse.c
     matrix = sparse.csr_matrix((block.ravel(), (rows, cols)), shape=(n_vars, n_vars))
     matrix.sort_indices()
     return matrix
+
+
+def _network_matrix(n_vars: int, index: np.ndarray | None, rows: np.ndarray,
+                    cols: np.ndarray) -> sparse.csr_matrix:
+    """The boolean ``n_vars`` square CSR network with edges ``(rows, cols)`` among ``index``."""
+    if index is not None:
+        rows, cols = index[rows], index[cols]
+    return sparse.csr_matrix((np.ones(rows.size, dtype=bool), (rows, cols)),
+                             shape=(n_vars, n_vars))
+
+
+def _check_not_empty(n_edges: int, qcut: float) -> None:
+    if n_edges == 0:
+        msg = (
+            f"the co-expression network is empty at qcut={qcut}: no gene pair has a per-row "
+            "q-value below it. Use a larger qcut or more cells."
+        )
+        raise ValueError(msg)
+
+
+def _store_network(adata: AnnData, key: str, net: sparse.csr_matrix, qcut: float) -> None:
+    adata.varp[f"{key}_net"] = net
+    adata.uns[key]["binnet"] = {"qcut": qcut, "n_edges": int(net.nnz)}
+    logger.info("binnet: %d edges at qcut=%g", net.nnz, qcut)
 
 
 def coex(
@@ -65,6 +129,11 @@ def coex(
     covariates_key: str = "nsc_covariates_norm",
     key_added: str = "nsc_coex",
     dimreduce: int = 0,
+    dtype: DTypeLike = np.float64,
+    store: Literal["all", "network"] = "all",
+    qcut: float | None = None,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Test co-expression of every pair of genes.
 
@@ -72,7 +141,13 @@ def coex(
     the normalised covariates ``C`` removed by least squares; the exact p-value of
     ``gamma = 0`` is a two-sided t-test with ``df = cells - 1 - rank(C) - dimreduce``,
     symmetric in ``i`` and ``j``. The whole computation rests on one Gram matrix of the
-    expression, accumulated over blocks of cells.
+    expression, accumulated over blocks of cells; the tests are then computed in bands
+    of genes.
+
+    Memory: the Gram matrix takes ``8 g^2`` bytes for ``g`` genes (1.35 GB at 13,000
+    genes), and each stored matrix ``8 g^2`` bytes in float64 or ``4 g^2`` in float32;
+    in float64 the r matrix reuses the memory of the Gram matrix. With
+    ``store='network'`` no dense result is held: only the Gram matrix and the edges.
 
     Parameters
     ----------
@@ -88,62 +163,120 @@ def coex(
         Prefix of the result keys.
     dimreduce
         Extra degrees of freedom already used up by the expression.
+    dtype
+        Data type of the stored matrices, ``float64`` or ``float32`` (half the memory).
+        The tests are computed in float64 either way. In float32, r and p-values keep
+        about 7 significant digits and p-values below about 1e-45 underflow to 0, while
+        ``-log10`` p-values keep the strength of such pairs.
+    store
+        ``'all'``: the p-value, ``-log10`` p-value and r matrices. ``'network'``: only
+        the binary network at ``qcut``, exactly as :func:`binnet` would make it from the
+        stored p-values, for when the gene x gene matrices are too large to keep.
+    qcut
+        Q-value cutoff of the network stored with ``store='network'`` (default 0.05);
+        not used with ``store='all'``.
+    chunked
+        Read ``layer`` as a dask array in blocks of ``chunk_size`` cells, the Gram matrix
+        accumulated by a dask graph (run by a ``dask.distributed`` client if one is
+        active). Default: when the layer already is a dask array (a lazy layer of a
+        chunked :func:`~normalisr_sc.pp.normalize`) or ``adata`` is backed.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
-    Nothing; sets n_vars x n_vars matrices
+    Nothing. With ``store='all'``, sets n_vars x n_vars matrices
 
     - ``adata.varp[key_added + '_pvals']``: p-values (diagonal 1);
     - ``adata.varp[key_added + '_log10p']``: ``-log10`` p-values, exact beyond float
       underflow (diagonal 0);
-    - ``adata.varp[key_added + '_r']``: Pearson r after covariate removal (diagonal 1);
+    - ``adata.varp[key_added + '_r']``: Pearson r after covariate removal (diagonal 1).
 
-    ``adata.var[key_added + '_var']`` (residual variance of each gene) and
-    ``adata.uns[key_added]`` (``n_cells``, ``df`` and the parameters). The matrices are
-    dense when all genes are used. With ``genes=``, they are sparse (CSR) and store only
-    the computed block, among the listed genes (``adata.uns[key_added]['genes']``); the
-    entries of other genes are absent (read them as "not tested", not as 0), and their
-    variance is NaN. :func:`normalisr_sc.get.coex_df` gives the tested pairs as a table.
+    With ``store='network'``, sets ``adata.varp[key_added + '_net']`` and
+    ``adata.uns[key_added]['binnet']`` as :func:`binnet` does; results of an earlier run
+    under the same key are removed. Both set ``adata.var[key_added + '_var']``
+    (residual variance of each gene) and ``adata.uns[key_added]`` (``n_cells``, ``df``
+    and the parameters). The matrices are dense when all genes are used. With
+    ``genes=``, they are sparse (CSR) and store only the computed block, among the
+    listed genes (``adata.uns[key_added]['genes']``); the entries of other genes are
+    absent (read them as "not tested", not as 0), and their variance is NaN.
+    :func:`normalisr_sc.get.coex_df` gives the tested pairs as a table.
 
     Examples
     --------
     >>> nsc.tl.coex(adata)
     >>> adata.varp["nsc_coex_r"].shape == (adata.n_vars, adata.n_vars)
     True
+
+    Only the network, for many genes:
+
+    >>> nsc.tl.coex(adata, store="network", qcut=0.01)
+    >>> adata.varp["nsc_coex_net"].nnz
     """
     check_dimreduce(dimreduce)
-    expression, covariates = normalised_inputs(adata, layer, covariates_key)
+    dtype = _output_dtype(dtype)
+    qcut = _check_store(store, qcut)
+    _, covariates = normalised_inputs(adata, layer, covariates_key)
+    expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
+                                    what="normalised expression")
     index = _gene_index(adata, genes)
     if index is not None:
-        expression = _Columns(expression, index)
-    result = coexpression(
-        expression, covariates, dimreduce=int(dimreduce), block_cells=block_cells(),
-        progress=progress,
-    )
-    matrices = dict(zip(COEX_MATRICES, (result.pvals, result.neg_log10_pvals, result.r),
-                        strict=True))
-    variance = result.var
+        expression = expression[:, index] if is_dask(expression) else _Columns(expression, index)
+    stats = coex_stats(expression, covariates, dimreduce=int(dimreduce), block_cells=size,
+                       progress=progress)
+    n_genes, n_cells, df = stats.inv_sd.size, stats.n_cells, stats.df
+    variance = stats.var
     if index is not None:
-        matrices = {name: _block_matrix(adata.n_vars, index, block)
-                    for name, block in matrices.items()}
         variance = np.full(adata.n_vars, np.nan)
-        variance[index] = result.var
+        variance[index] = stats.var
+    if qcut is None:
+        matrices = dict(zip(COEX_MATRICES, coex_matrices(stats, dtype=dtype, progress=progress),
+                            strict=True))
+        if index is not None:
+            matrices = {name: _block_matrix(adata.n_vars, index, block)
+                        for name, block in matrices.items()}
+        stale = [f"{key_added}_net"]
+    else:
+        rows, cols = coex_network(stats, qcut=qcut, progress=progress)
+        _check_not_empty(rows.size, qcut)
+        matrices = {"net": _network_matrix(adata.n_vars, index, rows, cols)}
+        stale = [f"{key_added}_{name}" for name in COEX_MATRICES]
     ensure_actual(adata)
-    for name, matrix in matrices.items():
-        adata.varp[f"{key_added}_{name}"] = matrix
+    for key in stale:
+        adata.varp.pop(key, None)
     adata.var[f"{key_added}_var"] = variance
     adata.uns[key_added] = {
-        "n_cells": result.n_cells, "df": result.df, "layer": layer,
-        "covariates_key": covariates_key, "dimreduce": int(dimreduce),
+        "n_cells": n_cells, "df": df, "layer": layer, "covariates_key": covariates_key,
+        "dimreduce": int(dimreduce), "store": store, "dtype": dtype.name,
     }
     if index is not None:
         adata.uns[key_added]["genes"] = list(adata.var_names[index])
-    logger.info("coex: %d genes, %d cells, df=%d", result.r.shape[0], result.n_cells, result.df)
+    if qcut is None:
+        for name, matrix in matrices.items():
+            adata.varp[f"{key_added}_{name}"] = matrix
+    else:
+        _store_network(adata, key_added, matrices["net"], qcut)
+    logger.info("coex: %d genes, %d cells, df=%d", n_genes, n_cells, df)
+
+
+def _network_only(adata: AnnData, key: str) -> float | None:
+    """The ``qcut`` of a :func:`coex` run under ``key`` that stored only the network."""
+    record = adata.uns.get(key, {})
+    if record.get("store") != "network":
+        return None
+    return record["binnet"]["qcut"]
 
 
 def coex_block(adata: AnnData, key: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the genes covered by :func:`coex` and the dense block of one matrix."""
     varp_key = f"{key}_{name}"
+    if _network_only(adata, key) is not None:
+        msg = (
+            f"`nsc.tl.coex(..., store='network')` stored only the binary network "
+            f"adata.varp[{key + '_net'!r}] under key {key!r}, not adata.varp[{varp_key!r}]; "
+            "rerun `nsc.tl.coex` with store='all' (and dtype='float32' to halve its memory)."
+        )
+        raise ValueError(msg)
     require(adata, "varp", varp_key, "nsc.tl.coex")
     matrix = adata.varp[varp_key]
     genes = adata.uns.get(key, {}).get("genes")
@@ -156,13 +289,13 @@ def coex_block(adata: AnnData, key: str, name: str) -> tuple[np.ndarray, np.ndar
     return index, sparse.csr_matrix(matrix)[index][:, index].toarray()
 
 
-def binnet(adata: AnnData, *, qcut: float = 0.05, key: str = "nsc_coex") -> None:
+def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None:
     """Binarise the co-expression p-values into a network (METHOD 9).
 
     Per gene (row), Benjamini-Hochberg q-values are computed over its p-values with all
     other genes (the diagonal excluded); an edge ``i -> j`` is drawn where
     ``q_ij <= qcut``. Because each row is corrected separately, the network can be
-    asymmetric.
+    asymmetric. The p-values are read in bands of genes, without dense temporaries.
 
     Parameters
     ----------
@@ -177,7 +310,9 @@ def binnet(adata: AnnData, *, qcut: float = 0.05, key: str = "nsc_coex") -> None
     -------
     Nothing; sets ``adata.varp[key + '_net']`` (sparse boolean, n_vars x n_vars; only
     genes covered by :func:`coex` can have edges) and records ``qcut`` and the number of
-    edges in ``adata.uns[key]['binnet']``.
+    edges in ``adata.uns[key]['binnet']``. After ``coex(..., store='network')``, which
+    stored no p-values, the network is already there: calling ``binnet`` with the same
+    ``qcut`` does nothing and another ``qcut`` is an error.
 
     Examples
     --------
@@ -185,26 +320,21 @@ def binnet(adata: AnnData, *, qcut: float = 0.05, key: str = "nsc_coex") -> None
     >>> nsc.tl.binnet(adata, qcut=0.05)
     >>> adata.varp["nsc_coex_net"].sum()
     """
-    if not 0 < qcut < 1:
-        msg = f"qcut must be strictly between 0 and 1, got {qcut!r}."
-        raise ValueError(msg)
-    index, pvals = coex_block(adata, key, "pvals")
-    pvals = pvals.astype(np.float64, copy=True)
-    np.fill_diagonal(pvals, np.nan)
-    edges = bh_qvalues(pvals, axis=1) <= qcut
-    n_edges = int(edges.sum())
-    if n_edges == 0:
+    _check_qcut(qcut)
+    stored_qcut = _network_only(adata, key)
+    if stored_qcut == qcut:
+        logger.info("binnet: %r already holds the network at qcut=%g", key, qcut)
+        return
+    if stored_qcut is not None:
         msg = (
-            f"the co-expression network is empty at qcut={qcut}: no gene pair has a per-row "
-            "q-value below it. Use a larger qcut or more cells."
+            f"`nsc.tl.coex(..., store='network')` kept only the network at qcut={stored_qcut} "
+            f"under key {key!r}, not the p-values needed for another cutoff; rerun it with "
+            f"qcut={qcut}."
         )
         raise ValueError(msg)
-    rows, cols = np.nonzero(edges)
-    net = sparse.csr_matrix(
-        (np.ones(rows.size, dtype=bool), (index[rows], index[cols])),
-        shape=(adata.n_vars, adata.n_vars),
-    )
+    index, pvals = coex_block(adata, key, "pvals")
+    rows, cols = pvalue_network(pvals, qcut=qcut)
+    _check_not_empty(rows.size, qcut)
+    net = _network_matrix(adata.n_vars, index, rows, cols)
     ensure_actual(adata)
-    adata.varp[f"{key}_net"] = net
-    adata.uns[key]["binnet"] = {"qcut": qcut, "n_edges": n_edges}
-    logger.info("binnet: %d edges at qcut=%g", n_edges, qcut)
+    _store_network(adata, key, net, qcut)
