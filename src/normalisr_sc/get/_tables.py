@@ -110,7 +110,8 @@ def coex_df(
     DataFrame with one row per unordered pair of tested genes: ``gene1``, ``gene2``,
     ``r`` (Pearson r after covariate removal), ``pval``, ``log10p`` (``-log10``
     p-value) and ``qval`` (Benjamini-Hochberg over all pairs), sorted from most to least
-    significant.
+    significant. It needs the matrices of ``coex(store='all')``; after
+    ``coex(store='network')`` only the edges ``adata.varp[key + '_net']`` are stored.
 
     Examples
     --------
