@@ -1,24 +1,29 @@
 """Kernels on raw UMI counts: validation, read-count QC and Bayesian log CPM.
 
-Every function here works on a cells x genes matrix (dense or CSR) one block of cells
-at a time, so that in-memory, backed and dask inputs share the same code.
+Every pass over the counts is an accumulator of statistics over blocks of cells (see
+:mod:`normalisr_sc._core._reduce`), so that in-memory, backed and dask inputs share the
+same code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 from scipy.special import digamma, polygamma
 
-from ._blocks import row_block, row_slices
+from ._blocks import materialize
+from ._reduce import accumulate, no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from numpy.typing import ArrayLike
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from ._reduce import Progress
 
 #: Counts are scaled to this many per cell before the log (log CPM).
 CPM_SCALE = 1e6
@@ -28,45 +33,97 @@ def _stored_values(block: np.ndarray | sparse.csr_matrix) -> np.ndarray:
     return block.data if sparse.issparse(block) else block
 
 
-def validate_counts(counts: ArrayLike, *, source: str, block_cells: int) -> None:
-    """Raise ``ValueError`` unless every entry is a finite, non-negative integer.
+class _PerCell:
+    """Rows of values per cell, gathered from blocks of cells in any order."""
 
-    ``source`` names the matrix in the message (e.g. ``"adata.X"``).
-    """
-    for rows in row_slices(counts.shape[0], block_cells):
-        values = _stored_values(row_block(counts, rows))
-        if values.dtype.kind in "biu":
-            if values.dtype.kind == "i" and values.size and values.min() < 0:
-                msg = (
-                    f"{source} contains negative values (minimum {values.min()}); "
-                    "raw UMI counts are expected. Pass the layer holding raw counts via `layer=`."
-                )
-                raise ValueError(msg)
-            continue
-        if values.dtype.kind != "f":
-            msg = f"{source} has dtype {values.dtype}; raw UMI counts must be numeric."
-            raise ValueError(msg)
-        if not np.isfinite(values).all():
+    def __init__(self, n_columns: int) -> None:
+        self.n_columns = n_columns
+        self.pieces: list[tuple[int, np.ndarray]] = []
+
+    def add(self, rows: slice, values: np.ndarray) -> None:
+        self.pieces.append((rows.start, values))
+
+    def merge(self, other: _PerCell) -> _PerCell:
+        self.pieces += other.pieces
+        return self
+
+    def values(self) -> np.ndarray:
+        """All cells' values in cell order, cells x ``n_columns``."""
+        ordered = [values for _, values in sorted(self.pieces, key=lambda piece: piece[0])]
+        return np.concatenate([np.empty((0, self.n_columns)), *ordered])
+
+
+def check_count_dtype(dtype: DTypeLike, *, source: str) -> None:
+    """Raise ``ValueError`` unless ``dtype`` can hold counts (bool, integer or float)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        msg = f"{source} has dtype {dtype}; raw UMI counts must be numeric."
+        raise ValueError(msg)
+
+
+class CountCheck:
+    """Whether all counts are finite, non-negative integers, over blocks of cells."""
+
+    def __init__(self) -> None:
+        self.minimum = np.inf
+        self.non_finite = False
+        #: One non-integer value, if any was seen.
+        self.fractional: float | None = None
+
+    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix) -> None:
+        values = _stored_values(block)
+        if values.size == 0 or self.non_finite:
+            return
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            # The first thing reported, so the other checks are moot.
+            self.non_finite = True
+            return
+        self.minimum = min(self.minimum, values.min())
+        if values.dtype.kind == "f" and self.fractional is None:
+            fractional = values != np.floor(values)
+            if fractional.any():
+                self.fractional = float(values[fractional][0])
+
+    def merge(self, other: CountCheck) -> CountCheck:
+        self.non_finite |= other.non_finite
+        self.minimum = min(self.minimum, other.minimum)
+        if self.fractional is None:
+            self.fractional = other.fractional
+        return self
+
+    def raise_if_invalid(self, source: str) -> None:
+        """Raise ``ValueError`` naming the first problem (``source`` names the matrix)."""
+        if self.non_finite:
             msg = (
                 f"{source} contains NaN or infinite values; raw UMI counts must be finite. "
                 "Remove or repair those entries before normalisation."
             )
             raise ValueError(msg)
-        if values.size and values.min() < 0:
+        if self.minimum < 0:
             msg = (
-                f"{source} contains negative values (minimum {values.min():g}); raw UMI "
+                f"{source} contains negative values (minimum {self.minimum:g}); raw UMI "
                 "counts are expected. Pass the layer holding raw counts via `layer=`."
             )
             raise ValueError(msg)
-        fractional = values != np.floor(values)
-        if fractional.any():
-            example = values[fractional].flat[0]
+        if self.fractional is not None:
             msg = (
-                f"{source} contains non-integer values (e.g. {example:g}); Normalisr needs raw "
-                "UMI counts, not normalised or log-transformed data. Pass the layer holding "
-                "raw counts via `layer=`."
+                f"{source} contains non-integer values (e.g. {self.fractional:g}); Normalisr "
+                "needs raw UMI counts, not normalised or log-transformed data. Pass the layer "
+                "holding raw counts via `layer=`."
             )
             raise ValueError(msg)
+
+
+def validate_counts(
+    counts: ArrayLike, *, source: str, block_cells: int, progress: Progress = no_progress
+) -> None:
+    """Raise ``ValueError`` unless every entry is a finite, non-negative integer.
+
+    ``source`` names the matrix in the message (e.g. ``"adata.X"``).
+    """
+    check_count_dtype(counts.dtype, source=source)
+    accumulate(CountCheck, counts, block_cells=block_cells, progress=progress,
+               desc="checking counts").raise_if_invalid(source)
 
 
 def _block_rows(block: sparse.csr_matrix) -> np.ndarray:
@@ -97,13 +154,40 @@ class ReadBounds:
     min_cell_gene_fraction: float = 0.0
 
 
+class ReadSums:
+    """One round of read-count QC: total count and number of detections per gene over
+    the kept cells, and per cell over the kept genes."""
+
+    def __init__(self, keep_genes: np.ndarray) -> None:
+        self.gene_weights = keep_genes.astype(np.float64)
+        self.gene_counts = np.zeros(keep_genes.size)
+        self.gene_cells = np.zeros(keep_genes.size)
+        self.cells = _PerCell(2)
+
+    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix,
+            cell_weights: np.ndarray) -> None:
+        detected = block != 0
+        self.gene_counts += np.asarray(cell_weights @ block).ravel()
+        self.gene_cells += np.asarray(cell_weights @ detected).ravel()
+        self.cells.add(rows, np.column_stack([
+            np.asarray(block @ self.gene_weights).ravel(),
+            np.asarray(detected @ self.gene_weights).ravel(),
+        ]))
+
+    def merge(self, other: ReadSums) -> ReadSums:
+        self.gene_counts += other.gene_counts
+        self.gene_cells += other.gene_cells
+        self.cells.merge(other.cells)
+        return self
+
+
 def filter_reads(
-    counts: ArrayLike, bounds: ReadBounds, *, block_cells: int
+    counts: ArrayLike, bounds: ReadBounds, *, block_cells: int, progress: Progress = no_progress
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Iterative read-count QC.
 
     Both masks are recomputed from the currently kept genes and cells, applied at
-    once, and the process repeats until nothing changes.
+    once, and the process repeats until nothing changes. Each round is one pass.
 
     Returns
     -------
@@ -115,24 +199,15 @@ def filter_reads(
     rounds = 0
     while True:
         rounds += 1
-        gene_counts = np.zeros(n_genes)
-        gene_cells = np.zeros(n_genes)
-        cell_counts = np.zeros(n_cells)
-        cell_genes = np.zeros(n_cells)
-        gene_weights = keep_genes.astype(np.float64)
-        for rows in row_slices(n_cells, block_cells):
-            block = row_block(counts, rows)
-            detected = block != 0
-            cell_weights = keep_cells[rows].astype(np.float64)
-            gene_counts += np.asarray(cell_weights @ block).ravel()
-            gene_cells += np.asarray(cell_weights @ detected).ravel()
-            cell_counts[rows] = np.asarray(block @ gene_weights).ravel()
-            cell_genes[rows] = np.asarray(detected @ gene_weights).ravel()
+        sums = accumulate(partial(ReadSums, keep_genes), counts,
+                          (keep_cells.astype(np.float64),), block_cells=block_cells,
+                          progress=progress, desc=f"read-count QC, round {rounds}")
+        cell_counts, cell_genes = sums.cells.values().T
         n_kept_cells, n_kept_genes = keep_cells.sum(), keep_genes.sum()
         genes_pass = (
-            (gene_counts >= bounds.min_gene_counts)
-            & (gene_cells >= bounds.min_gene_cells)
-            & (gene_cells >= bounds.min_gene_cell_fraction * n_kept_cells)
+            (sums.gene_counts >= bounds.min_gene_counts)
+            & (sums.gene_cells >= bounds.min_gene_cells)
+            & (sums.gene_cells >= bounds.min_gene_cell_fraction * n_kept_cells)
         )
         cells_pass = (
             (cell_counts >= bounds.min_cell_counts)
@@ -166,14 +241,6 @@ def _lookup(function: Callable[[np.ndarray], np.ndarray], counts: np.ndarray) ->
     """``function(counts)`` evaluated once per distinct count value."""
     table, index = _table(function, counts)
     return table[index]
-
-
-def matrix_total(counts: ArrayLike, *, block_cells: int) -> float:
-    """Total count of the whole matrix."""
-    return float(
-        sum(_stored_values(row_block(counts, rows)).sum(dtype=np.float64)
-            for rows in row_slices(counts.shape[0], block_cells))
-    )
 
 
 def lcpm_block(
@@ -236,6 +303,15 @@ def lcpm_block(
     return out
 
 
+def lcpm_chunk(block: ArrayLike, total: float, float_type: DTypeLike = np.float64
+               ) -> np.ndarray:
+    """:func:`lcpm_block` of one chunk of a dask array of counts, as ``float_type``.
+
+    Mapped over the chunks of the counts to make a lazily computed log CPM layer.
+    """
+    return lcpm_block(materialize(block), total).astype(float_type, copy=False)
+
+
 def cell_summaries(block: np.ndarray | sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per cell of a block: total count and number of zero-count genes."""
     totals = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
@@ -266,7 +342,39 @@ class GeneStatistics:
             detected = np.count_nonzero(block, axis=0)
         self.detected += detected
         self.total += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
-        self.proportion_sum += np.asarray((1.0 / cell_totals) @ block).ravel()
+        # An empty cell adds nothing (and is refused later): weight 0, not 1 / 0.
+        inverse = np.divide(1.0, cell_totals, out=np.zeros_like(cell_totals),
+                            where=cell_totals != 0)
+        self.proportion_sum += np.asarray(inverse @ block).ravel()
+
+    def merge(self, other: GeneStatistics) -> GeneStatistics:
+        self.n_cells += other.n_cells
+        self.detected += other.detected
+        self.total += other.total
+        self.proportion_sum += other.proportion_sum
+        return self
+
+
+class CountSummaries:
+    """One pass over raw counts: their validity (:class:`CountCheck`), each cell's total
+    count and number of zero-count genes, and the :class:`GeneStatistics`."""
+
+    def __init__(self, n_genes: int) -> None:
+        self.check = CountCheck()
+        self.cells = _PerCell(2)
+        self.genes = GeneStatistics(n_genes)
+
+    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix) -> None:
+        self.check.add(rows, block)
+        totals, zeros = cell_summaries(block)
+        self.cells.add(rows, np.column_stack([totals, zeros]))
+        self.genes.update(block, totals)
+
+    def merge(self, other: CountSummaries) -> CountSummaries:
+        self.check.merge(other.check)
+        self.cells.merge(other.cells)
+        self.genes.merge(other.genes)
+        return self
 
 
 #: Gene-level variables the scaling factor can be based on (METHOD 3).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -10,24 +11,23 @@ import pandas as pd
 from .._core._blocks import n_blocks, row_block, row_slices
 from .._core._counts import (
     SCALING_VARIABLES,
+    CountSummaries,
     GeneStatistics,
-    cell_summaries,
+    check_count_dtype,
     lcpm_block,
-    matrix_total,
+    lcpm_chunk,
     scaling_factor_values,
     summary_covariates,
-    validate_counts,
 )
+from .._core._reduce import accumulate, is_dask
 from .._progress import progress
 from .._utils import (
-    block_cells,
     check_new_layer,
     ensure_actual,
-    get_matrix,
+    input_matrix,
     logger,
     matrix_name,
     record_params,
-    row_accessible,
 )
 
 if TYPE_CHECKING:
@@ -38,27 +38,49 @@ if TYPE_CHECKING:
 SUMMARY_COLUMNS = ("log_total_counts", "n_zero_genes", "log_total_counts_sq")
 
 
-def _read_counts(adata: AnnData, layer: str | None):
-    counts = row_accessible(get_matrix(adata, layer))
-    validate_counts(counts, source=matrix_name(layer), block_cells=block_cells())
-    return counts
+def _summarise_counts(
+    adata: AnnData, counts, layer: str | None, block_cells: int, desc: str
+) -> tuple[np.ndarray, np.ndarray, GeneStatistics]:
+    """One pass over valid counts: per-cell totals and zero-gene counts, per-gene sums.
+
+    Invalid counts and cells without any count are refused.
+    """
+    source = matrix_name(layer)
+    check_count_dtype(counts.dtype, source=source)
+    summaries = accumulate(partial(CountSummaries, adata.n_vars), counts,
+                           block_cells=block_cells, progress=progress, desc=desc)
+    summaries.check.raise_if_invalid(source)
+    totals, zeros = summaries.cells.values().T
+    if (totals == 0).any():
+        empty = adata.obs_names[totals == 0]
+        msg = (
+            f"{empty.size} cell(s) have zero total count (e.g. {list(empty[:3])}); Bayesian "
+            "log CPM needs at least one count per cell. Remove them first, e.g. "
+            "`nsc.pp.qc_reads(adata, min_cell_counts=1)`."
+        )
+        raise ValueError(msg)
+    return totals, zeros, summaries.genes
 
 
-def _count_blocks(adata: AnnData, counts, desc: str):
-    """Blocks of cells with their total counts and zero-gene counts; no empty cells allowed."""
-    size = block_cells()
-    for rows in progress(row_slices(adata.n_obs, size), n_blocks(adata.n_obs, size), desc):
+def _lcpm_in_memory(
+    counts, total: float, varscale: float, seed: int | None, dtype: np.dtype, block_cells: int
+) -> np.ndarray:
+    """The dense log CPM, computed block by block."""
+    n_cells, n_genes = counts.shape
+    rng = np.random.default_rng(seed) if varscale > 0 else None
+    log_cpm = np.empty((n_cells, n_genes), dtype=dtype)
+    # float64 blocks are computed in place, others in a buffer and then converted.
+    buffer = None
+    if dtype != np.float64:
+        buffer = np.empty((min(block_cells, n_cells), n_genes))
+    blocks = row_slices(n_cells, block_cells)
+    for rows in progress(blocks, n_blocks(n_cells, block_cells), "lcpm"):
         block = row_block(counts, rows)
-        totals, zeros = cell_summaries(block)
-        if (totals == 0).any():
-            empty = adata.obs_names[rows][totals == 0]
-            msg = (
-                f"{empty.size} cell(s) have zero total count (e.g. {list(empty[:3])}); Bayesian "
-                "log CPM needs at least one count per cell. Remove them first, e.g. "
-                "`nsc.pp.qc_reads(adata, min_cell_counts=1)`."
-            )
-            raise ValueError(msg)
-        yield rows, block, totals, zeros
+        out = log_cpm[rows] if buffer is None else buffer[: block.shape[0]]
+        lcpm_block(block, total, varscale=varscale, rng=rng, out=out)
+        if buffer is not None:
+            log_cpm[rows] = out
+    return log_cpm
 
 
 def lcpm(
@@ -69,6 +91,8 @@ def lcpm(
     varscale: float = 0.0,
     seed: int | None = None,
     dtype: DTypeLike = np.float64,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Bayesian log counts per million, cellular summary covariates and gene scaling factor.
 
@@ -78,6 +102,12 @@ def lcpm(
     Each cell is then shifted so that its proportions sum to one million. Zero counts
     get a finite value, so the result is dense; a sparse input is never densified as
     integers, only the float result is built, one block of cells at a time.
+
+    Streamed (see ``chunked``), the log CPM is not computed here but stored as a lazy
+    dask array, recomputed block by block from the counts and the matrix total
+    whenever it is read (by the next steps, or when the AnnData is written).
+    Resampling (``varscale > 0``) is then refused: it would draw new noise at every
+    read.
 
     Parameters
     ----------
@@ -94,13 +124,20 @@ def lcpm(
         Seed of the resampling.
     dtype
         Float type of the stored layer (computation is float64 throughout).
+    chunked
+        Read the counts as a dask array in blocks of ``chunk_size`` cells, each pass a
+        dask graph (run by a ``dask.distributed`` client if one is active), so that no
+        dense cells x genes matrix is ever held and derived layers are stored lazily.
+        Default: when the counts already are a dask array or ``adata`` is backed.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
     Nothing; sets
 
     ``adata.layers[key_added]``
-        Dense log CPM, cells x genes.
+        Dense log CPM, cells x genes (a lazy dask array when streamed).
     ``adata.obsm['nsc_cov']``
         DataFrame of the cellular summary covariates ``log_total_counts``,
         ``n_zero_genes`` and ``log_total_counts_sq``.
@@ -124,30 +161,29 @@ def lcpm(
         msg = f"dtype must be a float type such as float64 or float32, got {dtype}."
         raise ValueError(msg)
     check_new_layer(adata, key_added)
-    counts = _read_counts(adata, layer)
-    total = matrix_total(counts, block_cells=block_cells())
-    rng = np.random.default_rng(seed) if varscale > 0 else None
-
-    log_cpm = np.empty(adata.shape, dtype=dtype)
-    # float64 blocks are computed in place, others in a buffer and then converted.
-    buffer = None
-    if dtype != np.float64:
-        buffer = np.empty((min(block_cells(), adata.n_obs), adata.n_vars))
-    summaries = np.empty((adata.n_obs, 2))
-    gene_stats = GeneStatistics(adata.n_vars)
-    for rows, block, totals, zeros in _count_blocks(adata, counts, "lcpm"):
-        out = log_cpm[rows] if buffer is None else buffer[: block.shape[0]]
-        lcpm_block(block, total, varscale=varscale, rng=rng, out=out)
-        if buffer is not None:
-            log_cpm[rows] = out
-        summaries[rows] = np.column_stack([totals, zeros])
-        gene_stats.update(block, totals)
+    counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
+    streamed = is_dask(counts)
+    if streamed and varscale > 0:
+        msg = (
+            "varscale > 0 resamples the log CPM at random, but streamed (chunked) lcpm stores "
+            "it lazily and would draw new noise at every read. Use varscale=0, or load the "
+            "counts into memory (e.g. `adata = adata.to_memory()`, or "
+            "`adata.X = adata.X.compute()` for a dask array) and pass chunked=False."
+        )
+        raise ValueError(msg)
+    totals, zeros, gene_stats = _summarise_counts(adata, counts, layer, size, "lcpm: counts")
+    total = float(totals.sum())
     scale = scaling_factor_values(gene_stats)
+    if streamed:
+        log_cpm = counts.map_blocks(lcpm_chunk, total=total, float_type=dtype, dtype=dtype,
+                                    meta=np.empty((0, 0), dtype=dtype))
+    else:
+        log_cpm = _lcpm_in_memory(counts, total, varscale, seed, dtype, size)
 
     ensure_actual(adata)
     adata.layers[key_added] = log_cpm
     adata.obsm["nsc_cov"] = pd.DataFrame(
-        summary_covariates(summaries[:, 0], summaries[:, 1]),
+        summary_covariates(totals, zeros),
         index=adata.obs_names, columns=list(SUMMARY_COLUMNS),
     )
     adata.var["nsc_scale"] = scale
@@ -167,6 +203,8 @@ def scaling_factor(
     layer: str | None = None,
     key_added: str = "nsc_scale",
     inplace: bool = True,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> np.ndarray | None:
     """Per-gene exponent of the variance normalisation.
 
@@ -192,6 +230,13 @@ def scaling_factor(
         ``adata.var`` column receiving the factor.
     inplace
         Store the factor; otherwise return it.
+    chunked
+        Read the counts as a dask array in blocks of ``chunk_size`` cells, each pass a
+        dask graph (run by a ``dask.distributed`` client if one is active), so that no
+        dense cells x genes matrix is ever held and derived layers are stored lazily.
+        Default: when the counts already are a dask array or ``adata`` is backed.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
@@ -200,10 +245,8 @@ def scaling_factor(
     if variable not in SCALING_VARIABLES:
         msg = f"unknown scaling variable {variable!r}; choose one of {list(SCALING_VARIABLES)}."
         raise ValueError(msg)
-    counts = _read_counts(adata, layer)
-    gene_stats = GeneStatistics(adata.n_vars)
-    for _, block, totals, _ in _count_blocks(adata, counts, "scaling factor"):
-        gene_stats.update(block, totals)
+    counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
+    *_, gene_stats = _summarise_counts(adata, counts, layer, size, "scaling factor")
     scale = scaling_factor_values(gene_stats, variable, zero_at=zero_at, one_at=one_at)
     if not inplace:
         return scale

@@ -8,15 +8,14 @@ import numpy as np
 
 from .._core._counts import ReadBounds, filter_reads, validate_counts
 from .._core._normalize import variance_outliers
+from .._progress import progress
 from .._utils import (
-    block_cells,
     ensure_actual,
-    get_matrix,
+    input_matrix,
     logger,
     matrix_name,
     record_params,
     require,
-    row_accessible,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +33,8 @@ def qc_reads(
     min_cell_gene_fraction: float = 0.0,
     layer: str | None = None,
     inplace: bool = True,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Filter genes and cells by lower bounds on their read counts, iteratively.
 
@@ -61,7 +62,15 @@ def qc_reads(
         Layer holding the counts; ``None`` uses ``adata.X``.
     inplace
         Subset ``adata`` to the kept cells and genes (like :func:`scanpy.pp.filter_cells`).
-        Otherwise return the masks and leave ``adata`` unchanged.
+        Otherwise return the masks and leave ``adata`` unchanged. A backed ``adata``
+        cannot be subset in place; a dask ``X`` is subset lazily.
+    chunked
+        Read the counts as a dask array in blocks of ``chunk_size`` cells, each pass a
+        dask graph (run by a ``dask.distributed`` client if one is active), so that no
+        dense cells x genes matrix is ever held and derived layers are stored lazily.
+        Default: when the counts already are a dask array or ``adata`` is backed.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
@@ -86,9 +95,17 @@ def qc_reads(
         if getattr(bounds, name) > 1:
             msg = f"{name} is a fraction and must be at most 1, got {getattr(bounds, name)}."
             raise ValueError(msg)
-    counts = row_accessible(get_matrix(adata, layer))
-    validate_counts(counts, source=matrix_name(layer), block_cells=block_cells())
-    cells, genes, rounds = filter_reads(counts, bounds, block_cells=block_cells())
+    if inplace and adata.isbacked:
+        msg = (
+            "adata is backed on disk and cannot be subset in place. Pass inplace=False to get "
+            "the masks `cells, genes`, then write the kept data to a new backed file with "
+            "`adata[cells, genes].copy(filename=...)`, or load it into memory with "
+            "`adata[cells, genes].to_memory()`."
+        )
+        raise ValueError(msg)
+    counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
+    validate_counts(counts, source=matrix_name(layer), block_cells=size, progress=progress)
+    cells, genes, rounds = filter_reads(counts, bounds, block_cells=size, progress=progress)
     if not genes.any() or not cells.any():
         what = "gene" if not genes.any() else "cell"
         msg = (
@@ -102,11 +119,8 @@ def qc_reads(
     )
     if not inplace:
         return cells, genes
-    if adata.is_view:
-        adata._init_as_actual(adata[cells, genes].copy())
-    else:
-        adata._inplace_subset_obs(cells)
-        adata._inplace_subset_var(genes)
+    # One copy for cells and genes at once (anndata copies per call), lazy for a dask X.
+    adata._init_as_actual(adata[cells, genes].copy())
     record_params(adata, "qc_reads", {**vars(bounds), "layer": layer, "rounds": rounds})
     return None
 
