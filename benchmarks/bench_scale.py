@@ -331,13 +331,20 @@ def _check_de(adata) -> dict:
 WARM_UP_SCREEN = replace(QUICK_SCREEN, n_cells=300, n_genes=150, n_groups=10, n_planted=1)
 
 
-def _warm_up(path: str) -> None:
-    """The streamed pipeline once on a tiny screen: first-call costs are not timed."""
+def _call(name: str, function, *args, **kwargs) -> None:
+    function(*args, **kwargs)
+
+
+def _run(kind: str, adata, chunk_size: int | None, step=_call) -> None:
+    """Normalise, then high-MOI DE (``kind='pipeline'``) or co-expression (``'coex'``)."""
     import normalisr_sc as nsc
 
-    adata = load_screen(path, WARM_UP_SCREEN.n_cells, 100)
-    nsc.pp.normalize(adata, covariates=[COVARIATE], chunk_size=100)
-    nsc.tl.de(adata, GUIDES, design="high_moi", chunk_size=100)
+    step("normalize", nsc.pp.normalize, adata, covariates=[COVARIATE], chunk_size=chunk_size)
+    if kind == "pipeline":
+        step("de", nsc.tl.de, adata, GUIDES, design="high_moi", groups=_testable_groups(adata),
+             chunk_size=chunk_size)
+    else:
+        step("coex", nsc.tl.coex, adata, chunk_size=chunk_size, dtype="float32")
 
 
 def _start_cluster():
@@ -349,17 +356,21 @@ def _start_cluster():
 
 
 def measure(spec: dict) -> dict:
-    """One measurement in this fresh process: ``spec['kind']`` is pipeline, coex or floor."""
+    """One measurement in this fresh process: ``spec['kind']`` is pipeline, coex or floor.
+
+    The method first runs on a tiny screen (on the cluster too, if any), so that first-call
+    costs (imports, compilation, worker start-up) are neither timed nor counted in memory.
+    """
     if spec["kind"] == "floor":
         return _measure_floor(spec)
     import normalisr_sc as nsc
 
     nsc.settings.progress = False
-    chunk = spec["chunk_size"] or nsc.settings.block_cells
     client = _start_cluster() if spec["cluster"] else None
-    _warm_up(spec["warm_up"])
+    _run(spec["kind"], load_screen(spec["warm_up"], WARM_UP_SCREEN.n_cells, 100), 100)
     memory = _Memory(client)
-    adata = load_screen(spec["path"], spec["n_cells"], chunk)
+    adata = load_screen(spec["path"], spec["n_cells"],
+                        spec["chunk_size"] or nsc.settings.block_cells)
     memory.reset()
     steps = {}
 
@@ -370,15 +381,8 @@ def measure(spec: dict) -> dict:
         steps[name] = {"seconds": time.perf_counter() - start, "peak_mb": peak,
                        "extra_mb": extra}
 
-    step("normalize", nsc.pp.normalize, adata, covariates=[COVARIATE],
-         chunk_size=spec["chunk_size"])
-    checks = {}
-    if spec["kind"] == "pipeline":
-        step("de", nsc.tl.de, adata, GUIDES, design="high_moi", groups=_testable_groups(adata),
-             chunk_size=spec["chunk_size"])
-        checks = _check_de(adata)
-    else:
-        step("coex", nsc.tl.coex, adata, chunk_size=spec["chunk_size"], dtype="float32")
+    _run(spec["kind"], adata, spec["chunk_size"], step)
+    checks = _check_de(adata) if spec["kind"] == "pipeline" else {}
     peak, extra = memory.peak_mb()
     if client is not None:
         client.close()
@@ -510,7 +514,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help=f"where the screen is cached (default {DEFAULT_WORKDIR})")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="cells per block (default nsc.settings.block_cells)")
+                        help="cells per block (default nsc.settings.block_cells; --quick: 500)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads of the measured processes (default: the library's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated screen")
@@ -524,6 +528,8 @@ def main() -> None:
     sizes = args.cells or ([1000, 2000, 4000] if args.quick else
                            [25_000, 50_000, 100_000, 200_000])
     middle = 2000 if args.quick else 50_000
+    # several blocks even at --quick sizes, so that the blocks are really merged
+    chunk_size = args.chunk_size or (500 if args.quick else None)
     coex_cells, cluster_cells = args.coex_cells or middle, args.cluster_cells or middle
     too_many = [n for n in [*sizes, coex_cells, cluster_cells] if n > screen.n_cells]
     if too_many:
@@ -539,13 +545,13 @@ def main() -> None:
 
     print(f"python {platform.python_version()}, {os.cpu_count()} cpus; normalisr_sc "
           f"{version('normalisr-sc')}, anndata {version('anndata')}, dask {version('dask')}, "
-          f"numpy {version('numpy')}; chunk_size {args.chunk_size or nsc.settings.block_cells}; "
+          f"numpy {version('numpy')}; chunk_size {chunk_size or nsc.settings.block_cells}; "
           f"BLAS threads {args.threads or 'default'}", flush=True)
     warm_up, _ = screen_file(WARM_UP_SCREEN, args.workdir)
 
     def child(kind: str, n_cells: int, *, cluster: bool = False, **extra) -> dict | None:
         spec = {"kind": kind, "path": str(path), "n_cells": n_cells, "warm_up": str(warm_up),
-                "chunk_size": args.chunk_size, "cluster": cluster, **extra}
+                "chunk_size": chunk_size, "cluster": cluster, **extra}
         run = run_child(spec, args.threads)
         _progress_line(f"{kind} {n_cells} cells{' on cluster' if cluster else ''}", run)
         return run
