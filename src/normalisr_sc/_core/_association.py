@@ -1,9 +1,10 @@
-"""Association tests of METHOD 8: differential expression in three designs, co-expression.
+"""Association tests of METHOD 8: differential expression in three designs.
 
 Arrays are cells x genes (expression), cells x covariates and cells x groups (0/1,
-dense or CSR). Every statistic is computed from sums over cells (Gram products), which
-are accumulated one block of cells at a time, so expression matrices are only ever
-read block by block.
+dense or CSR). Every statistic is computed from sums over cells (Gram products). The
+sums involving the expression are accumulated one block of cells at a time by
+:func:`~._reduce.accumulate` -- a loop in memory, a dask graph for a dask array -- so
+the expression is only ever read block by block; covariates and groups are in memory.
 
 For one predictor ``x`` and one response ``y`` with the covariates ``C`` removed by
 least squares (pseudo-inverse, rank ``r``), the residual sums of squares and products
@@ -14,9 +15,8 @@ are ``x'x' = x.x - (C x)' (C'C)^+ (C x)`` and alike; then
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,23 +25,27 @@ from scipy import sparse
 from ._blocks import dense_block, row_slices
 from ._linalg import pinv_psd
 from ._pvalues import association_pvalues
+from ._reduce import accumulate, no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterator
 
     from numpy.typing import ArrayLike
 
-    Progress = Callable[[Iterable, int, str], Iterable]
+    from ._reduce import Progress
+
+    #: ``terms(rows)``: residual sums of the predictors ``rows`` (see :func:`_finish`).
+    Terms = Callable[[slice], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 #: A residual sum of squares below this fraction of the raw sum of squares is zero.
 ZERO_VARIANCE_RTOL = 1e-9
 #: A group is estimable in the joint regression when the projector onto the range of
 #: the Gram matrix keeps its unit vector up to this tolerance.
 ESTIMABLE_TOL = 1e-6
-
-
-def _no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
-    return iterable
+#: Float64 elements of each temporary of one step: products with the group indicators
+#: and the test statistics are computed over ranges of genes or groups this large, so
+#: that no temporary reaches the size of a groups x genes result.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def _expression_blocks(
@@ -94,33 +98,54 @@ def _check_df(df: np.ndarray, tested: np.ndarray) -> None:
         raise ValueError(msg)
 
 
+def _check_finite(sum_squares: np.ndarray) -> None:
+    if not np.isfinite(sum_squares).all():
+        msg = (
+            "the expression matrix contains NaN or infinite values; association tests need "
+            "finite normalised expression (rerun `nsc.pp.normvar`)."
+        )
+        raise ValueError(msg)
+
+
+def _step(n_columns: int) -> int:
+    """Rows per step over a matrix of ``n_columns`` columns (``CHUNK_ELEMENTS`` a step)."""
+    return max(1, CHUNK_ELEMENTS // max(1, n_columns))
+
+
 def _finish(
-    xx: np.ndarray,
-    yy: np.ndarray,
-    xy: np.ndarray,
-    raw_xx: np.ndarray,
-    raw_yy: np.ndarray,
+    terms: Terms,
+    n_predictors: int,
+    n_genes: int,
     n_cells: np.ndarray,
     df: np.ndarray,
     tested: np.ndarray,
 ) -> AssociationResult:
-    """Test statistics from residual sums of squares ``xx`` (m, 1), ``yy`` and ``xy`` (m, g).
+    """Test statistics of every predictor and gene, a range of predictors at a time.
 
-    ``raw_xx`` and ``raw_yy`` are the sums of squares before covariate removal, the scale
-    against which a residual counts as zero.
+    ``terms(rows)`` gives, for the predictors ``rows``, the residual sums of squares
+    ``xx`` (r, 1) and their raw sums of squares before covariate removal ``raw_xx``
+    (r, 1), the same of the genes ``yy`` and ``raw_yy`` (broadcastable to (r, g)), and
+    the residual sums of products ``xy`` (r, g). A residual sum of squares counts as
+    zero against its raw one.
     """
     _check_df(df, tested)
-    zero_x = xx <= ZERO_VARIANCE_RTOL * raw_xx
-    zero_y = yy <= ZERO_VARIANCE_RTOL * raw_yy
-    cells = n_cells[:, None].astype(np.float64)
-    xx = np.where(zero_x, cells, xx)
-    yy = np.where(zero_y, cells, yy)
-    xy = np.where(zero_x | zero_y | ~tested[:, None], 0.0, xy)
-    gamma = xy / xx
-    one_minus_r2 = 1.0 - gamma * xy / yy
-    pvals, neg_log10 = association_pvalues(one_minus_r2, np.maximum(df, 1)[:, None])
-    var_x = np.where(tested, xx[:, 0] / n_cells, np.nan)
-    var_y = np.where(tested[:, None], yy / cells, np.nan)
+    shape = (n_predictors, n_genes)
+    pvals, neg_log10, gamma, var_y = (np.empty(shape) for _ in range(4))
+    var_x = np.empty(n_predictors)
+    for rows in row_slices(n_predictors, _step(n_genes)):
+        xx, raw_xx, yy, raw_yy, xy = terms(rows)
+        zero_x = xx <= ZERO_VARIANCE_RTOL * raw_xx
+        zero_y = yy <= ZERO_VARIANCE_RTOL * raw_yy
+        cells = n_cells[rows, None].astype(np.float64)
+        xx = np.where(zero_x, cells, xx)
+        yy = np.where(zero_y, cells, yy)
+        xy = np.where(zero_x | zero_y | ~tested[rows, None], 0.0, xy)
+        gamma[rows] = xy / xx
+        one_minus_r2 = 1.0 - gamma[rows] * xy / yy
+        pvals[rows], neg_log10[rows] = association_pvalues(
+            one_minus_r2, np.maximum(df[rows], 1)[:, None])
+        var_x[rows] = np.where(tested[rows], xx[:, 0] / n_cells[rows], np.nan)
+        var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)
     return AssociationResult(pvals, neg_log10, gamma, var_x, var_y, n_cells, df, tested)
 
 
@@ -135,6 +160,49 @@ def _residualize(
     return np.einsum("...ki,...kl,...lj->...ij", cx, pinv, cy, optimize=True)
 
 
+def _add_group_products(out: np.ndarray, groups: sparse.csr_matrix, y: np.ndarray) -> None:
+    """``out += groups' y``, a range of genes at a time (no groups x genes temporary)."""
+    by_cell = groups.T
+    for genes in row_slices(y.shape[1], _step(groups.shape[1])):
+        out[:, genes] += by_cell @ y[:, genes]
+
+
+class _ProductSums:
+    """``A'y`` for the columns of ``A = [groups, covariates]``, and ``y'y``, per gene."""
+
+    def __init__(self, n_groups: int, n_cov: int, n_genes: int) -> None:
+        self.cross = np.zeros((n_groups + n_cov, n_genes))
+        self.yy = np.zeros(n_genes)
+
+    def add(self, rows: slice, block: np.ndarray, groups: sparse.csr_matrix,
+            covariates: np.ndarray) -> None:
+        y = dense_block(block)
+        n_groups = groups.shape[1]
+        _add_group_products(self.cross[:n_groups], groups, y)
+        # Genes first: OpenBLAS threads ``C'Y`` (few rows, long inner dimension) badly.
+        self.cross[n_groups:] += (y.T @ covariates).T
+        self.yy += np.einsum("ij,ij->j", y, y)
+
+    def merge(self, other: _ProductSums) -> _ProductSums:
+        self.cross += other.cross
+        self.yy += other.yy
+        return self
+
+
+def _product_sums(
+    groups: sparse.csr_matrix,
+    expression: ArrayLike,
+    covariates: np.ndarray,
+    block_cells: int,
+    progress: Progress,
+) -> _ProductSums:
+    new_sums = partial(_ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1])
+    sums = accumulate(new_sums, expression, (groups, covariates), block_cells=block_cells,
+                      progress=progress, desc="de: accumulating")
+    _check_finite(sums.yy)
+    return sums
+
+
 def case_control(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -142,7 +210,7 @@ def case_control(
     *,
     dimreduce: int = 0,
     block_cells: int,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> AssociationResult:
     """Each group indicator against each gene on all cells (METHOD 8, ``single=0``).
 
@@ -151,47 +219,31 @@ def case_control(
     groups
         Cells x groups 0/1 matrix (dense or sparse).
     expression
-        Cells x genes normalised expression, read one block of cells at a time.
+        Cells x genes normalised expression (in memory, backed or dask), read one block
+        of cells at a time.
     covariates
         Cells x covariates normalised covariate matrix.
     """
     groups = _as_csr(groups)
     n_cells, n_genes = expression.shape
-    n_cov = covariates.shape[1]
-    cc = np.zeros((n_cov, n_cov))
-    cy = np.zeros((n_cov, n_genes))
-    yy = np.zeros(n_genes)
-    xy = np.zeros((groups.shape[1], n_genes))
-    for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
-        c = covariates[rows]
-        cc += c.T @ c
-        cy += (y.T @ c).T
-        yy += np.einsum("ij,ij->j", y, y)
-        xy += groups[rows].T @ y
-    _check_finite(yy)
+    n_groups = groups.shape[1]
+    sums = _product_sums(groups, expression, covariates, block_cells, progress)
+    pinv, rank = pinv_psd(covariates.T @ covariates)
     cx = np.asarray(groups.T @ covariates).T
+    cy = sums.cross[n_groups:]
+    fitted = pinv @ cy
     raw_xx = np.asarray(groups.multiply(groups).sum(axis=0)).ravel()
+    xx = raw_xx - np.einsum("ki,kl,li->i", cx, pinv, cx)
+    res_yy = sums.yy - np.einsum("kg,kg->g", cy, fitted)
+
+    def terms(rows: slice) -> tuple[np.ndarray, ...]:
+        res_xy = sums.cross[rows] - cx[:, rows].T @ fitted
+        return xx[rows, None], raw_xx[rows, None], res_yy, sums.yy, res_xy
+
     n_in = np.asarray((groups != 0).sum(axis=0)).ravel()
     tested = (n_in > 0) & (n_in < n_cells)
-    pinv, rank = pinv_psd(cc)
-    xx = raw_xx - np.einsum("ki,kl,li->i", cx, pinv, cx)
-    res_yy = yy - np.einsum("ki,kl,li->i", cy, pinv, cy)
-    res_xy = xy - _residualize(pinv, cx, cy)
-    m = groups.shape[1]
-    cells = np.full(m, n_cells)
-    return _finish(
-        xx[:, None], np.broadcast_to(res_yy, (m, n_genes)), res_xy, raw_xx[:, None], yy,
-        cells, cells - 1 - int(rank) - dimreduce, tested,
-    )
-
-
-def _check_finite(sum_squares: np.ndarray) -> None:
-    if not np.isfinite(sum_squares).all():
-        msg = (
-            "the expression matrix contains NaN or infinite values; association tests need "
-            "finite normalised expression (rerun `nsc.pp.normvar`)."
-        )
-        raise ValueError(msg)
+    cells = np.full(n_groups, n_cells)
+    return _finish(terms, n_groups, n_genes, cells, cells - 1 - int(rank) - dimreduce, tested)
 
 
 def exclusive_class(groups: sparse.csr_matrix) -> np.ndarray:
@@ -206,6 +258,47 @@ def exclusive_class(groups: sparse.csr_matrix) -> np.ndarray:
     return label
 
 
+def _with_ones(covariates: np.ndarray) -> np.ndarray:
+    return np.column_stack([covariates, np.ones(covariates.shape[0])])
+
+
+class _ClassSums:
+    """Per class of cells (:func:`exclusive_class`): ``[C, 1]'y`` and ``y'y`` per gene.
+
+    The sums of class ``j`` are rows ``j * (k + 1)`` to ``(j + 1) * (k + 1)`` of
+    ``cross`` (``k`` covariates and the ones) and row ``j`` of ``yy``.
+    """
+
+    def __init__(self, n_class: int, n_cov: int, n_genes: int) -> None:
+        self.cross = np.zeros((n_class * (n_cov + 1), n_genes))
+        self.yy = np.zeros((n_class, n_genes))
+
+    def add(self, rows: slice, block: np.ndarray, label: np.ndarray,
+            covariates: np.ndarray) -> None:
+        # Sparse products whose rows are the cells: a cell's covariates and 1 (or just 1)
+        # sit in the columns of its class, none for cells with several groups. No BLAS:
+        # thousands of tiny per-class products thread badly on a busy machine.
+        y = dense_block(block)
+        n_cells = y.shape[0]
+        used = label >= 0
+        n_ext = covariates.shape[1] + 1
+        starts = np.concatenate([[0], np.cumsum(used)])
+        columns = (label[used, None] * n_ext + np.arange(n_ext)).ravel()
+        weights = sparse.csr_matrix(
+            (_with_ones(covariates[used]).ravel(), columns, starts * n_ext),
+            shape=(n_cells, self.cross.shape[0]))
+        _add_group_products(self.cross, weights, y)
+        members = sparse.csr_matrix((np.ones(starts[-1]), label[used], starts),
+                                    shape=(n_cells, self.yy.shape[0]))
+        for cells in row_slices(n_cells, _step(y.shape[1])):
+            _add_group_products(self.yy, members[cells], np.square(y[cells]))
+
+    def merge(self, other: _ClassSums) -> _ClassSums:
+        self.cross += other.cross
+        self.yy += other.yy
+        return self
+
+
 def low_moi(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -213,7 +306,7 @@ def low_moi(
     *,
     dimreduce: int = 0,
     block_cells: int,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> AssociationResult:
     """Low-MOI design (METHOD 8, ``single=1``).
 
@@ -228,54 +321,43 @@ def low_moi(
     n_cov = covariates.shape[1]
     n_class = n_groups + 1
     label = exclusive_class(groups)
-    # With a column of ones appended to the covariates, one product per class of cells
-    # gives the Gram matrix, the covariate sums and the class size (``ext_gram``), and
-    # the expression-covariate products and expression sums (``ext_cross``).
-    ext_gram = np.zeros((n_class, n_cov + 1, n_cov + 1))
-    ext_cross = np.zeros((n_class, n_genes, n_cov + 1))
-    yy = np.zeros((n_class, n_genes))
-
-    def accumulate(j: int, ys: np.ndarray, cs: np.ndarray) -> None:
-        ext_gram[j] += cs.T @ cs
-        # einsum: BLAS is slow on these skinny products (few covariates, few cells).
-        ext_cross[j] += np.einsum("ik,ig->gk", cs, ys)
-        yy[j] += np.einsum("ij,ij->j", ys, ys)
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
-            # Sort the block's used cells by class: each class is one contiguous segment,
-            # and classes are summed in parallel threads (each writes only its own sums).
-            cls = label[rows]
-            order = np.argsort(cls, kind="stable")
-            order = order[cls[order] >= 0]
-            cls, y = cls[order], y[order]
-            c = np.column_stack([covariates[rows][order], np.ones(order.size)])
-            present, starts = np.unique(cls, return_index=True)
-            ends = np.append(starts[1:], cls.size)
-            list(pool.map(accumulate, present,
-                          [y[lo:hi] for lo, hi in zip(starts, ends, strict=True)],
-                          [c[lo:hi] for lo, hi in zip(starts, ends, strict=True)]))
-    _check_finite(yy.sum(axis=0))
+    sums = accumulate(partial(_ClassSums, n_class, n_cov, n_genes), expression,
+                      (label, covariates), block_cells=block_cells, progress=progress,
+                      desc="de: accumulating")
+    _check_finite(sums.yy.sum(axis=0))
+    # With a column of ones appended to the covariates, the Gram matrix of each class
+    # holds the covariate sums and the class size too, and the expression-covariate
+    # products the expression sums.
+    used = np.flatnonzero(label >= 0)
+    ext = _with_ones(covariates[used])
+    members = sparse.csr_matrix((np.ones(used.size), (label[used], np.arange(used.size))),
+                                shape=(n_class, used.size))
+    ext_gram = (members @ (ext[:, :, None] * ext[:, None, :]).reshape(used.size, -1)
+                ).reshape(n_class, n_cov + 1, n_cov + 1)
     cc = ext_gram[:, :n_cov, :n_cov]
     c_sum = ext_gram[:, n_cov, :n_cov]
     class_size = ext_gram[:, n_cov, n_cov]
-    cy = np.swapaxes(ext_cross[:, :, :n_cov], 1, 2)
-    y_sum = ext_cross[:, :, n_cov]
+    cross = sums.cross.reshape(n_class, n_cov + 1, n_genes)
+    cy = cross[:, :n_cov]
+    y_sum = cross[:, n_cov]
 
     # Group j combines the no-group class 0 and its own class j + 1.
     pinv, rank = pinv_psd(cc[0] + cc[1:])
-    group_cy = cy[0] + cy[1:]
-    group_yy = yy[0] + yy[1:]
     cx = c_sum[1:, :, None]
-    xx = class_size[1:] - _residualize(pinv, cx, cx)[:, 0, 0]
-    res_yy = group_yy - np.einsum("mkg,mkl,mlg->mg", group_cy, pinv, group_cy, optimize=True)
-    res_xy = y_sum[1:] - _residualize(pinv, cx, group_cy)[:, 0, :]
+    raw_xx = class_size[1:]
+    xx = raw_xx - _residualize(pinv, cx, cx)[:, 0, 0]
+
+    def terms(rows: slice) -> tuple[np.ndarray, ...]:
+        group_cy = cy[0] + cy[1:][rows]
+        group_yy = sums.yy[0] + sums.yy[1:][rows]
+        res_yy = group_yy - np.einsum("mkg,mkl,mlg->mg", group_cy, pinv[rows], group_cy,
+                                      optimize=True)
+        res_xy = y_sum[1:][rows] - _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
+        return xx[rows, None], raw_xx[rows, None], res_yy, group_yy, res_xy
+
     size = (class_size[0] + class_size[1:]).astype(np.int64)
     tested = (class_size[1:] > 0) & (class_size[0] > 0)
-    return _finish(
-        xx[:, None], res_yy, res_xy, class_size[1:, None], group_yy,
-        size, size - 1 - rank - dimreduce, tested,
-    )
+    return _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
 
 
 def high_moi(
@@ -285,7 +367,7 @@ def high_moi(
     *,
     dimreduce: int = 0,
     block_cells: int,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> AssociationResult:
     """High-MOI, competition-aware design (METHOD 8, ``single=4``).
 
@@ -298,54 +380,64 @@ def high_moi(
     in the span of the other columns (e.g. identical to another group, or collinear with
     the covariates) has zero residual variance: p = 1, gamma = 0. Groups taking a single
     value on all cells are left out of the regression altogether.
+
+    Working memory besides the results: ``A'y`` and ``b`` (columns x genes each) and a
+    few columns x columns matrices for the pseudo-inverse.
     """
     groups = _as_csr(groups)
     n_cells, n_genes = expression.shape
     n_groups = groups.shape[1]
     n_in = np.asarray((groups != 0).sum(axis=0)).ravel()
     tested = (n_in > 0) & (n_in < n_cells)
-    active = groups[:, np.flatnonzero(tested)]
-    n_active = active.shape[1]
-    n_cov = covariates.shape[1]
-    cy = np.zeros((n_cov, n_genes))
-    xy = np.zeros((n_active, n_genes))
-    yy = np.zeros(n_genes)
-    for rows, y in _expression_blocks(expression, block_cells, progress, "de: accumulating"):
-        cy += (y.T @ covariates[rows]).T
-        xy += active[rows].T @ y
-        yy += np.einsum("ij,ij->j", y, y)
-    _check_finite(yy)
+    in_model = np.flatnonzero(tested)
+    active = groups[:, in_model]
+    n_active = in_model.size
+    sums = _product_sums(active, expression, covariates, block_cells, progress)
+    yy = sums.yy
     xc = np.asarray(active.T @ covariates)
     gram = np.block([
         [(active.T @ active).toarray(), xc],
         [xc.T, covariates.T @ covariates],
     ])
     # Equilibrate so that rank decisions do not depend on the scale of the columns.
-    diag = np.diag(gram)
+    diag = np.diag(gram).copy()
     scale = np.divide(1.0, np.sqrt(diag), out=np.zeros_like(diag), where=diag > 0)
-    scaled = gram * scale[:, None] * scale[None, :]
-    scaled_pinv, rank = pinv_psd(scaled)
-    projector_diag = np.einsum("ij,ji->i", scaled_pinv, scaled)[:n_active]
+    gram *= scale[:, None]
+    gram *= scale[None, :]
+    scaled_pinv, rank = pinv_psd(gram)
+    projector_diag = np.einsum("ij,ji->i", scaled_pinv[:n_active], gram[:, :n_active])
+    del gram
     estimable = projector_diag > 1.0 - ESTIMABLE_TOL
     pinv_diag = np.diag(scaled_pinv)[:n_active] * scale[:n_active] ** 2
-    cross = np.vstack([xy, cy])
-    coef = (scale[:, None] * (scaled_pinv @ (scale[:, None] * cross)))
-    rss = yy - np.einsum("ig,ig->g", coef, cross)
-    b = coef[:n_active]
 
-    raw_xx = n_in[tested].astype(np.float64)
-    xx = np.where(estimable, 1.0 / np.where(estimable, pinv_diag, 1.0), 0.0)
-    xx_full = np.zeros(n_groups)
-    xx_full[tested] = xx
-    b_full = np.zeros((n_groups, n_genes))
-    b_full[tested] = np.where(estimable[:, None], b, 0.0)
-    raw_full = np.ones(n_groups)
-    raw_full[tested] = raw_xx
-    res_xy = b_full * xx_full[:, None]
-    res_yy = rss + b_full * res_xy
+    # With the equilibrated ``S = s G s`` and ``z = s A'y``: b = s S^+ z and
+    # b'A'y = (S^+ z)'z, computed a range of rows of S^+ at a time.
+    z = sums.cross
+    z *= scale[:, None]
+    del sums
+    rss = yy.copy()
+    coef = np.zeros((n_groups, n_genes))
+    for rows in row_slices(z.shape[0], _step(n_genes)):
+        part = scaled_pinv[rows] @ z
+        rss -= np.einsum("ig,ig->g", part, z[rows])
+        own = slice(rows.start, min(rows.stop, n_active))
+        if own.start < own.stop:
+            coef[in_model[own]] = part[: own.stop - own.start] * scale[own, None]
+    del z
+    coef[in_model[~estimable]] = 0.0
+    xx = np.zeros(n_groups)
+    xx[in_model] = np.where(estimable, 1.0 / np.where(estimable, pinv_diag, 1.0), 0.0)
+    raw_xx = np.ones(n_groups)
+    raw_xx[tested] = n_in[tested]
+
+    def terms(rows: slice) -> tuple[np.ndarray, ...]:
+        b = coef[rows]
+        res_xy = b * xx[rows, None]
+        return xx[rows, None], raw_xx[rows, None], rss + b * res_xy, yy, res_xy
+
     cells = np.full(n_groups, n_cells)
     df = np.full(n_groups, n_cells - int(rank) - dimreduce)
-    return _finish(xx_full[:, None], res_yy, res_xy, raw_full[:, None], yy, cells, df, tested)
+    return _finish(terms, n_groups, n_genes, cells, df, tested)
 
 
 def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
