@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._core._blocks import row_block
 from ._core._reduce import is_dask
 from ._settings import settings
 
@@ -88,7 +89,26 @@ def input_matrix(
         return matrix.rechunk((size, -1)), size
     import dask.array as da
 
-    return da.from_array(row_accessible(matrix), chunks=(size, -1), asarray=False), size
+    matrix = row_accessible(matrix)
+    meta = matrix[:0, :0] if sparse.issparse(matrix) else np.empty((0, 0), matrix.dtype)
+    return da.from_array(_RowBlocks(matrix), chunks=(size, -1), name=False, meta=meta), size
+
+
+class _RowBlocks:
+    """An in-memory matrix as ``dask.array.from_array`` sees it: blocks of whole rows.
+
+    ``from_array`` copies array-likes, and the dask array would keep that copy of the
+    counts for as long as it (or a lazy layer made from it) lives; this wrapper is not
+    array-like, and its blocks are zero-copy row slices (CSR too).
+    """
+
+    def __init__(self, matrix) -> None:
+        self.matrix = matrix
+        self.shape, self.dtype, self.ndim = matrix.shape, matrix.dtype, matrix.ndim
+
+    def __getitem__(self, index: tuple[slice, slice]):
+        rows, _ = index  # chunks span all columns
+        return row_block(self.matrix, rows)
 
 
 def matrix_name(layer: str | None) -> str:
