@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -10,12 +11,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core._blocks import compact_rows
+from .._core._reduce import is_dask
 from .._utils import (
     UNS_KEY,
     block_cells,
     check_new_layer,
     ensure_actual,
-    get_matrix,
+    input_matrix,
     logger,
     obs_columns,
 )
@@ -47,13 +49,25 @@ def _unique_names(names: pd.Index) -> pd.Index:
 def _drop_cells(work: AnnData, keep: np.ndarray) -> AnnData:
     """``work`` (holding no counts) restricted to the cells in ``keep``.
 
-    Unlike ``work[keep].copy()``, the log CPM layer is compacted in place rather than
-    copied, so that the whole recipe never holds two copies of it.
+    Unlike ``work[keep].copy()``, an in-memory log CPM layer is compacted in place
+    rather than copied, so that the whole recipe never holds two copies of it; a lazy
+    (dask) one is subset lazily.
     """
+    lcpm_layer = work.layers["lcpm"]
     return AnnData(
         obs=work.obs[keep], var=work.var, uns=work.uns,
         obsm={key: value[keep] for key, value in work.obsm.items()},
-        layers={"lcpm": compact_rows(work.layers["lcpm"], keep, block_cells())},
+        layers={"lcpm": lcpm_layer[keep] if is_dask(lcpm_layer)
+                else compact_rows(lcpm_layer, keep, block_cells())},
+    )
+
+
+def _detached(adata: AnnData, counts) -> AnnData:
+    """An in-memory copy of a backed ``adata`` whose X is ``counts``, read lazily from disk."""
+    return AnnData(
+        X=counts, obs=adata.obs.copy(), var=adata.var.copy(), uns=deepcopy(dict(adata.uns)),
+        obsm={key: value.copy() for key, value in adata.obsm.items()},
+        varm={key: value.copy() for key, value in adata.varm.items()},
     )
 
 
@@ -66,6 +80,8 @@ def normalize(
     layer: str | None = None,
     stepmax: int = 1,
     keepvar: bool = True,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Run the Normalisr normalisation from raw counts to test-ready expression.
@@ -96,16 +112,31 @@ def normalize(
         Passed to :func:`compute_var`.
     keepvar
         Passed to :func:`normvar`.
+    chunked
+        Stream the counts in blocks of ``chunk_size`` cells as a dask array: every step
+        is a few passes over blocks accumulating small statistics, the counts stay
+        sparse (or on disk), and ``layers['lcpm']`` and ``layers['normalisr']`` are
+        stored as lazy dask arrays recomputed block by block from the counts and the
+        fitted parameters whenever they are read -- no dense cells x genes matrix is
+        ever held. With a ``dask.distributed`` client active, the passes run on its
+        cluster. Default: when the counts already are a dask array or ``adata`` is
+        backed. Results equal those of the in-memory path.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``. Memory grows linearly
+        with it: a few dense float64 blocks of ``chunk_size`` x genes are alive at once
+        per dask thread.
     copy
-        Return a new AnnData instead of changing ``adata``.
+        Return a new AnnData instead of changing ``adata``. Required for a backed
+        ``adata`` (which cannot be subset in place); the copy is in memory except its
+        counts, which stay on disk and are read lazily.
 
     Returns
     -------
     A new AnnData if ``copy``, else ``None``. ``adata`` is subset to the cells and
     genes passing QC and receives ``layers['lcpm']``, ``layers['normalisr']``,
     ``obsm['nsc_cov']``, ``obsm['nsc_covariates']``, ``obsm['nsc_covariates_norm']``,
-    ``obs['nsc_weight']``, ``obs['nsc_outlier']``, ``var['nsc_scale']`` and
-    ``uns['normalisr']``.
+    ``obs['nsc_weight']``, ``obs['nsc_outlier']``, ``var['nsc_scale']``,
+    ``varm['nsc_normvar']`` and ``uns['normalisr']``.
 
     Examples
     --------
@@ -117,27 +148,34 @@ def normalize(
     columns = obs_columns(adata, covariates)
     for key in ("lcpm", "normalisr"):
         check_new_layer(adata, key)
+    if adata.isbacked and not copy:
+        msg = (
+            "a backed AnnData cannot be subset in place to the cells and genes passing QC; "
+            "pass copy=True (the result keeps the counts on disk and reads them lazily)."
+        )
+        raise ValueError(msg)
+    counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     # The working object keeps the user's names if unique (error messages name cells) and
     # carries each cell's and gene's position for the way back to ``adata``.
     obs = adata.obs[columns].set_axis(_unique_names(adata.obs_names))
     obs[_POSITION] = np.arange(adata.n_obs)
     var = pd.DataFrame({_POSITION: np.arange(adata.n_vars)},
                        index=_unique_names(adata.var_names))
-    work = AnnData(X=get_matrix(adata, layer), obs=obs, var=var)
+    work = AnnData(X=counts, obs=obs, var=var)
     if qc is not None:
-        qc_reads(work, **qc)
-    lcpm(work)
+        qc_reads(work, **qc, chunk_size=size)
+    lcpm(work, chunk_size=size)
     work.X = None  # the remaining steps need no counts
     normcov(work, columns)
-    compute_var(work, stepmax=stepmax)
+    compute_var(work, stepmax=stepmax, chunk_size=size)
     if remove_outliers:
         qc_outlier(work, inplace=False)
         work = _drop_cells(work, ~work.obs["nsc_outlier"].to_numpy())
         work.uns[UNS_KEY]["qc_outlier"]["removed"] = True
-    normvar(work, keepvar=keepvar)
+    normvar(work, keepvar=keepvar, chunk_size=size)
 
     if copy:
-        adata = adata.copy()
+        adata = _detached(adata, counts) if adata.isbacked else adata.copy()
     ensure_actual(adata)
     if work.n_obs != adata.n_obs:
         adata._inplace_subset_obs(work.obs[_POSITION].to_numpy())
@@ -151,6 +189,7 @@ def normalize(
         if key in work.obs:
             adata.obs[key] = work.obs[key].to_numpy()
     adata.var["nsc_scale"] = work.var["nsc_scale"].to_numpy()
+    adata.varm["nsc_normvar"] = work.varm["nsc_normvar"].set_axis(adata.var_names)
     adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), **work.uns[UNS_KEY]}
     logger.info("normalize: %d cells x %d genes normalised", adata.n_obs, adata.n_vars)
     return adata if copy else None
