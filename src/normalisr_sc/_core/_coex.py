@@ -14,6 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -186,21 +187,23 @@ def bh_edges(rows: np.ndarray, pvals: np.ndarray, n_tests: int, qcut: float) -> 
     """Which candidate entries are edges of the per-row Benjamini-Hochberg network.
 
     ``rows`` and ``pvals`` list the candidate entries of some rows of a p-value matrix
-    with ``n_tests`` tests per row, in column order within each row. The candidates of a
-    row must include every entry with ``p <= qcut * (1 + BH_SLACK)``. An entry is an edge
-    where its BH q-value over its whole row is at most ``qcut``: where some entry of the
-    row ranked at or after it has ``p * n_tests / rank <= qcut`` (the step-up rule),
-    the same arithmetic as :func:`~._association.bh_qvalues`, so the two agree exactly.
+    with ``n_tests`` tests per row, row by row and in column order within each row. The
+    candidates of a row must include every entry with ``p <= qcut * (1 + BH_SLACK)``.
+    An entry is an edge where its BH q-value over its whole row is at most ``qcut``: by
+    the step-up rule, where it ranks at or before the last entry of its row with
+    ``p * n_tests / rank <= qcut`` -- the arithmetic of :func:`~._association.bh_qvalues`,
+    so that the two agree exactly.
     """
-    # By row, then p-value; stable, so ties keep column order as a full-row sort would.
-    order = np.lexsort((pvals, rows))
-    sorted_rows = rows[order]
-    rank = np.arange(1, rows.size + 1) - np.searchsorted(sorted_rows, sorted_rows)
-    passing = pvals[order] * n_tests / rank <= qcut
-    last_passing = np.zeros(int(rows.max(initial=-1)) + 1, dtype=np.int64)
-    np.maximum.at(last_passing, sorted_rows[passing], rank[passing])
-    edges = np.empty(rows.size, dtype=bool)
-    edges[order] = rank <= last_passing[sorted_rows]
+    edges = np.zeros(rows.size, dtype=bool)
+    bounds = np.append(np.flatnonzero(np.diff(rows, prepend=-1)), rows.size)
+    for start, stop in pairwise(bounds):
+        row_p = pvals[start:stop]
+        # Stable: ties keep column order, as in a sort of the whole row.
+        order = np.argsort(row_p, kind="stable")
+        rank = np.arange(1, order.size + 1)
+        passing = np.flatnonzero(row_p[order] * n_tests / rank <= qcut)
+        if passing.size:
+            edges[start + order[: passing[-1] + 1]] = True
     return edges
 
 
