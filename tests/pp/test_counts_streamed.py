@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -116,6 +118,26 @@ def test_lazy_layer_is_chunked_by_cells(counts):
     assert isinstance(block, np.ndarray)
     assert block.dtype == np.float64
     assert block.shape == (CHUNK_SIZE, adata.n_vars)
+
+
+def test_chunked_lcpm_copies_no_counts():
+    """Neither the passes nor the lazy layer hold a copy of in-memory counts."""
+    rng = np.random.default_rng(0)
+    counts = sparse.random(4000, 500, density=0.3, format="csr", random_state=rng,
+                           data_rvs=lambda n: rng.integers(1, 20, n)).astype(np.int64)
+    adata = AnnData(X=counts)
+    counts_bytes = counts.data.nbytes + counts.indices.nbytes
+    # Warm up: the first streamed pass imports modules (dask.distributed, if installed).
+    nsc.pp.lcpm(AnnData(X=counts[:10]), chunked=True)
+    tracemalloc.start()
+    try:
+        nsc.pp.lcpm(adata, chunked=True, chunk_size=50)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.5 * counts_bytes, peak / counts_bytes
+    assert held < 0.25 * counts_bytes, held / counts_bytes
+    assert isinstance(adata.layers["lcpm"], da.Array)
 
 
 def test_lazy_layer_float32(counts):
