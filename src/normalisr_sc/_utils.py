@@ -84,7 +84,12 @@ def input_matrix(
     if backed:
         from anndata.experimental import read_elem_lazy
 
-        return read_elem_lazy(adata.file["X"], chunks=(size, adata.n_vars)), size
+        on_disk = adata._adata_ref if adata.is_view else adata
+        lazy = read_elem_lazy(on_disk.file["X"], chunks=(size, on_disk.n_vars))
+        if adata.is_view:
+            # anndata keeps a view's cell and gene selection in these two indices.
+            lazy = lazy[adata._oidx][:, adata._vidx].rechunk((size, -1))
+        return lazy, size
     if is_dask(matrix):
         return matrix.rechunk((size, -1)), size
     import dask.array as da

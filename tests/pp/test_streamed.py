@@ -135,3 +135,13 @@ def test_streamed_recipe_never_holds_a_dense_matrix():
         tracemalloc.stop()
     assert isinstance(adata.layers["normalisr"], da.Array)
     assert peak < 0.3 * dense_bytes, f"peak {peak / 1e6:.1f} MB vs dense {dense_bytes / 1e6:.1f} MB"
+
+
+def test_view_of_backed_counts_reads_only_its_cells(screen, tmp_path):
+    path = tmp_path / "screen.h5ad"
+    screen.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    picked = np.arange(screen.n_obs) % 2 == 0
+    result = nsc.pp.normalize(backed[picked], covariates=["batch"], chunk_size=CHUNK, copy=True)
+    expected = nsc.pp.normalize(screen[picked], covariates=["batch"], copy=True)
+    assert_same_normalisation(result, expected)
