@@ -272,3 +272,21 @@ def test_qc_reads_backed_not_in_place(counts, tmp_path):
 def test_dask_x_refuses_chunked_false(counts, tmp_path):
     adata = streamed_adata(counts, "dask", tmp_path)
     assert_fails_streamed(adata, "dask", nsc.pp.lcpm, "drop `chunked=False`", chunked=False)
+
+
+# ---------------------------------------------------------------- on a dask.distributed cluster
+
+
+def test_qc_reads_and_lcpm_on_local_cluster(counts, tmp_path, dask_client):
+    distributed = pytest.importorskip("distributed")
+    reference = counts_adata(counts)
+    nsc.pp.qc_reads(reference, **QC)
+    nsc.pp.lcpm(reference)
+    adata = streamed_adata(counts, "dask", tmp_path)
+    with distributed.get_task_stream(dask_client) as tasks:
+        nsc.pp.qc_reads(adata, **QC, **stream_args("dask"))
+        nsc.pp.lcpm(adata, **stream_args("dask"))
+        computed = adata.layers["lcpm"].compute()
+    assert {task["worker"] for task in tasks.data} == set(dask_client.scheduler_info()["workers"])
+    assert_same_results(adata, reference)
+    assert_close(computed, reference.layers["lcpm"], rtol=1e-10)
