@@ -56,3 +56,25 @@ def counts_adata() -> AnnData:
 def make_counts():
     """:func:`random_counts` as a fixture, for test modules that cannot import conftest."""
     return random_counts
+
+
+@pytest.fixture(scope="session")
+def _local_cluster_client():
+    """A client of a local ``dask.distributed`` cluster: 2 worker processes, 1 thread each.
+
+    Started once per test session (per pytest-xdist worker) and not made the default
+    client, so that tests which do not ask for :func:`dask_client` keep dask's local
+    scheduler.
+    """
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture
+def dask_client(_local_cluster_client):
+    """The session's local-cluster client, active (the default client) during the test."""
+    with _local_cluster_client.as_current():
+        yield _local_cluster_client

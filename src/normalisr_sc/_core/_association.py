@@ -15,15 +15,18 @@ are ``x'x' = x.x - (C x)' (C'C)^+ (C x)`` and alike; then
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg import lapack
 
 from ._blocks import dense_block, row_slices
-from ._linalg import pinv_psd
+from ._linalg import PINV_RTOL, pinv_psd
 from ._pvalues import association_pvalues
 from ._reduce import accumulate, no_progress
 
@@ -45,7 +48,7 @@ ESTIMABLE_TOL = 1e-6
 #: Float64 elements of each temporary of one step: products with the group indicators
 #: and the test statistics are computed over ranges of genes or groups this large, so
 #: that no temporary reaches the size of a groups x genes result.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 
 def _expression_blocks(
@@ -132,7 +135,8 @@ def _finish(
     shape = (n_predictors, n_genes)
     pvals, neg_log10, gamma, var_y = (np.empty(shape) for _ in range(4))
     var_x = np.empty(n_predictors)
-    for rows in row_slices(n_predictors, _step(n_genes)):
+
+    def finish_rows(rows: slice) -> None:
         xx, raw_xx, yy, raw_yy, xy = terms(rows)
         zero_x = xx <= ZERO_VARIANCE_RTOL * raw_xx
         zero_y = yy <= ZERO_VARIANCE_RTOL * raw_yy
@@ -146,6 +150,11 @@ def _finish(
             one_minus_r2, np.maximum(df[rows], 1)[:, None])
         var_x[rows] = np.where(tested[rows], xx[:, 0] / n_cells[rows], np.nan)
         var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)
+
+    # Ranges of predictors in parallel threads (the p-values dominate; numpy and scipy
+    # release the GIL), each writing its own rows of the results.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(finish_rows, row_slices(n_predictors, _step(n_genes))))
     return AssociationResult(pvals, neg_log10, gamma, var_x, var_y, n_cells, df, tested)
 
 
@@ -360,6 +369,29 @@ def low_moi(
     return _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
 
 
+def _pinv_gram(gram: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pseudo-inverse and rank of a large Gram matrix, as :func:`~._linalg.pinv_psd`.
+
+    When ``gram`` is positive definite with a 1-norm condition number of at most
+    ``1 / PINV_RTOL`` (which bounds the 2-norm one), ``pinv_psd`` keeps every eigenvalue
+    and its pseudo-inverse is the inverse: computed from a Cholesky factorisation, many
+    times faster than an eigendecomposition for thousands of groups. Otherwise the
+    eigendecomposition decides the rank.
+    """
+    factor, failed = lapack.dpotrf(gram, lower=0, clean=1)
+    if not failed:
+        inverse, failed = lapack.dpotri(factor, lower=0, overwrite_c=1)
+        del factor
+    if not failed:
+        inverse = np.triu(inverse)
+        inverse += np.triu(inverse, 1).T
+        condition = np.abs(gram).sum(axis=0).max() * np.abs(inverse).sum(axis=0).max()
+        if condition * PINV_RTOL <= 1.0:
+            return inverse, gram.shape[0]
+    pinv, rank = pinv_psd(gram)
+    return pinv, int(rank)
+
+
 def high_moi(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -404,7 +436,7 @@ def high_moi(
     scale = np.divide(1.0, np.sqrt(diag), out=np.zeros_like(diag), where=diag > 0)
     gram *= scale[:, None]
     gram *= scale[None, :]
-    scaled_pinv, rank = pinv_psd(gram)
+    scaled_pinv, rank = _pinv_gram(gram)
     projector_diag = np.einsum("ij,ji->i", scaled_pinv[:n_active], gram[:, :n_active])
     del gram
     estimable = projector_diag > 1.0 - ESTIMABLE_TOL
@@ -423,7 +455,7 @@ def high_moi(
         own = slice(rows.start, min(rows.stop, n_active))
         if own.start < own.stop:
             coef[in_model[own]] = part[: own.stop - own.start] * scale[own, None]
-    del z
+    del z, scaled_pinv
     coef[in_model[~estimable]] = 0.0
     xx = np.zeros(n_groups)
     xx[in_model] = np.where(estimable, 1.0 / np.where(estimable, pinv_diag, 1.0), 0.0)
@@ -436,7 +468,7 @@ def high_moi(
         return xx[rows, None], raw_xx[rows, None], rss + b * res_xy, yy, res_xy
 
     cells = np.full(n_groups, n_cells)
-    df = np.full(n_groups, n_cells - int(rank) - dimreduce)
+    df = np.full(n_groups, n_cells - rank - dimreduce)
     return _finish(terms, n_groups, n_genes, cells, df, tested)
 
 

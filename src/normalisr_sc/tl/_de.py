@@ -9,7 +9,7 @@ import pandas as pd
 
 from .._core._association import case_control, exclusive_class, high_moi, low_moi
 from .._progress import progress
-from .._utils import block_cells, ensure_actual, logger
+from .._utils import chunk_cells, ensure_actual, logger
 from ._groups import read_groups
 from ._inputs import check_dimreduce, normalised_inputs
 
@@ -69,6 +69,8 @@ def de(
     covariates_key: str = "nsc_covariates_norm",
     key_added: str = "nsc_de",
     dimreduce: int = 0,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Test differential expression of every gene between groups of cells.
 
@@ -123,6 +125,14 @@ def de(
     dimreduce
         Extra degrees of freedom already used up by the expression (e.g. when covariates
         were removed from it beforehand).
+    chunked
+        Read ``layer`` as a dask array in blocks of ``chunk_size`` cells, the sums over
+        cells accumulated by a dask graph (run by a ``dask.distributed`` client if one is
+        active). Default: when the layer already is a dask array (a lazy layer of a
+        chunked :func:`~normalisr_sc.pp.normalize`) or ``adata`` is backed. Results are
+        the same either way.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``.
 
     Returns
     -------
@@ -154,17 +164,21 @@ def de(
         msg = f"design must be one of {list(_KERNELS)}, got {design!r}."
         raise ValueError(msg)
     check_dimreduce(dimreduce)
-    expression, covariates = normalised_inputs(adata, layer, covariates_key)
+    expression, covariates = normalised_inputs(adata, layer, covariates_key, chunked=chunked,
+                                               chunk_size=chunk_size)
     group_set = read_groups(adata, groupby, reference, groups)
     carrying, used = _cells_per_group(group_set, design)
     _check_group_sizes(group_set, design, carrying, used)
 
     matrix, rows = group_set.matrix, group_set.tested
     if design == "case_control":
-        matrix, rows = matrix[:, rows], np.arange(rows.size)
+        matrix = matrix[:, rows]
+    if design == "case_control" or np.array_equal(rows, np.arange(matrix.shape[1])):
+        # A slice selects the results without copying them (groups x genes each).
+        rows = slice(None)
     result = _KERNELS[design](
         matrix, expression, covariates, dimreduce=int(dimreduce),
-        block_cells=block_cells(), progress=progress,
+        block_cells=chunk_cells(chunk_size), progress=progress,
     )
     names = group_set.tested_names
 

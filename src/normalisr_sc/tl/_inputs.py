@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import covariate_frame, get_matrix, require
+from .._utils import covariate_frame, input_matrix, require
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,8 +18,19 @@ def check_dimreduce(dimreduce: int) -> None:
         raise ValueError(msg)
 
 
-def normalised_inputs(adata: AnnData, layer: str, covariates_key: str) -> tuple[object, np.ndarray]:
-    """The normalised expression layer and the normalised covariates as a float64 array."""
+def normalised_inputs(
+    adata: AnnData,
+    layer: str,
+    covariates_key: str,
+    *,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
+) -> tuple[object, np.ndarray]:
+    """The normalised expression layer and the normalised covariates as a float64 array.
+
+    The layer is returned as :func:`~normalisr_sc._utils.input_matrix` chooses: a dask
+    array chunked by ``chunk_size`` cells when streamed (``chunked``), else as it is.
+    """
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
     covariates = covariate_frame(adata, covariates_key).to_numpy(dtype=np.float64)
@@ -29,4 +40,6 @@ def normalised_inputs(adata: AnnData, layer: str, covariates_key: str) -> tuple[
     if not np.isfinite(covariates).all():
         msg = f"adata.obsm[{covariates_key!r}] contains NaN or infinite values."
         raise ValueError(msg)
-    return get_matrix(adata, layer, what="normalised expression"), covariates
+    expression, _ = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
+                                 what="normalised expression")
+    return expression, covariates
