@@ -16,7 +16,7 @@ from scipy import sparse
 from scipy.special import digamma, polygamma
 
 from ._blocks import materialize
-from ._reduce import accumulate, no_progress
+from ._reduce import PerCell, accumulate, no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,26 +31,6 @@ CPM_SCALE = 1e6
 
 def _stored_values(block: np.ndarray | sparse.csr_matrix) -> np.ndarray:
     return block.data if sparse.issparse(block) else block
-
-
-class _PerCell:
-    """Rows of values per cell, gathered from blocks of cells in any order."""
-
-    def __init__(self, n_columns: int) -> None:
-        self.n_columns = n_columns
-        self.pieces: list[tuple[int, np.ndarray]] = []
-
-    def add(self, rows: slice, values: np.ndarray) -> None:
-        self.pieces.append((rows.start, values))
-
-    def merge(self, other: _PerCell) -> _PerCell:
-        self.pieces += other.pieces
-        return self
-
-    def values(self) -> np.ndarray:
-        """All cells' values in cell order, cells x ``n_columns``."""
-        ordered = [values for _, values in sorted(self.pieces, key=lambda piece: piece[0])]
-        return np.concatenate([np.empty((0, self.n_columns)), *ordered])
 
 
 def check_count_dtype(dtype: DTypeLike, *, source: str) -> None:
@@ -162,7 +142,7 @@ class ReadSums:
         self.gene_weights = keep_genes.astype(np.float64)
         self.gene_counts = np.zeros(keep_genes.size)
         self.gene_cells = np.zeros(keep_genes.size)
-        self.cells = _PerCell(2)
+        self.cells = PerCell(2)
 
     def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix,
             cell_weights: np.ndarray) -> None:
@@ -361,7 +341,7 @@ class CountSummaries:
 
     def __init__(self, n_genes: int) -> None:
         self.check = CountCheck()
-        self.cells = _PerCell(2)
+        self.cells = PerCell(2)
         self.genes = GeneStatistics(n_genes)
 
     def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix) -> None:

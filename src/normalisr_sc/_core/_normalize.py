@@ -18,7 +18,7 @@ from scipy import stats
 from ._blocks import dense_block
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments
-from ._reduce import accumulate, no_progress
+from ._reduce import PerCell, accumulate, no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -118,7 +118,7 @@ class _LogRmsPerCell:
         self.inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread),
                                         where=informative)
         self.n_informative = int(informative.sum())
-        self.pieces: list[tuple[int, np.ndarray]] = []
+        self.log_rms = PerCell()
 
     def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
             cell_scale: np.ndarray) -> None:
@@ -126,17 +126,11 @@ class _LogRmsPerCell:
         standardized -= self.mean
         standardized *= self.inverse_spread
         mean_square = np.einsum("ij,ij->i", standardized, standardized) / self.n_informative
-        self.pieces.append((rows.start, 0.5 * np.log(mean_square)))
+        self.log_rms.add(rows, 0.5 * np.log(mean_square))
 
     def merge(self, other: _LogRmsPerCell) -> _LogRmsPerCell:
-        self.pieces += other.pieces
+        self.log_rms.merge(other.log_rms)
         return self
-
-    def values(self, n_cells: int) -> np.ndarray:
-        out = np.empty(n_cells)
-        for start, values in self.pieces:
-            out[start:start + values.size] = values
-        return out
 
 
 def _log_rms_standardized_residuals(
@@ -153,7 +147,7 @@ def _log_rms_standardized_residuals(
     (weighted least squares when the scale is not uniform). Three passes over the
     cells: regression, residual spread per gene, spread per cell.
     """
-    n_cells, n_genes = expression.shape
+    n_genes = expression.shape[1]
     scaled_cov = covariates / cell_scale[:, None]
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
@@ -166,7 +160,7 @@ def _log_rms_standardized_residuals(
     moments = stream(partial(_ResidualMoments, coefficients), row_data=side,
                      desc="variance fit: residual spread").moments
     return stream(partial(_LogRmsPerCell, coefficients, moments), row_data=side,
-                  desc="variance fit: per-cell spread").values(n_cells)
+                  desc="variance fit: per-cell spread").log_rms.values()
 
 
 def cell_weights(

@@ -47,6 +47,29 @@ class BlockSums(Protocol):
 S = TypeVar("S", bound=BlockSums)
 
 
+class PerCell:
+    """Values per cell (shape ``(cells, *columns)``), gathered from blocks in any order.
+
+    A part of an accumulator whose pass yields per-cell results rather than sums.
+    """
+
+    def __init__(self, *columns: int) -> None:
+        self.columns = columns
+        self.pieces: list[tuple[int, np.ndarray]] = []
+
+    def add(self, rows: slice, values: np.ndarray) -> None:
+        self.pieces.append((rows.start, values))
+
+    def merge(self, other: PerCell) -> PerCell:
+        self.pieces += other.pieces
+        return self
+
+    def values(self) -> np.ndarray:
+        """All cells' values in cell order."""
+        ordered = [values for _, values in sorted(self.pieces, key=lambda piece: piece[0])]
+        return np.concatenate([np.empty((0, *self.columns)), *ordered])
+
+
 def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
     return iterable
 
