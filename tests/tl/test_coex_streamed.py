@@ -79,6 +79,21 @@ def test_gene_subset_of_a_dask_layer(adata, dask_adata):
     assert_results_close(dask_adata, adata)
 
 
+def test_dask_cluster_matches_in_memory(adata, dask_adata, dask_client):
+    distributed = pytest.importorskip("distributed")
+    nsc.tl.coex(adata)
+    nsc.tl.binnet(adata)
+    network = dask_adata.copy()
+    with distributed.get_task_stream(dask_client) as tasks:
+        nsc.tl.coex(dask_adata)
+        nsc.tl.coex(network, store="network")
+    # The Gram matrices were accumulated on the cluster's workers, not in this process.
+    assert {task["worker"] for task in tasks.data} == set(dask_client.scheduler_info()["workers"])
+    assert_results_close(dask_adata, adata)
+    assert network.varp["nsc_coex_net"].nnz > 30
+    assert (network.varp["nsc_coex_net"] != adata.varp["nsc_coex_net"]).nnz == 0
+
+
 def test_float32_matches_float64(adata):
     nsc.tl.coex(adata)
     reference = {name: adata.varp[f"nsc_coex_{name}"].copy() for name in MATRICES}
