@@ -153,8 +153,10 @@ def _finish(
 
     # Ranges of predictors in parallel threads (the p-values dominate; numpy and scipy
     # release the GIL), each writing its own rows of the results.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(finish_rows, row_slices(n_predictors, _step(n_genes))))
+    threads = os.cpu_count() or 1
+    step = max(1, min(_step(n_genes), -(-n_predictors // threads)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(finish_rows, row_slices(n_predictors, step)))
     return AssociationResult(pvals, neg_log10, gamma, var_x, var_y, n_cells, df, tested)
 
 
