@@ -8,8 +8,8 @@ Scenarios, all measured in the same run on the same normalised data:
   ``rank_genes_groups`` (t-test and wilcoxon; one group vs the rest for case-control,
   each group vs the reference group for low MOI);
 - high-MOI DE at 20,000 cells x 2,000 genes with 200 and 400 guide groups at 10 guides
-  per cell: ``nsc.tl.de(design='high_moi')`` vs ``normalisr.de(single=4)``; ours alone
-  at 2,000 groups;
+  per cell on average (Poisson): ``nsc.tl.de(design='high_moi')`` vs
+  ``normalisr.de(single=4)``; ours alone at 2,000 groups;
 - co-expression at 20,000 cells x 5,000 genes: ``nsc.tl.coex`` vs ``normalisr.coex`` vs
   one bare float64 product ``X @ X.T`` of the same shape, the physical floor.
 
@@ -89,11 +89,18 @@ def generated(n_cells: int, n_genes: int, n_cov: int = 4, *, seed: int = 0) -> a
     return adata
 
 
-def guides(n_cells: int, n_groups: int, per_cell: int, *, seed: int = 1) -> sparse.csr_matrix:
-    """Cells x groups 0/1 CSR with exactly ``per_cell`` distinct random groups per cell."""
+def guides(n_cells: int, n_groups: int, per_cell: float, *, seed: int = 1) -> sparse.csr_matrix:
+    """Cells x groups 0/1 CSR: each cell carries Poisson(``per_cell``) distinct random groups.
+
+    The number varies between cells as in a real screen: with exactly ``per_cell`` groups
+    in every cell the groups would sum to a multiple of the intercept, so that no group
+    could be told apart from the others in the high-MOI design (every p-value 1).
+    """
     rng = np.random.default_rng(seed)
-    cols = np.argsort(rng.random((n_cells, n_groups)), axis=1)[:, :per_cell].ravel()
-    rows = np.repeat(np.arange(n_cells), per_cell)
+    counts = np.minimum(rng.poisson(per_cell, n_cells), n_groups)
+    order = np.argsort(rng.random((n_cells, n_groups)), axis=1)
+    cols = order[np.arange(n_groups) < counts[:, None]]
+    rows = np.repeat(np.arange(n_cells), counts)
     return sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_cells, n_groups))
 
 
