@@ -152,9 +152,10 @@ def _finish(
         var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)
 
     # Ranges of predictors in parallel threads (the p-values dominate; numpy and scipy
-    # release the GIL), each writing its own rows of the results.
+    # release the GIL), each writing its own rows of the results. All threads together
+    # hold about ``CHUNK_ELEMENTS`` elements per temporary, and every thread gets work.
     threads = os.cpu_count() or 1
-    step = max(1, min(_step(n_genes), -(-n_predictors // threads)))
+    step = max(1, min(_step(n_genes) // threads, -(-n_predictors // threads)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(finish_rows, row_slices(n_predictors, step)))
     return AssociationResult(pvals, neg_log10, gamma, var_x, var_y, n_cells, df, tested)
