@@ -31,7 +31,7 @@ from ._pvalues import association_pvalues
 from ._reduce import accumulate, no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from numpy.typing import ArrayLike
 
@@ -49,15 +49,6 @@ ESTIMABLE_TOL = 1e-6
 #: and the test statistics are computed over ranges of genes or groups this large, so
 #: that no temporary reaches the size of a groups x genes result.
 CHUNK_ELEMENTS = 1 << 20
-
-
-def _expression_blocks(
-    expression: ArrayLike, block_cells: int, progress: Progress, desc: str
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """Row slices of consecutive blocks of cells and the float64 expression of each."""
-    blocks = list(row_slices(expression.shape[0], block_cells))
-    for rows in progress(blocks, len(blocks), desc):
-        yield rows, dense_block(expression[rows])
 
 
 @dataclass

@@ -7,8 +7,8 @@ accumulator of the same kind. :func:`accumulate` runs it
 - in a loop over consecutive blocks when the matrix is in memory (numpy, scipy sparse)
   or row-sliceable on disk (h5py, backed AnnData), adding into a single accumulator;
 - as a dask graph when the matrix is a dask array: one accumulator per chunk of cells,
-  merged pairwise in a tree, computed by the active scheduler -- the local threaded one,
-  or a ``dask.distributed`` cluster when a ``Client`` is active.
+  merged into a running total as blocks finish, computed by the active scheduler -- the
+  local threaded one, or a ``dask.distributed`` cluster when a ``Client`` is active.
 
 Both give the same sums up to the order of floating-point additions.
 """
@@ -147,14 +147,14 @@ def _accumulate_dask(
     client = _active_client()
     if client is not None:
         return _merge_as_completed(client, leaves, done)
-    # A binary tree of merges: dask's ordering frees partial sums as soon as they merge.
-    parts = leaves
-    while len(parts) > 1:
-        paired = [delayed(_merge)(a, b) for a, b in zip(parts[::2], parts[1::2], strict=False)]
-        parts = paired + parts[len(paired) * 2:]
+    # A chain of merges into one running total: only the total and the blocks in flight
+    # are held (a binary tree of merges keeps a waiting partial sum per level).
+    total = leaves[0]
+    for leaf in leaves[1:]:
+        total = delayed(_merge)(total, leaf)
     leaf_keys = {leaf.key for leaf in leaves}
     with _Advance(leaf_keys, done):
-        (result,) = dask.compute(parts[0])
+        (result,) = dask.compute(total)
     return result
 
 
