@@ -20,6 +20,7 @@ from .._core._counts import (
     summary_covariates,
 )
 from .._core._reduce import accumulate, is_dask
+from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
 from .._utils import (
     check_new_layer,
@@ -83,6 +84,7 @@ def _lcpm_in_memory(
     return log_cpm
 
 
+@doc_params(doc_chunked_counts=doc_chunked_counts)
 def lcpm(
     adata: AnnData,
     *,
@@ -124,13 +126,7 @@ def lcpm(
         Seed of the resampling.
     dtype
         Float type of the stored layer (computation is float64 throughout).
-    chunked
-        Read the counts as a dask array in blocks of ``chunk_size`` cells, each pass a
-        dask graph (run by a ``dask.distributed`` client if one is active), so that no
-        dense cells x genes matrix is ever held and derived layers are stored lazily.
-        Default: when the counts already are a dask array or ``adata`` is backed.
-    chunk_size
-        Cells per block; default ``nsc.settings.block_cells``.
+    {doc_chunked_counts}
 
     Returns
     -------
@@ -194,6 +190,7 @@ def lcpm(
     logger.info("lcpm: wrote adata.layers[%r] (%d cells x %d genes)", key_added, *adata.shape)
 
 
+@doc_params(doc_chunked_counts=doc_chunked_counts)
 def scaling_factor(
     adata: AnnData,
     *,
@@ -230,13 +227,7 @@ def scaling_factor(
         ``adata.var`` column receiving the factor.
     inplace
         Store the factor; otherwise return it.
-    chunked
-        Read the counts as a dask array in blocks of ``chunk_size`` cells, each pass a
-        dask graph (run by a ``dask.distributed`` client if one is active), so that no
-        dense cells x genes matrix is ever held and derived layers are stored lazily.
-        Default: when the counts already are a dask array or ``adata`` is backed.
-    chunk_size
-        Cells per block; default ``nsc.settings.block_cells``.
+    {doc_chunked_counts}
 
     Returns
     -------

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._core._counts import ReadBounds, filter_reads, validate_counts
 from .._core._normalize import variance_outliers
+from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
 from .._utils import (
     ensure_actual,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@doc_params(doc_chunked_counts=doc_chunked_counts)
 def qc_reads(
     adata: AnnData,
     *,
@@ -64,13 +66,7 @@ def qc_reads(
         Subset ``adata`` to the kept cells and genes (like :func:`scanpy.pp.filter_cells`).
         Otherwise return the masks and leave ``adata`` unchanged. A backed ``adata``
         cannot be subset in place; a dask ``X`` is subset lazily.
-    chunked
-        Read the counts as a dask array in blocks of ``chunk_size`` cells, each pass a
-        dask graph (run by a ``dask.distributed`` client if one is active), so that no
-        dense cells x genes matrix is ever held and derived layers are stored lazily.
-        Default: when the counts already are a dask array or ``adata`` is backed.
-    chunk_size
-        Cells per block; default ``nsc.settings.block_cells``.
+    {doc_chunked_counts}
 
     Returns
     -------

@@ -16,6 +16,7 @@ from .._core._normalize import (
     normalize_covariates,
 )
 from .._core._reduce import is_dask
+from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._utils import (
     check_new_layer,
@@ -74,6 +75,7 @@ def lazy_normalised(expression, covariates: np.ndarray, weights: np.ndarray,
     )
 
 
+@doc_params(doc_chunked_layer=doc_chunked_layer)
 def compute_var(
     adata: AnnData,
     *,
@@ -108,13 +110,7 @@ def compute_var(
         ``adata.obsm`` key of the normalised covariates.
     key_added
         ``adata.obs`` column receiving the weights.
-    chunked
-        Read ``layer`` as a dask array in blocks of ``chunk_size`` cells, each pass a
-        dask graph (run by a ``dask.distributed`` client if one is active). Default:
-        when the layer already is a dask array (a lazy layer of a chunked
-        :func:`~normalisr_sc.pp.lcpm`) or ``adata`` is backed.
-    chunk_size
-        Cells per block; default ``nsc.settings.block_cells``.
+    {doc_chunked_layer}
 
     Returns
     -------

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._core._association import case_control, exclusive_class, high_moi, low_moi
+from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._utils import chunk_cells, ensure_actual, logger
 from ._groups import read_groups
@@ -58,6 +59,7 @@ def _check_group_sizes(groups: Groups, design: Design, carrying: np.ndarray,
         raise ValueError(msg)
 
 
+@doc_params(doc_chunked_layer=doc_chunked_layer)
 def de(
     adata: AnnData,
     groupby: str,
@@ -125,14 +127,7 @@ def de(
     dimreduce
         Extra degrees of freedom already used up by the expression (e.g. when covariates
         were removed from it beforehand).
-    chunked
-        Read ``layer`` as a dask array in blocks of ``chunk_size`` cells, the sums over
-        cells accumulated by a dask graph (run by a ``dask.distributed`` client if one is
-        active). Default: when the layer already is a dask array (a lazy layer of a
-        chunked :func:`~normalisr_sc.pp.normalize`) or ``adata`` is backed. Results are
-        the same either way.
-    chunk_size
-        Cells per block; default ``nsc.settings.block_cells``.
+    {doc_chunked_layer}
 
     Returns
     -------
