@@ -148,6 +148,8 @@ def coex(
     genes), and each stored matrix ``8 g^2`` bytes in float64 or ``4 g^2`` in float32;
     in float64 the r matrix reuses the memory of the Gram matrix. With
     ``store='network'`` no dense result is held: only the Gram matrix and the edges.
+    Streamed, every dask thread also holds the partial Gram matrix of its blocks until
+    it is merged (about 3 Gram matrices at once with 2 threads).
 
     Parameters
     ----------
