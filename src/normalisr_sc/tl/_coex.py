@@ -10,6 +10,7 @@ from scipy import sparse
 from .._core._blocks import dense_block
 from .._core._coex import coex_matrices, coex_network, coex_stats, pvalue_network
 from .._core._reduce import is_dask
+from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._utils import ensure_actual, gene_positions, input_matrix, logger, require
 from ._inputs import check_dimreduce, normalised_inputs
@@ -121,6 +122,7 @@ def _store_network(adata: AnnData, key: str, net: sparse.csr_matrix, qcut: float
     logger.info("binnet: %d edges at qcut=%g", net.nnz, qcut)
 
 
+@doc_params(doc_chunked_layer=doc_chunked_layer)
 def coex(
     adata: AnnData,
     *,
@@ -177,13 +179,7 @@ def coex(
     qcut
         Q-value cutoff of the network stored with ``store='network'`` (default 0.05);
         not used with ``store='all'``.
-    chunked
-        Read ``layer`` as a dask array in blocks of ``chunk_size`` cells, the Gram matrix
-        accumulated by a dask graph (run by a ``dask.distributed`` client if one is
-        active). Default: when the layer already is a dask array (a lazy layer of a
-        chunked :func:`~normalisr_sc.pp.normalize`) or ``adata`` is backed.
-    chunk_size
-        Cells per block; default ``nsc.settings.block_cells``.
+    {doc_chunked_layer}
 
     Returns
     -------
