@@ -28,14 +28,14 @@ import gc
 import json
 import os
 import platform
-import re
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from _memory import peak_kib, reset_peak, rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPALEXI = ROOT.parent / "shared" / "data" / "papalexi_lowmoi.h5ad"
@@ -94,25 +94,6 @@ def papalexi_dataset(n_cells: int | None, seed: int) -> Path | None:
 # ---------------------------------------------------------------- one measurement (child)
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
-
-
-def _peak_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _reset_peak() -> bool:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    except OSError:
-        return False
-    return True
-
-
 class _Steps:
     """Seconds and peak extra RSS (MB) at the end of each timed step."""
 
@@ -125,7 +106,7 @@ class _Steps:
         now = time.perf_counter()
         self.record[name] = {
             "seconds": now - self.start,
-            "peak_mb": (_peak_kib() - self.baseline) * 1024 / MB,
+            "peak_mb": (peak_kib() - self.baseline) * 1024 / MB,
         }
         self.start = now
 
@@ -224,7 +205,7 @@ def measure_one(method: str, path: str, covariate: str, block_cells: int | None)
         nsc.settings.block_cells = block_cells
     nsc.settings.progress = False
     warm_up = nsc.datasets.simulate(n_cells=500, n_genes=100, seed=1)
-    _run(method, warm_up, "batch", _Steps(_rss_kib()))
+    _run(method, warm_up, "batch", _Steps(rss_kib()))
     adata = ad.read_h5ad(path)
     n_cells, n_genes = adata.shape
     if method == "normalisr":
@@ -232,8 +213,8 @@ def measure_one(method: str, path: str, covariate: str, block_cells: int | None)
         del adata
     del warm_up
     gc.collect()
-    exact_peak = _reset_peak()
-    baseline = _rss_kib()
+    exact_peak = reset_peak()
+    baseline = rss_kib()
     steps = _Steps(baseline)
     start = time.perf_counter()
     if method == "normalisr":  # its genes x cells input was prepared before the baseline
@@ -241,7 +222,7 @@ def measure_one(method: str, path: str, covariate: str, block_cells: int | None)
     else:
         shape = _run(method, adata, covariate, steps)
     seconds = time.perf_counter() - start
-    peak = _peak_kib()
+    peak = peak_kib()
     return {
         "method": method, "n_cells": n_cells, "n_genes": n_genes, "out_shape": list(shape),
         "seconds": seconds, "peak_extra_mb": (peak - baseline) * 1024 / MB,

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+from _memory import peak_kib, reset_peak, rss_kib
 
 DEFAULT_WORKDIR = Path("~/.cache/normalisr_sc_bench").expanduser()
 #: Bump when the generator changes, so that cached screens are regenerated.
@@ -234,26 +235,6 @@ def screen_file(screen: Screen, workdir: Path) -> tuple[Path, dict]:
 # ---------------------------------------------------------------- one measurement (child)
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
-
-
-def _peak_kib() -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(r"VmHWM:\s+(\d+)", status.read()).group(1))
-
-
-def _reset_peak() -> bool:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    except OSError:
-        return False
-    return True
-
-
 class _Memory:
     """Peak RSS of this process and of the cluster's workers, if any, since ``reset``."""
 
@@ -267,17 +248,17 @@ class _Memory:
         return here + list(self.client.run(function).values())
 
     def reset(self) -> None:
-        self.exact = all(self._each(_reset_peak))
-        self.baseline = sum(self._each(_rss_kib))
+        self.exact = all(self._each(reset_peak))
+        self.baseline = sum(self._each(rss_kib))
 
     def peak_mb(self) -> tuple[float, float]:
         """Peak RSS (sum over processes: an upper bound) and its excess over the baseline."""
-        peak = sum(self._each(_peak_kib))
+        peak = sum(self._each(peak_kib))
         return peak * 1024 / MB, (peak - self.baseline) * 1024 / MB
 
     def peaks_mb(self) -> list[float]:
         """Peak RSS of each process: this one, then the workers."""
-        return [peak * 1024 / MB for peak in self._each(_peak_kib)]
+        return [peak * 1024 / MB for peak in self._each(peak_kib)]
 
 
 def load_screen(path: str, n_cells: int, chunk_size: int):
