@@ -259,9 +259,13 @@ def normalised_block(
     coefficients: np.ndarray,
     scale: np.ndarray,
     factor: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``."""
-    residual = covariates @ coefficients.T
+    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``.
+
+    Written into ``out`` (float64, the block's shape) if given.
+    """
+    residual = np.matmul(covariates, coefficients.T, out=out)
     np.subtract(dense_block(block), residual, out=residual)
     gene_weight = np.multiply.outer(log_weights, scale)
     residual *= np.exp(gene_weight, out=gene_weight)
@@ -284,14 +288,17 @@ class _WeightedRegression:
 
     def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
             log_weights: np.ndarray) -> None:
-        gene_weight = np.multiply.outer(log_weights, self.scale)
-        np.exp(gene_weight, out=gene_weight)
-        weighted = dense_block(block) * gene_weight
-        self.cross += (weighted * gene_weight).T @ covariates
-        self.before.update(weighted, overwrite=True)
-        squared_weight = np.multiply(gene_weight, gene_weight, out=gene_weight)
+        block = dense_block(block)
+        weight = np.multiply.outer(log_weights, self.scale)
+        np.exp(weight, out=weight)
+        weighted = block * weight
+        # ``weight`` is reused for w^2 and then y w^2: one block-sized array fewer.
+        squared_weight = np.multiply(weight, weight, out=weight)
         self.gram_upper += squared_weight.T @ (covariates[:, self.upper[0]]
                                                * covariates[:, self.upper[1]])
+        twice_weighted = np.multiply(squared_weight, block, out=weight)
+        self.cross += twice_weighted.T @ covariates
+        self.before.update(weighted, overwrite=True)
 
     def merge(self, other: _WeightedRegression) -> _WeightedRegression:
         self.gram_upper += other.gram_upper
@@ -322,9 +329,11 @@ class _NormalisedSquares:
 
     def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
             log_weights: np.ndarray) -> None:
-        values = normalised_block(block, covariates, log_weights, self.coefficients, self.scale)
+        in_place = self.out is not None and self.out.dtype == np.float64
+        values = normalised_block(block, covariates, log_weights, self.coefficients, self.scale,
+                                  out=self.out[rows] if in_place else None)
         self.sum_squares += np.einsum("ij,ij->j", values, values)
-        if self.out is not None:
+        if self.out is not None and not in_place:
             self.out[rows] = values
 
     def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:
