@@ -145,3 +145,18 @@ def test_view_of_backed_counts_reads_only_its_cells(screen, tmp_path):
     result = nsc.pp.normalize(backed[picked], covariates=["batch"], chunk_size=CHUNK, copy=True)
     expected = nsc.pp.normalize(screen[picked], covariates=["batch"], copy=True)
     assert_same_normalisation(result, expected)
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data")
+def test_counts_in_a_zarr_store_are_streamed(screen, in_memory, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from anndata.experimental import read_elem_lazy
+    from anndata.io import read_elem
+
+    screen.write_zarr(tmp_path / "screen.zarr")
+    store = zarr.open_group(tmp_path / "screen.zarr", mode="r")
+    adata = ad.AnnData(X=read_elem_lazy(store["X"], chunks=(300, screen.n_vars)),
+                       obs=read_elem(store["obs"]), var=read_elem(store["var"]))
+    nsc.pp.normalize(adata, covariates=["batch"], chunk_size=CHUNK)
+    assert isinstance(adata.X, da.Array)
+    assert_same_normalisation(adata, in_memory)
