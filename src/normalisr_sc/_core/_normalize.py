@@ -259,13 +259,9 @@ def normalised_block(
     coefficients: np.ndarray,
     scale: np.ndarray,
     factor: np.ndarray | None = None,
-    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``.
-
-    Written into ``out`` (float64, the block's shape) if given.
-    """
-    residual = np.matmul(covariates, coefficients.T, out=out)
+    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``."""
+    residual = covariates @ coefficients.T
     np.subtract(dense_block(block), residual, out=residual)
     gene_weight = np.multiply.outer(log_weights, scale)
     residual *= np.exp(gene_weight, out=gene_weight)
@@ -275,11 +271,16 @@ def normalised_block(
 
 
 class _WeightedRegression:
-    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes."""
+    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes.
 
-    def __init__(self, scale: np.ndarray, n_cov: int) -> None:
+    With ``weights_out`` (in memory, float64, cells x genes), the gene weights
+    ``w ** scale`` are kept there for the second pass, which then needs no ``exp``.
+    """
+
+    def __init__(self, scale: np.ndarray, n_cov: int,
+                 weights_out: np.ndarray | None = None) -> None:
         n_genes = scale.size
-        self.scale = scale
+        self.scale, self.weights_out = scale, weights_out
         # Gram matrices are symmetric: only the upper triangle is accumulated.
         self.upper = np.triu_indices(n_cov)
         self.gram_upper = np.zeros((n_genes, self.upper[0].size))
@@ -289,14 +290,16 @@ class _WeightedRegression:
     def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
             log_weights: np.ndarray) -> None:
         block = dense_block(block)
-        weight = np.multiply.outer(log_weights, self.scale)
+        kept = self.weights_out is not None
+        weight = np.multiply.outer(log_weights, self.scale,
+                                   out=self.weights_out[rows] if kept else None)
         np.exp(weight, out=weight)
         weighted = block * weight
-        # ``weight`` is reused for w^2 and then y w^2: one block-sized array fewer.
-        squared_weight = np.multiply(weight, weight, out=weight)
+        # Unless kept, ``weight`` is reused for w^2 and then y w^2: one block-sized array fewer.
+        squared_weight = np.multiply(weight, weight, out=None if kept else weight)
         self.gram_upper += squared_weight.T @ (covariates[:, self.upper[0]]
                                                * covariates[:, self.upper[1]])
-        twice_weighted = np.multiply(squared_weight, block, out=weight)
+        twice_weighted = np.multiply(squared_weight, block, out=squared_weight)
         self.cross += twice_weighted.T @ covariates
         self.before.update(weighted, overwrite=True)
 
@@ -319,21 +322,27 @@ class _WeightedRegression:
 class _NormalisedSquares:
     """Per-gene sums of squares of the normalised expression before the keepvar rescaling.
 
-    With ``out`` (an in-memory array), the values are also written there.
+    With ``out`` (an in-memory array), the values are also written there; if
+    ``weights_in_out``, ``out`` holds the gene weights of :class:`_WeightedRegression`.
     """
 
     def __init__(self, coefficients: np.ndarray, scale: np.ndarray,
-                 out: np.ndarray | None = None) -> None:
-        self.coefficients, self.scale, self.out = coefficients, scale, out
+                 out: np.ndarray | None = None, weights_in_out: bool = False) -> None:
+        self.coefficients, self.scale = coefficients, scale
+        self.out, self.weights_in_out = out, weights_in_out
         self.sum_squares = np.zeros(scale.size)
 
     def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
             log_weights: np.ndarray) -> None:
-        in_place = self.out is not None and self.out.dtype == np.float64
-        values = normalised_block(block, covariates, log_weights, self.coefficients, self.scale,
-                                  out=self.out[rows] if in_place else None)
+        if self.weights_in_out:
+            residual = covariates @ self.coefficients.T
+            np.subtract(dense_block(block), residual, out=residual)
+            values = np.multiply(self.out[rows], residual, out=self.out[rows])
+        else:
+            values = normalised_block(block, covariates, log_weights, self.coefficients,
+                                      self.scale)
         self.sum_squares += np.einsum("ij,ij->j", values, values)
-        if self.out is not None and not in_place:
+        if self.out is not None and not self.weights_in_out:
             self.out[rows] = values
 
     def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:
@@ -369,12 +378,15 @@ def fit_normalisation(
     log_weights = np.log(weights)
     stream = partial(accumulate, matrix=expression, row_data=(covariates, log_weights),
                      block_cells=block_cells, progress=progress)
-    regression = stream(partial(_WeightedRegression, scale, n_cov),
+    # In memory, the float64 output holds the gene weights between the two passes.
+    keep_weights = out is not None and out.dtype == np.float64
+    regression = stream(partial(_WeightedRegression, scale, n_cov,
+                                out if keep_weights else None),
                         desc="normvar: weighted regression")
     coefficients = regression.coefficients()
     factor = np.ones_like(scale)
     if keepvar or out is not None:
-        squares = stream(partial(_NormalisedSquares, coefficients, scale, out),
+        squares = stream(partial(_NormalisedSquares, coefficients, scale, out, keep_weights),
                          desc="normvar: residuals")
         if keepvar:
             rms_after = np.sqrt(squares.sum_squares / expression.shape[0])
