@@ -98,3 +98,15 @@ def test_gotop_subcommand(tmp_path):
                  "--n-principal", "10", "--table", str(tmp_path / "go.tsv")]) == 0
     assert ad.read_h5ad(tmp_path / "go.h5ad").uns["nsc_gotop"]["top_term"] == "GO:0000002"
     assert pd.read_csv(tmp_path / "go.tsv", sep="\t")["term"].iloc[0] == "GO:0000002"
+
+
+def test_normalize_streamed_equals_in_memory(tmp_path):
+    raw = nsc.datasets.simulate(n_cells=600, n_genes=120, seed=8)
+    raw.write_h5ad(tmp_path / "raw.h5ad")
+    for name, extra in (("memory", []), ("streamed", ["--chunk-size", "128"])):
+        assert main(["--quiet", "normalize", str(tmp_path / "raw.h5ad"), "--covariates", "batch",
+                     "-o", str(tmp_path / f"{name}.h5ad"), *extra]) == 0
+    memory, streamed = (ad.read_h5ad(tmp_path / f"{name}.h5ad") for name in ("memory", "streamed"))
+    assert streamed.uns["normalisr"]["lcpm"] == memory.uns["normalisr"]["lcpm"]
+    np.testing.assert_allclose(streamed.layers["normalisr"], memory.layers["normalisr"],
+                               rtol=1e-8, atol=1e-10)

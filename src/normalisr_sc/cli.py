@@ -41,7 +41,8 @@ def cmd_qc(args):
 def cmd_normalize(args):
     adata = _input(args)
     pp.normalize(adata, args.covariates, qc=None if args.no_qc else pp.DEFAULT_QC,
-                 remove_outliers=not args.keep_outliers)
+                 remove_outliers=not args.keep_outliers,
+                 chunked=args.chunk_size is not None, chunk_size=args.chunk_size)
     _write(adata, args)
 
 
@@ -153,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     norm.add_argument("--covariates", nargs="*", default=[], help="obs columns to remove")
     norm.add_argument("--no-qc", action="store_true", help="skip read-count QC")
     norm.add_argument("--keep-outliers", action="store_true", help="keep variance outliers")
+    norm.add_argument("--chunk-size", type=int,
+                      help="stream the counts in blocks of this many cells (no dense matrix "
+                           "held; the output layers are computed block by block when written)")
     de = command("de", cmd_de, "differential expression (nsc.tl.de) on normalised data")
     de.add_argument("--groupby", help="obs column or obsm key of the groups")
     de.add_argument("--design", default="case_control",
