@@ -24,10 +24,6 @@ logger = logging.getLogger("normalisr_sc")
 UNS_KEY = "normalisr"
 
 
-def block_cells() -> int:
-    return settings.block_cells
-
-
 def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts"):
     """``adata.X`` or ``adata.layers[layer]``, with a helpful error for unknown layers."""
     if layer is None:

@@ -15,6 +15,7 @@ Both give the same sums up to the order of floating-point additions.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import dask
@@ -146,7 +147,9 @@ def _accumulate_dask(
     done = iter(progress(range(len(leaves)), len(leaves), desc))
     client = _active_client()
     if client is not None:
-        return _merge_as_completed(client, leaves, done)
+        result = _merge_as_completed(client, leaves, done)
+        deque(done, maxlen=0)  # exhausting the bar closes it
+        return result
     # A chain of merges into one running total: only the total and the blocks in flight
     # are held (a binary tree of merges keeps a waiting partial sum per level).
     total = leaves[0]
@@ -155,14 +158,15 @@ def _accumulate_dask(
     leaf_keys = {leaf.key for leaf in leaves}
     with _Advance(leaf_keys, done):
         (result,) = dask.compute(total)
+    deque(done, maxlen=0)  # exhausting the bar closes it
     return result
 
 
 def _merge_as_completed(client, leaves: list, done: Iterator) -> S:
     """Merge the accumulators of ``leaves`` on the cluster in the order they finish.
 
-    Merges run before waiting blocks (higher priority), so at most a few partial sums
-    are held at once.
+    Merges run before waiting blocks (higher priority). Workers still compute blocks
+    ahead of the merges, so each may hold the sums of several blocks at once.
     """
     from distributed import as_completed
 

@@ -14,7 +14,6 @@ from .._core._blocks import compact_rows
 from .._core._reduce import is_dask
 from .._utils import (
     UNS_KEY,
-    block_cells,
     check_new_layer,
     ensure_actual,
     input_matrix,
@@ -46,7 +45,7 @@ def _unique_names(names: pd.Index) -> pd.Index:
     return names if names.is_unique else pd.Index(np.arange(names.size).astype(str))
 
 
-def _drop_cells(work: AnnData, keep: np.ndarray) -> AnnData:
+def _drop_cells(work: AnnData, keep: np.ndarray, block_rows: int) -> AnnData:
     """``work`` (holding no counts) restricted to the cells in ``keep``.
 
     Unlike ``work[keep].copy()``, an in-memory log CPM layer is compacted in place
@@ -58,7 +57,7 @@ def _drop_cells(work: AnnData, keep: np.ndarray) -> AnnData:
         obs=work.obs[keep], var=work.var, uns=work.uns,
         obsm={key: value[keep] for key, value in work.obsm.items()},
         layers={"lcpm": lcpm_layer[keep] if is_dask(lcpm_layer)
-                else compact_rows(lcpm_layer, keep, block_cells())},
+                else compact_rows(lcpm_layer, keep, block_rows)},
     )
 
 
@@ -170,7 +169,7 @@ def normalize(
     compute_var(work, stepmax=stepmax, chunk_size=size)
     if remove_outliers:
         qc_outlier(work, inplace=False)
-        work = _drop_cells(work, ~work.obs["nsc_outlier"].to_numpy())
+        work = _drop_cells(work, ~work.obs["nsc_outlier"].to_numpy(), size)
         work.uns[UNS_KEY]["qc_outlier"]["removed"] = True
     normvar(work, keepvar=keepvar, chunk_size=size)
 

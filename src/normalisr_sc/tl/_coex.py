@@ -12,7 +12,7 @@ from .._core._coex import coex_matrices, coex_network, coex_stats, pvalue_networ
 from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
-from .._utils import ensure_actual, gene_positions, input_matrix, logger, require
+from .._utils import ensure_actual, gene_positions, logger, require
 from ._inputs import check_dimreduce, normalised_inputs
 
 if TYPE_CHECKING:
@@ -214,9 +214,9 @@ def coex(
     check_dimreduce(dimreduce)
     dtype = _output_dtype(dtype)
     qcut = _check_store(store, qcut)
-    _, covariates = normalised_inputs(adata, layer, covariates_key)
-    expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
-                                    what="normalised expression")
+    expression, size, covariates = normalised_inputs(
+        adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
+    )
     index = _gene_index(adata, genes)
     if index is not None:
         expression = expression[:, index] if is_dask(expression) else _Columns(expression, index)

@@ -10,7 +10,7 @@ import pandas as pd
 from .._core._association import case_control, exclusive_class, high_moi, low_moi
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
-from .._utils import chunk_cells, ensure_actual, logger
+from .._utils import ensure_actual, logger
 from ._groups import read_groups
 from ._inputs import check_dimreduce, normalised_inputs
 
@@ -159,8 +159,9 @@ def de(
         msg = f"design must be one of {list(_KERNELS)}, got {design!r}."
         raise ValueError(msg)
     check_dimreduce(dimreduce)
-    expression, covariates = normalised_inputs(adata, layer, covariates_key, chunked=chunked,
-                                               chunk_size=chunk_size)
+    expression, size, covariates = normalised_inputs(
+        adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
+    )
     group_set = read_groups(adata, groupby, reference, groups)
     carrying, used = _cells_per_group(group_set, design)
     _check_group_sizes(group_set, design, carrying, used)
@@ -173,7 +174,7 @@ def de(
         rows = slice(None)
     result = _KERNELS[design](
         matrix, expression, covariates, dimreduce=int(dimreduce),
-        block_cells=chunk_cells(chunk_size), progress=progress,
+        block_cells=size, progress=progress,
     )
     names = group_set.tested_names
 

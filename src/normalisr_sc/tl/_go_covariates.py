@@ -21,7 +21,7 @@ from .._go import (
     read_godag,
 )
 from .._utils import (
-    block_cells,
+    chunk_cells,
     covariate_frame,
     ensure_actual,
     gene_positions,
@@ -237,7 +237,7 @@ def pccovt(
         raise ValueError(msg)
     matrix = get_matrix(adata, layer)
     expression = np.vstack([dense_block(matrix[rows])[:, index]
-                            for rows in row_slices(adata.n_obs, block_cells())])
+                            for rows in row_slices(adata.n_obs, chunk_cells(None))])
     scores, explained = top_principal_component(
         expression, covariates.to_numpy(dtype=np.float64) if condition_on_covariates else None
     )

@@ -25,8 +25,9 @@ def normalised_inputs(
     *,
     chunked: bool | None = None,
     chunk_size: int | None = None,
-) -> tuple[object, np.ndarray]:
-    """The normalised expression layer and the normalised covariates as a float64 array.
+) -> tuple[object, int, np.ndarray]:
+    """The normalised expression layer, the cells per block to read it in, and the
+    normalised covariates as a float64 array.
 
     The layer is returned as :func:`~normalisr_sc._utils.input_matrix` chooses: a dask
     array chunked by ``chunk_size`` cells when streamed (``chunked``), else as it is.
@@ -40,6 +41,6 @@ def normalised_inputs(
     if not np.isfinite(covariates).all():
         msg = f"adata.obsm[{covariates_key!r}] contains NaN or infinite values."
         raise ValueError(msg)
-    expression, _ = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
-                                 what="normalised expression")
-    return expression, covariates
+    expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
+                                    what="normalised expression")
+    return expression, size, covariates
