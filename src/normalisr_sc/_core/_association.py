@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
-from scipy.linalg import lapack
 
 from ._blocks import dense_block, row_slices
-from ._linalg import PINV_RTOL, pinv_psd
+from ._linalg import pinv_gram, pinv_psd
 from ._pvalues import association_pvalues
 from ._reduce import accumulate, no_progress
 
@@ -363,29 +362,6 @@ def low_moi(
     return _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
 
 
-def _pinv_gram(gram: np.ndarray) -> tuple[np.ndarray, int]:
-    """Pseudo-inverse and rank of a large Gram matrix, as :func:`~._linalg.pinv_psd`.
-
-    When ``gram`` is positive definite with a 1-norm condition number of at most
-    ``1 / PINV_RTOL`` (which bounds the 2-norm one), ``pinv_psd`` keeps every eigenvalue
-    and its pseudo-inverse is the inverse: computed from a Cholesky factorisation, many
-    times faster than an eigendecomposition for thousands of groups. Otherwise the
-    eigendecomposition decides the rank.
-    """
-    factor, failed = lapack.dpotrf(gram, lower=0, clean=1)
-    if not failed:
-        inverse, failed = lapack.dpotri(factor, lower=0, overwrite_c=1)
-        del factor
-    if not failed:
-        inverse = np.triu(inverse)
-        inverse += np.triu(inverse, 1).T
-        condition = np.abs(gram).sum(axis=0).max() * np.abs(inverse).sum(axis=0).max()
-        if condition * PINV_RTOL <= 1.0:
-            return inverse, gram.shape[0]
-    pinv, rank = pinv_psd(gram)
-    return pinv, int(rank)
-
-
 def high_moi(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -430,7 +406,7 @@ def high_moi(
     scale = np.divide(1.0, np.sqrt(diag), out=np.zeros_like(diag), where=diag > 0)
     gram *= scale[:, None]
     gram *= scale[None, :]
-    scaled_pinv, rank = _pinv_gram(gram)
+    scaled_pinv, rank = pinv_gram(gram)
     projector_diag = np.einsum("ij,ji->i", scaled_pinv[:n_active], gram[:, :n_active])
     del gram
     estimable = projector_diag > 1.0 - ESTIMABLE_TOL
