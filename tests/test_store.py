@@ -95,3 +95,14 @@ def test_subsetting_keeps_own_keys_only():
         adata._inplace_subset_obs(np.arange(10))
     assert owned(adata, "layers", "lcpm")
     assert not owned(adata, "layers", "other")
+
+
+def test_drop_removes_own_stale_keys_and_refuses_user_keys():
+    adata = _adata()
+    store(adata, "step", {}, varp={"nsc_coex_r": np.eye(6)})
+    store(adata, "step", {}, drop={"varp": ["nsc_coex_r", "absent"]}, varp={"nsc_net": np.eye(6)})
+    assert "nsc_coex_r" not in adata.varp
+    adata.varp["mine"] = np.eye(6)
+    with pytest.raises(ValueError, match="mine"):
+        store(adata, "step", {}, drop={"varp": ["mine"]}, varp={"nsc_net": np.zeros((6, 6))})
+    np.testing.assert_array_equal(adata.varp["nsc_net"], np.eye(6))

@@ -194,6 +194,8 @@ def store(
     adata: AnnData,
     step: str | None = None,
     params: Mapping[str, Any] | None = None,
+    *,
+    drop: Mapping[str, Iterable[str]] | None = None,
     **results: Mapping[str, Any],
 ) -> None:
     """Write a step's results into ``adata`` and record them; the only writer.
@@ -206,6 +208,10 @@ def store(
         Name of the step; its ``params`` go to ``adata.uns['normalisr'][step]``.
     params
         Parameters of the step (``None`` values are dropped).
+    drop
+        Per container, keys of earlier results that this call makes stale (e.g. the
+        matrices a network-only run replaces); removed if present, under the same rule
+        as keys written.
     **results
         Per container (``layers``, ``obs``, ``var``, ``obsm``, ``varm``, ``varp``,
         ``uns``), a mapping of keys to values. ``obs``/``var`` values are columns (one
@@ -214,11 +220,18 @@ def store(
     Every key is checked with :func:`check_writable` before anything is written, so a
     refused call leaves ``adata`` unchanged.
     """
+    drop = {c: [k for k in keys if _has(adata, c, k)] for c, keys in (drop or {}).items()}
     check_writable(adata, {container: list(values) for container, values in results.items()})
+    check_writable(adata, drop)
     if adata.is_view:
         adata._init_as_actual(adata.copy())
     record = dict(adata.uns.get(RECORD, {}))
     written = {c: dict(keys) for c, keys in _written(adata).items()}
+    for container, keys in drop.items():
+        target = _container(adata, container)
+        for key in keys:
+            del target[key]
+            written.get(container, {}).pop(key, None)
     for container, values in results.items():
         target = _container(adata, container)
         for key, value in values.items():
