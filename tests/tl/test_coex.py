@@ -107,7 +107,6 @@ def test_binnet_per_row_is_benjamini_hochberg():
     ])
     adata = ad.AnnData(np.zeros((2, 4)))
     adata.varp["x_pvals"] = pvals
-    adata.uns["x"] = {}
     nsc.tl.binnet(adata, qcut=0.05, key="x")
     # row 0: p (0.01, 0.04, 0.5) -> q (0.03, 0.06, 0.5); row 2: (0.04, 0.03, 0.02) -> all
     # 0.04; row 3: (0.5, 0.2, 0.02) -> (0.5, 0.3, 0.06): the net is asymmetric.
@@ -137,17 +136,33 @@ def test_coex_results_survive_h5ad(adata, tmp_path):
 @pytest.mark.parametrize(("call", "match"), [
     (lambda a: nsc.tl.coex(a, genes=["gene0", "nope"]), "not in adata.var_names"),
     (lambda a: nsc.tl.coex(a, genes=["gene0"]), "at least 2 genes"),
-    (lambda a: nsc.tl.coex(a, genes=["gene0", "gene0", "gene1"]), "duplicates"),
+    (lambda a: nsc.tl.coex(a, genes=["gene0", "gene0", "gene1"]), "more than once"),
     (lambda a: nsc.tl.coex(a, layer="missing"), r"nsc\.pp\.normvar"),
     (lambda a: nsc.tl.coex(a, dimreduce=1000), "degrees of freedom"),
     (lambda a: nsc.tl.binnet(a), r"nsc\.tl\.coex"),
     (lambda a: nsc.tl.binnet(a, qcut=1.5), "qcut"),
+    (lambda a: nsc.tl.binnet(a, qcut="0.05"), "qcut"),
+    (lambda a: nsc.tl.coex(a, key_added="normalisr"), "record"),
+    (lambda a: nsc.tl.coex(a, key_added=""), "key_added"),
+    (lambda a: nsc.tl.coex(a, dtype="bogus"), "dtype"),
 ])
 def test_bad_input_leaves_adata_unchanged(adata, call, match):
     before = adata.copy()
     with pytest.raises(ValueError, match=match):
         call(adata)
     assert_unchanged(before, adata)
+
+
+def test_results_never_replace_the_users_data(adata):
+    adata.varp["mine_r"] = np.eye(adata.n_vars)
+    adata.var["mine_var"] = 1.0
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"adata\.(varp|var)\['mine_(r|var)'\].*not written"):
+        nsc.tl.coex(adata, key_added="mine")
+    assert_unchanged(before, adata)
+    nsc.tl.coex(adata, key_added="ours")
+    nsc.tl.coex(adata, key_added="ours", dtype="float32")  # its own results are replaced
+    assert adata.varp["ours_r"].dtype == np.float32
 
 
 def test_empty_network_is_an_error():

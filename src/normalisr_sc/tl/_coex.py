@@ -12,7 +12,10 @@ from .._core._coex import coex_matrices, coex_network, coex_stats, pvalue_networ
 from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
-from .._utils import ensure_actual, gene_positions, logger, require
+from .._store import check_writable
+from .._store import store as store_results
+from .._utils import gene_positions, logger, require
+from .._validate import as_names, check_number, check_str
 from ._inputs import check_dimreduce, normalised_inputs
 
 if TYPE_CHECKING:
@@ -44,10 +47,7 @@ class _Columns:
 def _gene_index(adata: AnnData, genes: Sequence[str] | None) -> np.ndarray | None:
     if genes is None:
         return None
-    index = gene_positions(adata, [genes] if isinstance(genes, str) else list(genes))
-    if np.unique(index).size != index.size:
-        msg = "`genes` contains duplicates; pass each gene once."
-        raise ValueError(msg)
+    index = gene_positions(adata, as_names("genes", genes))
     if index.size < 2:
         msg = f"co-expression needs at least 2 genes, got {index.size}."
         raise ValueError(msg)
@@ -55,9 +55,7 @@ def _gene_index(adata: AnnData, genes: Sequence[str] | None) -> np.ndarray | Non
 
 
 def _check_qcut(qcut: float) -> None:
-    if not 0 < qcut < 1:
-        msg = f"qcut must be strictly between 0 and 1, got {qcut!r}."
-        raise ValueError(msg)
+    check_number("qcut", qcut, minimum=0, maximum=1, min_open=True, max_open=True)
 
 
 def _output_dtype(dtype: DTypeLike) -> np.dtype:
@@ -116,10 +114,9 @@ def _check_not_empty(n_edges: int, qcut: float) -> None:
         raise ValueError(msg)
 
 
-def _store_network(adata: AnnData, key: str, net: sparse.csr_matrix, qcut: float) -> None:
-    adata.varp[f"{key}_net"] = net
-    adata.uns[key]["binnet"] = {"qcut": qcut, "n_edges": int(net.nnz)}
+def _network_record(net: sparse.csr_matrix, qcut: float) -> dict:
     logger.info("binnet: %d edges at qcut=%g", net.nnz, qcut)
+    return {"qcut": qcut, "n_edges": int(net.nnz)}
 
 
 @doc_params(doc_chunked_layer=doc_chunked_layer)
@@ -211,9 +208,16 @@ def coex(
     >>> nsc.tl.coex(adata, store="network", qcut=0.01)
     >>> adata.varp["nsc_coex_net"].nnz
     """
+    check_str("layer", layer)
+    check_str("covariates_key", covariates_key)
+    check_str("key_added", key_added)
     check_dimreduce(dimreduce)
     dtype = _output_dtype(dtype)
     qcut = _check_store(store, qcut)
+    check_writable(adata, {
+        "var": [f"{key_added}_var"], "uns": [key_added],
+        "varp": [f"{key_added}_{name}" for name in (*COEX_MATRICES, "net")],
+    })
     expression, size, covariates = normalised_inputs(
         adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
     )
@@ -239,21 +243,21 @@ def coex(
         _check_not_empty(rows.size, qcut)
         matrices = {"net": _network_matrix(adata.n_vars, index, rows, cols)}
         stale = [f"{key_added}_{name}" for name in COEX_MATRICES]
-    ensure_actual(adata)
-    for key in stale:
-        adata.varp.pop(key, None)
-    adata.var[f"{key_added}_var"] = variance
-    adata.uns[key_added] = {
+    record = {
         "n_cells": n_cells, "df": df, "layer": layer, "covariates_key": covariates_key,
         "dimreduce": int(dimreduce), "store": store, "dtype": dtype.name,
     }
     if index is not None:
-        adata.uns[key_added]["genes"] = list(adata.var_names[index])
-    if qcut is None:
-        for name, matrix in matrices.items():
-            adata.varp[f"{key_added}_{name}"] = matrix
-    else:
-        _store_network(adata, key_added, matrices["net"], qcut)
+        record["genes"] = list(adata.var_names[index])
+    if qcut is not None:
+        record["binnet"] = _network_record(matrices["net"], qcut)
+    store_results(
+        adata, "coex", {"key_added": key_added, "store": store, "dtype": dtype.name},
+        drop={"varp": stale},
+        var={f"{key_added}_var": variance},
+        varp={f"{key_added}_{name}": matrix for name, matrix in matrices.items()},
+        uns={key_added: record},
+    )
     logger.info("coex: %d genes, %d cells, df=%d", n_genes, n_cells, df)
 
 
@@ -318,7 +322,9 @@ def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None
     >>> nsc.tl.binnet(adata, qcut=0.05)
     >>> adata.varp["nsc_coex_net"].sum()
     """
+    check_str("key", key)
     _check_qcut(qcut)
+    check_writable(adata, {"varp": [f"{key}_net"], "uns": [key]})
     stored_qcut = _network_only(adata, key)
     if stored_qcut == qcut:
         logger.info("binnet: %r already holds the network at qcut=%g", key, qcut)
@@ -334,5 +340,6 @@ def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None
     rows, cols = pvalue_network(pvals, qcut=qcut)
     _check_not_empty(rows.size, qcut)
     net = _network_matrix(adata.n_vars, index, rows, cols)
-    ensure_actual(adata)
-    _store_network(adata, key, net, qcut)
+    record = {**adata.uns.get(key, {}), "binnet": _network_record(net, qcut)}
+    store_results(adata, "binnet", {"key": key, "qcut": qcut},
+                  varp={f"{key}_net": net}, uns={key: record})
