@@ -49,3 +49,14 @@ def test_weights_plot_needs_compute_var():
     adata = nsc.datasets.simulate(n_cells=100, n_genes=50)
     with pytest.raises(ValueError, match=r"nsc\.pp\.compute_var"):
         nsc.pl.weights(adata)
+
+
+def test_save_creates_a_missing_folder(weighted, tmp_path):
+    adata = weighted
+    target = tmp_path / "new" / "deeper" / "weights.png"
+    nsc.pl.weights(adata, show=False, save=target)
+    assert target.stat().st_size > 0
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        nsc.pl.weights(adata, show=False, save=tmp_path / "file" / "w.png")
+    plt.close("all")
