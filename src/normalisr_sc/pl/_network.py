@@ -10,6 +10,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from .._utils import gene_positions, require
+from .._validate import as_names, check_int, check_str
 from ..tl._coex import coex_block
 from ._utils import finish, new_axes
 
@@ -21,6 +22,27 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+#: Up to this many drawn genes, every gene is labelled by default.
+LABEL_ALL_UP_TO = 30
+#: Otherwise this many of the best connected genes are labelled.
+DEFAULT_HUB_LABELS = 15
+#: Modules coloured individually; smaller ones are drawn grey.
+MAX_MODULES = 9
+_MODULE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown",
+                  "tab:pink", "tab:olive", "tab:cyan", "gold")
+
+
+def _modules(graph, seed: int) -> list[list[str]]:
+    """Communities of the drawn network (Louvain), largest first; singletons left out."""
+    import networkx as nx
+
+    if graph.number_of_edges() == 0:
+        return []
+    found = nx.community.louvain_communities(graph, seed=seed)
+    modules = [sorted(m) for m in found if len(m) > 1]
+    return sorted(modules, key=lambda m: (-len(m), m[0]))
+
+
 def coex_network(
     adata: AnnData,
     key: str = "nsc_coex",
@@ -28,12 +50,20 @@ def coex_network(
     genes: Sequence[str] | None = None,
     n_genes: int = 100,
     highlight: Sequence[str] | None = None,
+    n_labels: int | None = None,
     seed: int = 0,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
 ) -> Axes:
     """Draw the binary co-expression network among some genes (spring layout).
+
+    Node size grows with the number of edges of the gene in the drawing; nodes are
+    coloured by network module (Louvain communities of the drawn network, largest
+    first, in the legend with their sizes; genes in no module are grey). The best
+    connected genes are labelled. Highlighted genes get a red ring: by default the
+    principal genes of :func:`normalisr_sc.tl.gotop` (the hubs whose GO enrichment
+    defines the housekeeping programme), if it has run.
 
     Parameters
     ----------
@@ -46,20 +76,32 @@ def coex_network(
     n_genes
         Number of genes drawn when ``genes`` is not given.
     highlight
-        Genes drawn in red; default the principal genes of :func:`normalisr_sc.tl.gotop`
-        if it has run.
+        Genes ringed in red; default the principal genes of
+        :func:`normalisr_sc.tl.gotop` if it has run (``[]`` for none).
+    n_labels
+        Number of genes labelled, the best connected first; default all genes when at
+        most 30 are drawn, else 15.
     seed
-        Seed of the layout.
+        Seed of the layout and of the module detection.
     ax, show, save
-        Axes to draw into, call ``plt.show()``, save to this path.
+        Axes to draw into, call ``plt.show()``, save to this path (its folder is
+        created if missing).
 
     Returns
     -------
-    The Axes; the nodes are its first collection and the drawn edges (undirected)
-    are listed in ``ax.nsc_edges`` as pairs of gene names.
+    The Axes. The nodes are its first collection; the drawn edges (undirected) are
+    listed in ``ax.nsc_edges`` as pairs of gene names, the modules in
+    ``ax.nsc_modules`` (lists of genes, largest first) and the labelled genes in
+    ``ax.nsc_labels``.
     """
     import networkx as nx
+    from adjustText import adjust_text
+    from matplotlib.lines import Line2D
 
+    check_str("key", key)
+    check_int("n_genes", n_genes, minimum=1)
+    check_int("n_labels", n_labels, minimum=0, allow_none=True)
+    check_int("seed", seed, minimum=0)
     require(adata, "varp", f"{key}_net", "nsc.tl.binnet")
     net = sparse.csr_matrix(adata.varp[f"{key}_net"], dtype=bool)
     undirected = (net + net.T).astype(bool).tocsr()
@@ -67,19 +109,62 @@ def coex_network(
         degree = np.asarray(undirected.sum(axis=1)).ravel()
         index = np.sort(np.argsort(degree, kind="stable")[::-1][:n_genes])
     else:
-        index = gene_positions(adata, genes)
+        index = gene_positions(adata, as_names("genes", genes, allow_none=False))
     names = adata.var_names[index]
     graph = nx.from_scipy_sparse_array(undirected[index][:, index])
     graph = nx.relabel_nodes(graph, dict(enumerate(names)))
-    if highlight is None:
+    from_gotop = highlight is None
+    if from_gotop:
         highlight = adata.uns.get("nsc_gotop", {}).get("principal_genes", [])
-    highlighted = set(highlight)
+    highlighted = set(as_names("highlight", highlight))
+
+    nodes = list(graph.nodes)
+    degree = np.array([graph.degree(node) for node in nodes], dtype=float)
+    modules = _modules(graph, seed)
+    module_of = {gene: i for i, module in enumerate(modules[:MAX_MODULES]) for gene in module}
+    colors = [_MODULE_COLORS[module_of[n]] if n in module_of else "lightgrey" for n in nodes]
+    sizes = 15 + 185 * degree / max(degree.max(), 1.0)
+    if n_labels is None:
+        n_labels = len(nodes) if len(nodes) <= LABEL_ALL_UP_TO else DEFAULT_HUB_LABELS
+    labelled = [nodes[i] for i in np.argsort(-degree, kind="stable")[:n_labels]]
+
     positions = nx.spring_layout(graph, seed=seed)
-    ax = new_axes(ax, figsize=(6, 6))
-    colors = ["tab:red" if node in highlighted else "tab:blue" for node in graph.nodes]
-    nx.draw_networkx_nodes(graph, positions, ax=ax, node_size=20, node_color=colors)
-    nx.draw_networkx_edges(graph, positions, ax=ax, alpha=0.2, width=0.5)
+    ax = new_axes(ax, figsize=(7, 6.5))
+    ring = ["tab:red" if node in highlighted else "white" for node in nodes]
+    drawn = nx.draw_networkx_nodes(graph, positions, ax=ax, nodelist=nodes, node_size=sizes,
+                                   node_color=colors, edgecolors=ring, linewidths=1.2)
+    drawn.set_zorder(2)
+    # Nodes first, so that they are the first collection; the edges are drawn below them.
+    edges = nx.draw_networkx_edges(graph, positions, ax=ax, alpha=0.15, width=0.5)
+    if edges is not None and not isinstance(edges, list):
+        edges.set_zorder(1)
+    texts = [
+        ax.text(*positions[gene], gene, fontsize=7, zorder=3,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        for gene in labelled
+    ]
+    if texts:
+        # Labels pushed apart and linked to their nodes, so none hides another.
+        adjust_text(texts, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=_MODULE_COLORS[i],
+               label=f"module {i + 1} ({len(module)} genes)")
+        for i, module in enumerate(modules[:MAX_MODULES])
+    ]
+    if len(module_of) < len(nodes):
+        handles.append(Line2D([], [], marker="o", linestyle="", color="lightgrey",
+                              label="other genes"))
+    if highlighted & set(nodes):
+        what = "GO principal genes (gotop)" if from_gotop else "highlighted genes"
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
+                              markeredgecolor="tab:red", label=what))
+    handles.append(Line2D([], [], marker="o", linestyle="", color="grey", markersize=3,
+                          label="size: number of edges"))
+    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))
     ax.nsc_edges = sorted(tuple(sorted(edge)) for edge in graph.edges)
+    ax.nsc_modules = modules
+    ax.nsc_labels = labelled
     ax.set_axis_off()
     ax.set_title(f"{key}: {graph.number_of_nodes()} genes, {graph.number_of_edges()} edges")
     return finish(ax, show=show, save=save)
