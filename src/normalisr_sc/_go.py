@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,13 +47,39 @@ def _check_readable(path: str | os.PathLike, what: str) -> Path:
     if not path.is_file():
         msg = f"{what} file {str(path)!r} not found; pass the path of a local file."
         raise ValueError(msg)
-    try:
-        with _open_text(path) as stream:
-            stream.read(1)
-    except (OSError, UnicodeDecodeError, EOFError) as error:
-        msg = f"{what} file {str(path)!r} cannot be read as text (plain or .gz): {error}"
-        raise ValueError(msg) from error
+    with _reading(path, what), _open_text(path) as stream:
+        stream.read(1)
     return path
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Errors while reading ``path`` (truncated gzip, not text...) as a ValueError naming it."""
+    try:
+        yield
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as error:
+        if isinstance(error, EOFError | zlib.error | gzip.BadGzipFile):
+            problem = f"it is truncated or corrupt ({error})"
+        elif isinstance(error, UnicodeDecodeError):
+            problem = f"it is not UTF-8 text ({error.reason} at byte {error.start})"
+        else:
+            problem = str(error.strerror or error)
+        msg = f"cannot read {what} file {str(path)!r}: {problem}; download it again."
+        raise ValueError(msg) from error
+
+
+@contextlib.contextmanager
+def _goatools(path: Path, what: str) -> Iterator[None]:
+    """Run a goatools reader silently; its failures (it may exit) name the file."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    except (Exception, SystemExit) as error:
+        detail = next((line.strip() for line in reversed(printed.getvalue().splitlines())
+                       if line.strip()), "") or str(error) or type(error).__name__
+        msg = f"cannot parse {what} file {str(path)!r}: {detail}"
+        raise ValueError(msg) from error
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -62,20 +89,21 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 @contextlib.contextmanager
-def _plain_file(path: Path) -> Iterator[str]:
+def _plain_file(path: Path, what: str) -> Iterator[str]:
     """A plain-text path for goatools, which cannot read gzip: decompress to a temp file."""
     if path.suffix != ".gz":
         yield str(path)
         return
     with tempfile.TemporaryDirectory() as folder:
         plain = Path(folder) / path.stem
-        with _open_text(path) as source, open(plain, "w", encoding="utf-8") as target:
+        with _reading(path, what), _open_text(path) as source, \
+                open(plain, "w", encoding="utf-8") as target:
             shutil.copyfileobj(source, target)
         yield str(plain)
 
 
-def _head(path: Path, n_lines: int = 50) -> list[str]:
-    with _open_text(path) as stream:
+def _head(path: Path, what: str, n_lines: int = 50) -> list[str]:
+    with _reading(path, what), _open_text(path) as stream:
         return [line for _, line in zip(range(n_lines), stream, strict=False)]
 
 
@@ -83,17 +111,18 @@ def read_godag(path: str | os.PathLike) -> GODag:
     """The GO DAG of an OBO file (plain or .gz), parsed once per session."""
     from goatools.obo_parser import GODag
 
-    path = _check_readable(path, "GO OBO")
+    what = "GO OBO"
+    path = _check_readable(path, what)
     key = ("obo", *_file_key(path))
     if key not in _cache:
-        head = _head(path)
+        head = _head(path, what)
         if not any(line.startswith(("format-version:", "[Term]")) for line in head):
             msg = (
                 f"{str(path)!r} does not look like an OBO file (no 'format-version:' header or "
                 "'[Term]' stanza at its start); pass a GO DAG such as go-basic.obo."
             )
             raise ValueError(msg)
-        with _plain_file(path) as plain:
+        with _plain_file(path, what) as plain, _goatools(path, what):
             dag = GODag(plain, prt=None)
         if len(dag) == 0:
             msg = f"no GO terms found in {str(path)!r}; pass a GO DAG such as go-basic.obo."
@@ -111,8 +140,8 @@ class Annotations:
     file_format: str
 
 
-def _annotation_format(path: Path) -> str:
-    head = _head(path)
+def _annotation_format(path: Path, what: str) -> str:
+    head = _head(path, what)
     if any(line.startswith("!gaf-version") for line in head):
         return "gaf"
     first = next((line for line in head if line.strip()), "")
@@ -125,36 +154,54 @@ def _annotation_format(path: Path) -> str:
     raise ValueError(msg)
 
 
+#: Columns (0-based) of the fields read: gene id, symbol, qualifier, GO id, evidence, and
+#: the least number of columns of a record.
+_LAYOUTS = {"gaf": (1, 2, 3, 4, 6, 15), "gene2go": (1, None, 4, 2, 3, 8)}
+
+
+def _records(path: Path, what: str, file_format: str) -> Iterator[tuple[str, str, str, str, str]]:
+    """(gene, symbol, qualifier, term, evidence) of each record, checking its columns."""
+    gene_col, symbol_col, qualifier_col, term_col, evidence_col, n_columns = _LAYOUTS[file_format]
+    with _reading(path, what), _open_text(path) as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip() or line.startswith(("!", "#")):
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            term = fields[term_col] if len(fields) > term_col else ""
+            if len(fields) < n_columns or not term.startswith("GO:"):
+                msg = (
+                    f"{what} file {str(path)!r}, line {number}: expected a {file_format} "
+                    f"record of {n_columns} tab-separated columns with a GO id in column "
+                    f"{term_col + 1}, got {len(fields)} column(s) "
+                    f"{line.strip()[:60]!r}; the file is truncated or not {file_format}."
+                )
+                raise ValueError(msg)
+            symbol = fields[symbol_col] if symbol_col is not None else ""
+            yield (fields[gene_col], symbol, fields[qualifier_col], term,
+                   fields[evidence_col])
+
+
 def read_annotations(
     path: str | os.PathLike, *, evidence: Collection[str] = DEFAULT_EVIDENCE
 ) -> Annotations:
     """Gene annotations of a GAF or gene2go file (plain or .gz), parsed once per session.
 
     Annotations qualified ``NOT`` and those whose evidence code is not in ``evidence``
-    are dropped.
+    are dropped. A record with missing columns (a truncated file) is a ValueError
+    naming the file and the line.
     """
-    from goatools.anno.gaf_reader import GafReader
-    from goatools.anno.genetogo_reader import Gene2GoReader
-
-    path = _check_readable(path, "GO annotation")
+    what = "GO annotation"
+    path = _check_readable(path, what)
     evidence = frozenset(evidence)
     key = ("annotations", *_file_key(path), evidence)
     if key not in _cache:
-        file_format = _annotation_format(path)
-        with _plain_file(path) as plain:
-            if file_format == "gaf":
-                records = GafReader(plain, prt=None).associations
-            else:
-                reader = Gene2GoReader(plain, taxids=True, prt=None)
-                records = [r for rs in reader.taxid2asscs.values() for r in rs]
+        file_format = _annotation_format(path, what)
         gene_terms: dict[str, set[str]] = {}
         symbol_to_gene: dict[str, str] = {}
-        for record in records:
-            if record.Evidence_Code not in evidence or "NOT" in record.Qualifier:
+        for gene, symbol, qualifier, term, code in _records(path, what, file_format):
+            if code not in evidence or "NOT" in qualifier.replace("|", " ").split():
                 continue
-            gene = str(record.DB_ID)
-            gene_terms.setdefault(gene, set()).add(record.GO_ID)
-            symbol = getattr(record, "DB_Symbol", None)
+            gene_terms.setdefault(gene, set()).add(term)
             if symbol:
                 symbol_to_gene[symbol] = gene
         _cache[key] = Annotations(
