@@ -24,8 +24,16 @@ def normalised_arrays(
     return expression, covariates
 
 
-def normalised_adata(expression: np.ndarray, covariates: np.ndarray) -> AnnData:
-    """AnnData laid out as ``nsc.pp.normalize`` leaves it, from normalised arrays."""
+def normalised_adata(
+    expression: np.ndarray,
+    covariates: np.ndarray,
+    log_cpm: np.ndarray | None = None,
+    raw_covariates: np.ndarray | None = None,
+) -> AnnData:
+    """AnnData laid out as ``nsc.pp.normalize`` leaves it, from normalised arrays.
+
+    The log CPM and un-normalised covariates default to the normalised ones.
+    """
     n_cells, n_genes = expression.shape
     obs_names = [f"cell{i}" for i in range(n_cells)]
     adata = AnnData(
@@ -36,6 +44,9 @@ def normalised_adata(expression: np.ndarray, covariates: np.ndarray) -> AnnData:
     adata.layers["normalisr"] = expression.copy()
     names = [f"cov{i}" for i in range(covariates.shape[1] - 1)] + ["intercept"]
     adata.obsm["nsc_covariates_norm"] = pd.DataFrame(covariates, index=obs_names, columns=names)
+    adata.layers["lcpm"] = (expression if log_cpm is None else log_cpm).copy()
+    raw = covariates if raw_covariates is None else raw_covariates
+    adata.obsm["nsc_covariates"] = pd.DataFrame(raw, index=obs_names, columns=names)
     return adata
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import normalisr_sc as nsc
 from normalisr_sc._core import _association
-from normalisr_sc._core._association import case_control, high_moi, low_moi
+from normalisr_sc._core._association import Effect, case_control, high_moi, low_moi
 from normalisr_sc._core._linalg import pinv_gram, pinv_psd
 from pp._helpers import assert_unchanged
 
@@ -18,7 +18,7 @@ from ._data import normalised_adata, normalised_arrays, random_guides
 #: Guides per cell of the designs: mostly none or one at low MOI, several at high MOI.
 PER_CELL = {"case_control": 1.0, "low_moi": 0.6, "high_moi": 4.0}
 KERNELS = {"case_control": case_control, "low_moi": low_moi, "high_moi": high_moi}
-RESULTS = ("pvals", "log10p", "logfc", "var")
+RESULTS = ("pvals", "log10p", "logfc", "gamma", "var")
 CHUNK = 97  # not a divisor of the number of cells: the last block is short
 
 
@@ -103,12 +103,13 @@ def test_results_do_not_depend_on_step_size(design, monkeypatch):
     expression, covariates = normalised_arrays(300, 25, seed=6)
     groups = random_guides(300, 9, PER_CELL[design], seed=7).toarray()
     groups[:, 4] = 0  # an untested group among tested ones
-    whole = KERNELS[design](groups, expression, covariates, block_cells=128)
+    effect = Effect(expression[::-1] * 0.5 + 1.0, covariates[:, :2])  # any log CPM
+    whole = KERNELS[design](groups, expression, covariates, block_cells=128, effect=effect)
     # A few elements a step: products, coefficients and statistics over many small ranges.
     monkeypatch.setattr(_association, "CHUNK_ELEMENTS", 50)
-    ranged = KERNELS[design](groups, expression, covariates, block_cells=128)
+    ranged = KERNELS[design](groups, expression, covariates, block_cells=128, effect=effect)
     assert not whole.tested[4]
-    for name in ("neg_log10_pvals", "gamma", "var_y", "var_x"):
+    for name in ("neg_log10_pvals", "gamma", "var_y", "var_x", "logfc"):
         np.testing.assert_allclose(getattr(ranged, name), getattr(whole, name),
                                    rtol=1e-10, atol=1e-14)
 

@@ -39,7 +39,9 @@ def test_max_assignment(adata):
     expected[[0, 1, 3, 4], [1, 3, 0, 0]] = True  # cell 2 has no guide count
     np.testing.assert_array_equal(assigned.toarray(), expected)
     assert adata.uns["nsc_guides"]["names"] == NAMES
-    np.testing.assert_array_equal(adata.uns["nsc_guides"]["n_cells"], [2, 1, 0, 1])
+    # Counts per guide would go stale when cells are filtered: they are not stored.
+    assert "n_cells" not in adata.uns["nsc_guides"]
+    assert adata.uns["normalisr"]["assign_guides"]["mode"] == "max"
 
 
 def test_threshold_assignment_pooled_by_target(adata):
@@ -69,12 +71,32 @@ def test_assignment_feeds_de_and_survives_h5ad(adata, tmp_path):
     ({"guide_names": "absent"}, "not an adata.uns key"),
     ({"guide_names": "grna_ids", "groups": {"x": "y"}}, "no guide name"),
     ({"groups": pd.DataFrame({"only": NAMES})}, "two columns"),
+    # Positional columns and a mapping by name: the error names the missing argument.
+    ({"groups": "grna_group"}, r"`guide_names=`.*guide_names='grna_ids'"),
+    ({"guide_names": ["A1", "A1", "B1", "NT1"]}, "more than once"),
+    ({"threshold": -1, "mode": "threshold"}, "`threshold`"),
+    ({"groups": 3}, "`groups`"),
+    ({"key_added": ""}, "`key_added`"),
 ])
 def test_bad_input_leaves_adata_unchanged(adata, kwargs, match):
     before = adata.copy()
     with pytest.raises(ValueError, match=match):
         nsc.tl.assign_guides(adata, **kwargs)
     assert_unchanged(before, adata)
+
+
+def test_user_key_is_not_replaced(adata):
+    adata.uns["nsc_guides"] = {"mine": 1}
+    before = adata.copy()
+    with pytest.raises(ValueError, match="was not written by normalisr_sc"):
+        nsc.tl.assign_guides(adata, guide_names="grna_ids")
+    assert_unchanged(before, adata)
+
+
+def test_rerun_replaces_own_result(adata):
+    nsc.tl.assign_guides(adata, guide_names="grna_ids")
+    nsc.tl.assign_guides(adata, guide_names="grna_ids", groups="grna_group")
+    assert adata.uns["nsc_guides"]["names"] == ["A", "B", "non-targeting"]
 
 
 def test_negative_counts_are_an_error(adata):

@@ -68,6 +68,10 @@ class AssociationResult:
     tested
         Shape ``(m,)``: False for predictors taking a single value on their cells
         (reported as p = 1, gamma = 0).
+    logfc
+        Shape ``(m, g)`` when the fold change's inputs were given (:class:`Effect`): the
+        predictor's coefficient in the same design fitted to the log CPM with the
+        un-normalised covariates (0 where it is not estimable); else None.
     """
 
     pvals: np.ndarray
@@ -78,6 +82,7 @@ class AssociationResult:
     n_cells: np.ndarray
     df: np.ndarray
     tested: np.ndarray
+    logfc: np.ndarray | None = None
 
 
 def _check_df(df: np.ndarray, tested: np.ndarray) -> None:
@@ -91,11 +96,12 @@ def _check_df(df: np.ndarray, tested: np.ndarray) -> None:
         raise ValueError(msg)
 
 
-def _check_finite(sum_squares: np.ndarray) -> None:
-    if not np.isfinite(sum_squares).all():
+def _check_finite(sums: np.ndarray, what: str = "normalised expression") -> None:
+    if not np.isfinite(sums).all():
+        rerun = "nsc.pp.lcpm" if what == "log CPM" else "nsc.pp.normvar"
         msg = (
-            "the expression matrix contains NaN or infinite values; association tests need "
-            "finite normalised expression (rerun `nsc.pp.normvar`)."
+            f"the {what} contains NaN or infinite values; association tests need "
+            f"finite {what} (rerun `{rerun}`)."
         )
         raise ValueError(msg)
 
@@ -155,6 +161,22 @@ def _as_csr(groups: ArrayLike) -> sparse.csr_matrix:
     return sparse.csr_matrix(groups, dtype=np.float64)
 
 
+def _used_cells(cells: ArrayLike | None, n_cells: int) -> np.ndarray:
+    if cells is None:
+        return np.ones(n_cells, dtype=bool)
+    used = np.asarray(cells, dtype=bool)
+    if used.shape != (n_cells,):
+        msg = f"the cell mask has shape {used.shape}, expected ({n_cells},)."
+        raise ValueError(msg)
+    return used
+
+
+def _with_intercept(covariates: np.ndarray) -> np.ndarray:
+    """The covariates with a column of ones, unless one of them already is constant."""
+    constant = (covariates == covariates[:1]).all(axis=0) & (covariates[:1] != 0).ravel()
+    return covariates if constant.any() else _with_ones(covariates)
+
+
 def _residualize(
     pinv: np.ndarray, cx: np.ndarray, cy: np.ndarray
 ) -> np.ndarray:
@@ -169,40 +191,106 @@ def _add_group_products(out: np.ndarray, groups: sparse.csr_matrix, y: np.ndarra
         out[:, genes] += by_cell @ y[:, genes]
 
 
-class _ProductSums:
-    """``A'y`` for the columns of ``A = [groups, covariates]``, and ``y'y``, per gene."""
+def _add_products(out: np.ndarray, groups: sparse.csr_matrix, covariates: np.ndarray,
+                  y: np.ndarray) -> None:
+    """``out += [groups, covariates]' y`` (groups first)."""
+    n_groups = groups.shape[1]
+    _add_group_products(out[:n_groups], groups, y)
+    # Genes first: OpenBLAS threads ``C'Y`` (few rows, long inner dimension) badly.
+    out[n_groups:] += (y.T @ covariates).T
 
-    def __init__(self, n_groups: int, n_cov: int, n_genes: int) -> None:
+
+class _ProductSums:
+    """``A'y`` for the columns of ``A = [groups, covariates]``, and ``y'y``, per gene.
+
+    With the fold change's inputs, also ``[groups, raw covariates]'l`` of the log CPM
+    ``l``, read in the same pass. Only the cells of the mask ``used`` are summed.
+    """
+
+    def __init__(self, n_groups: int, n_cov: int, n_genes: int, n_raw: int = 0) -> None:
         self.cross = np.zeros((n_groups + n_cov, n_genes))
         self.yy = np.zeros(n_genes)
+        self.raw_cross = np.zeros((n_groups + n_raw, n_genes)) if n_raw else None
 
     def add(self, rows: slice, block: np.ndarray, groups: sparse.csr_matrix,
-            covariates: np.ndarray) -> None:
+            covariates: np.ndarray, used: np.ndarray, *effect: np.ndarray) -> None:
         y = dense_block(block)
-        n_groups = groups.shape[1]
-        _add_group_products(self.cross[:n_groups], groups, y)
-        # Genes first: OpenBLAS threads ``C'Y`` (few rows, long inner dimension) badly.
-        self.cross[n_groups:] += (y.T @ covariates).T
+        subset = not used.all()
+        if subset:
+            y, groups, covariates = y[used], groups[used], covariates[used]
+        _add_products(self.cross, groups, covariates, y)
         self.yy += np.einsum("ij,ij->j", y, y)
+        if effect:
+            raw_covariates, log_cpm = effect
+            log_cpm = dense_block(log_cpm)
+            if subset:
+                raw_covariates, log_cpm = raw_covariates[used], log_cpm[used]
+            _add_products(self.raw_cross, groups, raw_covariates, log_cpm)
 
     def merge(self, other: _ProductSums) -> _ProductSums:
         self.cross += other.cross
         self.yy += other.yy
+        if self.raw_cross is not None:
+            self.raw_cross += other.raw_cross
         return self
+
+
+@dataclass
+class Effect:
+    """Inputs of the fold change ``logfc`` (METHOD 8, effect size for users).
+
+    Attributes
+    ----------
+    expression
+        Cells x genes Bayesian log CPM, read block by block beside the normalised
+        expression (both dask arrays or neither).
+    covariates
+        Cells x covariates un-normalised covariates; an intercept is added when none
+        of them is constant.
+    """
+
+    expression: ArrayLike
+    covariates: np.ndarray
 
 
 def _product_sums(
     groups: sparse.csr_matrix,
     expression: ArrayLike,
     covariates: np.ndarray,
+    used: np.ndarray,
     block_cells: int,
     progress: Progress,
+    effect: Effect | None = None,
 ) -> _ProductSums:
-    new_sums = partial(_ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1])
-    sums = accumulate(new_sums, expression, (groups, covariates), block_cells=block_cells,
-                      progress=progress, desc="de: accumulating")
+    n_raw = 0 if effect is None else effect.covariates.shape[1]
+    new_sums = partial(_ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1],
+                       n_raw)
+    row_data = (groups, covariates, used) + (() if effect is None else (effect.covariates,))
+    beside = () if effect is None else (effect.expression,)
+    sums = accumulate(new_sums, expression, row_data, block_cells=block_cells,
+                      progress=progress, desc="de: accumulating", beside=beside)
     _check_finite(sums.yy)
+    if sums.raw_cross is not None:
+        _check_finite(sums.raw_cross.sum(axis=0), "log CPM")
     return sums
+
+
+def _coefficients_on_all(
+    groups: sparse.csr_matrix, covariates: np.ndarray, cross: np.ndarray, tested: np.ndarray
+) -> np.ndarray:
+    """Coefficient of each group, tested alone with the covariates, from ``[groups, C]'y``."""
+    n_groups = groups.shape[1]
+    pinv, _ = pinv_psd(covariates.T @ covariates)
+    cx = np.asarray(groups.T @ covariates).T
+    fitted = pinv @ cross[n_groups:]
+    raw_xx = np.asarray(groups.multiply(groups).sum(axis=0)).ravel()
+    xx = raw_xx - np.einsum("ki,kl,li->i", cx, pinv, cx)
+    ok = tested & (xx > ZERO_VARIANCE_RTOL * raw_xx)
+    out = np.zeros((n_groups, cross.shape[1]))
+    for rows in row_slices(n_groups, _step(cross.shape[1])):
+        xy = cross[rows] - cx[:, rows].T @ fitted
+        out[rows] = np.where(ok[rows, None], xy / np.where(ok[rows], xx[rows], 1.0)[:, None], 0.0)
+    return out
 
 
 def case_control(
@@ -213,6 +301,8 @@ def case_control(
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
+    cells: ArrayLike | None = None,
+    effect: Effect | None = None,
 ) -> AssociationResult:
     """Each group indicator against each gene on all cells (METHOD 8, ``single=0``).
 
@@ -225,11 +315,21 @@ def case_control(
         of cells at a time.
     covariates
         Cells x covariates normalised covariate matrix.
+    cells
+        Boolean mask of the cells used (default all); the others are left out.
+    effect
+        Inputs of the fold change; ``result.logfc`` is then the group coefficient of the
+        same regression fitted to the log CPM with the un-normalised covariates.
     """
     groups = _as_csr(groups)
-    n_cells, n_genes = expression.shape
+    n_genes = expression.shape[1]
     n_groups = groups.shape[1]
-    sums = _product_sums(groups, expression, covariates, block_cells, progress)
+    used = _used_cells(cells, expression.shape[0])
+    if effect is not None:
+        effect = Effect(effect.expression, _with_intercept(effect.covariates))
+    sums = _product_sums(groups, expression, covariates, used, block_cells, progress, effect)
+    groups, covariates = groups[used], covariates[used]
+    n_cells = int(used.sum())
     pinv, rank = pinv_psd(covariates.T @ covariates)
     cx = np.asarray(groups.T @ covariates).T
     cy = sums.cross[n_groups:]
@@ -244,8 +344,13 @@ def case_control(
 
     n_in = np.asarray((groups != 0).sum(axis=0)).ravel()
     tested = (n_in > 0) & (n_in < n_cells)
-    cells = np.full(n_groups, n_cells)
-    return _finish(terms, n_groups, n_genes, cells, cells - 1 - int(rank) - dimreduce, tested)
+    cells_used = np.full(n_groups, n_cells)
+    result = _finish(terms, n_groups, n_genes, cells_used,
+                     cells_used - 1 - int(rank) - dimreduce, tested)
+    if effect is not None:
+        result.logfc = _coefficients_on_all(groups, effect.covariates[used], sums.raw_cross,
+                                            tested)
+    return result
 
 
 def exclusive_class(groups: sparse.csr_matrix) -> np.ndarray:
@@ -264,86 +369,142 @@ def _with_ones(covariates: np.ndarray) -> np.ndarray:
     return np.column_stack([covariates, np.ones(covariates.shape[0])])
 
 
+def _class_weights(label: np.ndarray, covariates: np.ndarray, n_class: int) -> sparse.csr_matrix:
+    """Cells x ``n_class * (k + 1)``: a cell's covariates and 1 in the columns of its class.
+
+    Cells of class -1 have no entry.
+    """
+    n_cells = label.size
+    used = label >= 0
+    n_ext = covariates.shape[1] + 1
+    starts = np.concatenate([[0], np.cumsum(used)])
+    columns = (label[used, None] * n_ext + np.arange(n_ext)).ravel()
+    return sparse.csr_matrix((_with_ones(covariates[used]).ravel(), columns, starts * n_ext),
+                             shape=(n_cells, n_class * n_ext))
+
+
 class _ClassSums:
     """Per class of cells (:func:`exclusive_class`): ``[C, 1]'y`` and ``y'y`` per gene.
 
     The sums of class ``j`` are rows ``j * (k + 1)`` to ``(j + 1) * (k + 1)`` of
-    ``cross`` (``k`` covariates and the ones) and row ``j`` of ``yy``.
+    ``cross`` (``k`` covariates and the ones) and row ``j`` of ``yy``; with the fold
+    change's inputs, ``raw_cross`` holds ``[C_raw, 1]'l`` of the log CPM ``l`` alike.
     """
 
-    def __init__(self, n_class: int, n_cov: int, n_genes: int) -> None:
+    def __init__(self, n_class: int, n_cov: int, n_genes: int, n_raw: int = 0) -> None:
         self.cross = np.zeros((n_class * (n_cov + 1), n_genes))
         self.yy = np.zeros((n_class, n_genes))
+        self.raw_cross = np.zeros((n_class * (n_raw + 1), n_genes)) if n_raw else None
 
     def add(self, rows: slice, block: np.ndarray, label: np.ndarray,
-            covariates: np.ndarray) -> None:
+            covariates: np.ndarray, *effect: np.ndarray) -> None:
         # Sparse products whose rows are the cells: a cell's covariates and 1 (or just 1)
-        # sit in the columns of its class, none for cells with several groups. No BLAS:
-        # thousands of tiny per-class products thread badly on a busy machine.
+        # sit in the columns of its class, none for unused cells. No BLAS: thousands of
+        # tiny per-class products thread badly on a busy machine.
         y = dense_block(block)
         n_cells = y.shape[0]
+        n_class = self.yy.shape[0]
+        _add_group_products(self.cross, _class_weights(label, covariates, n_class), y)
         used = label >= 0
-        n_ext = covariates.shape[1] + 1
         starts = np.concatenate([[0], np.cumsum(used)])
-        columns = (label[used, None] * n_ext + np.arange(n_ext)).ravel()
-        weights = sparse.csr_matrix(
-            (_with_ones(covariates[used]).ravel(), columns, starts * n_ext),
-            shape=(n_cells, self.cross.shape[0]))
-        _add_group_products(self.cross, weights, y)
         members = sparse.csr_matrix((np.ones(starts[-1]), label[used], starts),
-                                    shape=(n_cells, self.yy.shape[0]))
+                                    shape=(n_cells, n_class))
         for cells in row_slices(n_cells, _step(y.shape[1])):
             _add_group_products(self.yy, members[cells], np.square(y[cells]))
+        if effect:
+            raw_covariates, log_cpm = effect
+            _add_group_products(self.raw_cross, _class_weights(label, raw_covariates, n_class),
+                                dense_block(log_cpm))
 
     def merge(self, other: _ClassSums) -> _ClassSums:
         self.cross += other.cross
         self.yy += other.yy
+        if self.raw_cross is not None:
+            self.raw_cross += other.raw_cross
         return self
 
 
-def low_moi(
-    groups: ArrayLike,
-    expression: ArrayLike,
-    covariates: np.ndarray,
-    *,
-    dimreduce: int = 0,
-    block_cells: int,
-    progress: Progress = no_progress,
-) -> AssociationResult:
-    """Low-MOI design (METHOD 8, ``single=1``).
-
-    The test of group ``x`` uses only the cells carrying ``x`` alone or no group at all,
-    and removes the covariates on that subset. Sums over cells are accumulated per
-    class of cells (no group, exactly group ``j``; cells with several groups are never
-    used), so each group's statistics are sums over two classes.
-    """
-    groups = _as_csr(groups)
-    n_genes = expression.shape[1]
-    n_groups = groups.shape[1]
-    n_cov = covariates.shape[1]
-    n_class = n_groups + 1
-    label = exclusive_class(groups)
-    sums = accumulate(partial(_ClassSums, n_class, n_cov, n_genes), expression,
-                      (label, covariates), block_cells=block_cells, progress=progress,
-                      desc="de: accumulating")
-    _check_finite(sums.yy.sum(axis=0))
+def _class_grams(label: np.ndarray, covariates: np.ndarray,
+                 n_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: ``C'C`` (n_class, k, k), the covariate sums ``1'C`` and the size."""
     # With a column of ones appended to the covariates, the Gram matrix of each class
-    # holds the covariate sums and the class size too, and the expression-covariate
-    # products the expression sums.
+    # holds the covariate sums and the class size too.
+    n_cov = covariates.shape[1]
     used = np.flatnonzero(label >= 0)
     ext = _with_ones(covariates[used])
     members = sparse.csr_matrix((np.ones(used.size), (label[used], np.arange(used.size))),
                                 shape=(n_class, used.size))
     ext_gram = (members @ (ext[:, :, None] * ext[:, None, :]).reshape(used.size, -1)
                 ).reshape(n_class, n_cov + 1, n_cov + 1)
-    cc = ext_gram[:, :n_cov, :n_cov]
-    c_sum = ext_gram[:, n_cov, :n_cov]
-    class_size = ext_gram[:, n_cov, n_cov]
+    return ext_gram[:, :n_cov, :n_cov], ext_gram[:, n_cov, :n_cov], ext_gram[:, n_cov, n_cov]
+
+
+def _class_coefficients(label: np.ndarray, covariates: np.ndarray, raw_cross: np.ndarray,
+                        tested: np.ndarray) -> np.ndarray:
+    """Coefficient of class ``j`` (against class 0, with the covariates) from class sums."""
+    n_class = tested.size + 1
+    n_cov = covariates.shape[1]
+    n_genes = raw_cross.shape[1]
+    cc, c_sum, class_size = _class_grams(label, covariates, n_class)
+    ones = np.ones((n_class, 1, 1))
+    # The model of group j on classes 0 and j: [x, C, 1] (the ones as a covariate).
+    ext_cc = np.block([[cc, c_sum[:, :, None]], [c_sum[:, None, :], class_size[:, None, None] * ones]])
+    pinv, _ = pinv_psd(ext_cc[0] + ext_cc[1:])
+    cx = np.concatenate([c_sum[1:], class_size[1:, None]], axis=1)[:, :, None]
+    raw_xx = class_size[1:]
+    xx = raw_xx - _residualize(pinv, cx, cx)[:, 0, 0]
+    ok = tested & (xx > ZERO_VARIANCE_RTOL * np.maximum(raw_xx, 1.0))
+    cross = raw_cross.reshape(n_class, n_cov + 1, n_genes)
+    out = np.zeros((tested.size, n_genes))
+    for rows in row_slices(tested.size, _step(n_genes * (n_cov + 1))):
+        group_cy = cross[0] + cross[1:][rows]
+        xy = cross[1:][rows, n_cov] - _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
+        out[rows] = np.where(ok[rows, None], xy / np.where(ok[rows], xx[rows], 1.0)[:, None],
+                             0.0)
+    return out
+
+
+def class_design(
+    label: np.ndarray,
+    n_groups: int,
+    expression: ArrayLike,
+    covariates: np.ndarray,
+    *,
+    dimreduce: int = 0,
+    block_cells: int,
+    progress: Progress = no_progress,
+    effect: Effect | None = None,
+) -> AssociationResult:
+    """Each class of cells against class 0, on the cells of the two classes only.
+
+    ``label`` gives each cell's class: 0 (the baseline), ``j + 1`` (group ``j``) or -1
+    (not used by any test). The test of group ``j`` uses the cells of classes 0 and
+    ``j + 1`` and removes the covariates on that subset. Sums over cells are
+    accumulated per class, so each group's statistics are sums over two classes.
+    """
+    label = np.asarray(label, dtype=np.int64)
+    if label.shape != (expression.shape[0],) or label.max(initial=0) > n_groups:
+        msg = f"class labels must be one per cell in [-1, {n_groups}]."
+        raise ValueError(msg)
+    n_genes = expression.shape[1]
+    n_cov = covariates.shape[1]
+    n_class = n_groups + 1
+    n_raw = 0 if effect is None else effect.covariates.shape[1]
+    row_data = (label, covariates) + (() if effect is None else (effect.covariates,))
+    sums = accumulate(partial(_ClassSums, n_class, n_cov, n_genes, n_raw), expression,
+                      row_data, block_cells=block_cells, progress=progress,
+                      desc="de: accumulating",
+                      beside=() if effect is None else (effect.expression,))
+    _check_finite(sums.yy.sum(axis=0))
+    if sums.raw_cross is not None:
+        _check_finite(sums.raw_cross.sum(axis=0), "log CPM")
+    # The expression-covariate products with the ones hold the expression sums.
+    cc, c_sum, class_size = _class_grams(label, covariates, n_class)
     cross = sums.cross.reshape(n_class, n_cov + 1, n_genes)
     cy = cross[:, :n_cov]
     y_sum = cross[:, n_cov]
 
-    # Group j combines the no-group class 0 and its own class j + 1.
+    # Group j combines the baseline class 0 and its own class j + 1.
     pinv, rank = pinv_psd(cc[0] + cc[1:])
     cx = c_sum[1:, :, None]
     raw_xx = class_size[1:]
@@ -359,10 +520,13 @@ def low_moi(
 
     size = (class_size[0] + class_size[1:]).astype(np.int64)
     tested = (class_size[1:] > 0) & (class_size[0] > 0)
-    return _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
+    result = _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
+    if effect is not None:
+        result.logfc = _class_coefficients(label, effect.covariates, sums.raw_cross, tested)
+    return result
 
 
-def high_moi(
+def low_moi(
     groups: ArrayLike,
     expression: ArrayLike,
     covariates: np.ndarray,
@@ -370,32 +534,37 @@ def high_moi(
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
+    cells: ArrayLike | None = None,
+    effect: Effect | None = None,
 ) -> AssociationResult:
-    """High-MOI, competition-aware design (METHOD 8, ``single=4``).
+    """Low-MOI design (METHOD 8, ``single=1``).
 
-    Every other group is a covariate of the test of group ``x``. This equals the t-test
-    of the coefficient of ``x`` in ONE multiple regression of each gene on
-    ``A = [groups, covariates]``: with ``G = A'A`` (one pseudo-inverse for all groups),
-    ``b = G^+ A'y``, ``RSS = y'y - b'A'y`` and ``df = n - rank(A) - dimreduce``, the
-    residual sums of group ``x`` after removing all other columns are
-    ``x'x' = 1 / G^+_xx``, ``x'y' = b_x x'x'`` and ``y'y' = RSS + b_x^2 x'x'``. A group
-    in the span of the other columns (e.g. identical to another group, or collinear with
-    the covariates) has zero residual variance: p = 1, gamma = 0. Groups taking a single
-    value on all cells are left out of the regression altogether.
-
-    Working memory besides the results: ``A'y`` and ``b`` (columns x genes each) and a
-    few columns x columns matrices for the pseudo-inverse.
+    The test of group ``x`` uses only the cells carrying ``x`` alone or no group at all,
+    and removes the covariates on that subset (:func:`class_design` with the classes of
+    :func:`exclusive_class`; cells with several groups are never used, nor the cells
+    outside the mask ``cells``).
     """
     groups = _as_csr(groups)
-    n_cells, n_genes = expression.shape
-    n_groups = groups.shape[1]
-    n_in = np.asarray((groups != 0).sum(axis=0)).ravel()
-    tested = (n_in > 0) & (n_in < n_cells)
-    in_model = np.flatnonzero(tested)
-    active = groups[:, in_model]
-    n_active = in_model.size
-    sums = _product_sums(active, expression, covariates, block_cells, progress)
-    yy = sums.yy
+    label = exclusive_class(groups)
+    label[~_used_cells(cells, groups.shape[0])] = -1
+    return class_design(label, groups.shape[1], expression, covariates, dimreduce=dimreduce,
+                        block_cells=block_cells, progress=progress, effect=effect)
+
+
+def _joint_fit(
+    active: sparse.csr_matrix,
+    covariates: np.ndarray,
+    cross: np.ndarray,
+    yy: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """The multiple regression of each gene on ``A = [active groups, covariates]``.
+
+    From the sums ``A'y`` (``cross``, scaled in place) returns the groups' coefficients
+    (zero for groups not estimable), which groups are estimable, the groups' diagonal of
+    ``(A'A)^+``, the residual sums of squares when ``yy`` is given, and ``rank(A)``.
+    """
+    n_active = active.shape[1]
+    n_genes = cross.shape[1]
     xc = np.asarray(active.T @ covariates)
     gram = np.block([
         [(active.T @ active).toarray(), xc],
@@ -414,19 +583,74 @@ def high_moi(
 
     # With the equilibrated ``S = s G s`` and ``z = s A'y``: b = s S^+ z and
     # b'A'y = (S^+ z)'z, computed a range of rows of S^+ at a time.
-    z = sums.cross
+    z = cross
     z *= scale[:, None]
-    del sums
-    rss = yy.copy()
-    coef = np.zeros((n_groups, n_genes))
-    for rows in row_slices(z.shape[0], _step(n_genes)):
+    rss = None if yy is None else yy.copy()
+    coef = np.zeros((n_active, n_genes))
+    for rows in row_slices(z.shape[0] if yy is not None else n_active, _step(n_genes)):
         part = scaled_pinv[rows] @ z
-        rss -= np.einsum("ig,ig->g", part, z[rows])
+        if rss is not None:
+            rss -= np.einsum("ig,ig->g", part, z[rows])
         own = slice(rows.start, min(rows.stop, n_active))
         if own.start < own.stop:
-            coef[in_model[own]] = part[: own.stop - own.start] * scale[own, None]
-    del z, scaled_pinv
-    coef[in_model[~estimable]] = 0.0
+            coef[own] = part[: own.stop - own.start] * scale[own, None]
+    coef[~estimable] = 0.0
+    return coef, estimable, pinv_diag, rss, int(rank)
+
+
+def high_moi(
+    groups: ArrayLike,
+    expression: ArrayLike,
+    covariates: np.ndarray,
+    *,
+    dimreduce: int = 0,
+    block_cells: int,
+    progress: Progress = no_progress,
+    cells: ArrayLike | None = None,
+    effect: Effect | None = None,
+) -> AssociationResult:
+    """High-MOI, competition-aware design (METHOD 8, ``single=4``).
+
+    Every other group is a covariate of the test of group ``x``. This equals the t-test
+    of the coefficient of ``x`` in ONE multiple regression of each gene on
+    ``A = [groups, covariates]``: with ``G = A'A`` (one pseudo-inverse for all groups),
+    ``b = G^+ A'y``, ``RSS = y'y - b'A'y`` and ``df = n - rank(A) - dimreduce``, the
+    residual sums of group ``x`` after removing all other columns are
+    ``x'x' = 1 / G^+_xx``, ``x'y' = b_x x'x'`` and ``y'y' = RSS + b_x^2 x'x'``. A group
+    in the span of the other columns (e.g. identical to another group, or collinear with
+    the covariates) has zero residual variance: p = 1, gamma = 0. Groups taking a single
+    value on all cells are left out of the regression altogether. With ``effect``,
+    ``result.logfc`` holds the coefficients of the same joint regression fitted to the
+    log CPM with the un-normalised covariates. Only the cells of the mask ``cells``
+    are used.
+
+    Working memory besides the results: ``A'y`` and ``b`` (columns x genes each) and a
+    few columns x columns matrices for the pseudo-inverse.
+    """
+    groups = _as_csr(groups)
+    n_genes = expression.shape[1]
+    n_groups = groups.shape[1]
+    used = _used_cells(cells, expression.shape[0])
+    n_cells = int(used.sum())
+    n_in = np.asarray((groups[used] != 0).sum(axis=0)).ravel()
+    tested = (n_in > 0) & (n_in < n_cells)
+    in_model = np.flatnonzero(tested)
+    active = groups[:, in_model]
+    if effect is not None:
+        effect = Effect(effect.expression, _with_intercept(effect.covariates))
+    sums = _product_sums(active, expression, covariates, used, block_cells, progress, effect)
+    yy = sums.yy
+    active_used = active[used]
+    fit, estimable, pinv_diag, rss, rank = _joint_fit(active_used, covariates[used],
+                                                      sums.cross, yy)
+    coef = np.zeros((n_groups, n_genes))
+    coef[in_model] = fit
+    del fit
+    logfc = None
+    if effect is not None:
+        logfc = np.zeros((n_groups, n_genes))
+        logfc[in_model] = _joint_fit(active_used, effect.covariates[used], sums.raw_cross)[0]
+    del sums
     xx = np.zeros(n_groups)
     xx[in_model] = np.where(estimable, 1.0 / np.where(estimable, pinv_diag, 1.0), 0.0)
     raw_xx = np.ones(n_groups)
@@ -437,9 +661,11 @@ def high_moi(
         res_xy = b * xx[rows, None]
         return xx[rows, None], raw_xx[rows, None], rss + b * res_xy, yy, res_xy
 
-    cells = np.full(n_groups, n_cells)
+    cells_used = np.full(n_groups, n_cells)
     df = np.full(n_groups, n_cells - rank - dimreduce)
-    return _finish(terms, n_groups, n_genes, cells, df, tested)
+    result = _finish(terms, n_groups, n_genes, cells_used, df, tested)
+    result.logfc = logfc
+    return result
 
 
 def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -88,6 +88,7 @@ def accumulate(
     block_cells: int,
     progress: Progress = no_progress,
     desc: str = "",
+    beside: Sequence[ArrayLike] = (),
 ) -> S:
     """Sum the statistics ``new_sums()`` over all cells of ``matrix``, block by block.
 
@@ -104,19 +105,39 @@ def accumulate(
         Cells per block; the dask driver rechunks ``matrix`` to this many cells per chunk.
     progress, desc
         Progress display (see :mod:`normalisr_sc._progress`).
+    beside
+        More cells x genes matrices read in the same pass, block by block with
+        ``matrix`` (all dask arrays when ``matrix`` is one, else none); each block
+        receives their blocks after its rows of ``row_data``.
     """
+    _check_beside(matrix, beside)
     if is_dask(matrix):
-        return _accumulate_dask(new_sums, matrix, row_data, block_cells, progress, desc)
+        return _accumulate_dask(new_sums, matrix, row_data, block_cells, progress, desc,
+                                beside)
     sums = new_sums()
     blocks = list(row_slices(matrix.shape[0], block_cells))
     for rows in progress(blocks, len(blocks), desc):
-        sums.add(rows, row_block(matrix, rows), *(data[rows] for data in row_data))
+        sums.add(rows, row_block(matrix, rows), *(data[rows] for data in row_data),
+                 *(row_block(other, rows) for other in beside))
     return sums
 
 
-def _sums_of_block(new_sums: Callable[[], S], rows: slice, block: ArrayLike, *row_data) -> S:
+def _check_beside(matrix: ArrayLike, beside: Sequence[ArrayLike]) -> None:
+    for other in beside:
+        if other.shape[0] != matrix.shape[0] or is_dask(other) != is_dask(matrix):
+            msg = (
+                "matrices read in one pass need the same cells and must all be dask arrays "
+                "or none."
+            )
+            raise ValueError(msg)
+
+
+def _sums_of_block(new_sums: Callable[[], S], rows: slice, block: ArrayLike, n_beside: int,
+                   *row_data) -> S:
     sums = new_sums()
-    sums.add(rows, materialize(block), *row_data)
+    n_data = len(row_data) - n_beside
+    sums.add(rows, materialize(block), *row_data[:n_data],
+             *(materialize(other) for other in row_data[n_data:]))
     return sums
 
 
@@ -131,16 +152,20 @@ def _accumulate_dask(
     block_cells: int,
     progress: Progress,
     desc: str,
+    beside: Sequence[ArrayLike] = (),
 ) -> S:
     matrix = matrix.rechunk((block_cells, -1))
     starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
+    # The other matrices in the same chunks of cells: block i of each goes with block i.
+    others = [other.rechunk((matrix.chunks[0], -1)).to_delayed()[:, 0] for other in beside]
     leaves = [
         delayed(_sums_of_block)(
-            new_sums, slice(start, stop), block, *(data[start:stop] for data in row_data)
+            new_sums, slice(start, stop), block, len(beside),
+            *(data[start:stop] for data in row_data), *(other[i] for other in others)
         )
-        for start, stop, block in zip(
+        for i, (start, stop, block) in enumerate(zip(
             starts[:-1], starts[1:], matrix.to_delayed()[:, 0], strict=True
-        )
+        ))
     ]
     if not leaves:
         return new_sums()

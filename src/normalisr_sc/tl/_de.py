@@ -2,61 +2,135 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
-from .._core._association import case_control, exclusive_class, high_moi, low_moi
+from .._core._association import case_control, class_design, exclusive_class, high_moi
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
-from .._utils import ensure_actual, logger
+from .._store import check_writable, store
+from .._utils import logger
+from .._validate import as_names, check_bool, check_choice, check_int, check_str
 from ._groups import read_groups
-from ._inputs import check_dimreduce, normalised_inputs
+from ._inputs import check_dimreduce, effect_inputs, normalised_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from scipy import sparse
 
     from ._groups import Groups
 
 Design = Literal["case_control", "low_moi", "high_moi"]
+DESIGNS = ("case_control", "low_moi", "high_moi")
+#: Suffixes of the ``adata.varm`` results, genes x tested groups each.
+RESULTS = ("pvals", "log10p", "logfc", "gamma", "var")
+#: Names of groups listed in a message or a warning.
+LISTED = 10
 
-_KERNELS = {"case_control": case_control, "low_moi": low_moi, "high_moi": high_moi}
-#: Minimum number of cells carrying a tested group.
-MIN_GROUP_CELLS = 2
+
+@dataclass
+class _Plan:
+    """Which cells each test uses, as the kernels take it.
+
+    ``kind`` is ``'all'`` (each indicator against the other used cells), ``'classes'``
+    (each class against class 0, :func:`class_design`) or ``'joint'`` (one regression
+    on all indicators). ``label`` gives the cells' classes, ``cells`` the cells used by
+    the other two kinds; ``carrying``/``used`` count, per group, the cells carrying it
+    in its test and the cells of its test.
+    """
+
+    kind: str
+    cells: np.ndarray
+    label: np.ndarray | None
+    carrying: np.ndarray
+    used: np.ndarray
 
 
-def _cells_per_group(groups: Groups, design: Design) -> tuple[np.ndarray, np.ndarray]:
-    """Cells carrying each group in its test, and cells used by its test."""
-    n_cells = groups.matrix.shape[0]
-    if design == "low_moi":
-        counts = np.bincount(exclusive_class(groups.matrix) + 1, minlength=len(groups.names) + 2)
+def _plan(group_set: Groups, design: Design) -> _Plan:
+    matrix = group_set.matrix
+    cells = group_set.labelled
+    if design == "low_moi" or (design == "case_control" and group_set.reference):
+        label = exclusive_class(matrix)
+        if design == "case_control":
+            several = int(((label == -1) & cells).sum())
+            if several:
+                logger.warning(
+                    "de: %d cells carry several non-reference groups; with `reference=` the "
+                    "case-control test of a group compares its cells with the reference "
+                    "cells, so these cells are left out of every test.", several)
+            # Cells carrying no group are the baseline only if they carry a reference group.
+            label[(label == 0) & ~group_set.in_reference] = -1
+        label[~cells] = -1
+        counts = np.bincount(label + 1, minlength=len(group_set.names) + 2)
         carrying = counts[2:]
-        return carrying, counts[1] + carrying
-    carrying = np.diff(groups.matrix.tocsc().indptr)
-    return carrying, np.full(carrying.size, n_cells)
+        return _Plan("classes", cells, label, carrying, counts[1] + carrying)
+    carrying = np.diff(matrix[cells].tocsc().indptr)
+    used = np.full(carrying.size, int(cells.sum()))
+    return _Plan("all" if design == "case_control" else "joint", cells, None, carrying, used)
 
 
-def _check_group_sizes(groups: Groups, design: Design, carrying: np.ndarray,
-                       used: np.ndarray) -> None:
-    names = np.array(groups.names, dtype=object)[groups.tested]
-    carrying, used = carrying[groups.tested], used[groups.tested]
-    few = names[carrying < MIN_GROUP_CELLS]
-    if few.size:
-        where = " alone (cells with several groups are not used)" if design == "low_moi" else ""
+def _tested_groups(group_set: Groups, plan: _Plan, design: Design,
+                   min_cells: int) -> tuple[np.ndarray, list[str]]:
+    """The groups to test (positions) and the names of the groups skipped as too small."""
+    names = np.array(group_set.names, dtype=object)
+    tested = group_set.tested
+    alone = " alone (cells with several groups are not used)" if design == "low_moi" else ""
+    few = tested[plan.carrying[tested] < min_cells]
+    if few.size and group_set.explicit:
+        listed = [f"{names[i]} ({plan.carrying[i]})" for i in few[:LISTED]]
         msg = (
-            f"group(s) {list(few[:10])} are carried{where} by fewer than {MIN_GROUP_CELLS} "
-            "cells; leave them out with `groups=` or merge them."
+            f"group(s) {listed} requested with `groups=` are carried{alone} by fewer than "
+            f"min_cells={min_cells} cells in their test; leave them out of `groups=`, merge "
+            "them, or lower `min_cells=`."
         )
         raise ValueError(msg)
-    everywhere = names[carrying == used]
-    if everywhere.size:
-        hint = ("no cell is without a group: name the baseline group(s) with `reference=`"
-                if design == "low_moi" else "a constant indicator cannot be tested")
-        msg = f"group(s) {list(everywhere[:10])} are present in every cell of their test; {hint}."
+    skipped = [str(names[i]) for i in few]
+    if skipped:
+        logger.warning(
+            "de: %d group(s) carried%s by fewer than min_cells=%d cells are not tested: %s%s",
+            len(skipped), alone, min_cells, ", ".join(skipped[:LISTED]),
+            " ..." if len(skipped) > LISTED else "")
+    tested = tested[plan.carrying[tested] >= min_cells]
+    if not tested.size:
+        msg = (
+            f"no group is carried{alone} by at least min_cells={min_cells} cells in its test; "
+            "lower `min_cells=`."
+        )
         raise ValueError(msg)
+    if plan.kind == "classes" and plan.used[0] == plan.carrying[0]:
+        if design == "case_control":
+            msg = (f"no used cell carries the reference group(s) {group_set.reference}; "
+                   "nothing to compare with.")
+        else:
+            msg = ("no used cell is without a group, so the tests have no baseline: name "
+                   "the baseline group(s) with `reference=`.")
+        raise ValueError(msg)
+    everywhere = names[tested[plan.carrying[tested] == plan.used[tested]]]
+    if everywhere.size:
+        msg = (f"group(s) {list(everywhere[:LISTED])} are present in every cell of their "
+               "test; a constant indicator cannot be tested.")
+        raise ValueError(msg)
+    return tested, skipped
+
+
+def _run(plan: _Plan, matrix: sparse.csr_matrix, tested: np.ndarray, expression: object,
+         covariates: np.ndarray, effect: object, dimreduce: int, size: int):
+    """The kernel's result and the rows of it holding the tested groups."""
+    options = {"dimreduce": dimreduce, "block_cells": size, "progress": progress,
+               "effect": effect}
+    if plan.kind == "classes":
+        result = class_design(plan.label, matrix.shape[1], expression, covariates, **options)
+        return result, tested
+    if plan.kind == "all":
+        result = case_control(matrix[:, tested], expression, covariates, cells=plan.cells,
+                              **options)
+        return result, np.arange(tested.size)
+    return high_moi(matrix, expression, covariates, cells=plan.cells, **options), tested
 
 
 @doc_params(doc_chunked_layer=doc_chunked_layer)
@@ -67,8 +141,11 @@ def de(
     design: Design = "case_control",
     reference: str | Sequence[str] | None = None,
     groups: str | Sequence[str] | None = None,
+    min_cells: int = 2,
     layer: str = "normalisr",
     covariates_key: str = "nsc_covariates_norm",
+    logfc_layer: str = "lcpm",
+    logfc_covariates: str = "nsc_covariates",
     key_added: str = "nsc_de",
     dimreduce: int = 0,
     chunked: bool | None = None,
@@ -77,34 +154,56 @@ def de(
     """Test differential expression of every gene between groups of cells.
 
     For each group ``x`` (0/1 indicator over cells) and gene ``y`` the model is
-    ``y = gamma * x + alpha . C + noise`` with the normalised covariates ``C`` removed by
-    least squares; the p-value of ``gamma = 0`` is exact (a two-sided t-test on the
-    covariate-removed data, ``df = cells - 1 - rank(C) - dimreduce``). Because the
-    normalised expression is on the natural-log scale, ``gamma`` is the natural-log
-    fold change (divide by ``log(2)`` for log2).
+    ``y = gamma * x + alpha . C + noise`` on the normalised expression, with the
+    normalised covariates ``C`` removed by least squares; the p-value of ``gamma = 0`` is
+    exact (a two-sided t-test on the covariate-removed data,
+    ``df = cells - 1 - rank(C) - dimreduce``).
 
-    Designs:
+    Two effect sizes are stored. ``logfc`` is the fold change to read and report: the
+    group coefficient of the same design (same cells, same other groups) fitted by least
+    squares to the Bayesian log CPM ``layers[logfc_layer]`` with the un-normalised
+    covariates ``obsm[logfc_covariates]`` and an intercept, i.e. a covariate-adjusted
+    difference of mean log CPM in natural-log units (divide by ``log(2)`` for log2).
+    ``gamma`` is the test's own coefficient on the variance-normalised scale (cells
+    multiplied by their weights ``w ** f``), which grows with the cell weights and is
+    not a fold change. The posterior log CPM shrinks the fold changes of genes with low
+    counts towards 0 (a zero count is not minus infinity), so ``logfc`` understates the
+    change of the mean of rarely detected genes.
+
+    Designs and ``reference=``:
 
     ``'case_control'``
-        Each group indicator against all other cells (all cells are used).
+        Without ``reference``, each group against all other cells. With ``reference``
+        (as in :func:`scanpy.tl.rank_genes_groups`), each group against the cells of the
+        reference group(s) only: the test of a group uses its cells and the reference
+        cells, removes the covariates on that subset, and leaves every other cell out
+        (cells carrying several non-reference groups of an ``obsm`` matrix are left out
+        of every test, with a warning).
     ``'low_moi'``
         The test of group ``x`` uses only the cells carrying ``x`` alone or no group at
         all (cells with other groups are dropped) and removes the covariates on that
-        subset: a low-MOI CRISPR screen with the reference (e.g. non-targeting) cells as
-        baseline. On an ``obs`` column with ``reference=``, each group is compared with
-        the reference cells only, like scanpy's ``reference=``.
+        subset: a low-MOI CRISPR screen. Reference groups count as no group, so their
+        cells (and, for an ``obsm`` matrix, cells without any group) are the baseline.
     ``'high_moi'``
         Every other group is a covariate of the test of ``x`` (competition-aware,
         for cells carrying several guides). Computed as ONE multiple regression per gene
-        on all groups and covariates; a group that is in the span of the other groups
-        and covariates (e.g. identical to another group) cannot be separated from them
-        and gets p = 1, logfc = 0.
+        on all groups and covariates, on all cells; the indicators of reference groups
+        are left out of it, so their cells (with the cells carrying no group) form the
+        baseline. A group that is in the span of the other groups and covariates (e.g.
+        identical to another group) cannot be separated from them and gets p = 1,
+        gamma = 0 and logfc = 0.
+
+    Cells with a missing label in an ``obs`` column are left out of every test (a
+    warning counts them). Groups carried by fewer than ``min_cells`` cells in their test
+    are not tested (a warning names them), unless they were named with ``groups=``,
+    which is an error; in the ``high_moi`` design their indicators stay in the
+    regression.
 
     Parameters
     ----------
     adata
-        Normalised AnnData (:func:`normalisr_sc.pp.normalize` or
-        :func:`normalisr_sc.pp.normvar`).
+        Normalised AnnData (:func:`normalisr_sc.pp.normalize`, or
+        :func:`normalisr_sc.pp.normvar` after :func:`normalisr_sc.pp.lcpm`).
     groupby
         An ``adata.obs`` column (one group per level) or an ``adata.obsm`` key holding a
         cells x groups 0/1 matrix (dense, sparse or a DataFrame whose columns name the
@@ -113,15 +212,22 @@ def de(
     design
         ``'case_control'``, ``'low_moi'`` or ``'high_moi'`` (see above).
     reference
-        Group(s) forming the baseline: they are not tested and their cells count as
-        carrying no group.
+        Group(s) forming the baseline, not tested (see above for each design).
     groups
         Groups to test and report (default: all non-reference groups). The other groups
         still shape the test in the ``low_moi`` and ``high_moi`` designs.
+    min_cells
+        Fewest cells carrying a group in its test for the group to be tested.
     layer
         Layer holding the normalised expression.
     covariates_key
         ``adata.obsm`` key of the normalised covariates (with the intercept).
+    logfc_layer
+        Layer holding the Bayesian log CPM the fold changes are fitted to (read in the
+        same pass as ``layer``). A missing layer is an error: results of a pipeline
+        that dropped it need it recomputed with :func:`normalisr_sc.pp.lcpm`.
+    logfc_covariates
+        ``adata.obsm`` key of the un-normalised covariates of the fold changes.
     key_added
         Prefix of the result keys.
     dimreduce
@@ -136,13 +242,17 @@ def de(
     - ``adata.varm[key_added + '_pvals']``: p-values (never 0 unless below 1e-323);
     - ``adata.varm[key_added + '_log10p']``: ``-log10`` p-values, exact even when the
       p-value underflows (a p-value of 1e-400 reads 400);
-    - ``adata.varm[key_added + '_logfc']``: ``gamma``, the natural-log fold change;
+    - ``adata.varm[key_added + '_logfc']``: the natural-log fold change (see above);
+    - ``adata.varm[key_added + '_gamma']``: the test's coefficient on the normalised
+      scale (see above);
     - ``adata.varm[key_added + '_var']``: residual variance of each gene in each test;
 
     and ``adata.uns[key_added]`` with ``design``, ``groupby``, ``groups``,
     ``reference``, ``n_cells`` (cells carrying each group in its test), ``n_cells_test``
-    (cells used by each test), ``df`` (residual degrees of freedom), ``var_group``
-    (residual variance of each group indicator) and the other parameters.
+    (cells used by each test), ``n_cells_unlabelled`` (cells left out for a missing
+    label), ``skipped`` (groups not tested for having fewer than ``min_cells`` cells),
+    ``df`` (residual degrees of freedom), ``var_group`` (residual variance of each group
+    indicator) and the other parameters.
 
     Examples
     --------
@@ -152,54 +262,84 @@ def de(
 
     A low-MOI CRISPR screen with guide counts in ``obsm``:
 
-    >>> nsc.tl.assign_guides(adata, "grna_counts", mode="max", groups=guide_to_target)
+    >>> nsc.tl.assign_guides(adata, "grna_counts", guide_names="grna_ids",
+    ...                      groups="grna_group")
     >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
     """
-    if design not in _KERNELS:
-        msg = f"design must be one of {list(_KERNELS)}, got {design!r}."
-        raise ValueError(msg)
-    check_dimreduce(dimreduce)
+    check_str("groupby", groupby)
+    check_choice("design", design, DESIGNS)
+    reference = as_names("reference", reference)
+    groups = as_names("groups", groups)
+    min_cells = check_int("min_cells", min_cells, minimum=1)
+    for name, value in (("layer", layer), ("covariates_key", covariates_key),
+                        ("logfc_layer", logfc_layer), ("logfc_covariates", logfc_covariates),
+                        ("key_added", key_added)):
+        check_str(name, value)
+    dimreduce = check_dimreduce(dimreduce)
+    check_bool("chunked", chunked, allow_none=True)
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
+    check_writable(adata, {"varm": [f"{key_added}_{suffix}" for suffix in RESULTS],
+                           "uns": [key_added]})
     expression, size, covariates = normalised_inputs(
         adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
     )
+    expression, effect = effect_inputs(adata, expression, layer, covariates_key, logfc_layer,
+                                       logfc_covariates, chunked=chunked,
+                                       chunk_size=chunk_size)
     group_set = read_groups(adata, groupby, reference, groups)
-    carrying, used = _cells_per_group(group_set, design)
-    _check_group_sizes(group_set, design, carrying, used)
-
-    matrix, rows = group_set.matrix, group_set.tested
-    if design == "case_control":
-        matrix = matrix[:, rows]
-    if design == "case_control" or np.array_equal(rows, np.arange(matrix.shape[1])):
-        # A slice selects the results without copying them (groups x genes each).
-        rows = slice(None)
-    result = _KERNELS[design](
-        matrix, expression, covariates, dimreduce=int(dimreduce),
-        block_cells=size, progress=progress,
-    )
-    names = group_set.tested_names
+    unlabelled = int((~group_set.labelled).sum())
+    if unlabelled:
+        logger.warning("de: %d cells with a missing label in adata.obs[%r] are left out of "
+                       "the test.", unlabelled, groupby)
+    plan = _plan(group_set, design)
+    tested, skipped = _tested_groups(group_set, plan, design, min_cells)
+    result, rows = _run(plan, group_set.matrix, tested, expression, covariates, effect,
+                        dimreduce, size)
+    names = [group_set.names[i] for i in tested]
+    if rows.size == result.pvals.shape[0] and (np.diff(rows) == 1).all():
+        rows = slice(None)  # selects the results without copying them
 
     def frame(values: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(values[rows].T, index=adata.var_names.copy(), columns=names)
 
-    tested = group_set.tested
-    ensure_actual(adata)
-    adata.varm[f"{key_added}_pvals"] = frame(result.pvals)
-    adata.varm[f"{key_added}_log10p"] = frame(result.neg_log10_pvals)
-    adata.varm[f"{key_added}_logfc"] = frame(result.gamma)
-    adata.varm[f"{key_added}_var"] = frame(result.var_y)
-    adata.uns[key_added] = {
+    n_cells_test = result.n_cells[rows]
+    if not np.array_equal(n_cells_test, plan.used[tested]):  # pragma: no cover - a bug
+        msg = "internal error: the cells used by the tests were miscounted."
+        raise AssertionError(msg)
+    params = {
+        "groupby": groupby, "design": design, "reference": reference, "groups": groups,
+        "min_cells": min_cells, "layer": layer, "covariates_key": covariates_key,
+        "logfc_layer": logfc_layer, "logfc_covariates": logfc_covariates,
+        "key_added": key_added, "dimreduce": dimreduce,
+    }
+    record = {
         "design": design,
         "groupby": groupby,
         "groups": names,
-        "reference": group_set.reference,
-        "n_cells": carrying[tested],
-        "n_cells_test": used[tested],
+        "reference": list(reference),
+        "n_cells": plan.carrying[tested],
+        "n_cells_test": n_cells_test,
+        "n_cells_unlabelled": unlabelled,
+        "skipped": np.array(skipped, dtype=object),
+        "min_cells": min_cells,
         "df": result.df[rows],
         "var_group": result.var_x[rows],
         "layer": layer,
         "covariates_key": covariates_key,
-        "dimreduce": int(dimreduce),
+        "logfc_layer": logfc_layer,
+        "logfc_covariates": logfc_covariates,
+        "dimreduce": dimreduce,
     }
+    store(
+        adata, "de", params,
+        varm={
+            f"{key_added}_pvals": frame(result.pvals),
+            f"{key_added}_log10p": frame(result.neg_log10_pvals),
+            f"{key_added}_logfc": frame(result.logfc),
+            f"{key_added}_gamma": frame(result.gamma),
+            f"{key_added}_var": frame(result.var_y),
+        },
+        uns={key_added: record},
+    )
     logger.info("de (%s): %d groups x %d genes tested on %s", design, len(names), adata.n_vars,
                 groupby)
-

@@ -9,10 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._utils import complete_obs_column
-
 if TYPE_CHECKING:
-    from collections.abc import Sequence
 
     from anndata import AnnData
 
@@ -22,22 +19,24 @@ NAMES = "names"
 
 @dataclass
 class Groups:
-    """Group indicators of all non-reference groups and which of them are tested."""
+    """Group indicators of all non-reference groups and which of them are tested.
+
+    ``labelled`` marks the cells with a group label (an ``obs`` column's missing values
+    are not); ``in_reference`` the cells carrying a reference group; ``explicit`` tells
+    whether the tested groups were named with ``groups=``.
+    """
 
     matrix: sparse.csr_matrix
     names: list[str]
     tested: np.ndarray
     reference: list[str]
+    labelled: np.ndarray
+    in_reference: np.ndarray
+    explicit: bool
 
     @property
     def tested_names(self) -> list[str]:
         return [self.names[i] for i in self.tested]
-
-
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
 
 
 def obsm_group_names(adata: AnnData, key: str) -> list[str]:
@@ -54,12 +53,13 @@ def obsm_group_names(adata: AnnData, key: str) -> list[str]:
 
 
 def _indicators_from_obs(adata: AnnData, column: str) -> tuple[sparse.csr_matrix, list[str]]:
-    values = complete_obs_column(adata, column, "testing")
-    categories = values.astype("category").cat.remove_unused_categories()
+    """One indicator per level; cells with a missing value carry none."""
+    categories = adata.obs[column].astype("category").cat.remove_unused_categories()
     codes = categories.cat.codes.to_numpy()
     names = [str(c) for c in categories.cat.categories]
+    cells = np.flatnonzero(codes >= 0)
     matrix = sparse.csr_matrix(
-        (np.ones(codes.size), (np.arange(codes.size), codes)), shape=(codes.size, len(names))
+        (np.ones(cells.size), (cells, codes[cells])), shape=(codes.size, len(names))
     )
     return matrix, names
 
@@ -85,17 +85,20 @@ def _indicators_from_obsm(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, 
 def read_groups(
     adata: AnnData,
     groupby: str,
-    reference: str | Sequence[str] | None,
-    groups: str | Sequence[str] | None,
+    reference: list[str],
+    groups: list[str],
 ) -> Groups:
     """Indicators of the non-reference groups of ``groupby``, validated.
 
-    ``groupby`` is an ``obs`` column (one indicator per level) or an ``obsm`` key (a 0/1
-    matrix). Reference groups are dropped: their cells carry no group (the baseline).
-    ``groups`` restricts the tested groups; the others keep their indicators.
+    ``groupby`` is an ``obs`` column (one indicator per level; cells with a missing
+    value are not labelled) or an ``obsm`` key (a 0/1 matrix, every cell labelled).
+    Reference groups are dropped from the matrix: their cells carry no group (the
+    baseline). ``groups`` restricts the tested groups; the others keep their indicators.
     """
+    labelled = np.ones(adata.n_obs, dtype=bool)
     if groupby in adata.obs.columns:
         matrix, names = _indicators_from_obs(adata, groupby)
+        labelled = adata.obs[groupby].notna().to_numpy()
     elif groupby in adata.obsm:
         matrix, names = _indicators_from_obsm(adata, groupby)
     else:
@@ -107,8 +110,7 @@ def read_groups(
     if len(set(names)) != len(names):
         msg = f"the groups of {groupby!r} have duplicate names; give each group a unique name."
         raise ValueError(msg)
-    reference = _as_list(reference)
-    chosen = _as_list(groups)
+    chosen = groups
     unknown = [g for g in reference + chosen if g not in names]
     if unknown:
         msg = f"group(s) {unknown} not found in {groupby!r}; available groups: {names[:20]}."
@@ -122,6 +124,9 @@ def read_groups(
     if not keep:
         msg = f"every group of {groupby!r} is a reference group; nothing is left to test."
         raise ValueError(msg)
-    tested = (np.array([kept_names.index(g) for g in chosen]) if chosen
+    tested = (np.array([kept_names.index(g) for g in chosen], dtype=np.int64) if chosen
               else np.arange(len(kept_names)))
-    return Groups(matrix[:, keep].tocsr(), kept_names, tested, reference)
+    dropped = [i for i, name in enumerate(names) if name in reference]
+    in_reference = np.asarray(matrix[:, dropped].sum(axis=1)).ravel() > 0
+    return Groups(matrix[:, keep].tocsr(), kept_names, tested, reference, labelled,
+                  in_reference, bool(chosen))

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._utils import ensure_actual, logger
+from .._store import check_writable, store
+from .._utils import logger
+from .._validate import as_names, check_choice, check_number, check_str
 from ._groups import NAMES, obsm_group_names
 
 if TYPE_CHECKING:
@@ -28,12 +30,31 @@ def _guide_names(adata: AnnData, obsm_key: str, guide_names: Sequence[str] | str
         if guide_names not in adata.uns:
             msg = f"guide_names={guide_names!r} is not an adata.uns key; pass the names as a list."
             raise ValueError(msg)
-        guide_names = adata.uns[guide_names]
-    names = [str(n) for n in np.asarray(guide_names).ravel()]
+        guide_names = np.asarray(adata.uns[guide_names]).ravel()
+    names = as_names("guide_names", guide_names)
     if len(names) != n_guides:
         msg = f"{len(names)} guide names given for the {n_guides} columns of adata.obsm[{obsm_key!r}]."
         raise ValueError(msg)
     return names
+
+
+def _name_hint(adata: AnnData, obsm_key: str, guide_names: object, n_guides: int,
+               mapping: dict[str, str]) -> str:
+    """What to pass when no guide name is in the mapping: ``guide_names=`` and its candidates."""
+    if guide_names is not None:
+        return "check that `guide_names=` names the guide columns as the mapping does."
+    candidates = [
+        key for key, value in adata.uns.items()
+        if isinstance(value, list | np.ndarray | pd.Index) and np.asarray(value).size == n_guides
+        and any(str(v) in mapping for v in np.asarray(value).ravel())
+    ]
+    example = repr(candidates[0]) if candidates else "'grna_ids'"
+    found = f" (adata.uns[{candidates[0]!r}] holds such names)" if candidates else ""
+    return (
+        f"the columns of adata.obsm[{obsm_key!r}] have no names (it is not a DataFrame), so "
+        "they are called by position; pass the guide names with `guide_names=`, a list or "
+        f"the adata.uns key holding them, e.g. `guide_names={example}`{found}."
+    )
 
 
 def _guide_to_group(adata: AnnData, groups: GuideMap) -> dict[str, str]:
@@ -92,7 +113,10 @@ def assign_guides(
     -------
     Nothing; sets ``adata.obsm[key_added]`` (CSR boolean, cells x guides or groups) and
     ``adata.uns[key_added]`` with ``names`` (the column names, read by
-    :func:`normalisr_sc.tl.de`), ``n_cells`` (cells per column) and the parameters.
+    :func:`normalisr_sc.tl.de`) and the parameters. Cells per column are not stored,
+    since they change when cells are filtered: count them from the matrix
+    (``adata.obsm[key_added].sum(axis=0)``); :func:`normalisr_sc.tl.de` counts the cells
+    of each test itself.
 
     Examples
     --------
@@ -100,14 +124,19 @@ def assign_guides(
     ...                      groups="grna_group")
     >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
     """
+    check_str("obsm_key", obsm_key)
+    check_choice("mode", mode, ("max", "threshold"))
+    threshold = check_number("threshold", threshold, minimum=0, min_open=True)
+    check_str("key_added", key_added)
+    if not (guide_names is None or isinstance(guide_names, str)):
+        as_names("guide_names", guide_names)
+    if groups is not None and not isinstance(groups, str | Mapping | pd.Series | pd.DataFrame):
+        msg = ("`groups` must be a guide -> group mapping (dict, Series, two-column "
+               f"DataFrame) or the adata.uns key of one, got {type(groups).__name__}.")
+        raise ValueError(msg)
+    check_writable(adata, {"obsm": [key_added], "uns": [key_added]})
     if obsm_key not in adata.obsm:
         msg = f"adata.obsm[{obsm_key!r}] not found; available keys: {list(adata.obsm)}."
-        raise ValueError(msg)
-    if mode not in ("max", "threshold"):
-        msg = f"mode must be 'max' or 'threshold', got {mode!r}."
-        raise ValueError(msg)
-    if mode == "threshold" and not threshold > 0:
-        msg = f"threshold must be positive, got {threshold!r}."
         raise ValueError(msg)
     raw = adata.obsm[obsm_key]
     counts = sparse.csr_matrix(raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw,
@@ -131,7 +160,8 @@ def assign_guides(
     if mapping is not None:
         known = [i for i, name in enumerate(names) if name in mapping]
         if not known:
-            msg = f"no guide name (e.g. {names[:3]}) is in the guide -> group mapping."
+            hint = _name_hint(adata, obsm_key, guide_names, len(names), mapping)
+            msg = f"no guide name (e.g. {names[:3]}) is in the guide -> group mapping: {hint}"
             raise ValueError(msg)
         columns = sorted({mapping[names[i]] for i in known})
         position = {group: j for j, group in enumerate(columns)}
@@ -141,14 +171,11 @@ def assign_guides(
         )
         assigned = sparse.csr_matrix((assigned.astype(np.float64) @ pool) > 0)
     assigned = assigned.astype(bool)
-    n_cells = np.diff(assigned.tocsc().indptr)
-    ensure_actual(adata)
-    adata.obsm[key_added] = assigned
-    adata.uns[key_added] = {
-        NAMES: list(columns), "n_cells": n_cells, "mode": mode, "obsm_key": obsm_key,
-        "pooled": mapping is not None,
-        **({"threshold": threshold} if mode == "threshold" else {}),
-    }
+    params = {"obsm_key": obsm_key, "mode": mode, "key_added": key_added,
+              "pooled": mapping is not None,
+              **({"threshold": threshold} if mode == "threshold" else {})}
+    store(adata, "assign_guides", params, obsm={key_added: assigned},
+          uns={key_added: {NAMES: list(columns), **params}})
     logger.info("assign_guides: %d cells carry at least one of %d %s",
                 int((np.diff(assigned.indptr) > 0).sum()), len(columns),
                 "groups" if mapping else "guides")

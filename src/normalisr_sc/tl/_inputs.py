@@ -6,16 +6,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._core._association import Effect
+from .._core._reduce import is_dask
 from .._utils import covariate_frame, input_matrix, require
+from .._validate import check_int
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def check_dimreduce(dimreduce: int) -> None:
-    if isinstance(dimreduce, bool) or int(dimreduce) != dimreduce or dimreduce < 0:
-        msg = f"dimreduce must be a non-negative integer, got {dimreduce!r}."
+def check_dimreduce(dimreduce: int) -> int:
+    """``dimreduce`` as a non-negative int (a ValueError naming it otherwise)."""
+    return check_int("dimreduce", dimreduce, minimum=0)
+
+
+def _covariate_array(adata: AnnData, key: str, rerun: str) -> np.ndarray:
+    covariates = covariate_frame(adata, key).to_numpy(dtype=np.float64)
+    if covariates.ndim != 2 or covariates.shape[1] == 0:
+        msg = f"adata.obsm[{key!r}] holds no covariate; rerun `{rerun}`."
         raise ValueError(msg)
+    if not np.isfinite(covariates).all():
+        msg = f"adata.obsm[{key!r}] contains NaN or infinite values."
+        raise ValueError(msg)
+    return covariates
 
 
 def normalised_inputs(
@@ -34,13 +47,45 @@ def normalised_inputs(
     """
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
-    covariates = covariate_frame(adata, covariates_key).to_numpy(dtype=np.float64)
-    if covariates.ndim != 2 or covariates.shape[1] == 0:
-        msg = f"adata.obsm[{covariates_key!r}] holds no covariate; rerun `nsc.pp.normcov`."
-        raise ValueError(msg)
-    if not np.isfinite(covariates).all():
-        msg = f"adata.obsm[{covariates_key!r}] contains NaN or infinite values."
-        raise ValueError(msg)
+    covariates = _covariate_array(adata, covariates_key, "nsc.pp.normcov")
     expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
                                     what="normalised expression")
     return expression, size, covariates
+
+
+def effect_inputs(
+    adata: AnnData,
+    expression: object,
+    layer: str,
+    covariates_key: str,
+    logfc_layer: str,
+    logfc_covariates: str,
+    *,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
+) -> tuple[object, Effect]:
+    """The normalised expression and the fold change's inputs, read in the same pass.
+
+    The log CPM layer and the normalised layer are both streamed (dask) or neither: when
+    one of them is a lazy layer, the other is streamed too.
+    """
+    for container, key, parameter, made_by in (
+        ("layers", logfc_layer, "logfc_layer", "nsc.pp.lcpm"),
+        ("obsm", logfc_covariates, "logfc_covariates", "nsc.pp.normcov"),
+    ):
+        if key not in getattr(adata, container):
+            what = "Bayesian log CPM" if container == "layers" else "un-normalised covariates"
+            msg = (
+                f"adata.{container}[{key!r}] not found: the fold change `logfc` is fitted to "
+                f"the {what}. Run `{made_by}` (`nsc.pp.normalize` keeps it), or name the key "
+                f"that holds it with `{parameter}=`."
+            )
+            raise ValueError(msg)
+    covariates = _covariate_array(adata, logfc_covariates, "nsc.pp.normcov")
+    log_cpm, _ = input_matrix(adata, logfc_layer, chunk_size=chunk_size,
+                              chunked=True if is_dask(expression) else chunked,
+                              what="log CPM")
+    if is_dask(log_cpm) and not is_dask(expression):
+        expression, _ = input_matrix(adata, layer, chunked=True, chunk_size=chunk_size,
+                                     what="normalised expression")
+    return expression, Effect(log_cpm, covariates)
