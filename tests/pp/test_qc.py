@@ -369,3 +369,123 @@ def test_qc_outlier_keeps_obs_columns(planted_weights):
     nsc.pp.qc_outlier(adata)
     kept = np.setdiff1d(np.arange(weights.size), planted)
     np.testing.assert_array_equal(adata.obs["label"].to_numpy(), kept % 2)
+
+
+# ---------------------------------------------------------------- what QC removed, said
+
+
+def test_qc_reads_summary_per_bound():
+    adata = counts_adata(ITERATIVE)
+    nsc.pp.qc_reads(adata, min_gene_cells=2, min_cell_counts=3)
+    summary = adata.uns["normalisr"]["qc_summary"]
+    assert (summary["n_cells_in"], summary["n_cells_kept"]) == (4, 2)
+    assert (summary["n_genes_in"], summary["n_genes_kept"]) == (3, 2)
+    # Cell 3 fails min_cell_counts on the input; cell 2 goes in round 2 only.
+    assert summary["cells_removed"] == {"min_cell_counts": 1, "later_rounds": 1}
+    assert summary["genes_removed"] == {"min_gene_cells": 1, "later_rounds": 0}
+    assert summary["bounds"]["min_cell_counts"] == 3
+    text = nsc.pp._qc.format_qc_summary(summary)
+    assert "cells: 2 of 4 kept (50.0%)" in text
+    assert "cells below min_cell_counts=3 (total counts): 1" in text
+    assert "cells removed in later rounds: 1" in text
+    assert "genes below min_gene_cells=2 (cells detected in): 1" in text
+
+
+def test_qc_reads_warns_when_many_go(caplog):
+    caplog.set_level(logging.WARNING, logger="normalisr_sc")
+    nsc.pp.qc_reads(counts_adata(ITERATIVE), min_gene_cells=2, min_cell_counts=3)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # cells (2 of 4) and genes (1 of 3)
+    cells, genes = (r.getMessage() for r in warnings)
+    assert "removed 2 of 4 cells (50.0%)" in cells
+    assert "1 below min_cell_counts=3 (total counts)" in cells
+    assert "lower `min_cell_counts`" in cells
+    assert "qc=" in cells
+    assert "removed 1 of 3 genes" in genes
+    assert "lower `min_gene_cells`" in genes
+
+
+def test_qc_reads_quiet_when_few_go(caplog, counts_adata):
+    caplog.set_level(logging.WARNING, logger="normalisr_sc")
+    cells, genes = nsc.pp.qc_reads(counts_adata, min_cell_genes=60, inplace=False)
+    assert 0 < (~cells).sum() <= 0.1 * cells.size
+    assert genes.all()
+    assert not caplog.records
+
+
+def test_qc_reads_bounds_scaled_to_the_genes_measured():
+    """transcriptome_genes=N: the cell count and gene bounds shrink by n_genes / N."""
+    counts = np.array([[4, 1, 0], [2, 0, 0], [3, 3, 3], [1, 1, 0]])
+    adata = counts_adata(counts)
+    # 3 genes of a 6-gene transcriptome: 6 counts -> 3, 2 genes -> 1.
+    cells, _genes = nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2,
+                                   transcriptome_genes=6, inplace=False)
+    np.testing.assert_array_equal(cells, [True, False, True, False])
+    plain, _ = nsc.pp.qc_reads(adata, min_cell_counts=3, min_cell_genes=1, inplace=False)
+    np.testing.assert_array_equal(cells, plain)
+    # A transcriptome at least as large as N is held to the bounds as given.
+    same, _ = nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2,
+                              transcriptome_genes=3, inplace=False)
+    np.testing.assert_array_equal(same, [False, False, True, False])
+    nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2, transcriptome_genes=6)
+    assert adata.uns["normalisr"]["qc_reads"]["min_cell_counts"] == 3
+    assert adata.uns["normalisr"]["qc_reads"]["transcriptome_genes"] == 6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"min_cell_counts": "500"}, "`min_cell_counts` must be a finite number >= 0"),
+        ({"min_gene_cell_fraction": 2}, r"`min_gene_cell_fraction` must be a finite number in"),
+        ({"transcriptome_genes": 0}, "`transcriptome_genes` must be an integer >= 1"),
+        ({"inplace": "yes"}, "`inplace` must be True or False"),
+    ],
+)
+def test_qc_reads_parameters_checked(kwargs, match):
+    adata = counts_adata(ITERATIVE)
+    before = adata.copy()
+    with pytest.raises(ValueError, match=match):
+        nsc.pp.qc_reads(adata, **kwargs)
+    assert_unchanged(before, adata)
+
+
+def test_qc_outlier_summary_and_parameters(planted_weights):
+    adata = weights_adata(planted_weights[0])
+    nsc.pp.qc_outlier(adata)
+    n_outliers = adata.uns["normalisr"]["qc_outlier"]["n_outliers"]
+    assert n_outliers > 0
+    summary = adata.uns["normalisr"]["qc_summary"]
+    assert summary["outliers_removed"] == n_outliers
+    assert summary["n_cells_in"] - summary["n_cells_kept"] == n_outliers
+    assert summary["n_cells_kept"] == adata.n_obs
+    assert "variance outliers: " in nsc.pp._qc.format_qc_summary(summary)
+    with pytest.raises(ValueError, match="`pcut` must be a finite number in"):
+        nsc.pp.qc_outlier(weights_adata(planted_weights[0]), pcut="0.1")
+
+
+def test_qc_outlier_refuses_a_users_column(planted_weights):
+    adata = weights_adata(planted_weights[0])
+    adata.obs["nsc_outlier"] = "mine"
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"adata.obs\['nsc_outlier'\] already exists"):
+        nsc.pp.qc_outlier(adata)
+    assert_unchanged(before, adata)
+
+
+def test_format_qc_summary_refuses_non_mapping():
+    with pytest.raises(ValueError, match="`summary` must be a mapping"):
+        nsc.pp._qc.format_qc_summary(["n_cells_in"])
+    assert nsc.pp._qc.format_qc_summary({}) == "no quality control recorded"
+
+
+def test_pbmc_default_qc_is_the_papers_recipe(shared_data):
+    """On a whole transcriptome (32,738 genes) the default bounds are the paper's."""
+    from anndata import read_h5ad
+
+    adata = read_h5ad(shared_data / "pbmc3k_raw.h5ad")
+    default = nsc.pp.qc_reads(adata, **nsc.pp.DEFAULT_QC, inplace=False)
+    paper = nsc.pp.qc_reads(adata, min_gene_cells=50, min_gene_cell_fraction=0.02,
+                            min_cell_counts=500, min_cell_genes=100, inplace=False)
+    for got, expected in zip(default, paper, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert (~paper[1]).sum() > 0  # the bounds did act

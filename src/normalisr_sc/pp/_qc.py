@@ -1,38 +1,195 @@
-"""Quality control: read-count bounds (METHOD 1) and variance-outlier cells (METHOD 6)."""
+"""Quality control: read-count bounds (METHOD 1) and variance-outlier cells (METHOD 6).
+
+Both steps record what they removed, per criterion, in ``adata.uns['normalisr']
+['qc_summary']`` (read it as text with :func:`format_qc_summary`), and warn when more
+than :data:`WARN_FRACTION` of the cells or genes go.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._core._counts import ReadBounds, filter_reads, validate_counts
+from .._core._counts import ReadBounds, ReadSums, filter_reads, validate_counts
 from .._core._normalize import variance_outliers
+from .._core._reduce import accumulate
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
-from .._utils import (
-    ensure_actual,
-    input_matrix,
-    logger,
-    matrix_name,
-    record_params,
-    require,
-)
+from .._store import RECORD, check_writable, store, subsetting
+from .._utils import ensure_actual, input_matrix, logger, matrix_name, require
+from .._validate import check_bool, check_int, check_number, check_str
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+#: Removing more than this fraction of the cells or of the genes is a logged WARNING.
+WARN_FRACTION = 0.1
+#: Entry of ``adata.uns['normalisr']`` holding what QC removed.
+SUMMARY = "qc_summary"
+#: Cell bounds, with what each bounds (for summaries and warnings).
+CELL_BOUNDS = {
+    "min_cell_counts": "total counts",
+    "min_cell_genes": "genes detected",
+    "min_cell_gene_fraction": "fraction of genes detected",
+}
+#: Gene bounds, with what each bounds.
+GENE_BOUNDS = {
+    "min_gene_counts": "total counts",
+    "min_gene_cells": "cells detected in",
+    "min_gene_cell_fraction": "fraction of cells detected in",
+}
+#: Bounds scaled to the genes measured when ``transcriptome_genes`` is given.
+SCALED_BOUNDS = ("min_cell_counts", "min_cell_genes")
+#: Removals that no single bound explains on the input matrix.
+LATER_ROUNDS = "later_rounds"
+
+
+def scaled_bounds(bounds: Mapping[str, float], n_genes: int,
+                  transcriptome_genes: int | None) -> dict[str, float]:
+    """``bounds`` with the cell count and cell gene bounds scaled to ``n_genes``.
+
+    The bounds are meant for a whole transcriptome of ``transcriptome_genes`` genes and
+    multiplied by ``min(1, n_genes / transcriptome_genes)``; ``None`` keeps them as given.
+    """
+    factor = 1.0 if transcriptome_genes is None else min(1.0, n_genes / transcriptome_genes)
+    return {name: (value * factor if name in SCALED_BOUNDS else value)
+            for name, value in bounds.items()}
+
+
+def _first_round_failures(counts, bounds: ReadBounds, size: int
+                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per bound, the cells and genes failing it on the input matrix (one pass)."""
+    n_cells, n_genes = counts.shape
+    sums = accumulate(partial(ReadSums, np.ones(n_genes, dtype=bool)), counts,
+                      (np.ones(n_cells),), block_cells=size, progress=progress,
+                      desc="read-count QC summary")
+    cell_counts, cell_genes = sums.cells.values().T
+    cells = {
+        "min_cell_counts": cell_counts < bounds.min_cell_counts,
+        "min_cell_genes": cell_genes < bounds.min_cell_genes,
+        "min_cell_gene_fraction": cell_genes < bounds.min_cell_gene_fraction * n_genes,
+    }
+    genes = {
+        "min_gene_counts": sums.gene_counts < bounds.min_gene_counts,
+        "min_gene_cells": sums.gene_cells < bounds.min_gene_cells,
+        "min_gene_cell_fraction": sums.gene_cells < bounds.min_gene_cell_fraction * n_cells,
+    }
+    return cells, genes
+
+
+def _removed_by(failures: Mapping[str, np.ndarray], kept: np.ndarray,
+                bounds: ReadBounds) -> dict[str, int]:
+    """Removed items per active bound (on the input), and those removed in later rounds."""
+    removed = {name: int(fails.sum()) for name, fails in failures.items()
+               if getattr(bounds, name) > 0}
+    explained = np.zeros(kept.size, dtype=bool)
+    for fails in failures.values():
+        explained |= fails
+    removed[LATER_ROUNDS] = int((~kept & ~explained).sum())
+    return removed
+
+
+def _read_summary(counts, bounds: ReadBounds, cells: np.ndarray, genes: np.ndarray,
+                  size: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "n_cells_in": int(cells.size), "n_genes_in": int(genes.size),
+        "n_cells_kept": int(cells.sum()), "n_genes_kept": int(genes.sum()),
+        "bounds": {name: float(value) for name, value in vars(bounds).items()},
+    }
+    if cells.all() and genes.all():
+        failures_cells = {name: np.zeros(cells.size, dtype=bool) for name in CELL_BOUNDS}
+        failures_genes = {name: np.zeros(genes.size, dtype=bool) for name in GENE_BOUNDS}
+    else:
+        failures_cells, failures_genes = _first_round_failures(counts, bounds, size)
+    summary["cells_removed"] = _removed_by(failures_cells, cells, bounds)
+    summary["genes_removed"] = _removed_by(failures_genes, genes, bounds)
+    return summary
+
+
+def _warn_reads(summary: Mapping[str, Any], parameter: str) -> None:
+    """A WARNING for each axis of which more than :data:`WARN_FRACTION` went."""
+    for axis, names in (("cells", CELL_BOUNDS), ("genes", GENE_BOUNDS)):
+        n_in, n_kept = summary[f"n_{axis}_in"], summary[f"n_{axis}_kept"]
+        if n_in == 0 or (n_in - n_kept) <= WARN_FRACTION * n_in:
+            continue
+        removed = summary[f"{axis}_removed"]
+        bounds = summary["bounds"]
+        parts = [f"{removed[name]:,} below {name}={bounds[name]:g} ({what})"
+                 for name, what in names.items() if removed.get(name)]
+        if removed.get(LATER_ROUNDS):
+            parts.append(f"{removed[LATER_ROUNDS]:,} in later rounds, after other "
+                         "cells or genes went")
+        culprits = [name for name in names if removed.get(name)] or list(names)
+        logger.warning(
+            "read-count QC removed %s of %s %s (%.1f%%): %s. To keep more, lower %s%s.",
+            f"{n_in - n_kept:,}", f"{n_in:,}", axis, 100 * (n_in - n_kept) / n_in,
+            "; ".join(parts), " or ".join(f"`{name}`" for name in culprits), parameter,
+        )
+
+
+def _current_summary(adata: AnnData) -> dict[str, Any]:
+    record = adata.uns.get(RECORD, {})
+    summary = record.get(SUMMARY) if isinstance(record, Mapping) else None
+    return dict(summary) if isinstance(summary, Mapping) else {}
+
+
+def format_qc_summary(summary: Mapping) -> str:
+    """What quality control removed, as plain text (one line per criterion).
+
+    Parameters
+    ----------
+    summary
+        ``adata.uns['normalisr']['qc_summary']``, as written by :func:`qc_reads`,
+        :func:`qc_outlier` and :func:`normalize`.
+
+    Returns
+    -------
+    Lines giving cells and genes in and kept, the cells and genes failing each active
+    read-count bound on the input (one may fail several), those removed only in later
+    rounds, and the variance outliers removed.
+
+    Examples
+    --------
+    >>> print(nsc.pp.format_qc_summary(adata.uns["normalisr"]["qc_summary"]))
+    """
+    if not isinstance(summary, Mapping):
+        msg = f"`summary` must be a mapping (adata.uns['normalisr']['qc_summary']), got {summary!r}."
+        raise ValueError(msg)
+    lines = []
+    for axis in ("cells", "genes"):
+        n_in, n_kept = summary.get(f"n_{axis}_in"), summary.get(f"n_{axis}_kept")
+        if n_in is None or n_kept is None:
+            continue
+        share = f" ({100 * int(n_kept) / int(n_in):.1f}%)" if int(n_in) else ""
+        lines.append(f"{axis}: {int(n_kept):,} of {int(n_in):,} kept{share}")
+    bounds = summary.get("bounds", {})
+    for axis, names in (("cells", CELL_BOUNDS), ("genes", GENE_BOUNDS)):
+        removed = summary.get(f"{axis}_removed", {})
+        for name, what in names.items():
+            if name in removed:
+                lines.append(f"  {axis} below {name}={float(bounds.get(name, np.nan)):g} "
+                             f"({what}): {int(removed[name]):,}")
+        if int(removed.get(LATER_ROUNDS, 0)):
+            lines.append(f"  {axis} removed in later rounds: {int(removed[LATER_ROUNDS]):,}")
+    if "outliers_removed" in summary:
+        lines.append(f"  cells removed as variance outliers: {int(summary['outliers_removed']):,}")
+    return "\n".join(lines) if lines else "no quality control recorded"
 
 
 @doc_params(doc_chunked_counts=doc_chunked_counts)
 def qc_reads(
     adata: AnnData,
     *,
-    min_gene_counts: int = 0,
-    min_gene_cells: int = 0,
+    min_gene_counts: float = 0,
+    min_gene_cells: float = 0,
     min_gene_cell_fraction: float = 0.0,
-    min_cell_counts: int = 0,
-    min_cell_genes: int = 0,
+    min_cell_counts: float = 0,
+    min_cell_genes: float = 0,
     min_cell_gene_fraction: float = 0.0,
+    transcriptome_genes: int | None = None,
     layer: str | None = None,
     inplace: bool = True,
     chunked: bool | None = None,
@@ -43,6 +200,15 @@ def qc_reads(
     Gene and cell masks are computed together on the current matrix, applied at once,
     and the filtering repeats until nothing changes, so every kept gene and cell
     satisfies every bound in the final matrix. A bound of 0 is switched off.
+
+    With ``transcriptome_genes=N``, ``min_cell_counts`` and ``min_cell_genes`` are the
+    bounds for a whole transcriptome of ``N`` genes and are multiplied by
+    ``min(1, n_genes / N)``, so that a gene panel or a subset of genes is held to the
+    same standard per gene measured (:func:`normalize`'s default).
+
+    What was removed, per bound, goes to ``adata.uns['normalisr']['qc_summary']``
+    (:func:`format_qc_summary`); removing more than 10% of the cells or genes is a
+    logged WARNING naming the bounds responsible.
 
     Parameters
     ----------
@@ -60,6 +226,10 @@ def qc_reads(
         Minimum number of genes detected in a cell.
     min_cell_gene_fraction
         Minimum fraction of genes detected in a cell.
+    transcriptome_genes
+        Number of genes of the whole transcriptome ``min_cell_counts`` and
+        ``min_cell_genes`` are meant for; on fewer genes they shrink in proportion.
+        ``None`` applies them as given.
     layer
         Layer holding the counts; ``None`` uses ``adata.X``.
     inplace
@@ -70,7 +240,9 @@ def qc_reads(
 
     Returns
     -------
-    ``None`` if ``inplace``, else boolean masks ``(cells_kept, genes_kept)``.
+    ``None`` if ``inplace``, else boolean masks ``(cells_kept, genes_kept)``. In place,
+    the bounds applied are recorded in ``adata.uns['normalisr']['qc_reads']`` and the
+    summary in ``adata.uns['normalisr']['qc_summary']``.
 
     Examples
     --------
@@ -79,18 +251,19 @@ def qc_reads(
     >>> nsc.pp.qc_reads(adata, min_gene_cells=50, min_gene_cell_fraction=0.02,
     ...                 min_cell_counts=500, min_cell_genes=100)
     """
-    bounds = ReadBounds(
-        min_gene_counts, min_gene_cells, min_gene_cell_fraction,
-        min_cell_counts, min_cell_genes, min_cell_gene_fraction,
-    )
-    for name, value in vars(bounds).items():
-        if not np.isfinite(value) or value < 0:
-            msg = f"{name} must be a non-negative number, got {value!r}."
-            raise ValueError(msg)
-    for name in ("min_gene_cell_fraction", "min_cell_gene_fraction"):
-        if getattr(bounds, name) > 1:
-            msg = f"{name} is a fraction and must be at most 1, got {getattr(bounds, name)}."
-            raise ValueError(msg)
+    given = {
+        "min_gene_counts": min_gene_counts, "min_gene_cells": min_gene_cells,
+        "min_gene_cell_fraction": min_gene_cell_fraction, "min_cell_counts": min_cell_counts,
+        "min_cell_genes": min_cell_genes, "min_cell_gene_fraction": min_cell_gene_fraction,
+    }
+    for name, value in given.items():
+        check_number(name, value, minimum=0, maximum=1 if name.endswith("fraction") else None)
+    transcriptome_genes = check_int("transcriptome_genes", transcriptome_genes, minimum=1,
+                                    allow_none=True)
+    check_str("layer", layer, allow_none=True)
+    check_bool("inplace", inplace)
+    check_bool("chunked", chunked, allow_none=True)
+    check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
     if inplace and adata.isbacked:
         msg = (
             "adata is backed on disk and cannot be subset in place. Pass inplace=False to get "
@@ -99,6 +272,10 @@ def qc_reads(
             "`adata[cells, genes].to_memory()`."
         )
         raise ValueError(msg)
+    bounds = ReadBounds(**scaled_bounds(
+        {name: float(value) for name, value in given.items()}, adata.n_vars,
+        transcriptome_genes,
+    ))
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     validate_counts(counts, source=matrix_name(layer), block_cells=size, progress=progress)
     cells, genes, rounds = filter_reads(counts, bounds, block_cells=size, progress=progress)
@@ -109,15 +286,21 @@ def qc_reads(
             f"in); lower the bounds {vars(bounds)}."
         )
         raise ValueError(msg)
+    summary = _read_summary(counts, bounds, cells, genes, size)
     logger.info(
         "qc_reads: removed %d/%d genes and %d/%d cells in %d rounds",
         (~genes).sum(), genes.size, (~cells).sum(), cells.size, rounds,
     )
+    _warn_reads(summary, " (in nsc.pp.normalize: the `qc=` mapping; `qc=None` skips QC)")
     if not inplace:
         return cells, genes
-    # One copy for cells and genes at once (anndata copies per call), lazy for a dask X.
-    adata._init_as_actual(adata[cells, genes].copy())
-    record_params(adata, "qc_reads", {**vars(bounds), "layer": layer, "rounds": rounds})
+    params = {**summary["bounds"], "transcriptome_genes": transcriptome_genes,
+              "layer": layer, "rounds": rounds}
+    with subsetting(adata):
+        # One copy for cells and genes at once (anndata copies per call), lazy for a dask X.
+        adata._init_as_actual(adata[cells, genes].copy())
+    store(adata, "qc_reads", params)
+    store(adata, SUMMARY, summary)
     return None
 
 
@@ -155,34 +338,51 @@ def qc_outlier(
 
     Returns
     -------
-    Nothing; sets ``adata.obs[key_added]`` (``True`` for outliers) and records the
-    parameters in ``adata.uns['normalisr']['qc_outlier']``.
+    Nothing; sets ``adata.obs[key_added]`` (``True`` for outliers), records the
+    parameters in ``adata.uns['normalisr']['qc_outlier']`` and the cells removed in
+    ``adata.uns['normalisr']['qc_summary']['outliers_removed']``. Removing more than
+    10% of the cells is a logged WARNING.
     """
-    if not 0 < pcut < 1:
-        msg = f"pcut must be in (0, 1), got {pcut!r}."
-        raise ValueError(msg)
-    if not 0 < outrate < 0.5:
-        msg = f"outrate must be in (0, 0.5), got {outrate!r}."
-        raise ValueError(msg)
+    check_number("pcut", pcut, minimum=0, maximum=1, min_open=True, max_open=True)
+    check_number("outrate", outrate, minimum=0, maximum=0.5, min_open=True, max_open=True)
+    check_str("weights_key", weights_key)
+    check_str("key_added", key_added)
+    check_bool("inplace", inplace)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
+    check_writable(adata, {"obs": [key_added]})
     weights = adata.obs[weights_key].to_numpy(dtype=np.float64)
     if not (np.isfinite(weights) & (weights > 0)).all():
         msg = f"adata.obs[{weights_key!r}] must hold finite positive weights; rerun compute_var."
         raise ValueError(msg)
     outliers, iterations = variance_outliers(weights, pcut=pcut, outrate=outrate)
+    n_outliers = int(outliers.sum())
     if outliers.mean() > 2 * outrate:
         msg = (
-            f"{outliers.sum()} of {outliers.size} cells ({outliers.mean():.1%}) are variance "
+            f"{n_outliers} of {outliers.size} cells ({outliers.mean():.1%}) are variance "
             f"outliers, more than 2 * outrate = {2 * outrate:.1%}: the cell variance fit is "
             "unreliable. Check read-count QC and covariates, or raise `outrate`."
         )
         raise ValueError(msg)
-    logger.info("qc_outlier: %d/%d cells are variance outliers", outliers.sum(), outliers.size)
-    ensure_actual(adata)
-    adata.obs[key_added] = outliers
+    logger.info("qc_outlier: %d/%d cells are variance outliers", n_outliers, outliers.size)
+    if inplace and n_outliers > WARN_FRACTION * outliers.size:
+        logger.warning(
+            "variance-outlier QC removed %s of %s cells (%.1f%%) at pcut=%g; to keep more, "
+            "lower `pcut` (or pass remove_outliers=False to nsc.pp.normalize).",
+            f"{n_outliers:,}", f"{outliers.size:,}", 100 * outliers.mean(), pcut,
+        )
+    params = {"pcut": pcut, "outrate": outrate, "n_outliers": n_outliers,
+              "key_added": key_added, "iterations": iterations, "removed": inplace}
+    summary = _current_summary(adata)
+    if summary.get("n_cells_kept") != adata.n_obs:  # no read-count QC of these cells
+        summary = {"n_cells_in": adata.n_obs, "n_genes_in": adata.n_vars,
+                   "n_genes_kept": adata.n_vars}
+    summary["outliers_removed"] = n_outliers if inplace else 0
+    summary["n_cells_kept"] = adata.n_obs - summary["outliers_removed"]
+    flags = outliers
     if inplace:
-        adata._inplace_subset_obs(~outliers)
-    record_params(adata, "qc_outlier", {
-        "pcut": pcut, "outrate": outrate, "n_outliers": int(outliers.sum()), "key_added": key_added,
-        "iterations": iterations, "removed": inplace,
-    })
+        ensure_actual(adata)
+        with subsetting(adata):
+            adata._inplace_subset_obs(~outliers)
+        flags = outliers[~outliers]
+    store(adata, "qc_outlier", params, obs={key_added: flags})
+    store(adata, SUMMARY, summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from copy import deepcopy
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -12,29 +13,30 @@ from anndata import AnnData
 
 from .._core._blocks import compact_rows
 from .._core._reduce import is_dask
-from .._utils import (
-    UNS_KEY,
-    check_new_layer,
-    ensure_actual,
-    input_matrix,
-    logger,
-    obs_columns,
-)
+from .._store import RECORD, WRITTEN, check_writable, owned_keys, store, subsetting
+from .._utils import ensure_actual, input_matrix, logger, obs_columns
+from .._validate import as_names, check_bool, check_int, check_keys, check_number, check_str
 from ._covariates import normcov
 from ._lcpm import lcpm
-from ._qc import qc_outlier, qc_reads
+from ._qc import SUMMARY, WARN_FRACTION, qc_outlier, qc_reads
 from ._variance import compute_var, normvar
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
-#: Read-count QC bounds of the Normalisr paper's recipe (METHOD 1).
+#: Read-count QC bounds of the Normalisr paper's recipe (METHOD 1), with the cell bounds
+#: (500 counts, 100 genes) meant for a whole transcriptome of 20,000 genes and scaled
+#: down in proportion on fewer genes (a panel, a subset).
 DEFAULT_QC = MappingProxyType({
     "min_gene_cells": 50,
     "min_gene_cell_fraction": 0.02,
     "min_cell_counts": 500,
     "min_cell_genes": 100,
+    "transcriptome_genes": 20_000,
 })
+#: Keys a ``qc`` mapping may hold (keyword arguments of :func:`qc_reads`).
+QC_KEYS = ("min_gene_counts", "min_gene_cells", "min_gene_cell_fraction", "min_cell_counts",
+           "min_cell_genes", "min_cell_gene_fraction", "transcriptome_genes")
 
 #: Column of the working object's obs/var holding positions in the user's AnnData.
 _POSITION = "_nsc_position"
@@ -70,6 +72,66 @@ def _detached(adata: AnnData, counts) -> AnnData:
     )
 
 
+def _validated_qc(qc: Mapping[str, float] | None) -> dict[str, float] | None:
+    """``qc`` checked key by key before any work (:func:`qc_reads` checks it again)."""
+    if qc is None:
+        return None
+    check_keys("qc", qc, QC_KEYS)
+    qc = dict(qc)
+    for name, value in qc.items():
+        if name == "transcriptome_genes":
+            check_int(f"qc[{name!r}]", value, minimum=1, allow_none=True)
+        else:
+            check_number(f"qc[{name!r}]", value, minimum=0,
+                         maximum=1 if name.endswith("fraction") else None)
+    return qc
+
+
+def _writes(remove_outliers: bool) -> dict[str, list[str]]:
+    """The keys the recipe's steps write with their defaults, checked before any work."""
+    return {
+        "layers": ["lcpm", "normalisr"],
+        "obs": ["nsc_weight", *(["nsc_outlier"] if remove_outliers else [])],
+        "var": ["nsc_scale"],
+        "obsm": ["nsc_cov", "nsc_covariates", "nsc_covariates_norm"],
+        "varm": ["nsc_normvar"],
+    }
+
+
+def _results(work: AnnData, expected: Mapping[str, list[str]]) -> dict[str, dict]:
+    """Everything the steps stored in ``work``, by container, as the writer takes it.
+
+    That is what ``work``'s record lists as written (:func:`owned_keys`). Steps that
+    still record only their parameters (the old ``record_params``) leave their results
+    unlisted; those of ``expected`` present in ``work`` are taken too, until every
+    step stores through :func:`normalisr_sc._store.store`.
+    """
+    keys = {container: list(names) for container, names in owned_keys(work).items()}
+    for container, names in expected.items():
+        present = getattr(work, container)
+        present = present.columns if container in ("obs", "var") else present
+        listed = keys.setdefault(container, [])
+        listed += [key for key in names if key in present and key not in listed]
+    results: dict[str, dict] = {}
+    for container, names in keys.items():
+        source = getattr(work, container)
+        values = {key: (source[key].to_numpy() if container in ("obs", "var") else source[key])
+                  for key in names}
+        if values:
+            results[container] = values
+    return results
+
+
+def _summary(work: AnnData, n_cells: int, n_genes: int, n_outliers: int | None) -> dict:
+    """The QC summary of the whole recipe, in terms of the user's cells and genes."""
+    summary = dict(work.uns[RECORD].get(SUMMARY, {}))
+    summary.update(n_cells_in=n_cells, n_genes_in=n_genes, n_genes_kept=work.n_vars,
+                   n_cells_kept=work.n_obs)
+    if n_outliers is not None:
+        summary["outliers_removed"] = n_outliers
+    return summary
+
+
 def normalize(
     adata: AnnData,
     covariates: Sequence[str] | str | None = None,
@@ -93,6 +155,14 @@ def normalize(
     columns; ``adata`` is changed only once every step has succeeded, so a failure
     leaves it exactly as it was.
 
+    Default read-count QC is the Normalisr paper's, with the cell bounds scaled to the
+    genes measured: a gene must be detected in at least 50 cells and 2% of cells, and a
+    cell needs at least 500 counts and 100 detected genes per 20,000 genes measured
+    (so a whole transcriptome is held to the paper's bounds and a 300-gene panel to
+    7.5 counts and 1.5 genes). What QC removed, per criterion, is in
+    ``adata.uns['normalisr']['qc_summary']`` (:func:`format_qc_summary`); removing more
+    than 10% of the cells or genes is a logged WARNING saying by which bound.
+
     Parameters
     ----------
     adata
@@ -100,9 +170,10 @@ def normalize(
     covariates
         ``adata.obs`` columns to remove as confounders (batch, replicate, ...).
     qc
-        Keyword arguments of :func:`qc_reads`; default: genes detected in at least 50
-        cells and 2% of cells, cells with at least 500 counts and 100 genes. ``None``
-        skips read-count QC.
+        Keyword arguments of :func:`qc_reads` (bounds and ``transcriptome_genes``);
+        default :data:`DEFAULT_QC`, described above. Bounds left out are off, and
+        without ``transcriptome_genes`` the bounds apply as given. ``None`` skips
+        read-count QC.
     remove_outliers
         Drop variance-outlier cells (:func:`qc_outlier`).
     layer
@@ -132,10 +203,11 @@ def normalize(
     Returns
     -------
     A new AnnData if ``copy``, else ``None``. ``adata`` is subset to the cells and
-    genes passing QC and receives ``layers['lcpm']``, ``layers['normalisr']``,
-    ``obsm['nsc_cov']``, ``obsm['nsc_covariates']``, ``obsm['nsc_covariates_norm']``,
-    ``obs['nsc_weight']``, ``obs['nsc_outlier']``, ``var['nsc_scale']``,
-    ``varm['nsc_normvar']`` and ``uns['normalisr']``.
+    genes passing QC and receives every result of the steps: ``layers['lcpm']``,
+    ``layers['normalisr']``, ``obsm['nsc_cov']``, ``obsm['nsc_covariates']``,
+    ``obsm['nsc_covariates_norm']``, ``obs['nsc_weight']``, ``obs['nsc_outlier']``,
+    ``var['nsc_scale']``, ``varm['nsc_normvar']``, the steps' parameters in
+    ``uns['normalisr'][step]`` and ``uns['normalisr']['qc_summary']``.
 
     Examples
     --------
@@ -144,9 +216,18 @@ def normalize(
     >>> adata.layers["normalisr"].shape == adata.shape
     True
     """
-    columns = obs_columns(adata, covariates)
-    for key in ("lcpm", "normalisr"):
-        check_new_layer(adata, key)
+    columns = obs_columns(adata, as_names("covariates", covariates))
+    qc = _validated_qc(qc)
+    check_bool("remove_outliers", remove_outliers)
+    check_str("layer", layer, allow_none=True)
+    check_int("stepmax", stepmax, minimum=1)
+    check_bool("keepvar", keepvar)
+    check_bool("chunked", chunked, allow_none=True)
+    check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
+    check_bool("copy", copy)
+    writes = _writes(remove_outliers)
+    if not copy:
+        check_writable(adata, writes)
     if adata.isbacked and not copy:
         msg = (
             "a backed AnnData cannot be subset in place to the cells and genes passing QC; "
@@ -167,28 +248,39 @@ def normalize(
     work.X = None  # the remaining steps need no counts
     normcov(work, columns)
     compute_var(work, stepmax=stepmax, chunk_size=size)
+    n_outliers = None
     if remove_outliers:
         qc_outlier(work, inplace=False)
-        work = _drop_cells(work, ~work.obs["nsc_outlier"].to_numpy(), size)
-        work.uns[UNS_KEY]["qc_outlier"]["removed"] = True
+        outliers = work.obs["nsc_outlier"].to_numpy()
+        n_outliers = int(outliers.sum())
+        if n_outliers > WARN_FRACTION * outliers.size:
+            logger.warning(
+                "normalize removed %s of %s cells (%.1f%%) as variance outliers; pass "
+                "remove_outliers=False to keep them.",
+                f"{n_outliers:,}", f"{outliers.size:,}", 100 * outliers.mean(),
+            )
+        with subsetting(work):
+            work._init_as_actual(_drop_cells(work, ~outliers, size))
     normvar(work, keepvar=keepvar, chunk_size=size)
 
+    steps = {step: dict(params) for step, params in work.uns[RECORD].items()
+             if isinstance(params, Mapping) and step not in (WRITTEN, SUMMARY)}
+    if remove_outliers:
+        steps["qc_outlier"]["removed"] = True
+    summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)
+    results = _results(work, writes)
     if copy:
         adata = _detached(adata, counts) if adata.isbacked else adata.copy()
+    check_writable(adata, {container: list(values) for container, values in results.items()})
     ensure_actual(adata)
-    if work.n_obs != adata.n_obs:
-        adata._inplace_subset_obs(work.obs[_POSITION].to_numpy())
-    if work.n_vars != adata.n_vars:
-        adata._inplace_subset_var(work.var[_POSITION].to_numpy())
-    for key in ("lcpm", "normalisr"):
-        adata.layers[key] = work.layers[key]
-    for key in ("nsc_cov", "nsc_covariates", "nsc_covariates_norm"):
-        adata.obsm[key] = work.obsm[key].set_axis(adata.obs_names)
-    for key in ("nsc_weight", "nsc_outlier"):
-        if key in work.obs:
-            adata.obs[key] = work.obs[key].to_numpy()
-    adata.var["nsc_scale"] = work.var["nsc_scale"].to_numpy()
-    adata.varm["nsc_normvar"] = work.varm["nsc_normvar"].set_axis(adata.var_names)
-    adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), **work.uns[UNS_KEY]}
+    with subsetting(adata):
+        if work.n_obs != adata.n_obs:
+            adata._inplace_subset_obs(work.obs[_POSITION].to_numpy())
+        if work.n_vars != adata.n_vars:
+            adata._inplace_subset_var(work.var[_POSITION].to_numpy())
+    store(adata, **results)
+    for step, params in steps.items():
+        store(adata, step, params)  # parameters only: nothing left to refuse
+    store(adata, SUMMARY, summary)
     logger.info("normalize: %d cells x %d genes normalised", adata.n_obs, adata.n_vars)
     return adata if copy else None
