@@ -297,6 +297,8 @@ class Outputs:
                 raise ValueError(msg)
             self.destinations.append(path)
         self._check()
+        for folder in {_existing_ancestor(d.absolute()) for d in self.destinations}:
+            sweep_stale(folder)
         self._staging: dict[Path, Path] = {}
         self._staged: dict[Path, Path] = {}
         self._watchdogs: list[subprocess.Popen] = []
@@ -327,7 +329,6 @@ class Outputs:
     def _staging_folder(self, destination: Path) -> Path:
         parent = _existing_ancestor(destination.absolute())
         if parent not in self._staging:
-            sweep_stale(parent)
             try:
                 folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host()}.{os.getpid()}.",
                                                dir=parent))
