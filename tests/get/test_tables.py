@@ -20,7 +20,8 @@ def tested():
 
 def test_de_df_layout_and_order(tested):
     table = nsc.get.de_df(tested)
-    assert list(table.columns) == ["group", "gene", "pval", "log10p", "qval", "logfc", "var"]
+    assert list(table.columns) == ["group", "gene", "pval", "log10p", "qval", "logfc", "log2fc",
+                                   "gamma", "var"]
     assert len(table) == 2 * tested.n_vars
     assert list(table["group"].cat.categories) == ["control", "case"]
     for group, part in table.groupby("group", observed=True):
@@ -28,6 +29,9 @@ def test_de_df_layout_and_order(tested):
         np.testing.assert_allclose(part["qval"], stats.false_discovery_control(part["pval"]))
         stored = tested.varm["nsc_de_logfc"][group]
         np.testing.assert_array_equal(part["logfc"], stored[part["gene"]].to_numpy())
+        np.testing.assert_allclose(part["log2fc"], part["logfc"] / np.log(2), rtol=1e-15)
+        gamma = tested.varm["nsc_de_gamma"][group]
+        np.testing.assert_array_equal(part["gamma"], gamma[part["gene"]].to_numpy())
 
 
 def test_de_df_group_and_cutoff(tested):
@@ -66,6 +70,8 @@ def test_coex_df_on_a_subset(tested):
     (lambda a: nsc.get.de_df(a, "nope"), "not among"),
     (lambda a: nsc.get.de_df(a, key="missing"), r"nsc\.tl\.de"),
     (lambda a: nsc.get.de_df(a, pval_cutoff=0), "pval_cutoff"),
+    (lambda a: nsc.get.de_df(a, ["case", "case"]), "more than once"),
+    (lambda a: nsc.get.de_df(a, 3.5), "`group`"),
     (lambda a: nsc.get.coex_df(a, key="missing"), r"nsc\.tl\.coex"),
     (lambda a: nsc.get.coex_df(a, qval_cutoff=2), "qval_cutoff"),
 ])

@@ -59,7 +59,19 @@ def test_volcano_points_and_labels(tested, tmp_path):
     plt.close(ax.figure)
 
 
+def test_volcano_log2(tested, tmp_path):
+    ax = nsc.pl.volcano(tested, "case", log2=True, save=tmp_path / "volcano2.png")
+    x, _ = ax.collections[0].get_offsets().T
+    np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"] / np.log(2))
+    assert "log_2" in ax.get_xlabel()
+    plt.close(ax.figure)
+
+
 def test_plot_errors(tested):
+    with pytest.raises(ValueError, match="`log2`"):
+        nsc.pl.volcano(tested, "case", log2="yes")
+    with pytest.raises(ValueError, match="`n_labels`"):
+        nsc.pl.volcano(tested, "case", n_labels=-1)
     with pytest.raises(ValueError, match="not in the results"):
         nsc.pl.volcano(tested, "nope")
     with pytest.raises(ValueError, match="no results under key"):
@@ -75,9 +87,7 @@ def test_coex_network_draws_stored_edges(tested, tmp_path):
     undirected = net | net.T
     expected = sorted((genes[i], genes[j]) if genes[i] < genes[j] else (genes[j], genes[i])
                       for i, j in zip(*np.nonzero(np.triu(undirected, 1)), strict=True))
-    assert ax.nsc_edges == expected
-    colors = ax.collections[0].get_facecolors()
-    assert (colors[:3, 0] > colors[:3, 2]).all()  # highlighted genes are red
+    assert ax.nsc_edges == expected  # colours and the highlight: tests/pl/test_network.py
     plt.close(ax.figure)
 
 

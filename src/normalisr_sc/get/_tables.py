@@ -9,6 +9,7 @@ import pandas as pd
 
 from .._core._association import bh_qvalues
 from .._utils import require
+from .._validate import as_names, check_number, check_str
 from ..tl._coex import coex_block
 
 if TYPE_CHECKING:
@@ -18,9 +19,7 @@ if TYPE_CHECKING:
 
 
 def _check_cutoff(name: str, cutoff: float | None) -> None:
-    if cutoff is not None and not 0 < cutoff <= 1:
-        msg = f"{name} must be in (0, 1], got {cutoff!r}."
-        raise ValueError(msg)
+    check_number(name, cutoff, minimum=0, maximum=1, min_open=True, allow_none=True)
 
 
 def de_df(
@@ -49,8 +48,10 @@ def de_df(
     DataFrame with one row per group and gene: ``group`` (categorical, in the order of
     the tested groups), ``gene``, ``pval``, ``log10p`` (``-log10`` p-value, exact
     beyond float underflow), ``qval`` (Benjamini-Hochberg over the genes of the group),
-    ``logfc`` (natural-log fold change) and ``var`` (residual variance of the gene).
-    Rows are sorted by group, then from most to least significant.
+    ``logfc`` (natural-log fold change of the log CPM, adjusted for the covariates),
+    ``log2fc`` (the same in log2), ``gamma`` (the test's coefficient on the normalised
+    scale, not a fold change) and ``var`` (residual variance of the gene). Rows are
+    sorted by group, then from most to least significant.
 
     Examples
     --------
@@ -58,11 +59,13 @@ def de_df(
     >>> nsc.get.de_df(adata, "case", pval_cutoff=0.05).head()
     """
     _check_cutoff("pval_cutoff", pval_cutoff)
-    for suffix in ("pvals", "log10p", "logfc", "var"):
+    check_str("key", key)
+    chosen = as_names("group", group)
+    for suffix in ("pvals", "log10p", "logfc", "gamma", "var"):
         require(adata, "varm", f"{key}_{suffix}", "nsc.tl.de")
     pvals = adata.varm[f"{key}_pvals"]
     names = [str(c) for c in pvals.columns]
-    chosen = names if group is None else ([group] if isinstance(group, str) else list(group))
+    chosen = chosen or names
     unknown = [g for g in chosen if g not in names]
     if unknown:
         msg = f"group(s) {unknown} not among the tested groups {names[:20]}."
@@ -81,6 +84,8 @@ def de_df(
         "log10p": log10p.ravel(),
         "qval": bh_qvalues(values("pvals"), axis=1).ravel(),
         "logfc": values("logfc").ravel(),
+        "log2fc": values("logfc").ravel() / np.log(2.0),
+        "gamma": values("gamma").ravel(),
         "var": values("var").ravel(),
     })
     order = np.lexsort((-np.abs(table["logfc"].to_numpy()), -table["log10p"].to_numpy(),
@@ -119,6 +124,7 @@ def coex_df(
     >>> nsc.get.coex_df(adata, qval_cutoff=0.01).head()
     """
     _check_cutoff("qval_cutoff", qval_cutoff)
+    check_str("key", key)
     index, pvals = coex_block(adata, key, "pvals")
     _, log10p = coex_block(adata, key, "log10p")
     _, r = coex_block(adata, key, "r")

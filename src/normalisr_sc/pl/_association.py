@@ -8,6 +8,7 @@ import numpy as np
 from scipy import stats
 
 from .._utils import require
+from .._validate import check_bool, check_int, check_str
 from ..tl._coex import coex_block
 from ._utils import finish, new_axes
 
@@ -96,11 +97,15 @@ def volcano(
     key: str = "nsc_de",
     *,
     n_labels: int = 10,
+    log2: bool = False,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
 ) -> Axes:
-    """Log fold change against ``-log10`` p-value for one group, top genes labelled.
+    """Fold change against ``-log10`` p-value for one group, top genes labelled.
+
+    The fold change is ``logfc`` of :func:`normalisr_sc.tl.de` (covariate-adjusted
+    difference of mean log CPM), in natural log or, with ``log2``, in log2.
 
     Parameters
     ----------
@@ -112,20 +117,26 @@ def volcano(
         Key of the results.
     n_labels
         Number of most significant genes labelled with their names.
+    log2
+        Plot the fold change in log2 instead of natural log.
     ax, show, save
         Axes to draw into, call ``plt.show()``, save to this path.
 
     Returns
     -------
-    The Axes; its first collection holds the points (natural-log fold change,
-    ``-log10 p``) in the order of ``adata.var_names``.
+    The Axes; its first collection holds the points (fold change, ``-log10 p``) in the
+    order of ``adata.var_names``.
     """
+    check_str("group", group)
+    check_str("key", key)
+    n_labels = check_int("n_labels", n_labels, minimum=0)
+    check_bool("log2", log2)
     require(adata, "varm", f"{key}_logfc", "nsc.tl.de")
     logfc = adata.varm[f"{key}_logfc"]
     if group not in logfc.columns:
         msg = f"group {group!r} not in the results of {key!r}; groups: {list(logfc.columns)}."
         raise ValueError(msg)
-    x = logfc[group].to_numpy(dtype=float)
+    x = logfc[group].to_numpy(dtype=float) / (np.log(2.0) if log2 else 1.0)
     y = adata.varm[f"{key}_log10p"][group].to_numpy(dtype=float)
     ax = new_axes(ax)
     ax.scatter(x, y, s=5, color="tab:grey", rasterized=True)
@@ -133,7 +144,7 @@ def volcano(
         ax.annotate(adata.var_names[index], (x[index], y[index]), fontsize=7,
                     xytext=(2, 2), textcoords="offset points")
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("log fold change (natural log)")
+    ax.set_xlabel("$\\log_2$ fold change" if log2 else "log fold change (natural log)")
     ax.set_ylabel("$-\\log_{10} p$")
     ax.set_title(f"{key}: {group}")
     return finish(ax, show=show, save=save)
