@@ -13,20 +13,21 @@ Scenarios, all measured in the same run on the same normalised data:
 - co-expression at 20,000 cells x 5,000 genes: ``nsc.tl.coex`` vs ``normalisr.coex`` vs
   one bare float64 product ``X @ X.T`` of the same shape, the physical floor.
 
-Reference timings (normalisr and scanpy) are abandoned after ``--cap`` seconds; the
-table then shows ``>cap`` and the ratio as a lower bound. Times are wall-clock seconds of
-one call; ratios are reference time / our time (above 1: we are faster).
+Every call runs in this process (the data are generated once); the methods of a
+scenario alternate (ours, normalisr, scanpy, ours, ...; ``--repeat``, default 3) and the
+table gives medians, ratios of medians (reference time / our time: above 1, we are
+faster) and the 1-minute load average around the runs (``_harness.py``). Reference
+timings are abandoned after ``--cap`` seconds (not repeated); the table then shows
+``>cap`` and the ratio as a lower bound.
 
 Usage: ``python benchmarks/bench_association.py [--cells 20000] [--genes 5000] [--cap 600]``
+``[--repeat 3] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -35,45 +36,19 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
+import _harness as h
 import normalisr_sc as nsc
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-class _Capped(Exception):
-    pass
-
-
-@contextmanager
-def _alarm(seconds: float):
-    def stop(signum, frame):
-        raise _Capped
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def timed(function, *args, cap: float | None = None, **kwargs) -> float:
-    """Wall-clock seconds of one call; ``inf`` if it was stopped after ``cap`` seconds."""
-    start = time.perf_counter()
-    if cap is None:
-        function(*args, **kwargs)
-    else:
-        try:
-            with _alarm(cap):
-                function(*args, **kwargs)
-        except _Capped:
-            return float("inf")
-    return time.perf_counter() - start
-
-
 def generated(n_cells: int, n_genes: int, n_cov: int = 4, *, seed: int = 0) -> ad.AnnData:
-    """Normalised-looking expression and covariates in the layout ``nsc.pp`` leaves."""
+    """Normalised-looking expression and covariates in the layout ``nsc.pp`` leaves.
+
+    Besides the normalised layer and covariates, a log CPM layer (``lcpm``) and the
+    un-normalised covariates (``nsc_covariates``), from which ``nsc.tl.de`` fits its fold
+    change.
+    """
     rng = np.random.default_rng(seed)
     weights = rng.uniform(0.5, 2.0, n_cells)
     covariates = np.column_stack([rng.normal(size=(n_cells, n_cov - 1)) * weights[:, None],
@@ -85,7 +60,10 @@ def generated(n_cells: int, n_genes: int, n_cov: int = 4, *, seed: int = 0) -> a
     expression = rng.standard_normal((n_cells, n_genes))
     expression += covariates @ rng.normal(size=(n_cov, n_genes))
     adata.layers["normalisr"] = expression
+    adata.layers["lcpm"] = expression / weights[:, None] + 2.0
     adata.obsm["nsc_covariates_norm"] = pd.DataFrame(covariates, index=obs_names, columns=names)
+    adata.obsm["nsc_covariates"] = pd.DataFrame(covariates / weights[:, None], index=obs_names,
+                                                columns=names)
     return adata
 
 
@@ -117,8 +95,30 @@ def scanpy_de(adata: ad.AnnData, groupby: str, method: str, reference: str) -> N
                                 reference=reference, use_raw=False, pts=False)
 
 
-def de_rows(name: str, adata: ad.AnnData, labels: np.ndarray, reference: str,
-            cap: float) -> list[dict]:
+#: Parameters of ``nsc.tl.de`` and ``nsc.tl.coex`` passed explicitly, so that a change of
+#: the package's defaults does not change what is measured.
+DE_PARAMS = {"layer": "normalisr", "covariates_key": "nsc_covariates_norm", "min_cells": 2,
+             "dimreduce": 0}
+COEX_PARAMS = {"layer": "normalisr", "covariates_key": "nsc_covariates_norm", "dimreduce": 0,
+               "dtype": np.float64, "store": "all"}
+PEERS = ["normalisr", "scanpy t-test", "scanpy wilcoxon", "X @ X.T (floor)"]
+
+
+class Bench:
+    """The run's settings: repeats, cap, and the rows measured so far."""
+
+    def __init__(self, repeat: int, cap: float) -> None:
+        self.repeat, self.cap = repeat, cap
+        self.rows: list[h.Row] = []
+
+    def measure(self, scenario: str, measures: dict) -> None:
+        """Alternate the measurements of one scenario and keep its row."""
+        runs = h.alternate(measures, self.repeat, progress=scenario)
+        self.rows.append(h.Row(scenario, runs))
+
+
+def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray,
+            reference: str) -> None:
     """Case-control and low-MOI DE of one labelled dataset: ours, normalisr, scanpy."""
     import normalisr.normalisr as nr
 
@@ -126,72 +126,88 @@ def de_rows(name: str, adata: ad.AnnData, labels: np.ndarray, reference: str,
     groups = [g for g in adata.obs["label"].cat.categories if g != reference]
     indicators = np.vstack([labels == g for g in groups]).astype(np.float64)
     expression, covariates = reference_inputs(adata)
-    rows = []
+    cap = bench.cap
     for design, single, scanpy_reference in (("case_control", 0, "rest"),
                                              ("low_moi", 1, reference)):
-        ours = timed(nsc.tl.de, adata, "label", design=design, reference=reference)
-        theirs = timed(nr.de, indicators, expression, covariates, single=single, cap=cap)
-        row = {"scenario": f"{name} {design}", "ours": ours, "normalisr": theirs}
+        measures = {
+            "ours": lambda d=design: h.timed(nsc.tl.de, adata, "label", design=d,
+                                             reference=reference, **DE_PARAMS),
+            "normalisr": lambda k=single: h.timed(nr.de, indicators, expression, covariates,
+                                                  single=k, cap=cap),
+        }
         for method in ("t-test", "wilcoxon"):
-            row[f"scanpy {method}"] = timed(scanpy_de, adata, "label", method,
-                                            scanpy_reference, cap=cap)
-        rows.append(row)
-    return rows
+            measures[f"scanpy {method}"] = (
+                lambda m=method, r=scanpy_reference: h.timed(scanpy_de, adata, "label", m, r,
+                                                             cap=cap))
+        bench.measure(f"{name} {design}", measures)
 
 
-def papalexi_rows(cap: float) -> list[dict]:
+def papalexi_rows(bench: Bench, n_cells: int | None, n_groups: int | None) -> None:
+    """DE on Papalexi, each cell labelled by the target of its most counted guide.
+
+    ``n_cells``: a random subset of the cells; ``n_groups``: only the cells of the
+    ``n_groups`` largest target groups and of the non-targeting cells (default: all).
+    """
     adata = ad.read_h5ad(DATA / "papalexi_lowmoi.h5ad")
-    nsc.pp.normalize(adata, covariates=["bio_rep"], qc=None)
     counts = adata.obsm["grna_counts"]
     names = np.asarray(adata.uns["grna_ids"])
     target = dict(zip(adata.uns["grna_group"]["grna_id"], adata.uns["grna_group"]["grna_group"],
                       strict=True))
     labels = np.array([target[g] for g in names[np.asarray(counts.argmax(axis=1)).ravel()]])
+    keep = np.ones(adata.n_obs, dtype=bool)
+    if n_groups is not None:
+        sizes = pd.Series(labels[labels != "non-targeting"]).value_counts()
+        keep = np.isin(labels, [*sizes.index[:n_groups], "non-targeting"])
+    if n_cells is not None and n_cells < keep.sum():
+        chosen = np.random.default_rng(0).choice(np.flatnonzero(keep), n_cells, replace=False)
+        keep = np.isin(np.arange(adata.n_obs), chosen)
+    adata = adata[keep].copy()
+    adata.obs["label"] = labels[keep]
+    nsc.pp.normalize(adata, covariates=["bio_rep"], qc=None, remove_outliers=True)
+    labels = adata.obs["label"].to_numpy()  # of the cells left after outlier removal
     keep = pd.Series(labels).value_counts()
     labels = np.where(np.isin(labels, keep.index[keep >= 2]), labels, "non-targeting")
     print(f"Papalexi: {adata.n_obs} cells x {adata.n_vars} genes, "
-          f"{len(set(labels)) - 1} groups + non-targeting")
-    return de_rows("Papalexi", adata, labels, "non-targeting", cap)
+          f"{len(set(labels)) - 1} groups + non-targeting", flush=True)
+    de_rows(bench, "Papalexi", adata, labels, "non-targeting")
 
 
-def generated_de_rows(n_cells: int, n_genes: int, n_groups: int, cap: float) -> list[dict]:
+def generated_de_rows(bench: Bench, n_cells: int, n_genes: int, n_groups: int) -> None:
     adata = generated(n_cells, n_genes)
     rng = np.random.default_rng(2)
     labels = np.array([f"grp{i:02d}" for i in rng.integers(0, n_groups + 1, n_cells)], dtype=object)
     labels[labels == f"grp{n_groups:02d}"] = "reference"
-    print(f"generated DE: {n_cells} cells x {n_genes} genes x {n_groups} groups")
-    return de_rows(f"{n_cells // 1000}k x {n_genes} x {n_groups}", adata, labels,
-                   "reference", cap)
+    print(f"generated DE: {n_cells} cells x {n_genes} genes x {n_groups} groups", flush=True)
+    de_rows(bench, f"{n_cells // 1000}k x {n_genes} x {n_groups}", adata, labels, "reference")
 
 
-def high_moi_rows(n_cells: int, n_genes: int, group_counts: list[int], ours_only: list[int],
-                  cap: float) -> list[dict]:
+def high_moi_rows(bench: Bench, n_cells: int, n_genes: int, group_counts: list[int],
+                  ours_only: list[int]) -> None:
     import normalisr.normalisr as nr
 
     adata = generated(n_cells, n_genes)
     expression, covariates = reference_inputs(adata)
-    rows = []
     for n_groups in group_counts + ours_only:
         adata.obsm["guides"] = guides(n_cells, n_groups, 10)
-        row = {"scenario": f"high MOI {n_cells // 1000}k x {n_genes} x {n_groups} groups",
-               "ours": timed(nsc.tl.de, adata, "guides", design="high_moi")}
+        measures = {"ours": lambda: h.timed(nsc.tl.de, adata, "guides", design="high_moi",
+                                            **DE_PARAMS)}
         if n_groups in group_counts:
             dense = adata.obsm["guides"].T.toarray()
-            row["normalisr"] = timed(nr.de, dense, expression, covariates, single=4, cap=cap)
-        rows.append(row)
-    return rows
+            measures["normalisr"] = lambda d=dense: h.timed(nr.de, d, expression, covariates,
+                                                            single=4, cap=bench.cap)
+        bench.measure(f"high MOI {n_cells // 1000}k x {n_genes} x {n_groups} groups", measures)
 
 
-def coex_rows(n_cells: int, n_genes: int, cap: float) -> list[dict]:
+def coex_rows(bench: Bench, n_cells: int, n_genes: int) -> None:
     import normalisr.normalisr as nr
 
     adata = generated(n_cells, n_genes)
     expression, covariates = reference_inputs(adata)
-    floor = timed(np.matmul, expression, expression.T)
-    ours = timed(nsc.tl.coex, adata)
-    theirs = timed(nr.coex, expression, covariates, cap=cap)
-    return [{"scenario": f"coex {n_cells // 1000}k x {n_genes}", "ours": ours,
-             "normalisr": theirs, "X @ X.T (floor)": floor}]
+    bench.measure(f"coex {n_cells // 1000}k x {n_genes}", {
+        "ours": lambda: h.timed(nsc.tl.coex, adata, **COEX_PARAMS),
+        "normalisr": lambda: h.timed(nr.coex, expression, covariates, cap=bench.cap),
+        "X @ X.T (floor)": lambda: h.timed(np.matmul, expression, expression.T),
+    })
 
 
 def warm_up() -> None:
@@ -199,58 +215,56 @@ def warm_up() -> None:
     adata = generated(300, 20)
     adata.obsm["guides"] = guides(300, 6, 1)
     for design in ("case_control", "low_moi", "high_moi"):
-        nsc.tl.de(adata, "guides", design=design, reference="0")
-    nsc.tl.coex(adata)
+        nsc.tl.de(adata, "guides", design=design, reference="0", **DE_PARAMS)
+    nsc.tl.coex(adata, **COEX_PARAMS)
 
 
-def report(rows: list[dict], cap: float) -> None:
-    peers = ["normalisr", "scanpy t-test", "scanpy wilcoxon", "X @ X.T (floor)"]
-    width = max(len(r["scenario"]) for r in rows)
-    header = f"{'scenario':<{width}} {'ours':>8} " + " ".join(f"{p:>22}" for p in peers)
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        cells = []
-        for peer in peers:
-            if peer not in row:
-                cells.append(f"{'':>22}")
-                continue
-            seconds, ours = row[peer], row["ours"]
-            text = (f">{cap:.0f}s (>{cap / ours:.0f}x)" if np.isinf(seconds)
-                    else f"{seconds:.2f}s ({seconds / ours:.2f}x)")
-            cells.append(f"{text:>22}")
-        print(f"{row['scenario']:<{width}} {row['ours']:>7.2f}s " + " ".join(cells))
-    print(f"\nratios: peer time / our time (>1: ours faster); '>{cap:.0f}s' = reference "
-          f"stopped at the time cap of {cap:.0f}s, its ratio a lower bound. The floor is one "
-          "bare float64 X @ X.T of the same shape (genes x cells).")
+#: Shapes of ``--quick``: every scenario, small.
+QUICK = {"cells": 1000, "genes": 100, "groups": 5, "moi_genes": 50, "moi_groups": [10, 20],
+         "moi_ours_only": [50], "papalexi_cells": 1000, "papalexi_groups": 5, "cap": 20.0}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    h.add_arguments(parser, quick_repeat=1)
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--genes", type=int, default=5_000)
     parser.add_argument("--groups", type=int, default=50)
     parser.add_argument("--moi-genes", type=int, default=2_000)
     parser.add_argument("--moi-groups", type=int, nargs="+", default=[200, 400])
     parser.add_argument("--moi-ours-only", type=int, nargs="+", default=[2_000])
+    parser.add_argument("--papalexi-cells", type=int, default=None,
+                        help="a random subset of Papalexi's cells (default all)")
+    parser.add_argument("--papalexi-groups", type=int, default=None,
+                        help="only the cells of the N largest Papalexi target groups and the "
+                             "non-targeting ones (default all)")
     parser.add_argument("--cap", type=float, default=600.0,
                         help="seconds after which a reference timing is abandoned")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["papalexi", "de", "high_moi", "coex"])
     args = parser.parse_args()
+    if args.quick:  # the quick shapes replace the defaults, not the options given
+        given = vars(parser.parse_args([]))
+        for key, value in QUICK.items():
+            if getattr(args, key) == given[key]:
+                setattr(args, key, value)
+    h.set_threads(args.threads)
     nsc.settings.progress = False
+    bench = Bench(h.repeats(args), args.cap)
+    h.print_header(["normalisr-sc", "normalisr", "scanpy", "numpy"], repeat=bench.repeat,
+                   cap=f"{args.cap:g}s", BLAS_threads=args.threads or "default")
     warm_up()
-    rows = []
     if "papalexi" not in args.skip and (DATA / "papalexi_lowmoi.h5ad").exists():
-        rows += papalexi_rows(args.cap)
+        papalexi_rows(bench, args.papalexi_cells, args.papalexi_groups)
     if "de" not in args.skip:
-        rows += generated_de_rows(args.cells, args.genes, args.groups, args.cap)
+        generated_de_rows(bench, args.cells, args.genes, args.groups)
     if "high_moi" not in args.skip:
-        rows += high_moi_rows(args.cells, args.moi_genes, args.moi_groups,
-                              args.moi_ours_only, args.cap)
+        high_moi_rows(bench, args.cells, args.moi_genes, args.moi_groups, args.moi_ours_only)
     if "coex" not in args.skip:
-        rows += coex_rows(args.cells, args.genes, args.cap)
-    report(rows, args.cap)
+        coex_rows(bench, args.cells, args.genes)
+    h.print_table(bench.rows, ["ours", *PEERS], reference="ours", cap=args.cap,
+                  title="seconds: medians of alternating runs (ratio: peer / ours)")
+    print("The floor is one bare float64 X @ X.T of the same shape (genes x cells).")
 
 
 if __name__ == "__main__":

@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
-from importlib.metadata import version
+from functools import partial
 from pathlib import Path
 
-from _memory import peak_kib, reset_peak, rss_kib
+import _harness as h
+from _harness import MB, peak_kib, reset_peak, rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPALEXI = ROOT.parent / "shared" / "data" / "papalexi_lowmoi.h5ad"
@@ -43,10 +39,6 @@ CACHE = Path(tempfile.gettempdir()) / "normalisr_sc_bench"
 METHODS = ("ours", "normalisr", "scanpy")
 #: Steps of ``nsc.pp.normalize`` timed separately (names in ``normalisr_sc.pp._recipe``).
 OUR_STEPS = ("lcpm", "normcov", "compute_var", "qc_outlier", "normvar")
-#: Environment variables setting the number of threads of the BLAS libraries.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-RESULT_TAG = "BENCH_RESULT "
-MB = 2**20
 
 
 # ---------------------------------------------------------------- datasets (parent side)
@@ -124,11 +116,12 @@ def _run_ours(adata, covariate: str, steps: _Steps) -> tuple[int, int]:
     import normalisr_sc as nsc
     from normalisr_sc.pp import _recipe
 
-    originals = {name: getattr(_recipe, name) for name in OUR_STEPS}
+    # per-step times wrap the recipe's steps where it still calls them by these names
+    originals = {name: getattr(_recipe, name) for name in OUR_STEPS if hasattr(_recipe, name)}
     for name, function in originals.items():
         setattr(_recipe, name, steps.wrap(name, function))
     try:
-        nsc.pp.normalize(adata, covariates=[covariate], qc=None)
+        nsc.pp.normalize(adata, covariates=[covariate], qc=None, remove_outliers=True)
     finally:
         for name, function in originals.items():
             setattr(_recipe, name, function)
@@ -233,126 +226,105 @@ def measure_one(method: str, path: str, covariate: str, block_cells: int | None)
 # ---------------------------------------------------------------- driver (parent)
 
 
-def run_child(method: str, path: Path, covariate: str, block_cells: int | None,
-              threads: int | None) -> dict:
-    command = [sys.executable, __file__, "--one", method, str(path), covariate]
-    if block_cells is not None:
-        command += ["--block-cells", str(block_cells)]
-    env = dict(os.environ)
-    if threads is not None:
-        env |= {name: str(threads) for name in THREAD_VARIABLES}
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        msg = f"{method} on {path.name} failed:\n{done.stderr[-4000:]}"
-        raise RuntimeError(msg)
-    line = next(row for row in done.stdout.splitlines() if row.startswith(RESULT_TAG))
-    return json.loads(line.removeprefix(RESULT_TAG))
-
-
-def _best(runs: list[dict]) -> dict:
-    """Fastest time and largest memory over repeats (the machine only adds noise to time)."""
-    best = dict(min(runs, key=lambda run: run["seconds"]))
-    best["peak_extra_mb"] = max(run["peak_extra_mb"] for run in runs)
-    return best
-
-
-def _dense_multiple(run: dict) -> float:
-    """Peak extra memory in units of one dense float64 cells x genes matrix."""
-    return run["peak_extra_mb"] / (run["n_cells"] * run["n_genes"] * 8 / MB)
+def _dense_multiple(megabytes: float, n_cells: int, n_genes: int) -> float:
+    """Megabytes in units of one dense float64 cells x genes matrix."""
+    return megabytes / (n_cells * n_genes * 8 / MB)
 
 
 def _yes(condition: bool) -> str:
     return "yes" if condition else "NO"
 
 
-def print_tables(results: dict[str, dict[str, dict]]) -> None:
-    header = (f"{'dataset':<22} {'method':<10} {'cells x genes':>13} {'cells out':>9} "
-              f"{'seconds':>9} {'peak MB':>9} {'mem/dense':>9} {'time/ours':>9}")
-    print("\n" + header + "\n" + "-" * len(header))
-    for dataset, by_method in results.items():
-        ours = by_method.get("ours")
-        for method, run in by_method.items():
-            ratio = f"{run['seconds'] / ours['seconds']:9.2f}" if ours else f"{'-':>9}"
-            size = f"{run['n_cells']}x{run['n_genes']}"
-            print(f"{dataset:<22} {method:<10} {size:>13} {run['out_shape'][0]:>9} "
-                  f"{run['seconds']:9.2f} {run['peak_extra_mb']:9.0f} "
-                  f"{_dense_multiple(run):9.2f} {ratio}")
-    print("\nmem/dense: peak extra memory / one dense float64 cells x genes matrix "
-          "(input cells x genes); time/ours: seconds / seconds of 'ours' in this run.")
-    for dataset, by_method in results.items():
-        ours, reference = by_method.get("ours"), by_method.get("normalisr")
-        if ours is None or reference is None:
+def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str]) -> None:
+    """Time and memory tables (medians), the targets, and per-step medians."""
+    rows, memory_rows = [], []
+    for dataset, runs in results.items():
+        done = next((run for by in runs.values() for run in by if run.ok), None)
+        shape = (done.data["n_cells"], done.data["n_genes"]) if done else None
+        extra = {}
+        if done:
+            extra["cells x genes"] = f"{shape[0]}x{shape[1]}"
+            extra["cells out"] = str(done.data["out_shape"][0])
+        rows.append(h.Row(dataset, runs, extra))
+        memory = {}
+        for method, by in runs.items():
+            if by and all(run.ok for run in by):
+                mb = h.median(by, "peak_extra_mb")
+                memory[method] = f"{mb:.0f} MB ({_dense_multiple(mb, *shape):.2f})"
+        memory_rows.append(h.Row(dataset, runs, memory))
+    h.print_table(rows, methods, reference="ours" if "ours" in methods else None,
+                  extra=("cells x genes", "cells out"),
+                  title="seconds (median of alternating runs, each in a fresh process)")
+    h.print_table(memory_rows, [], reference=None, extra=methods,
+                  title="peak extra memory (median MB; in brackets: dense float64 cells x "
+                        "genes matrices)")
+    print("peak extra memory: peak RSS during the method minus the RSS after loading its input")
+    for dataset, runs in results.items():
+        ours, reference = runs.get("ours"), runs.get("normalisr")
+        if not ours or not reference or not all(run.ok for run in ours + reference):
             continue
-        speedup = reference["seconds"] / ours["seconds"]
-        memory = _dense_multiple(ours)
+        speedup = h.ratio(reference, ours)
+        shape = (ours[0].data["n_cells"], ours[0].data["n_genes"])
+        memory = _dense_multiple(h.median(ours, "peak_extra_mb"), *shape)
+        theirs = _dense_multiple(h.median(reference, "peak_extra_mb"), *shape)
         print(f"targets {dataset}: {speedup:.2f}x faster than normalisr (>= 3: "
               f"{_yes(speedup >= 3)}); memory {memory:.2f} dense matrices (<= 3: "
-              f"{_yes(memory <= 3)}; below normalisr's {_dense_multiple(reference):.2f}: "
-              f"{_yes(ours['peak_extra_mb'] < reference['peak_extra_mb'])})")
-    for dataset, by_method in results.items():
+              f"{_yes(memory <= 3)}; below normalisr's {theirs:.2f}: {_yes(memory < theirs)})")
+    for dataset, runs in results.items():
         for method in ("ours", "normalisr"):
-            if method not in by_method:
+            done = [run for run in runs.get(method, []) if run.ok]
+            if not done:
                 continue
-            steps = by_method[method]["steps"]
-            cells = "  ".join(f"{name} {step['seconds']:.2f}s/{step['peak_mb']:.0f}MB"
-                              for name, step in steps.items())
+            names = done[0].data["steps"]
+            cells = "  ".join(
+                f"{name} {h.median([h.Run(r.data['steps'][name]['seconds'], r.load) for r in done]):.2f}s"
+                f"/{max(r.data['steps'][name]['peak_mb'] for r in done):.0f}MB" for name in names)
             print(f"steps {dataset} {method}: {cells}")
-    print("(steps: seconds of the step / peak extra MB reached by its end)")
+    print("(steps: median seconds of the step / largest peak extra MB reached by its end)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes (2,000 x 500 generated, 3,000 random Papalexi cells)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="measurements per method and dataset; the fastest is reported")
+    h.add_arguments(parser, cap=1800.0, quick_repeat=2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--datasets", nargs="+", default=["generated", "papalexi"],
-                        choices=["generated", "papalexi"])
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        choices=["generated", "papalexi"],
+                        help="default both (--quick: generated only)")
     parser.add_argument("--block-cells", type=int, default=None,
                         help="nsc.settings.block_cells for ours (default: the package default)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS threads of every method (default: the libraries' default)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the generated data and of the --quick Papalexi subset")
-    parser.add_argument("--one", nargs=3, metavar=("METHOD", "H5AD", "COVARIATE"),
-                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        method, path, covariate = args.one
-        result = measure_one(method, path, covariate, args.block_cells)
-        print(RESULT_TAG + json.dumps(result), flush=True)
-        return
+    h.set_threads(args.threads)
+    repeat = h.repeats(args)
+    names = args.datasets or (["generated"] if args.quick else ["generated", "papalexi"])
 
     datasets = {}
-    if "generated" in args.datasets:
+    if "generated" in names:
         n_cells, n_genes = (2000, 500) if args.quick else (20000, 5000)
         path = generated_dataset(n_cells, n_genes, args.seed)
         datasets[f"generated {n_cells}x{n_genes}"] = (path, "batch")
-    if "papalexi" in args.datasets:
+    if "papalexi" in names:
         path = papalexi_dataset(3000 if args.quick else None, args.seed)
         if path is not None:
             datasets["papalexi_lowmoi"] = (path, "bio_rep")
+    # imported before the measuring processes fork, so that no child pays for the imports
+    import anndata  # noqa: F401
+    import normalisr.normalisr  # noqa: F401
+    import scanpy  # noqa: F401
+
     import normalisr_sc as nsc
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} cpus; normalisr_sc "
-          f"{version('normalisr-sc')}, normalisr {version('normalisr')}, scanpy "
-          f"{version('scanpy')}, anndata {version('anndata')}, numpy {version('numpy')}; "
-          f"block_cells {args.block_cells or nsc.settings.block_cells}; BLAS threads "
-          f"{args.threads or 'default'}", flush=True)
-    runs: dict[str, dict[str, list[dict]]] = {name: {m: [] for m in args.methods}
-                                              for name in datasets}
-    for repeat in range(args.repeat):
-        for name, (path, covariate) in datasets.items():
-            for method in args.methods:
-                run = run_child(method, path, covariate, args.block_cells, args.threads)
-                runs[name][method].append(run)
-                print(f"[{repeat + 1}/{args.repeat}] {name} {method}: {run['seconds']:.2f}s, "
-                      f"peak extra {run['peak_extra_mb']:.0f} MB", flush=True)
-                if not run["exact_peak"]:
-                    print("  (peak RSS could not be reset: includes loading the input)")
-    print_tables({name: {m: _best(r) for m, r in by_method.items()}
-                  for name, by_method in runs.items()})
+    h.print_header(["normalisr-sc", "normalisr", "scanpy", "anndata", "numpy"], repeat=repeat,
+                   block_cells=args.block_cells or nsc.settings.block_cells,
+                   BLAS_threads=args.threads or "default")
+    results = {}
+    for name, (path, covariate) in datasets.items():
+        results[name] = h.alternate(
+            {method: partial(h.in_child, measure_one, method, str(path), covariate,
+                             args.block_cells, cap=args.cap) for method in args.methods},
+            repeat, progress=name)
+    print_tables(results, args.methods)
 
 
 if __name__ == "__main__":
