@@ -167,7 +167,9 @@ def _assert_unchanged(before: AnnData, after: AnnData) -> None:
         (lambda a, f: {"go_obo": f[0].parent / "missing.obo"}, "not found"),
         (lambda a, f: {"go_obo": f[2]}, "does not look like an OBO"),
         (lambda a, f: {"annotations": f[0]}, "neither a GAF"),
-        (lambda a, f: {"n_principal": 1}, "n_principal must be between"),
+        (lambda a, f: {"n_principal": 1}, "`n_principal` must be an integer >= 2"),
+        (lambda a, f: {"pcut": 0}, r"`pcut` must be a finite number in \(0, 1\]"),
+        (lambda a, f: {"min_genes": 0.5}, "`min_genes` must be an integer >= 1"),
         (lambda a, f: {"n_principal": N_GENES}, "n_principal must be between"),
         (lambda a, f: {"gene_id": "nonexistent"}, "neither 'symbol'"),
     ],
@@ -336,7 +338,7 @@ def test_coex_peel_bad_input_leaves_adata_unchanged(normalized, go_files, tmp_pa
     before = normalized.copy()
     with pytest.raises(ValueError, match="does not look like an OBO"):
         nsc.tl.coex_peel(normalized, gaf, gaf)
-    with pytest.raises(ValueError, match="rounds must be"):
+    with pytest.raises(ValueError, match="`rounds` must be an integer >= 1"):
         nsc.tl.coex_peel(normalized, obo, gaf, rounds=0)
     # Fails inside the first round (no gene of the data is annotated): nothing is kept.
     with pytest.raises(ValueError, match="no gene of the data"):
@@ -344,3 +346,133 @@ def test_coex_peel_bad_input_leaves_adata_unchanged(normalized, go_files, tmp_pa
     _assert_unchanged(before, normalized)
     assert list(normalized.varp) == list(before.varp)
     assert list(normalized.var.columns) == list(before.var.columns)
+
+
+# ---------------------------------------------------------------- significance, NaN, store
+
+
+def test_gotop_reports_the_bonferroni_p_of_the_top_term(hub_adata, go_files):
+    result = _run_gotop(hub_adata, go_files)
+    table = result["enrichment"].set_index("term")
+    assert result["top_term_pval_bonferroni"] == table.loc["GO:0000002", "pval_bonferroni"]
+    assert result["top_term_pval_bonferroni"] < 0.05
+    assert result["best_pval_bonferroni"] == result["top_term_pval_bonferroni"]
+    assert "no_top_term" not in result
+    assert "nsc_gotop" in hub_adata.uns["normalisr"]["written"]["uns"]
+
+
+def test_gotop_no_term_below_pcut_means_no_top_term(hub_adata, go_files, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="normalisr_sc")
+    best = _run_gotop(hub_adata.copy(), go_files)["top_term_pval_bonferroni"]
+    result = _run_gotop(hub_adata, go_files, pcut=best)  # strictly below: none passes
+    assert "top_term" not in result
+    assert "top_term_genes" not in result
+    assert result["best_pval_bonferroni"] == best
+    assert f"below pcut={best:g} (best: {best:.3g})" in result["no_top_term"]
+    assert "no top term" in caplog.text
+    assert hub_adata.uns["normalisr"]["gotop"]["pcut"] == best
+
+
+def test_gotop_no_enriched_term(hub_adata, go_files):
+    """Hubs without annotation: nothing is enriched, the best p-value is NaN."""
+    net = np.zeros((N_GENES, N_GENES), dtype=bool)
+    net[10:20, 10:20] = True
+    np.fill_diagonal(net, False)
+    hub_adata.varp["nsc_coex_net"] = sparse.csr_matrix(net)
+    result = _run_gotop(hub_adata, go_files)
+    assert "top_term" not in result
+    assert np.isnan(result["best_pval_bonferroni"])
+    assert result["no_top_term"].startswith("no GO term has odds ratio > 1")
+
+
+def test_gotop_refuses_a_users_key(hub_adata, go_files):
+    hub_adata.uns["nsc_gotop"] = {"mine": 1}
+    before = _snapshot(hub_adata)
+    with pytest.raises(ValueError, match=r"adata.uns\['nsc_gotop'\] already exists"):
+        _run_gotop(hub_adata, go_files)
+    _assert_unchanged(before, hub_adata)
+    assert hub_adata.uns["nsc_gotop"] == {"mine": 1}
+
+
+@pytest.mark.parametrize("where", ["layer", "covariates"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_pccovt_refuses_non_finite_input(normalized, where, value):
+    genes = list(normalized.var_names[:5])
+    if where == "layer":
+        normalized.layers["normalisr"][3, 2] = value
+        match = r"adata.layers\['normalisr'\] \(the 5 genes\) holds 1 NaN or infinite"
+    else:
+        normalized.obsm["nsc_covariates_norm"].iloc[7, 0] = value
+        match = r"adata.obsm\['nsc_covariates_norm'\] (holds 1|contains) NaN or infinite"
+    before = normalized.copy()
+    with pytest.raises(ValueError, match=match):
+        nsc.tl.pccovt(normalized, genes)
+    _assert_unchanged(before, normalized)
+    assert "nsc_pccovt" not in normalized.uns
+
+
+def test_pccovt_stores_through_the_writer(normalized):
+    nsc.tl.pccovt(normalized, list(normalized.var_names[:5]), name="hk")
+    nsc.tl.pccovt(normalized, list(normalized.var_names[5:10]))
+    assert list(normalized.uns["nsc_pccovt"]) == ["hk", "pc_covariate_2"]
+    written = normalized.uns["normalisr"]["written"]
+    assert "nsc_covariates_norm" in written["obsm"]
+    assert "nsc_pccovt" in written["uns"]
+    with pytest.raises(ValueError, match="`genes` names"):
+        nsc.tl.pccovt(normalized, ["gene00000", "gene00000"])
+    with pytest.raises(ValueError, match="`condition_on_covariates` must be True or False"):
+        nsc.tl.pccovt(normalized, list(normalized.var_names[:5]), condition_on_covariates=1)
+
+
+def test_pccovt_conditioning_is_exact_on_an_ill_conditioned_design(normalized):
+    """The projection is exact to eps x cond(design), not eps x cond^2."""
+    from normalisr_sc.tl._go_covariates import _covariates_removed
+
+    rng = np.random.default_rng(0)
+    n = normalized.n_obs
+    base = rng.normal(size=(n, 3))
+    # Nearly collinear columns: condition number about 1e6.
+    design = np.column_stack([base, base[:, 0] + 1e-6 * rng.normal(size=n)])
+    expression = rng.normal(size=(n, 4))
+    got = _covariates_removed(expression, design)
+    full = np.column_stack([design, np.ones(n)])
+    expected = expression - full @ np.linalg.lstsq(full, expression, rcond=None)[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+    # Orthogonal to every column of the design, intercept included.
+    np.testing.assert_allclose(full.T @ got, 0, atol=1e-8 * np.abs(expression).sum(axis=0).max())
+
+
+def _module_data():
+    """A simulated data set whose planted module genes are G0..G9 of the tiny ontology."""
+    adata = nsc.datasets.simulate(n_cells=600, n_genes=N_GENES, n_modules=1, module_size=10,
+                                  module_strength=0.6, de_fraction=0, seed=2)
+    module = adata.uns["simulation"]["modules"]["module1"]
+    others = [g for g in adata.var_names if g not in module]
+    names = {g: f"G{i}" for i, g in enumerate(module)}
+    names |= {g: f"G{10 + i}" for i, g in enumerate(others)}
+    adata.var_names = [names[g] for g in adata.var_names]
+    nsc.pp.normalize(adata, covariates=["batch"], qc=None)
+    return adata
+
+
+def test_coex_peel_stops_and_says_why(go_files, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="normalisr_sc")
+    obo, gaf, _ = go_files
+    adata = _module_data()
+    nsc.tl.coex_peel(adata, obo, gaf, rounds=3, n_principal=10)
+    peel = adata.uns["nsc_coex_peel"]
+    assert list(peel["terms"]["term"]) == ["GO:0000002"]
+    assert peel["terms"]["pval_bonferroni"].iloc[0] < 0.05
+    assert peel["stopped"].startswith("round 2: no GO term")
+    assert "coex_peel stopped in round 2" in caplog.text
+    assert "go_round1" in adata.obsm["nsc_covariates_norm"].columns
+    assert "go_round2" not in adata.obsm["nsc_covariates_norm"].columns
+    assert {"nsc_coex_net_round1", "nsc_coex_net_round2"} <= set(adata.varp)
+    written = adata.uns["normalisr"]["written"]
+    assert {"nsc_coex_net_round1", "nsc_coex_net"} <= set(written["varp"])
+    assert {"nsc_coex_peel", "nsc_gotop", "nsc_pccovt"} <= set(written["uns"])
+    assert adata.uns["normalisr"]["coex_peel"]["rounds"] == 3
