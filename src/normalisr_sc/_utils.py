@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._core._blocks import row_block
+from ._core._blocks import canonical, count_non_finite, is_canonical, row_block, row_slices
 from ._core._reduce import is_dask
 from ._settings import settings
 
@@ -57,26 +57,42 @@ def input_matrix(
     chunk_size: int | None = None,
     what: str = "raw UMI counts",
 ) -> tuple[object, int]:
-    """The matrix a step reads, and the number of cells per block to read it in.
+    """The matrix a step reads, and the number of cells per block to read it in: the door in.
+
+    Every step reads its cells x genes matrix through here, so that every step reads the
+    same thing:
+
+    - a shape with at least one cell and one gene, and a real dtype (bool, integer or
+      float; complex and other dtypes are refused);
+    - no NaN or infinite value (:func:`checked_finite`: checked now in memory, inside the
+      pass that reads each block when streamed);
+    - a sparse matrix in canonical form (sorted indices, duplicate entries summed): in
+      memory a non-canonical matrix is made canonical on a copy once; streamed blocks
+      (dask, backed) are made canonical one by one (:func:`~._core._blocks.materialize`);
+    - nothing writable into the user's arrays: blocks sharing memory with them are
+      read-only views.
 
     The matrix is streamed -- returned as a dask array chunked by cells, so that every
     pass runs as a dask graph and derived layers are stored lazily -- when ``chunked``
     is True, or when it is None and the matrix already is a dask array or ``adata`` is
-    backed on disk. Otherwise it is returned as it is (CSC converted to CSR).
+    backed on disk. Otherwise it is returned in memory (CSC converted to CSR).
     """
     size = chunk_cells(chunk_size)
     matrix = get_matrix(adata, layer, what=what)
+    source = matrix_name(layer)
+    check_real_matrix(matrix, source, what)
+    fix = f"{what} must be finite: repair or remove those entries first."
     backed = adata.isbacked and layer is None
     lazy = is_dask(matrix) or backed
     if chunked is False and lazy:
-        source = "backed on disk" if backed else "a dask array"
+        origin = "backed on disk" if backed else "a dask array"
         msg = (
-            f"{matrix_name(layer)} is {source}, which is read in chunks; drop `chunked=False` "
+            f"{source} is {origin}, which is read in chunks; drop `chunked=False` "
             "or load the data into memory first (`adata.to_memory()`)."
         )
         raise ValueError(msg)
     if not (chunked or lazy):
-        return row_accessible(matrix), size
+        return checked_finite(canonical_rows(matrix, source), source, fix), size
     if backed:
         from anndata.experimental import read_elem_lazy
 
@@ -85,14 +101,125 @@ def input_matrix(
         if adata.is_view:
             # anndata keeps a view's cell and gene selection in these two indices.
             lazy = lazy[adata._oidx][:, adata._vidx].rechunk((size, -1))
-        return lazy, size
+        return checked_finite(lazy, source, fix), size
     if is_dask(matrix):
-        return matrix.rechunk((size, -1)), size
+        return checked_finite(matrix.rechunk((size, -1)), source, fix), size
     import dask.array as da
 
-    matrix = row_accessible(matrix)
+    matrix = checked_finite(canonical_rows(matrix, source), source, fix)
     meta = matrix[:0, :0] if sparse.issparse(matrix) else np.empty((0, 0), matrix.dtype)
     return da.from_array(_RowBlocks(matrix), chunks=(size, -1), name=False, meta=meta), size
+
+
+def check_real_matrix(matrix, source: str, what: str = "values") -> None:
+    """Refuse a matrix without cells or genes, or whose dtype is not real numbers."""
+    n_cells, n_genes = matrix.shape
+    if n_cells == 0 or n_genes == 0:
+        empty = " and ".join(
+            name for name, n in (("no cells", n_cells), ("no genes", n_genes)) if n == 0
+        )
+        msg = (
+            f"{source} has shape {tuple(matrix.shape)}: {empty}. normalisr_sc needs at "
+            "least one cell and one gene; check how the AnnData was built or subset."
+        )
+        raise ValueError(msg)
+    dtype = np.dtype(matrix.dtype)
+    if dtype.kind not in "biuf":
+        msg = (
+            f"{source} has dtype {dtype}; {what} must be real numbers (bool, integer or "
+            "float). Complex, text or object values are not supported."
+        )
+        raise ValueError(msg)
+
+
+def canonical_rows(matrix, source: str):
+    """An in-memory matrix whose row blocks are cheap to slice and canonical.
+
+    CSC and other sparse formats become CSR; a CSR matrix with unsorted indices or
+    duplicate entries is made canonical on a copy (duplicates summed), and an INFO log
+    says so. The user's matrix is never changed.
+    """
+    if not sparse.issparse(matrix):
+        return matrix
+    converted = matrix.format != "csr"
+    rows = sparse.csr_matrix(matrix) if converted else matrix
+    if is_canonical(rows):
+        return rows
+    logger.info(
+        "%s has duplicate entries or unsorted indices; normalisr_sc reads a canonical copy "
+        "(duplicates summed) and leaves it as it is. `%s.sum_duplicates()` avoids the copy.",
+        source, source,
+    )
+    if converted:  # our own conversion: made canonical in place
+        rows.sum_duplicates()
+        return rows
+    return canonical(rows)
+
+
+def _non_finite_message(where: str, count: int, fix: str) -> str:
+    return (
+        f"{where} contains NaN or infinite values ({count} of them); "
+        + (fix or "repair or remove them before this step.")
+    )
+
+
+def _checked_block(block, where: str, fix: str):
+    count = count_non_finite(block)
+    if count:
+        raise ValueError(_non_finite_message(where, count, fix))
+    return block
+
+
+def checked_finite(value, where: str, fix: str = ""):
+    """``value``, refused with a ValueError naming ``where`` if it holds NaN or infinity.
+
+    The one check of every value a step reads (matrices, covariates, columns, numbers).
+    In memory the check runs now (block by block for a matrix, without a second copy).
+    A dask array is returned with the check added to every block, so that it runs inside
+    the first pass reading it, before the step writes anything.
+    """
+    if is_dask(value):
+        return value.map_blocks(_checked_block, where=where, fix=fix, dtype=value.dtype,
+                                meta=value._meta)
+    if isinstance(value, pd.DataFrame | pd.Series):
+        count = count_non_finite(value.to_numpy(dtype=np.float64, na_value=np.nan))
+    elif sparse.issparse(value):
+        count = count_non_finite(value)  # the stored values only, never a copy of them
+    elif getattr(value, "ndim", 0) == 2 and not isinstance(value, np.generic):
+        block_rows = settings.block_cells
+        count = sum(count_non_finite(value[rows])
+                    for rows in row_slices(value.shape[0], block_rows))
+    else:
+        count = count_non_finite(value)
+    if count:
+        raise ValueError(_non_finite_message(where, count, fix))
+    return value
+
+
+def numeric_values(value, where: str, fix: str = "") -> np.ndarray:
+    """A column or table read by a step as finite float64 numbers, refused otherwise.
+
+    ``where`` names it in the message (e.g. ``"adata.obs['nsc_weight']"``).
+    """
+    frame = value if isinstance(value, pd.DataFrame | pd.Series) else None
+    columns = ([] if frame is None else [frame] if isinstance(frame, pd.Series)
+               else [frame[c] for c in frame.columns])
+    for column in columns:
+        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)) \
+                or pd.api.types.is_complex_dtype(column):
+            name = f" (column {column.name!r})" if isinstance(frame, pd.DataFrame) else ""
+            msg = f"{where}{name} has dtype {column.dtype}; it must hold real numbers."
+            raise ValueError(msg)
+    if frame is not None:
+        array = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            msg = f"{where} has dtype {array.dtype}; it must hold real numbers."
+            raise ValueError(msg)
+        array = array.astype(np.float64)
+    checked_finite(array, where, fix)
+    return array
 
 
 class _RowBlocks:
@@ -117,10 +244,8 @@ def matrix_name(layer: str | None) -> str:
 
 
 def row_accessible(matrix):
-    """The matrix in a form whose row blocks are cheap to slice (CSC becomes CSR)."""
-    if sparse.issparse(matrix) and matrix.format != "csr":
-        return sparse.csr_matrix(matrix)
-    return matrix
+    """The matrix in a form whose row blocks are cheap to slice (CSC becomes CSR), canonical."""
+    return canonical_rows(matrix, "the matrix")
 
 
 def require(adata: AnnData, where: str, key: str, made_by: str) -> None:
@@ -182,8 +307,28 @@ def obs_columns(adata: AnnData, columns: Sequence[str] | str | None) -> list[str
 
 
 def gene_positions(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
-    """Positions of ``genes`` in ``adata.var_names``; a ValueError names the missing ones."""
-    index = adata.var_names.get_indexer(list(genes))
+    """Positions of ``genes`` in ``adata.var_names``.
+
+    A ValueError names the genes not found, and the requested genes whose name is
+    carried by several genes (ambiguous until ``adata.var_names_make_unique()``).
+    """
+    genes = list(genes)
+    names = adata.var_names
+    if not names.is_unique:
+        repeated = set(names[names.duplicated()])
+        ambiguous = sorted({g for g in genes if g in repeated})
+        if ambiguous:
+            msg = (
+                f"{len(ambiguous)} requested gene name(s) occur more than once in "
+                f"adata.var_names, e.g. {ambiguous[:5]}, so the gene meant is ambiguous. "
+                "Run `adata.var_names_make_unique()` first (or select by position)."
+            )
+            raise ValueError(msg)
+        first = pd.Index(names[~names.duplicated(keep=False)])
+        found = first.get_indexer(genes)
+        index = np.where(found >= 0, np.flatnonzero(~names.duplicated(keep=False))[found], -1)
+    else:
+        index = names.get_indexer(genes)
     if (index < 0).any():
         missing = [g for g, i in zip(genes, index, strict=True) if i < 0]
         msg = f"{len(missing)} gene(s) not in adata.var_names, e.g. {missing[:5]}."
@@ -204,7 +349,34 @@ def complete_obs_column(adata: AnnData, column: str, purpose: str) -> pd.Series:
 
 
 def covariate_frame(adata: AnnData, key: str) -> pd.DataFrame:
+    """``adata.obsm[key]`` as a DataFrame of finite real numbers with unique column names."""
+    where = f"adata.obsm[{key!r}]"
     frame = adata.obsm[key]
-    if isinstance(frame, pd.DataFrame):
-        return frame
-    return pd.DataFrame(np.asarray(frame), index=adata.obs_names)
+    if not isinstance(frame, pd.DataFrame):
+        frame = pd.DataFrame(np.asarray(frame), index=adata.obs_names)
+    names = [str(c) for c in frame.columns]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        msg = f"{where} has the column name(s) {repeated} more than once; rerun `nsc.pp.normcov`."
+        raise ValueError(msg)
+    numeric_values(frame, where, "rerun `nsc.pp.normcov` on finite covariates.")
+    return frame
+
+
+#: Float types a step may store its dense results as.
+FLOAT_TYPES = ("float32", "float64")
+
+
+def float_dtype(name: str, value, *, allow_none: bool = False) -> np.dtype | None:
+    """The parameter ``name`` as a float dtype among :data:`FLOAT_TYPES`, refused otherwise."""
+    if value is None and allow_none:
+        return None
+    try:
+        dtype = None if value is None or isinstance(value, bool) else np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in FLOAT_TYPES:
+        accepted = f"one of {list(FLOAT_TYPES)}" + (" or None" if allow_none else "")
+        msg = f"`{name}` must be {accepted} (a numpy float type), got {value!r}."
+        raise ValueError(msg)
+    return dtype

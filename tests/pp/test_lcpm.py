@@ -380,7 +380,7 @@ def test_scaling_factor_key_added_and_layer():
     assert "nsc_scale" not in adata.var
     params = adata.uns["normalisr"]["scaling_factor"]
     assert params == {"variable": "log_detected_fraction", "zero_at": "min", "one_at": "max",
-                      "layer": "counts"}
+                      "layer": "counts", "key_added": "f_detected"}
 
 
 @settings(max_examples=20, deadline=None)

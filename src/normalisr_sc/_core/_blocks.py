@@ -26,31 +26,90 @@ def n_blocks(n_rows: int, block_rows: int) -> int:
     return -(-n_rows // block_rows)
 
 
+def count_non_finite(values: ArrayLike) -> int:
+    """Number of NaN or infinite values of an array (of the stored values if sparse)."""
+    values = values.data if sparse.issparse(values) else np.asarray(values)
+    if values.dtype.kind not in "fc" or values.size == 0:
+        return 0
+    finite = np.isfinite(values)
+    return 0 if finite.all() else int(finite.size - np.count_nonzero(finite))
+
+
+def is_canonical(matrix: sparse.spmatrix | sparse.sparray) -> bool:
+    """Whether a CSR/CSC matrix has sorted indices and no duplicate entries.
+
+    Checked on the index arrays, not on scipy's cached flag, which may predate a change.
+    """
+    if matrix.format not in ("csr", "csc"):
+        return False
+    for flag in ("_has_canonical_format", "_has_sorted_indices"):
+        if flag in vars(matrix):
+            delattr(matrix, flag)
+    return bool(matrix.has_canonical_format)
+
+
+def canonical(matrix: sparse.spmatrix | sparse.sparray):
+    """``matrix`` (CSR/CSC) if it is in canonical form, else a canonical copy of it.
+
+    Duplicate entries are summed and indices sorted on the copy, never in ``matrix``.
+    """
+    if is_canonical(matrix):
+        return matrix
+    fixed = matrix.copy() if matrix.format in ("csr", "csc") else matrix.tocsr(copy=True)
+    fixed.sum_duplicates()
+    return fixed
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``: a step writing into a shared block fails loudly."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _shared_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                shape: tuple[int, int]) -> sparse.csr_matrix:
+    """A canonical CSR block around read-only views of ``data`` and ``indices``."""
+    block = sparse.csr_matrix(shape, dtype=data.dtype)
+    # Assigned, not passed to the constructor, which copies views of much larger arrays.
+    block.data, block.indices, block.indptr = _read_only(data), _read_only(indices), indptr
+    return block
+
+
 def materialize(block: ArrayLike) -> np.ndarray | sparse.csr_matrix:
-    """Bring one block into memory: compute dask blocks, keep sparse blocks sparse (CSR)."""
+    """Bring one block into memory in canonical form, never writable into its source.
+
+    Dask blocks are computed; sparse blocks become CSR with sorted indices and no
+    duplicate entries (summed on a copy when needed); arrays that may be shared with the
+    source (the user's data) are returned as read-only views.
+    """
     if hasattr(block, "compute"):
         block = block.compute()
     if sparse.issparse(block):
-        return sparse.csr_matrix(block)
-    return np.asarray(block)
+        if block.format != "csr":
+            block = sparse.csr_matrix(block)  # a conversion makes new arrays
+        block = canonical(block)
+        shared = _shared_csr(block.data, block.indices, block.indptr, block.shape)
+        shared.has_canonical_format = True
+        return shared
+    return _read_only(np.asarray(block))
 
 
 def row_block(matrix: ArrayLike, rows: slice) -> np.ndarray | sparse.csr_matrix:
     """Rows ``rows`` of ``matrix`` in memory, like ``materialize(matrix[rows])``.
 
-    A block of an in-memory CSR matrix shares its ``data`` and ``indices`` instead of
-    copying them (slicing a CSR matrix copies).
+    A block of an in-memory CSR matrix shares its ``data`` and ``indices`` (as read-only
+    views) instead of copying them (slicing a CSR matrix copies); a non-canonical block
+    is made canonical on a copy.
     """
     if not (isinstance(matrix, sparse.csr_matrix | sparse.csr_array) and rows.step in (None, 1)):
         return materialize(matrix[rows])
     first, last, _ = rows.indices(matrix.shape[0])
     last = max(first, last)
     start, stop = matrix.indptr[first], matrix.indptr[last]
-    block = sparse.csr_matrix((last - first, matrix.shape[1]), dtype=matrix.dtype)
-    # Assigned, not passed to the constructor, which copies views of much larger arrays.
-    block.data, block.indices = matrix.data[start:stop], matrix.indices[start:stop]
-    block.indptr = matrix.indptr[first:last + 1] - start
-    return block
+    block = _shared_csr(matrix.data[start:stop], matrix.indices[start:stop],
+                        matrix.indptr[first:last + 1] - start, (last - first, matrix.shape[1]))
+    return block if is_canonical(block) else materialize(canonical(block))
 
 
 def dense_block(block: ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:

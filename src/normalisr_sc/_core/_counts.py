@@ -15,7 +15,7 @@ import numpy as np
 from scipy import sparse
 from scipy.special import digamma, polygamma
 
-from ._blocks import materialize
+from ._blocks import count_non_finite, materialize
 from ._reduce import PerCell, accumulate, no_progress
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: Counts are scaled to this many per cell before the log (log CPM).
 CPM_SCALE = 1e6
+#: Counts are looked up as 64-bit integers: larger ones are refused.
+MAX_COUNT = 2.0**63
 
 
 def _stored_values(block: np.ndarray | sparse.csr_matrix) -> np.ndarray:
@@ -46,6 +48,7 @@ class CountCheck:
 
     def __init__(self) -> None:
         self.minimum = np.inf
+        self.maximum = -np.inf
         self.non_finite = False
         #: One non-integer value, if any was seen.
         self.fractional: float | None = None
@@ -54,11 +57,12 @@ class CountCheck:
         values = _stored_values(block)
         if values.size == 0 or self.non_finite:
             return
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        if count_non_finite(values):
             # The first thing reported, so the other checks are moot.
             self.non_finite = True
             return
         self.minimum = min(self.minimum, values.min())
+        self.maximum = max(self.maximum, float(values.max()))
         if values.dtype.kind == "f" and self.fractional is None:
             fractional = values != np.floor(values)
             if fractional.any():
@@ -67,6 +71,7 @@ class CountCheck:
     def merge(self, other: CountCheck) -> CountCheck:
         self.non_finite |= other.non_finite
         self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
         if self.fractional is None:
             self.fractional = other.fractional
         return self
@@ -83,6 +88,13 @@ class CountCheck:
             msg = (
                 f"{source} contains negative values (minimum {self.minimum:g}); raw UMI "
                 "counts are expected. Pass the layer holding raw counts via `layer=`."
+            )
+            raise ValueError(msg)
+        if self.maximum >= MAX_COUNT:
+            msg = (
+                f"{source} contains a count of {self.maximum:g}, at least 2**63: counts this "
+                "large are not supported (nor plausible UMI counts). Pass the layer holding "
+                "raw counts via `layer=`."
             )
             raise ValueError(msg)
         if self.fractional is not None:

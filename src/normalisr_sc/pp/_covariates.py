@@ -8,13 +8,10 @@ import numpy as np
 import pandas as pd
 
 from .._core._normalize import standardize_covariates
-from .._utils import (
-    complete_obs_column,
-    ensure_actual,
-    obs_columns,
-    record_params,
-    require,
-)
+from .._store import check_writable, store
+from .._utils import complete_obs_column, numeric_values, obs_columns, require
+from .._validate import as_names, check_bool, check_str
+from ._lcpm import COV_KEY, SUMMARY_COLUMNS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,7 +26,9 @@ def _obs_covariate(adata: AnnData, column: str) -> pd.DataFrame:
     """One ``obs`` column as covariate columns: numeric as is, categorical one-hot."""
     values = complete_obs_column(adata, column, "using it as a covariate")
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        return pd.DataFrame({column: values.astype(np.float64)}, index=adata.obs_names)
+        numbers = numeric_values(values, f"adata.obs[{column!r}]",
+                                 "fix those values or drop those cells first.")
+        return pd.DataFrame({column: numbers}, index=adata.obs_names)
     categories = values.astype("category").cat.remove_unused_categories()
     if len(categories.cat.categories) < 2:
         msg = (
@@ -82,26 +81,50 @@ def normcov(
     >>> list(adata.obsm["nsc_covariates"].columns)
     ['log_total_counts', 'n_zero_genes', 'log_total_counts_sq', 'batch[b2]', 'intercept']
     """
-    columns = obs_columns(adata, covariates)
+    columns = obs_columns(adata, as_names("covariates", covariates))
+    check_bool("intercept", intercept)
+    check_bool("summary", summary)
+    check_str("key_added", key_added)
+    check_writable(adata, {"obsm": [key_added]})
     parts = []
     if summary:
-        require(adata, "obsm", "nsc_cov", "nsc.pp.lcpm")
-        parts.append(pd.DataFrame(adata.obsm["nsc_cov"], index=adata.obs_names))
+        require(adata, "obsm", COV_KEY, "nsc.pp.lcpm")
+        where = f"adata.obsm[{COV_KEY!r}]"
+        cov = adata.obsm[COV_KEY]
+        values = numeric_values(cov, where, "rerun `nsc.pp.lcpm`.")
+        names = list(cov.columns) if isinstance(cov, pd.DataFrame) else list(SUMMARY_COLUMNS)
+        if values.ndim != 2 or values.shape[1] != len(names):
+            msg = f"{where} must hold the {len(SUMMARY_COLUMNS)} summary covariates; rerun `nsc.pp.lcpm`."
+            raise ValueError(msg)
+        parts.append(pd.DataFrame(values, index=adata.obs_names, columns=names))
     parts += [_obs_covariate(adata, column) for column in columns]
     if not parts:
         msg = "no covariates: pass obs columns in `covariates=` or keep `summary=True`."
         raise ValueError(msg)
     raw = pd.concat(parts, axis=1)
-    if not np.isfinite(raw.to_numpy(dtype=np.float64)).all():
-        msg = "covariates contain NaN or infinite values; fix them before normalisation."
-        raise ValueError(msg)
     names = [str(name) for name in raw.columns]
+    _refuse_clashes(names, columns, intercept)
     normalized = standardize_covariates(raw.to_numpy(dtype=np.float64), names, intercept=intercept)
     if intercept:
         names.append(INTERCEPT)
-    ensure_actual(adata)
-    adata.obsm[key_added] = pd.DataFrame(normalized, index=adata.obs_names, columns=names)
-    record_params(adata, "normcov", {
+    store(adata, "normcov", {
         "covariates": columns, "intercept": intercept, "summary": summary,
         "key_added": key_added, "columns": names,
-    })
+    }, obsm={key_added: pd.DataFrame(normalized, index=adata.obs_names, columns=names)})
+
+
+def _refuse_clashes(names: list[str], columns: list[str], intercept: bool) -> None:
+    """Refuse covariate column names that repeat (e.g. an obs column named like a summary
+    covariate or ``'intercept'``): h5ad cannot store them and the fit could not tell them
+    apart."""
+    taken = [*names, *([INTERCEPT] if intercept else [])]
+    clashes = sorted({name for name in taken if taken.count(name) > 1})
+    if clashes:
+        msg = (
+            f"covariate column name(s) {clashes} would occur more than once in the covariate "
+            f"matrix (the summary covariates are {list(SUMMARY_COLUMNS)}"
+            + (f" and {INTERCEPT!r}" if intercept else "")
+            + f"; obs covariates {columns}). Rename the adata.obs column(s), e.g. "
+            "`adata.obs.rename(columns={'intercept': 'my_intercept'})`."
+        )
+        raise ValueError(msg)

@@ -22,14 +22,9 @@ from .._core._counts import (
 from .._core._reduce import accumulate, is_dask
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
-from .._utils import (
-    check_new_layer,
-    ensure_actual,
-    input_matrix,
-    logger,
-    matrix_name,
-    record_params,
-)
+from .._store import check_writable, store
+from .._utils import float_dtype, input_matrix, logger, matrix_name
+from .._validate import check_bool, check_choice, check_int, check_number, check_str
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -37,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Column names of ``adata.obsm['nsc_cov']``, the cellular summary covariates.
 SUMMARY_COLUMNS = ("log_total_counts", "n_zero_genes", "log_total_counts_sq")
+#: Keys :func:`lcpm` writes besides its layer.
+COV_KEY, SCALE_KEY = "nsc_cov", "nsc_scale"
 
 
 def _summarise_counts(
@@ -149,14 +146,13 @@ def lcpm(
     >>> adata.layers["lcpm"].shape == adata.shape
     True
     """
-    if varscale < 0 or not np.isfinite(varscale):
-        msg = f"varscale must be a finite non-negative number, got {varscale!r}."
-        raise ValueError(msg)
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        msg = f"dtype must be a float type such as float64 or float32, got {dtype}."
-        raise ValueError(msg)
-    check_new_layer(adata, key_added)
+    check_str("layer", layer, allow_none=True)
+    check_str("key_added", key_added)
+    varscale = check_number("varscale", varscale, minimum=0)
+    seed = check_int("seed", seed, minimum=0, allow_none=True)
+    dtype = float_dtype("dtype", dtype)
+    check_chunking(chunked, chunk_size)
+    check_writable(adata, {"layers": [key_added], "obsm": [COV_KEY], "var": [SCALE_KEY]})
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     streamed = is_dask(counts)
     if streamed and varscale > 0:
@@ -175,18 +171,14 @@ def lcpm(
                                     meta=np.empty((0, 0), dtype=dtype))
     else:
         log_cpm = _lcpm_in_memory(counts, total, varscale, seed, dtype, size)
-
-    ensure_actual(adata)
-    adata.layers[key_added] = log_cpm
-    adata.obsm["nsc_cov"] = pd.DataFrame(
-        summary_covariates(totals, zeros),
-        index=adata.obs_names, columns=list(SUMMARY_COLUMNS),
+    cov = pd.DataFrame(summary_covariates(totals, zeros), index=adata.obs_names,
+                       columns=list(SUMMARY_COLUMNS))
+    store(
+        adata, "lcpm",
+        {"layer": layer, "key_added": key_added, "varscale": varscale, "seed": seed,
+         "dtype": dtype.name, "total_counts": total},
+        layers={key_added: log_cpm}, obsm={COV_KEY: cov}, var={SCALE_KEY: scale},
     )
-    adata.var["nsc_scale"] = scale
-    record_params(adata, "lcpm", {
-        "layer": layer, "key_added": key_added, "varscale": varscale, "seed": seed,
-        "dtype": dtype.name, "total_counts": total,
-    })
     logger.info("lcpm: wrote adata.layers[%r] (%d cells x %d genes)", key_added, *adata.shape)
 
 
@@ -233,17 +225,38 @@ def scaling_factor(
     -------
     The factor per gene if not ``inplace``.
     """
-    if variable not in SCALING_VARIABLES:
-        msg = f"unknown scaling variable {variable!r}; choose one of {list(SCALING_VARIABLES)}."
-        raise ValueError(msg)
+    check_choice("variable", variable, list(SCALING_VARIABLES))
+    zero_at, one_at = _mapping_end("zero_at", zero_at), _mapping_end("one_at", one_at)
+    check_str("layer", layer, allow_none=True)
+    check_str("key_added", key_added)
+    check_bool("inplace", inplace)
+    check_chunking(chunked, chunk_size)
+    if inplace:
+        check_writable(adata, {"var": [key_added]})
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     *_, gene_stats = _summarise_counts(adata, counts, layer, size, "scaling factor")
     scale = scaling_factor_values(gene_stats, variable, zero_at=zero_at, one_at=one_at)
     if not inplace:
         return scale
-    ensure_actual(adata)
-    adata.var[key_added] = scale
-    record_params(adata, "scaling_factor", {
+    store(adata, "scaling_factor", {
         "variable": variable, "zero_at": zero_at, "one_at": one_at, "layer": layer,
-    })
+        "key_added": key_added,
+    }, var={key_added: scale})
     return None
+
+
+def _mapping_end(name: str, value: float | str) -> float | str:
+    """``zero_at``/``one_at``: ``'min'``, ``'max'`` or a finite number."""
+    if isinstance(value, str):
+        check_choice(name, value, ("min", "max"))
+        return value
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        msg = f"`{name}` must be a finite number, 'min' or 'max', got {value!r}."
+        raise ValueError(msg)
+    return check_number(name, value)
+
+
+def check_chunking(chunked: bool | None, chunk_size: int | None) -> None:
+    """Validate the ``chunked`` and ``chunk_size`` parameters shared by the streamed steps."""
+    check_bool("chunked", chunked, allow_none=True)
+    check_int("chunk_size", chunk_size, minimum=1, allow_none=True)

@@ -18,24 +18,33 @@ from .._core._normalize import (
 from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
+from .._store import check_writable, store
 from .._utils import (
-    check_new_layer,
+    FLOAT_TYPES,
     covariate_frame,
-    ensure_actual,
+    float_dtype,
     input_matrix,
     logger,
-    record_params,
+    numeric_values,
     require,
 )
+from .._validate import check_bool, check_int, check_number, check_str
+from ._lcpm import check_chunking
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from numpy.typing import DTypeLike
 
+#: Keys :func:`normvar` writes besides its layer.
+NORMVAR_KEY, COVARIATES_NORM_KEY = "nsc_normvar", "nsc_covariates_norm"
+
 
 def _expression_and_covariates(
     adata: AnnData, layer: str, covariates_key: str, chunked: bool | None, chunk_size: int | None
 ) -> tuple[object, int, pd.DataFrame]:
+    check_str("layer", layer)
+    check_str("covariates_key", covariates_key)
+    check_chunking(chunked, chunk_size)
     require(adata, "layers", layer, "nsc.pp.lcpm")
     require(adata, "obsm", covariates_key, "nsc.pp.normcov")
     covariates = covariate_frame(adata, covariates_key)
@@ -116,29 +125,24 @@ def compute_var(
     -------
     Nothing; sets ``adata.obs[key_added]`` (float, minimum 1).
     """
-    if int(stepmax) != stepmax or stepmax < 1:
-        msg = f"stepmax must be a positive integer, got {stepmax!r}."
-        raise ValueError(msg)
-    if not eps > 0:
-        msg = f"eps must be positive, got {eps!r}."
-        raise ValueError(msg)
+    stepmax = check_int("stepmax", stepmax, minimum=1)
+    eps = check_number("eps", eps, minimum=0, min_open=True)
+    check_str("key_added", key_added)
+    check_writable(adata, {"obs": [key_added]})
     expression, size, covariates = _expression_and_covariates(
         adata, layer, covariates_key, chunked, chunk_size
     )
     weights, steps, change = cell_weights(
         expression, covariates.to_numpy(dtype=np.float64),
-        stepmax=int(stepmax), eps=eps, block_cells=size, progress=progress,
+        stepmax=stepmax, eps=eps, block_cells=size, progress=progress,
     )
     if not (np.isfinite(weights).all() and (weights > 0).all()):
         msg = "the cell variance fit gave non-finite weights; check covariates and QC."
         raise ValueError(msg)
-    ensure_actual(adata)
-    adata.obs[key_added] = weights
-    record_params(adata, "compute_var", {
-        "stepmax": int(stepmax), "eps": eps, "layer": layer, "covariates_key": covariates_key,
-        "key_added": key_added,
-        "steps": steps, "max_relative_change": change,
-    })
+    store(adata, "compute_var", {
+        "stepmax": stepmax, "eps": eps, "layer": layer, "covariates_key": covariates_key,
+        "key_added": key_added, "steps": steps, "max_relative_change": change,
+    }, obs={key_added: weights})
     logger.info("compute_var: weights in [%.3g, %.3g] after %d step(s)",
                 weights.min(), weights.max(), steps)
 
@@ -200,24 +204,29 @@ def normvar(
     covariates) and the fitted per-gene parameters in ``adata.varm['nsc_normvar']``
     (covariate coefficients, then the rescaling factor).
     """
-    check_new_layer(adata, key_added)
+    check_bool("keepvar", keepvar)
+    for name, value in (("key_added", key_added), ("weights_key", weights_key),
+                        ("scale_key", scale_key)):
+        check_str(name, value)
+    dtype = float_dtype("dtype", dtype, allow_none=True)
+    check_writable(adata, {"layers": [key_added], "varm": [NORMVAR_KEY],
+                           "obsm": [COVARIATES_NORM_KEY]})
     expression, size, covariates = _expression_and_covariates(
         adata, layer, covariates_key, chunked, chunk_size
     )
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
     require(adata, "var", scale_key, "nsc.pp.lcpm")
-    weights = adata.obs[weights_key].to_numpy(dtype=np.float64)
-    scale = adata.var[scale_key].to_numpy(dtype=np.float64)
-    if not (np.isfinite(weights).all() and (weights > 0).all()):
-        msg = f"adata.obs[{weights_key!r}] must hold finite positive weights; rerun compute_var."
+    weights_where, scale_where = f"adata.obs[{weights_key!r}]", f"adata.var[{scale_key!r}]"
+    weights = numeric_values(adata.obs[weights_key], weights_where, "rerun compute_var.")
+    scale = numeric_values(adata.var[scale_key], scale_where, "rerun lcpm.")
+    if not (weights > 0).all():
+        msg = f"{weights_where} must hold finite positive weights; rerun compute_var."
         raise ValueError(msg)
-    if not (np.isfinite(scale).all() and (scale >= 0).all()):
-        msg = f"adata.var[{scale_key!r}] must hold finite non-negative factors; rerun lcpm."
+    if not (scale >= 0).all():
+        msg = f"{scale_where} must hold finite non-negative factors; rerun lcpm."
         raise ValueError(msg)
-    dtype = np.dtype(dtype if dtype is not None else expression.dtype)
-    if dtype.kind != "f":
-        msg = f"dtype must be a float type, got {dtype}."
-        raise ValueError(msg)
+    if dtype is None:
+        dtype = expression.dtype if expression.dtype.name in FLOAT_TYPES else np.dtype(np.float64)
     cov = covariates.to_numpy(dtype=np.float64)
     if is_dask(expression):
         fit = fit_normalisation(expression, cov, weights, scale, keepvar=keepvar,
@@ -229,17 +238,17 @@ def normvar(
                                 block_cells=size, progress=progress, out=out)
         for rows in row_slices(adata.n_obs, size):
             out[rows] *= fit.factor
-    ensure_actual(adata)
-    adata.layers[key_added] = out
-    adata.varm["nsc_normvar"] = pd.DataFrame(
+    fitted = pd.DataFrame(
         np.column_stack([fit.coefficients, fit.factor]), index=adata.var_names,
         columns=[*map(str, covariates.columns), "factor"],
     )
-    adata.obsm["nsc_covariates_norm"] = pd.DataFrame(
+    covariates_norm = pd.DataFrame(
         normalize_covariates(cov, weights), index=adata.obs_names, columns=covariates.columns
     )
-    record_params(adata, "normvar", {
+    store(adata, "normvar", {
         "keepvar": keepvar, "key_added": key_added, "layer": layer,
         "covariates_key": covariates_key, "weights_key": weights_key, "scale_key": scale_key,
-    })
+        "dtype": dtype.name,
+    }, layers={key_added: out}, varm={NORMVAR_KEY: fitted},
+        obsm={COVARIATES_NORM_KEY: covariates_norm})
     logger.info("normvar: wrote adata.layers[%r]", key_added)
