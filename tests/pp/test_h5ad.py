@@ -62,11 +62,17 @@ def test_normalize_round_trip(normalized, tmp_path):
     ]
     assert read.obs["nsc_outlier"].dtype == bool
     assert set(read.uns["normalisr"]) == {
-        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar", "keys_written",
+        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar", "qc_summary",
+        "written",
     }
-    assert list(read.uns["normalisr"]["keys_written"]) == [
-        "lcpm", "nsc_covariates", "nsc_weight", "nsc_outlier", "normalisr",
-    ]
+    written = read.uns["normalisr"]["written"]
+    assert set(written["layers"]) == {"lcpm", "normalisr"}
+    assert set(written["obs"]) == {"nsc_weight", "nsc_outlier"}
+    assert set(written["obsm"]) == {"nsc_cov", "nsc_covariates", "nsc_covariates_norm"}
+    summary = read.uns["normalisr"]["qc_summary"]
+    assert (summary["n_cells_kept"], summary["n_genes_kept"]) == read.shape
+    # What was read back is still normalisr_sc's: a rerun may replace it.
+    nsc.pp.normalize(read, covariates=["batch", "dose"], qc=None)
     assert read.uns["normalisr"]["compute_var"]["steps"] == 2
     assert list(read.uns["normalisr"]["normcov"]["covariates"]) == ["batch", "dose"]
 
