@@ -69,15 +69,34 @@ def cli_words(message: str, options: Mapping[str, str] | None = None) -> str:
     return message
 
 
+class _CliWords(logging.Filter):
+    """Rewords the package's log messages (warnings of skipped groups...) for the CLI."""
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        super().__init__()
+        self.options = options
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = cli_words(record.getMessage(), self.options), ()
+        return True
+
+
 @contextlib.contextmanager
 def speaking_cli(options: Mapping[str, str]) -> Iterator[None]:
-    """Re-raise a ValueError of the API in the CLI's words (``options``: parameter -> option)."""
+    """The API's errors and log messages in the CLI's words (``options``: parameter -> option).
+
+    A ValueError is raised again as a :class:`CommandError` with the reworded message.
+    """
+    words = _CliWords(options)
+    logger.addFilter(words)
     try:
         yield
     except CommandError:
         raise
     except ValueError as error:
         raise CommandError(cli_words(str(error), options)) from error
+    finally:
+        logger.removeFilter(words)
 
 
 # --- option values -------------------------------------------------------------------
