@@ -50,10 +50,14 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 MB = 2**20
 GB = 2**30
+#: The real data sets, ``../shared/data`` next to the repository (benchmarks skip them
+#: with a message when absent).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: Measurements per method by default (each method this many times, in turn).
 DEFAULT_REPEAT = 3
 #: Share of the cores other jobs may keep busy before a measurement is not trusted.
@@ -429,6 +433,11 @@ def repeats(args: Any) -> int:
     if args.repeat is not None:
         return args.repeat
     return args._quick_repeat if args.quick else DEFAULT_REPEAT
+
+
+def yes(condition: bool) -> str:
+    """``'yes'`` or ``'NO'``, for the lines checking targets."""
+    return "yes" if condition else "NO"
 
 
 def print_header(packages: Sequence[str] = ("normalisr-sc",), **settings: object) -> None:

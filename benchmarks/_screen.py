@@ -44,6 +44,7 @@ MIN_CELLS = 2
 QC_BOUNDS = {"min_gene_cells": 50, "min_gene_cell_fraction": 0.02, "min_cell_counts": 500,
              "min_cell_genes": 100}
 
+
 @dataclass(frozen=True)
 class Screen:
     """Parameters of a generated high-MOI screen (defaults: the at-scale screen)."""

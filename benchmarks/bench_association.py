@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -39,7 +38,7 @@ from scipy import sparse
 import _harness as h
 import normalisr_sc as nsc
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = h.SHARED_DATA
 
 
 def generated(n_cells: int, n_genes: int, n_cov: int = 4, *, seed: int = 0) -> ad.AnnData:

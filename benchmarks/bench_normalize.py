@@ -33,8 +33,7 @@ from pathlib import Path
 import _harness as h
 from _harness import MB, peak_kib, reset_peak, rss_kib
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPALEXI = ROOT.parent / "shared" / "data" / "papalexi_lowmoi.h5ad"
+PAPALEXI = h.SHARED_DATA / "papalexi_lowmoi.h5ad"
 CACHE = Path(tempfile.gettempdir()) / "normalisr_sc_bench"
 METHODS = ("ours", "normalisr", "scanpy")
 #: Steps of ``nsc.pp.normalize`` timed separately (names in ``normalisr_sc.pp._recipe``).
@@ -231,10 +230,6 @@ def _dense_multiple(megabytes: float, n_cells: int, n_genes: int) -> float:
     return megabytes / (n_cells * n_genes * 8 / MB)
 
 
-def _yes(condition: bool) -> str:
-    return "yes" if condition else "NO"
-
-
 def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str]) -> None:
     """Time and memory tables (medians), the targets, and per-step medians."""
     rows, memory_rows = [], []
@@ -268,8 +263,8 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
         memory = _dense_multiple(h.median(ours, "peak_extra_mb"), *shape)
         theirs = _dense_multiple(h.median(reference, "peak_extra_mb"), *shape)
         print(f"targets {dataset}: {speedup:.2f}x faster than normalisr (>= 3: "
-              f"{_yes(speedup >= 3)}); memory {memory:.2f} dense matrices (<= 3: "
-              f"{_yes(memory <= 3)}; below normalisr's {theirs:.2f}: {_yes(memory < theirs)})")
+              f"{h.yes(speedup >= 3)}); memory {memory:.2f} dense matrices (<= 3: "
+              f"{h.yes(memory <= 3)}; below normalisr's {theirs:.2f}: {h.yes(memory < theirs)})")
     for dataset, runs in results.items():
         for method in ("ours", "normalisr"):
             done = [run for run in runs.get(method, []) if run.ok]
@@ -285,7 +280,7 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    h.add_arguments(parser, cap=1800.0, quick_repeat=2)
+    h.add_arguments(parser, cap=1800.0, quick_repeat=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--datasets", nargs="+", default=None,
                         choices=["generated", "papalexi"],

@@ -156,10 +156,6 @@ def _measure_floor(spec: dict) -> dict:
 # ---------------------------------------------------------------- driver (parent)
 
 
-def _yes(condition: bool) -> str:
-    return "yes" if condition else "NO"
-
-
 def _medians(runs: list[h.Run], *keys: str) -> dict[str, float]:
     """Medians of per-run values: ``'a.b'`` reads ``run.data['a']['b']``."""
     values = {}
@@ -218,9 +214,9 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> None:
     if largest is not None:
         n_cells, m = largest
         print(f"targets at {n_cells} cells: {m['seconds'] / 60:.1f} min (<= "
-              f"{TARGET_SECONDS // 60}: {_yes(m['seconds'] <= TARGET_SECONDS)}), peak RSS "
+              f"{TARGET_SECONDS // 60}: {h.yes(m['seconds'] <= TARGET_SECONDS)}), peak RSS "
               f"{m['peak_mb'] * h.MB / h.GB:.2f} GB (< {TARGET_PEAK_GB}: "
-              f"{_yes(m['peak_mb'] * h.MB < TARGET_PEAK_GB * h.GB)})")
+              f"{h.yes(m['peak_mb'] * h.MB < TARGET_PEAK_GB * h.GB)})")
 
 
 def print_coex(runs: dict[str, list[h.Run]]) -> None:
@@ -289,9 +285,9 @@ def main() -> None:
     repeat = h.repeats(args)
 
     screen = replace(QUICK_SCREEN if args.quick else Screen(), seed=args.seed)
-    sizes = args.cells or ([1000, 2000, 4000] if args.quick else
+    sizes = args.cells or ([1000, 2000] if args.quick else
                            [25_000, 50_000, 100_000, 200_000])
-    middle = 2000 if args.quick else 50_000
+    middle = 1000 if args.quick else 50_000
     # several blocks even at --quick sizes, so that the blocks are really merged
     chunk_size = args.chunk_size or (500 if args.quick else None)
     coex_cells, cluster_cells = args.coex_cells or middle, args.cluster_cells or middle
