@@ -56,6 +56,7 @@ def input_matrix(
     chunked: bool | None = None,
     chunk_size: int | None = None,
     what: str = "raw UMI counts",
+    keep_format: bool = False,
 ) -> tuple[object, int]:
     """The matrix a step reads, and the number of cells per block to read it in: the door in.
 
@@ -75,7 +76,8 @@ def input_matrix(
     The matrix is streamed -- returned as a dask array chunked by cells, so that every
     pass runs as a dask graph and derived layers are stored lazily -- when ``chunked``
     is True, or when it is None and the matrix already is a dask array or ``adata`` is
-    backed on disk. Otherwise it is returned in memory (CSC converted to CSR).
+    backed on disk. Otherwise it is returned in memory (CSC converted to CSR unless
+    ``keep_format``).
     """
     size = chunk_cells(chunk_size)
     matrix = get_matrix(adata, layer, what=what)
@@ -92,7 +94,8 @@ def input_matrix(
         )
         raise ValueError(msg)
     if not (chunked or lazy):
-        return checked_finite(canonical_rows(matrix, source), source, fix), size
+        in_memory = canonical_copy(matrix, source) if keep_format else canonical_rows(matrix, source)
+        return checked_finite(in_memory, source, fix), size
     if backed:
         from anndata.experimental import read_elem_lazy
 
@@ -135,25 +138,35 @@ def check_real_matrix(matrix, source: str, what: str = "values") -> None:
 def canonical_rows(matrix, source: str):
     """An in-memory matrix whose row blocks are cheap to slice and canonical.
 
-    CSC and other sparse formats become CSR; a CSR matrix with unsorted indices or
-    duplicate entries is made canonical on a copy (duplicates summed), and an INFO log
-    says so. The user's matrix is never changed.
+    CSC and other sparse formats become CSR (see :func:`canonical_copy`).
+    """
+    if sparse.issparse(matrix) and matrix.format != "csr":
+        return canonical_copy(sparse.csr_matrix(matrix), source, own=True)
+    return canonical_copy(matrix, source)
+
+
+def canonical_copy(matrix, source: str, *, own: bool = False):
+    """``matrix`` if dense or a canonical CSR/CSC matrix, else a canonical copy of it.
+
+    A sparse matrix with unsorted indices or duplicate entries is made canonical on a
+    copy (duplicates summed) -- in place only if ``own`` (a conversion made by us) -- and
+    an INFO log says so. The user's matrix is never changed.
     """
     if not sparse.issparse(matrix):
         return matrix
-    converted = matrix.format != "csr"
-    rows = sparse.csr_matrix(matrix) if converted else matrix
-    if is_canonical(rows):
-        return rows
+    if matrix.format not in ("csr", "csc"):
+        matrix, own = sparse.csr_matrix(matrix), True
+    if is_canonical(matrix):
+        return matrix
     logger.info(
         "%s has duplicate entries or unsorted indices; normalisr_sc reads a canonical copy "
         "(duplicates summed) and leaves it as it is. `%s.sum_duplicates()` avoids the copy.",
         source, source,
     )
-    if converted:  # our own conversion: made canonical in place
-        rows.sum_duplicates()
-        return rows
-    return canonical(rows)
+    if own:
+        matrix.sum_duplicates()
+        return matrix
+    return canonical(matrix)
 
 
 def _non_finite_message(where: str, count: int, fix: str) -> str:

@@ -352,15 +352,18 @@ def test_invalid_compute_var_parameters(weighted, kwargs, match):
     assert_fails(weighted, nsc.pp.compute_var, match, **kwargs)
 
 
-@pytest.mark.parametrize("feature_range", [(1, 0), (0, 0), (0, np.inf), (np.nan, 1)])
+@pytest.mark.parametrize("feature_range",
+                         [(1, 0), (0, 0), (0, np.inf), (np.nan, 1), (0, 1, 2), (0,), "01",
+                          ("0", 1), 1.0, None, (True, 2)])
 def test_invalid_feature_range(adata, feature_range):
-    assert_fails(adata, nsc.pp.minmax, "feature_range must be two finite numbers",
+    assert_fails(adata, nsc.pp.minmax, "`feature_range` must be two finite numbers",
                  feature_range=feature_range)
 
 
-@pytest.mark.parametrize("target_sum", [0, -1e6, np.nan, np.inf])
+@pytest.mark.parametrize("target_sum", [0, -1e6, np.nan, np.inf, "1e6", None, True])
 def test_invalid_target_sum(adata, target_sum):
-    assert_fails(adata, nsc.pp.cpm, "target_sum must be a positive number", target_sum=target_sum)
+    assert_fails(adata, nsc.pp.cpm, "`target_sum` must be a finite number > 0",
+                 target_sum=target_sum)
 
 
 @pytest.mark.parametrize(

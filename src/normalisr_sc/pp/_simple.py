@@ -8,17 +8,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from .._utils import check_new_layer, ensure_actual, get_matrix, logger, matrix_name, record_params
+from .._core._blocks import materialize
+from .._core._reduce import PerCell, accumulate, is_dask
+from .._docs import doc_params
+from .._progress import progress
+from .._store import check_writable, store
+from .._utils import input_matrix, logger, matrix_name
+from .._validate import check_number, check_str
+from ._lcpm import check_chunking
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-
-def _check_finite(matrix, source: str) -> None:
-    values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
-    if not np.isfinite(values).all():
-        msg = f"{source} contains NaN or infinite values; repair them first."
-        raise ValueError(msg)
+_CHUNKED = """\
+chunked
+        Read {what} as a dask array in blocks of ``chunk_size`` cells and store the
+        result as a lazy dask array (sparse blocks stay sparse), computed block by block
+        whenever it is read. Default: when {what} is already a dask array or ``adata`` is
+        backed. Results are the same either way.
+    chunk_size
+        Cells per block; default ``nsc.settings.block_cells``."""
 
 
 def _stored_index(matrix: sparse.spmatrix, axis: int) -> np.ndarray:
@@ -29,23 +38,93 @@ def _stored_index(matrix: sparse.spmatrix, axis: int) -> np.ndarray:
     return matrix.indices
 
 
-def _as_compressed(matrix):
-    if sparse.issparse(matrix) and matrix.format not in ("csr", "csc"):
-        return sparse.csr_matrix(matrix)
-    return matrix
+class _RowTotals:
+    """Per cell: total of the row; over all cells: the smallest value."""
+
+    def __init__(self) -> None:
+        self.totals = PerCell()
+        self.minimum = np.inf
+
+    def add(self, rows: slice, block) -> None:
+        self.totals.add(rows, np.asarray(block.sum(axis=1, dtype=np.float64)).ravel())
+        values = block.data if sparse.issparse(block) else block
+        if values.size:
+            self.minimum = min(self.minimum, float(values.min()))
+
+    def merge(self, other: _RowTotals) -> _RowTotals:
+        self.totals.merge(other.totals)
+        self.minimum = min(self.minimum, other.minimum)
+        return self
 
 
+class _ColumnRange:
+    """Per gene: smallest and largest value (implicit zeros of sparse blocks included)."""
+
+    def __init__(self, n_genes: int) -> None:
+        self.lowest = np.full(n_genes, np.inf)
+        self.highest = np.full(n_genes, -np.inf)
+
+    def add(self, rows: slice, block) -> None:
+        if block.shape[0] == 0:
+            return
+        low, high = block.min(axis=0), block.max(axis=0)
+        if sparse.issparse(block):
+            low, high = low.toarray(), high.toarray()
+        np.minimum(self.lowest, np.asarray(low, dtype=np.float64).ravel(), out=self.lowest)
+        np.maximum(self.highest, np.asarray(high, dtype=np.float64).ravel(), out=self.highest)
+
+    def merge(self, other: _ColumnRange) -> _ColumnRange:
+        np.minimum(self.lowest, other.lowest, out=self.lowest)
+        np.maximum(self.highest, other.highest, out=self.highest)
+        return self
+
+
+def _scaled(block, factor: np.ndarray, axis: int):
+    """``block`` (float64) with row (``axis=0``) or column (``axis=1``) ``i`` times ``factor[i]``.
+
+    Sparse blocks stay sparse; the values are new arrays.
+    """
+    if sparse.issparse(block):
+        result = block.astype(np.float64, copy=True)
+        result.data *= factor[_stored_index(result, axis=axis)]
+        return result
+    shape = (-1, 1) if axis == 0 else (1, -1)
+    return np.asarray(block, dtype=np.float64) * factor.reshape(shape)
+
+
+def _cpm_chunk(block, factor: np.ndarray):
+    return _scaled(materialize(block), factor, axis=0)
+
+
+def _minmax_chunk(block, lowest: np.ndarray, factor: np.ndarray, low: float, stays_sparse: bool):
+    block = materialize(block)
+    if stays_sparse:
+        return _scaled(block, factor, axis=1)
+    dense = block.toarray() if sparse.issparse(block) else block
+    return (np.asarray(dense, dtype=np.float64) - lowest) * factor + low
+
+
+def _result_meta(matrix, stays_sparse: bool = True):
+    if stays_sparse and sparse.issparse(getattr(matrix, "_meta", None)):
+        return sparse.csr_matrix((0, 0), dtype=np.float64)
+    return np.empty((0, 0), dtype=np.float64)
+
+
+@doc_params(doc_chunked=_CHUNKED.format(what="the counts"))
 def cpm(
     adata: AnnData,
     *,
     layer: str | None = None,
     key_added: str = "cpm",
     target_sum: float = 1e6,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Counts per million: scale each cell to a total of ``target_sum``.
 
     Sparse input stays sparse (CSR in, CSR out; CSC in, CSC out): only stored values
-    are scaled. The result equals the dense computation exactly.
+    are scaled. The result equals the dense computation exactly. A sparse matrix with
+    duplicate entries is read as their sum.
 
     Parameters
     ----------
@@ -57,23 +136,31 @@ def cpm(
         Layer receiving the result.
     target_sum
         Total of each cell after scaling.
+    {doc_chunked}
 
     Returns
     -------
-    Nothing; sets ``adata.layers[key_added]`` (float64, same format as the input).
+    Nothing; sets ``adata.layers[key_added]`` (float64, same format as the input; a lazy
+    dask array when streamed).
     """
-    if not (np.isfinite(target_sum) and target_sum > 0):
-        msg = f"target_sum must be a positive number, got {target_sum!r}."
-        raise ValueError(msg)
-    check_new_layer(adata, key_added)
-    counts = _as_compressed(get_matrix(adata, layer))
+    check_str("layer", layer, allow_none=True)
+    check_str("key_added", key_added)
+    target_sum = check_number("target_sum", target_sum, minimum=0, min_open=True)
+    check_chunking(chunked, chunk_size)
+    check_writable(adata, {"layers": [key_added]})
+    counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
+                                what="counts", keep_format=True)
     source = matrix_name(layer)
-    _check_finite(counts, source)
-    values = counts.data if sparse.issparse(counts) else np.asarray(counts)
-    if values.size and values.min() < 0:
+    if is_dask(counts):
+        sums = accumulate(_RowTotals, counts, block_cells=size, progress=progress, desc="cpm")
+        totals, minimum = sums.totals.values(), sums.minimum
+    else:
+        values = counts.data if sparse.issparse(counts) else np.asarray(counts)
+        minimum = float(values.min()) if values.size else 0.0
+        totals = np.asarray(counts.sum(axis=1, dtype=np.float64)).ravel()
+    if minimum < 0:
         msg = f"{source} contains negative values; counts per million need counts."
         raise ValueError(msg)
-    totals = np.asarray(counts.sum(axis=1, dtype=np.float64)).ravel()
     if (totals == 0).any():
         msg = (
             f"{(totals == 0).sum()} cell(s) have zero total count, so their CPM is undefined; "
@@ -81,23 +168,49 @@ def cpm(
         )
         raise ValueError(msg)
     factor = target_sum / totals
-    if sparse.issparse(counts):
-        result = counts.astype(np.float64, copy=True)
-        result.data *= factor[_stored_index(result, axis=0)]
+    if is_dask(counts):
+        import dask.array as da
+
+        result = da.blockwise(
+            _cpm_chunk, "ij", counts, "ij", da.from_array(factor, chunks=(counts.chunks[0],)),
+            "i", concatenate=True, dtype=np.float64, meta=_result_meta(counts),
+        )
     else:
-        result = np.asarray(counts, dtype=np.float64) * factor[:, None]
-    ensure_actual(adata)
-    adata.layers[key_added] = result
-    record_params(adata, "cpm", {"layer": layer, "key_added": key_added, "target_sum": target_sum})
+        result = _scaled(counts, factor, axis=0)
+    store(adata, "cpm", {"layer": layer, "key_added": key_added, "target_sum": target_sum},
+          layers={key_added: result})
     logger.info("cpm: wrote adata.layers[%r]", key_added)
 
 
+def _feature_range(value) -> tuple[float, float]:
+    accepted = "two finite numbers (low, high) with low < high"
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        low = high = None
+    if isinstance(value, str | bytes) or low is None:
+        msg = f"`feature_range` must be {accepted}, got {value!r}."
+        raise ValueError(msg)
+    for end in (low, high):
+        if isinstance(end, bool | np.bool_) or not isinstance(end, int | float | np.number) \
+                or not np.isfinite(end):
+            msg = f"`feature_range` must be {accepted}, got {value!r}."
+            raise ValueError(msg)
+    if not low < high:
+        msg = f"`feature_range` must be {accepted}, got {value!r}."
+        raise ValueError(msg)
+    return float(low), float(high)
+
+
+@doc_params(doc_chunked=_CHUNKED.format(what="``layer``"))
 def minmax(
     adata: AnnData,
     *,
     layer: str | None = None,
     key_added: str = "minmax",
     feature_range: tuple[float, float] = (0.0, 1.0),
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Scale each gene linearly so its minimum and maximum map to ``feature_range``.
 
@@ -117,43 +230,49 @@ def minmax(
         Layer receiving the result.
     feature_range
         ``(low, high)`` with ``low < high``.
+    {doc_chunked}
 
     Returns
     -------
-    Nothing; sets ``adata.layers[key_added]`` (float64).
+    Nothing; sets ``adata.layers[key_added]`` (float64; a lazy dask array when streamed).
     """
-    low, high = (float(v) for v in feature_range)
-    if not (np.isfinite([low, high]).all() and low < high):
-        msg = f"feature_range must be two finite numbers (low, high) with low < high, got {feature_range!r}."
-        raise ValueError(msg)
-    check_new_layer(adata, key_added)
-    matrix = _as_compressed(get_matrix(adata, layer, what="the values to scale"))
-    _check_finite(matrix, matrix_name(layer))
-    lowest = np.asarray(matrix.min(axis=0).toarray() if sparse.issparse(matrix)
-                        else matrix.min(axis=0), dtype=np.float64).ravel()
-    highest = np.asarray(matrix.max(axis=0).toarray() if sparse.issparse(matrix)
-                         else matrix.max(axis=0), dtype=np.float64).ravel()
+    check_str("layer", layer, allow_none=True)
+    check_str("key_added", key_added)
+    low, high = _feature_range(feature_range)
+    check_chunking(chunked, chunk_size)
+    check_writable(adata, {"layers": [key_added]})
+    matrix, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
+                                what="the values to scale", keep_format=True)
+    streamed = is_dask(matrix)
+    span = accumulate(lambda: _ColumnRange(matrix.shape[1]), matrix, block_cells=size,
+                      progress=progress, desc="minmax") if streamed else None
+    if span is None:
+        span = _ColumnRange(matrix.shape[1])
+        span.add(slice(0, matrix.shape[0]), matrix)
+    lowest, highest = span.lowest, span.highest
     spread = highest - lowest
     factor = (high - low) / np.where(spread > 0, spread, 1.0)
-    stays_sparse = low == 0 and not lowest.any()
-    if sparse.issparse(matrix) and stays_sparse:
-        result = matrix.astype(np.float64, copy=True)
+    is_sparse = sparse.issparse(matrix) or sparse.issparse(getattr(matrix, "_meta", None))
+    stays_sparse = is_sparse and low == 0 and not lowest.any()
+    if is_sparse and not stays_sparse:
+        reason = ("feature_range starts at a non-zero value" if low != 0
+                  else "some genes have a non-zero minimum")
+        msg = (
+            f"min-max scaling of a sparse matrix must densify because {reason}: its zero "
+            "entries become non-zero. Use feature_range=(0, high) on non-negative data with "
+            "a zero in every gene to keep it sparse."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    if streamed:
+        result = matrix.map_blocks(
+            _minmax_chunk, lowest=lowest, factor=factor, low=low, stays_sparse=stays_sparse,
+            dtype=np.float64, meta=_result_meta(matrix, stays_sparse),
+        )
+    elif stays_sparse:
         # (x - 0) * factor + 0 of the dense formula is exactly x * factor.
-        result.data *= factor[_stored_index(result, axis=1)]
+        result = _scaled(matrix, factor, axis=1)
     else:
-        if sparse.issparse(matrix):
-            reason = ("feature_range starts at a non-zero value" if low != 0
-                      else "some genes have a non-zero minimum")
-            msg = (
-                f"min-max scaling of a sparse matrix must densify because {reason}: its zero "
-                "entries become non-zero. Use feature_range=(0, high) on non-negative data with "
-                "a zero in every gene to keep it sparse."
-            )
-            warnings.warn(msg, UserWarning, stacklevel=2)
-            matrix = matrix.toarray()
-        result = (np.asarray(matrix, dtype=np.float64) - lowest) * factor + low
-    ensure_actual(adata)
-    adata.layers[key_added] = result
-    record_params(adata, "minmax", {
-        "layer": layer, "key_added": key_added, "feature_range": [low, high],
-    })
+        dense = matrix.toarray() if sparse.issparse(matrix) else matrix
+        result = (np.asarray(dense, dtype=np.float64) - lowest) * factor + low
+    store(adata, "minmax", {"layer": layer, "key_added": key_added,
+                            "feature_range": [low, high]}, layers={key_added: result})
