@@ -132,6 +132,8 @@ def test_api_words_become_cli_words():
         "fewer than --min-cells 2 cells; see `--reference`")
     assert cli_words("the min_cells_total and nsc_groups=x", options) == (
         "the min_cells_total and nsc_groups=x")
+    assert cli_words("min_cells must be >= 1; adata.uns['min_cells']", options) == (
+        "--min-cells must be >= 1; adata.uns['min_cells']")
 
 
 def test_errors_name_commands_not_functions(tmp_path):

@@ -55,7 +55,8 @@ def cli_words(message: str, options: Mapping[str, str] | None = None) -> str:
 
     Function names become the commands that do the same (``nsc.pp.normvar`` ->
     ``normalisr-sc normalize``) and the parameters in ``options`` (parameter -> option)
-    become options (``groups=`` -> ``--groups``).
+    become options (``groups=`` -> ``--groups``; a bare name only when it holds an
+    underscore, ``n_principal`` -> ``--n-principal``, so that English words stay).
     """
 
     def command(match: re.Match) -> str:
@@ -65,7 +66,9 @@ def cli_words(message: str, options: Mapping[str, str] | None = None) -> str:
     message = _FUNCTION.sub(command, message)
     for parameter, option in (options or {}).items():
         message = re.sub(rf"`{parameter}(?:=[^`]*)?`", f"`{option}`", message)
-        message = re.sub(rf"(?<![\w.'\"`-]){parameter}=", f"{option} ", message)
+        message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}=", f"{option} ", message)
+        if "_" in parameter:  # a bare identifier, not an English word
+            message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}(?![\w'\"`=])", option, message)
     return message
 
 
