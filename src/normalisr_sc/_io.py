@@ -19,10 +19,12 @@ import contextlib
 import gzip
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -360,7 +362,23 @@ class Outputs:
         return self._staged[destination]
 
     def publish(self) -> list[Path]:
-        """Rename every staged file that was written onto its destination."""
+        """Rename every staged file that was written onto its destination.
+
+        Termination signals wait until every file is in place (all or nothing).
+        """
+        blocked = {getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT")
+                   if hasattr(signal, name)}
+        held = (hasattr(signal, "pthread_sigmask")
+                and threading.current_thread() is threading.main_thread())
+        if held:
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            return self._publish()
+        finally:
+            if held:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _publish(self) -> list[Path]:
         written = [(staged, d) for d, staged in self._staged.items() if staged.exists()]
         self.destinations = [d for _, d in written]
         self._check()  # nothing appeared meanwhile

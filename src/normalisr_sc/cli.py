@@ -321,7 +321,7 @@ def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
                "chunk_size": "--chunk-size"}
     with speaking_cli(options):
         tl.de(adata, groupby, design=args.design, reference=args.reference, groups=args.groups,
-              **extra)
+              chunked=args.chunk_size is not None, chunk_size=args.chunk_size, **extra)
         table = de_table(adata)
     _write_table(outputs, table, args.table)
     _write(outputs, adata, args.output)
@@ -547,6 +547,8 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--min-cells", type=integer(1), metavar="N",
                     help="skip, with a warning, groups carried by fewer than N cells in "
                          "their test")
+    de.add_argument("--chunk-size", type=integer(1), metavar="CELLS",
+                    help="read the normalised expression in blocks of this many cells")
     de.add_argument("--guides", metavar="OBSM_KEY",
                     help="obsm key of guide UMI counts (cells x guides): assign guides to "
                          "cells first and test their targets")
