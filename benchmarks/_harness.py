@@ -221,6 +221,14 @@ def _child(connection: Any, function: Callable[..., dict], args: tuple, kwargs: 
     connection.close()
 
 
+def _kill_group(process: Any) -> None:
+    """Kill the child and its process group (it may not have made the group yet)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
+    process.join()
+
+
 def in_child(function: Callable[..., dict], *args: Any, cap: float | None = None,
              own: float | None = None, **kwargs: Any) -> Run:
     """Run ``function(*args, **kwargs)`` once in a fresh process forked from this one.
@@ -239,12 +247,14 @@ def in_child(function: Callable[..., dict], *args: Any, cap: float | None = None
     process = context.Process(target=_child, args=(send, function, args, kwargs))
     process.start()
     send.close()
-    ready = receive.poll(cap)
+    try:
+        ready = receive.poll(cap)
+    except BaseException:  # e.g. Ctrl-C: the child is in its own group, stop it too
+        _kill_group(process)
+        raise
     wall = time.perf_counter() - start
     if not ready:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.join()
+        _kill_group(process)
         return Run(math.inf, (before, load_1min()), capped=True, own=own)
     try:
         status, result = receive.recv()
@@ -313,6 +323,12 @@ def load_range(runs: Sequence[Run]) -> tuple[float, float]:
     """Lowest and highest 1-minute load average read around the runs."""
     loads = [value for run in runs for value in run.load]
     return (min(loads), max(loads)) if loads else (math.nan, math.nan)
+
+
+def load_note(runs: Sequence[Run]) -> str:
+    """``[load 1m low-high, ok|BUSY]``: to print beside any figure drawn from ``runs``."""
+    low, high = load_range(runs)
+    return f"[load 1m {low:.1f}-{high:.1f}, {'BUSY' if any(r.busy for r in runs) else 'ok'}]"
 
 
 @dataclass

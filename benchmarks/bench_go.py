@@ -100,6 +100,8 @@ def main() -> None:
     repeats = h.alternate({"peel": partial(h.in_child, peel, adata, args.rounds, cap=args.cap)},
                           repeat, progress="all rounds")["peel"]
     done = [run for run in repeats if run.ok]
+    if not done:
+        raise SystemExit(f"every repeat failed or was capped:\n{repeats[-1].error or ''}")
     rows = []
     for index in range(args.rounds):
         runs = {step: [h.Run(r.data["rounds"][index]["steps"][step]["seconds"],

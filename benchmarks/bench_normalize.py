@@ -262,7 +262,8 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
         shape = (ours[0].data["n_cells"], ours[0].data["n_genes"])
         memory = _dense_multiple(h.median(ours, "peak_extra_mb"), *shape)
         theirs = _dense_multiple(h.median(reference, "peak_extra_mb"), *shape)
-        print(f"targets {dataset}: {speedup:.2f}x faster than normalisr (>= 3: "
+        print(f"targets {dataset} {h.load_note(ours + reference)}: {speedup:.2f}x faster than "
+              f"normalisr (>= 3: "
               f"{h.yes(speedup >= 3)}); memory {memory:.2f} dense matrices (<= 3: "
               f"{h.yes(memory <= 3)}; below normalisr's {theirs:.2f}: {h.yes(memory < theirs)})")
     for dataset, runs in results.items():
@@ -274,7 +275,7 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
             cells = "  ".join(
                 f"{name} {h.median([h.Run(r.data['steps'][name]['seconds'], r.load) for r in done]):.2f}s"
                 f"/{max(r.data['steps'][name]['peak_mb'] for r in done):.0f}MB" for name in names)
-            print(f"steps {dataset} {method}: {cells}")
+            print(f"steps {dataset} {method} {h.load_note(done)}: {cells}")
     print("(steps: median seconds of the step / largest peak extra MB reached by its end)")
 
 

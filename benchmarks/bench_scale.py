@@ -199,7 +199,7 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> None:
                 "fc ratio": f"{m['planted_fold_ratio']:.2f}",
                 "null<.05": f"{m['null_p05']:.3f}",
             }
-            largest = (n_cells, m)
+            largest = (n_cells, m, runs)
         rows.append(row)
     h.print_table(rows, ["pipeline"], reference=None, extra=SCALING_COLUMNS,
                   title="(a) normalize + high-MOI DE, streamed from disk (medians)")
@@ -212,8 +212,8 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> None:
           "low counts); null<.05: fraction of p < 0.05 among all other pairs (0.05 if "
           "calibrated).")
     if largest is not None:
-        n_cells, m = largest
-        print(f"targets at {n_cells} cells: {m['seconds'] / 60:.1f} min (<= "
+        n_cells, m, runs = largest
+        print(f"targets at {n_cells} cells {h.load_note(runs)}: {m['seconds'] / 60:.1f} min (<= "
               f"{TARGET_SECONDS // 60}: {h.yes(m['seconds'] <= TARGET_SECONDS)}), peak RSS "
               f"{m['peak_mb'] * h.MB / h.GB:.2f} GB (< {TARGET_PEAK_GB}: "
               f"{h.yes(m['peak_mb'] * h.MB < TARGET_PEAK_GB * h.GB)})")
@@ -299,7 +299,8 @@ def main() -> None:
     path, stats = screen_file(screen, args.workdir)
     print(f"screen {path}: {stats['bytes'] / h.GB:.2f} GB, {stats['nnz']} nonzeros "
           f"({stats['nnz'] / screen.n_cells:.0f} per cell), generated in "
-          f"{stats['seconds']:.0f}s{' (cached)' if stats['cached'] else ''}", flush=True)
+          f"{stats['seconds']:.0f}s{' (cached)' if stats['cached'] else ''}; load 1m now "
+          f"{h.load_1min():.1f}", flush=True)
     if args.generate_only:
         return
     import normalisr_sc as nsc  # imported here, before the measuring processes fork
