@@ -347,6 +347,11 @@ class Row:
         return any(run.busy for run in self.all_runs())
 
 
+def _figure(value: float) -> str:
+    """Two decimals, or three significant digits below 1 (0.00312, not 0.00)."""
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
 def _cell(runs: list[Run], reference: list[Run] | None, cap: float | None, unit: str) -> str:
     if not runs:
         return ""
@@ -355,9 +360,9 @@ def _cell(runs: list[Run], reference: list[Run] | None, cap: float | None, unit:
     if any(run.capped for run in runs):
         bound = f" (>{cap / median(reference):.0f}x)" if cap and reference else ""
         return f">{cap:.0f}{unit}{bound}" if cap else "capped"
-    text = f"{median(runs):.2f}{unit}"
+    text = f"{_figure(median(runs))}{unit}"
     if reference and runs is not reference and median(reference) > 0:
-        text += f" ({ratio(runs, reference):.2f}x)"
+        text += f" ({_figure(ratio(runs, reference))}x)"
     return text
 
 
