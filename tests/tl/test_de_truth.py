@@ -144,16 +144,18 @@ def test_logfc_of_top_genes_is_the_adjusted_difference_of_mean_log_cpm(pbmc_thre
 
 
 def test_planted_fold_changes_are_recovered():
-    adata = nsc.datasets.simulate(n_cells=3000, n_genes=400, de_fraction=0.05,
-                                  mean_total_counts=10_000, seed=5)
+    # Many genes, none dominating the library: the planted changes barely shift the
+    # other genes' proportions.
+    adata = nsc.datasets.simulate(n_cells=3000, n_genes=1000, de_fraction=0.03,
+                                  mean_total_counts=20_000, seed=5)
     mean_counts = pd.Series(np.asarray(adata.X.mean(axis=0)).ravel(), index=adata.var_names)
     nsc.pp.normalize(adata, covariates=["batch"], qc=None)
-    nsc.tl.de(adata, "group", reference="control")
+    nsc.tl.de(adata, "group", reference="control", n_genes=0)
     truth = adata.uns["simulation"]
     planted = pd.Series(truth["de_log_fold_change"], index=truth["de_genes"])
     logfc = adata.varm["nsc_de_logfc"]["case"][planted.index]
     well = mean_counts[planted.index] >= 10
-    assert well.sum() >= 8
+    assert well.sum() >= 10
     np.testing.assert_allclose(logfc[well], planted[well], rtol=0.10)
     # The posterior log CPM shrinks the fold changes of rarely detected genes.
     rare = mean_counts[planted.index] < 1

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._core._association import case_control, class_design, exclusive_class, high_moi
+from .._core._association import (
+    bh_qvalues,
+    case_control,
+    class_design,
+    exclusive_class,
+    high_moi,
+)
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
@@ -31,6 +37,67 @@ DESIGNS = ("case_control", "low_moi", "high_moi")
 RESULTS = ("pvals", "log10p", "logfc", "gamma", "var")
 #: Names of groups listed in a message or a warning.
 LISTED = 10
+#: With ``n_genes=None``, scanpy's layout holds every gene for up to this many groups,
+#: else the top this many genes of each group.
+RANK_ALL_UP_TO = 100
+
+
+def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray,
+            df: np.ndarray) -> np.ndarray:
+    """Signed t statistics of the tests: ``t = gamma sqrt(var_x / var_y) sqrt(df / (1 - R^2))``.
+
+    With ``R^2 = gamma^2 var_x / var_y`` (residual variances over the same cells).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(var_y > 0, var_x / var_y, 0.0)
+        r2 = np.clip(gamma**2 * ratio, 0.0, 1.0)
+        t = gamma * np.sqrt(ratio) * np.sqrt(df / (1.0 - r2))
+    return np.nan_to_num(t, nan=0.0, posinf=np.finfo(np.float32).max,
+                         neginf=-np.finfo(np.float32).max)
+
+
+def _records(columns: dict[str, np.ndarray], dtype: str) -> np.recarray:
+    """One field per group (in order), as scanpy's ``rank_genes_groups`` stores them."""
+    return np.rec.fromarrays(list(columns.values()),
+                             dtype=[(name, dtype) for name in columns])
+
+
+def rank_genes_layout(
+    genes: pd.Index,
+    names: list[str],
+    result: dict[str, np.ndarray],
+    n_genes: int,
+    *,
+    rankby_abs: bool = False,
+) -> dict[str, np.recarray]:
+    """scanpy's ``rank_genes_groups`` arrays: per group its top ``n_genes`` genes, with t
+    scores, log2 fold changes, p-values and Benjamini-Hochberg adjusted p-values (over
+    all genes of the group).
+
+    Genes are ranked as scanpy ranks them, by their signed score: the most significant
+    up-regulated gene first, the most significant down-regulated gene last; with
+    ``rankby_abs``, by significance whatever the sign. Significance is ``-log10 p``
+    (exact beyond float underflow, where t scores saturate), ties broken by ``|logfc|``.
+    ``result`` holds genes x groups arrays ``log10p``, ``pvals``, ``logfc``, ``gamma``
+    and ``var``, and per group ``var_group`` and ``df``.
+    """
+    fields = {key: {} for key in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")}
+    gene_names = np.asarray(genes, dtype=object)
+    for j, name in enumerate(names):
+        log10p, logfc = result["log10p"][:, j], result["logfc"][:, j]
+        scores = _scores(result["gamma"][:, j], result["var"][:, j],
+                         result["var_group"][j], result["df"][j])
+        rank = log10p if rankby_abs else np.sign(scores) * log10p
+        order = np.lexsort((-np.abs(logfc), -rank))[:n_genes]
+        pvals = result["pvals"][:, j]
+        fields["names"][name] = gene_names[order]
+        fields["scores"][name] = scores[order]
+        fields["logfoldchanges"][name] = logfc[order] / np.log(2.0)
+        fields["pvals"][name] = pvals[order]
+        fields["pvals_adj"][name] = bh_qvalues(pvals)[order]
+    dtypes = {"names": "O", "scores": "float32", "logfoldchanges": "float32",
+              "pvals": "float64", "pvals_adj": "float64"}
+    return {key: _records(columns, dtypes[key]) for key, columns in fields.items()}
 
 
 @dataclass
@@ -147,6 +214,8 @@ def de(
     logfc_layer: str = "lcpm",
     logfc_covariates: str = "nsc_covariates",
     key_added: str = "nsc_de",
+    n_genes: int | None = None,
+    rankby_abs: bool = False,
     dimreduce: int = 0,
     chunked: bool | None = None,
     chunk_size: int | None = None,
@@ -230,6 +299,16 @@ def de(
         ``adata.obsm`` key of the un-normalised covariates of the fold changes.
     key_added
         Prefix of the result keys.
+    n_genes
+        Genes per group kept in scanpy's ``rank_genes_groups`` layout of
+        ``adata.uns[key_added]`` (the most significant first). Default: every gene when at
+        most 100 groups are tested, else the top 100 of each group (screens with
+        thousands of groups do not pay for a second copy of all results); 0 stores no
+        such layout. The ``varm`` results always hold every gene.
+    rankby_abs
+        Rank the genes of scanpy's layout by significance whatever the sign of their
+        change, instead of up-regulated first as scanpy does (with a truncated layout,
+        pass it to keep the knock-downs of a CRISPR screen).
     dimreduce
         Extra degrees of freedom already used up by the expression (e.g. when covariates
         were removed from it beforehand).
@@ -252,7 +331,16 @@ def de(
     (cells used by each test), ``n_cells_unlabelled`` (cells left out for a missing
     label), ``skipped`` (groups not tested for having fewer than ``min_cells`` cells),
     ``df`` (residual degrees of freedom), ``var_group`` (residual variance of each group
-    indicator) and the other parameters.
+    indicator) and the other parameters. ``adata.uns[key_added]`` also holds scanpy's
+    :func:`~scanpy.tl.rank_genes_groups` layout (unless ``n_genes=0``): ``names``,
+    ``scores`` (signed t statistics of the tests), ``logfoldchanges`` (``logfc`` in
+    log2, as scanpy has it), ``pvals``, ``pvals_adj`` (Benjamini-Hochberg over the genes
+    of each group) as record arrays with one field per group, ordered per group as
+    scanpy orders them (most significant up-regulated gene first; see ``rankby_abs``),
+    and ``params`` (``groupby``, ``reference`` -- ``'rest'`` without
+    one --, ``method``, ``design`` and the other parameters), so that
+    :func:`scanpy.get.rank_genes_groups_df` and the ``scanpy.pl.rank_genes_groups_*``
+    plots read the results (the plots need ``groupby`` to be an ``obs`` column).
 
     Examples
     --------
@@ -275,6 +363,8 @@ def de(
                         ("logfc_layer", logfc_layer), ("logfc_covariates", logfc_covariates),
                         ("key_added", key_added)):
         check_str(name, value)
+    n_genes = check_int("n_genes", n_genes, minimum=0, allow_none=True)
+    check_bool("rankby_abs", rankby_abs)
     dimreduce = check_dimreduce(dimreduce)
     check_bool("chunked", chunked, allow_none=True)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
@@ -310,7 +400,8 @@ def de(
         "groupby": groupby, "design": design, "reference": reference, "groups": groups,
         "min_cells": min_cells, "layer": layer, "covariates_key": covariates_key,
         "logfc_layer": logfc_layer, "logfc_covariates": logfc_covariates,
-        "key_added": key_added, "dimreduce": dimreduce,
+        "key_added": key_added, "n_genes": n_genes, "rankby_abs": rankby_abs,
+        "dimreduce": dimreduce,
     }
     record = {
         "design": design,
@@ -330,6 +421,25 @@ def de(
         "logfc_covariates": logfc_covariates,
         "dimreduce": dimreduce,
     }
+    if n_genes is None:
+        n_genes = adata.n_vars if len(names) <= RANK_ALL_UP_TO else RANK_ALL_UP_TO
+    if n_genes:
+        columns = {"log10p": result.neg_log10_pvals, "pvals": result.pvals,
+                   "logfc": result.logfc, "gamma": result.gamma, "var": result.var_y}
+        record.update(rank_genes_layout(
+            adata.var_names, names, {k: v[rows].T for k, v in columns.items()}
+            | {"var_group": result.var_x[rows], "df": result.df[rows]},
+            min(n_genes, adata.n_vars), rankby_abs=rankby_abs))
+        record["params"] = {
+            "groupby": groupby,
+            "reference": reference[0] if len(reference) == 1 else
+            (",".join(reference) if reference else "rest"),
+            "method": "normalisr_sc", "use_raw": False, "layer": layer,
+            "corr_method": "benjamini-hochberg", "design": design, "n_genes": int(n_genes), "rankby_abs": rankby_abs,
+            "min_cells": min_cells, "logfc_layer": logfc_layer,
+            "logfc_covariates": logfc_covariates, "covariates_key": covariates_key,
+            "dimreduce": dimreduce,
+        }
     store(
         adata, "de", params,
         varm={
