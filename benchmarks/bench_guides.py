@@ -41,11 +41,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-import _harness as h
 import numpy as np
-from _harness import MB, peak_kib, reset_peak, rss_kib
 from scipy import sparse
 
+import _harness as h
+from _harness import MB, peak_kib, reset_peak, rss_kib
 from normalisr_sc._core._guide_mixture import assign_mixture, simulate_guide_counts
 
 PAPALEXI = h.SHARED_DATA / "papalexi_lowmoi.h5ad"

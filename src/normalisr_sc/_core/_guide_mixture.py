@@ -5,8 +5,8 @@ Model
 For one guide, the UMI count ``y`` of a cell is drawn from one of two components:
 
 - *background* (the guide is not in the cell; its counts come from ambient guide
-  transcripts and barcode swaps): a negative binomial of mean ``lam`` and size ``r``,
-  the same in every cell;
+  transcripts and barcode swaps): a negative binomial of mean ``lam`` (per guide) and
+  size ``r`` (one for all guides), the same in every cell;
 - *present* (the cell carries the guide): a log-normal count, ``y = round(exp(x))`` with
   ``x ~ Normal(mu, sd**2)``, so that ``P(y = k) = Phi((log(k + 1/2) - mu) / sd) -
   Phi((log(k - 1/2) - mu) / sd)`` for ``k >= 1`` and ``P(y = 0) = Phi((log(1/2) - mu)
@@ -27,7 +27,13 @@ Papalexi screen the cells with 2 and 3 background UMIs of a guide are several ti
 more frequent than a Poisson with the observed rate allows; with a Poisson background
 the present component stretches down to cover that tail (on Papalexi, 10,500 cells
 assigned two or more guides, against 2,000 with the negative binomial). The Poisson is
-the limit of large ``r``. SCEPTRE's alternative (Poisson regressions with the cell's
+the limit of large ``r``. The size is shared: it is what a cell factor common to all
+guides does (counts Poisson with rate ``lam`` times a gamma cell factor of mean 1 and
+variance ``1/r`` are exactly this negative binomial), and the background cells of all
+guides together fix the shape of the tail, which one weakly captured guide could
+otherwise bend to swallow its carriers (with one size per guide, 13 of 300 guides with
+a median of 10 UMIs lost all their carriers in a generated screen of 5,000 cells).
+SCEPTRE's alternative (Poisson regressions with the cell's
 total guide UMIs as covariate) needs the covariate of every cell in every iteration,
 which breaks the sparse sufficient statistics used here.
 
@@ -36,10 +42,11 @@ Fit
 Expectation-maximisation, for all guides at once. The present component is treated
 as an interval-censored normal on the log scale (the count ``k`` says
 ``log(k - 1/2) < x < log(k + 1/2)``), whose M-step is closed-form through the moments
-of the truncated normal; the background mean is the weighted mean count and its size
-takes one Newton step on log ``r`` per iteration, kept only if it raises the
+of the truncated normal; the background mean is the weighted mean count, and the
+shared size takes one Newton step on log ``r`` per iteration, kept only if it raises the
 likelihood (halved otherwise), so that the likelihood never decreases (a generalised
-EM). Everything depends on a cell only through its count, so the data are
+EM). While the size moves, all guides iterate; once an iteration changes log ``r`` by
+less than 1e-4, it is fixed. Everything depends on a cell only through its count, so the data are
 reduced once to the distinct (guide, count) pairs with their number of cells: cells
 with count 0 are one pair per guide whose number of cells is known without visiting
 them, and the cost of an iteration is proportional to the number of distinct nonzero
@@ -55,8 +62,8 @@ A cell is assigned a guide when the posterior probability of the present compone
 exceeds ``threshold``. A guide gets no cell at all (``status`` says why) when
 
 - ``'empty'``: no cell has a count of it;
-- ``'not_separable'``: the mixture does not beat the background alone (fitted the
-  same way) by the BIC (twice the log-likelihood gain at most 3 log(n_cells), for the
+- ``'not_separable'``: the mixture does not beat the background alone (the guide's
+  mean count and the shared size) by the BIC (twice the log-likelihood gain at most 3 log(n_cells), for the
   three extra parameters), or its present component does not lie above the background
   (median ``exp(mu)`` not above ``lam``). Guides whose counts are all one value fall here
   when that value is a plausible background count (a guide seen once in a few cells);
@@ -92,6 +99,10 @@ _MIN_RATE = 1e-12
 #: bounds and start of the background's negative-binomial size (large: near Poisson)
 _MIN_SIZE, _MAX_SIZE, _START_SIZE = 1e-2, 1e6, 10.0
 _MAX_LOG_STEP, _HALVINGS = 2.0, 4
+#: the shared size is fixed once an iteration changes its log by less than this
+_SIZE_TOL = 1e-4
+#: background weight (cells) below which a pair is left out of the size's Newton step
+_NEGLIGIBLE = 1e-12
 #: the EM drops converged guides from its arrays once fewer than this fraction is active
 _COMPACT = 0.75
 DEFAULT_BLOCK = 50_000
@@ -205,53 +216,61 @@ def _present_terms(k, mu, sd):
     return _interval(alpha, beta)
 
 
-def _size_step(g, w0, kk, mean, size, n_guides):
-    """One safeguarded Newton step on log(size) of the background's weighted likelihood."""
-    m, r = mean[g], size[g]
-    score = digamma(kk + r) - digamma(r) + np.log(r) - np.log(r + m) + 1 - (kk + r) / (r + m)
-    curv = (polygamma(1, kk + r) - polygamma(1, r) + 1 / r - 1 / (r + m)
-            - (m - kk) / (r + m) ** 2)
-    d1 = np.bincount(g, w0 * score, n_guides) * size
-    d2 = np.bincount(g, w0 * curv, n_guides) * size * size + d1
-    step = np.where(d2 < 0, -d1 / np.where(d2 < 0, d2, 1.0), np.sign(d1))
-    step = np.clip(step, -_MAX_LOG_STEP, _MAX_LOG_STEP)
+def _size_step(g, w0, kk, mean, size):
+    """One safeguarded Newton step on log(size), the size shared by all guides.
+
+    ``size`` is a scalar: the step maximises the background likelihood summed over the
+    pairs given (weights ``w0``: their background responsibilities times cells).
+    """
+    # pairs with (almost) no background weight, the counts of present guides, add
+    # nothing to the sums below: left out, they no longer cost a digamma each
+    keep = w0 > _NEGLIGIBLE
+    g, w0, kk = g[keep], w0[keep], kk[keep]
+    m = mean[g]
+    score = (digamma(kk + size) - digamma(size) + np.log(size) - np.log(size + m) + 1
+             - (kk + size) / (size + m))
+    curv = (polygamma(1, kk + size) - polygamma(1, size) + 1 / size - 1 / (size + m)
+            - (m - kk) / (size + m) ** 2)
+    d1 = float(np.dot(w0, score)) * size
+    d2 = float(np.dot(w0, curv)) * size * size + d1
+    step = -d1 / d2 if d2 < 0 else float(np.sign(d1))
+    step = float(np.clip(step, -_MAX_LOG_STEP, _MAX_LOG_STEP))
     gk = gammaln(kk + 1.0)
-    before = np.bincount(g, w0 * _nb_logpmf(kk, gk, m, r), n_guides)
-    best = size.copy()
-    todo = np.abs(step) > 0
+    before = float(np.dot(w0, _nb_logpmf(kk, gk, m, size)))
     for _ in range(_HALVINGS):
-        trial = np.clip(size * np.exp(step), _MIN_SIZE, _MAX_SIZE)
-        after = np.bincount(g, w0 * _nb_logpmf(kk, gk, m, trial[g]), n_guides)
-        ok = todo & (after >= before)
-        best = np.where(ok, trial, best)
-        todo &= ~ok
-        if not todo.any():
+        trial = float(np.clip(size * np.exp(step), _MIN_SIZE, _MAX_SIZE))
+        if trial == size:
             break
-        step = step / 2
-    return best
+        if float(np.dot(w0, _nb_logpmf(kk, gk, m, trial))) >= before:
+            return trial
+        step /= 2
+    return size
 
 
-def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd, present=True):
+def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd):
     """EM over all guides at once on the (guide, count, weight) pairs (k = 0 included).
 
-    With ``present=False`` the background alone is fitted (the null of the BIC).
+    Two phases: while the shared background size moves, every guide iterates; once its
+    relative change is below ``_SIZE_TOL``, it is fixed and each guide stops on its own
+    convergence (converged guides leave the arrays).
     """
     gammaln_k = gammaln(k + 1.0)
     top = np.zeros(n_guides)
     np.maximum.at(top, guide, k)
     # deterministic start: large counts of each guide present, the rest background
-    start = np.maximum(2.0, np.sqrt(top)) if present else np.full(n_guides, np.inf)
+    start = np.maximum(2.0, np.sqrt(top))
     r1 = (k >= start[guide]).astype(np.float64)
     log_k = np.log(np.maximum(k, 1.0))
 
-    def m_step(g, w, kk, r1, mean_x, sq_x, size):
+    def m_step(g, w, kk, r1, mean_x, sq_x, size, move_size):
         w1 = w * r1
         w0 = w - w1
         n1 = np.bincount(g, w1, n_guides)
         n0 = np.bincount(g, w0, n_guides)
         lam = np.maximum(np.bincount(g, w0 * kk, n_guides) / np.maximum(n0, 1e-300),
                          _MIN_RATE)
-        size = _size_step(g, w0, kk, lam, size, n_guides)
+        if move_size:
+            size = _size_step(g, w0, kk, lam, size)
         pi = n1 / n_cells
         with np.errstate(invalid="ignore", divide="ignore"):
             mu = np.bincount(g, w1 * mean_x, n_guides) / n1
@@ -261,13 +280,13 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd, present=
         sd = np.where(empty, 1.0, np.sqrt(np.maximum(var, min_sd * min_sd)))
         return pi, lam, size, mu, sd
 
-    size0 = np.full(n_guides, _START_SIZE)
-    pi, lam, size, mu, sd = m_step(guide, weight, k, r1, log_k, log_k * log_k, size0)
+    pi, lam, size, mu, sd = m_step(guide, weight, k, r1, log_k, log_k * log_k,
+                                   _START_SIZE, True)
 
     def e_step(g, kk, gk):
         with np.errstate(divide="ignore"):
             log_pi, log_1mpi = np.log(pi), np.log1p(-pi)
-        log0 = log_1mpi[g] + _nb_logpmf(kk, gk, lam[g], size[g])
+        log0 = log_1mpi[g] + _nb_logpmf(kk, gk, lam[g], size)
         log_p1, m1, m2 = _present_terms(kk, mu[g], sd[g])
         log1 = log_pi[g] + log_p1
         total = np.logaddexp(log0, log1)
@@ -280,6 +299,7 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd, present=
     converged = np.zeros(n_guides, dtype=bool)
     active = np.ones(n_guides, dtype=bool)
     sel = np.arange(guide.size)
+    size_moving = True
     for _ in range(max_iter):
         g, kk, w = guide[sel], k[sel], weight[sel]
         total, post, m1, m2 = e_step(g, kk, gammaln_k[sel])
@@ -288,10 +308,15 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd, present=
         mg, s = mu[g], sd[g]
         ex = np.where(post > 0, mg + s * m1, 0.0)
         ex2 = np.where(post > 0, mg * mg + 2 * mg * s * m1 + s * s * (1 + m2), 0.0)
-        new = m_step(g, w, kk, post, ex, ex2, size)
-        done = active & (np.abs(new_ll - loglik) <= tol * np.abs(new_ll))
-        pi, lam, size, mu, sd = (np.where(active, a, b)
-                                 for a, b in zip(new, (pi, lam, size, mu, sd), strict=True))
+        new_pi, new_lam, new_size, new_mu, new_sd = m_step(g, w, kk, post, ex, ex2, size,
+                                                           size_moving)
+        done = active & (np.abs(new_ll - loglik) <= tol * np.abs(new_ll)) & (not size_moving)
+        pi, lam, mu, sd = (np.where(active, a, b) for a, b in
+                           zip((new_pi, new_lam, new_mu, new_sd), (pi, lam, mu, sd),
+                               strict=True))
+        if size_moving:
+            size_moving = bool(abs(np.log(new_size / size)) > _SIZE_TOL)
+            size = new_size
         loglik = np.where(active, new_ll, loglik)
         n_iter += active
         converged |= done
@@ -303,7 +328,8 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd, present=
     # final posteriors and log-likelihood at the returned parameters
     total, post, _, _ = e_step(guide, k, gammaln_k)
     loglik = np.bincount(guide, weight * total, n_guides)
-    return post, {"pi": pi, "background_mean": lam, "background_size": size,
+    return post, {"pi": pi, "background_mean": lam,
+                  "background_size": np.full(n_guides, size),
                   "log_mean": mu, "log_sd": sd, "loglik": loglik, "n_iter": n_iter,
                   "converged": converged}
 
@@ -369,10 +395,13 @@ def assign_mixture(
     unsorted[order] = post
     post_nonzero, post_zero = unsorted[: guide.size], unsorted[guide.size:]
 
-    # separation: BIC of the mixture against the background alone, component order
-    _, null_params = _fit(all_guide[order], all_k[order], all_w[order], n_cells, n_guides,
-                          tol=tol, max_iter=max_iter, min_sd=min_sd, present=False)
-    null = null_params["loglik"]
+    # separation: BIC of the mixture against the background alone (its mean count, the
+    # shared size), and the present component above the background
+    size = params["background_size"][0] if n_guides else _START_SIZE
+    lam0 = np.maximum(np.bincount(guide, weight * k, n_guides) / n_cells, _MIN_RATE)
+    null = (np.bincount(guide, weight * _nb_logpmf(k, gammaln(k + 1.0), lam0[guide], size),
+                        n_guides)
+            + zeros * _nb_logpmf(0.0, 0.0, lam0, size))
     gain = 2 * (params["loglik"] - null)
     separable = (gain > _EXTRA_PARAMETERS * np.log(n_cells)) & (
         np.exp(params["log_mean"]) > params["background_mean"])
