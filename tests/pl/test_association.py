@@ -64,6 +64,7 @@ def test_volcano_log2(tested, tmp_path):
     x, _ = ax.collections[0].get_offsets().T
     np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"] / np.log(2))
     assert "log_2" in ax.get_xlabel()
+    assert ax.get_title() == "nsc_de: case vs control"
     plt.close(ax.figure)
 
 

@@ -146,5 +146,9 @@ def volcano(
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("$\\log_2$ fold change" if log2 else "log fold change (natural log)")
     ax.set_ylabel("$-\\log_{10} p$")
-    ax.set_title(f"{key}: {group}")
+    record = adata.uns.get(key, {})
+    reference = list(np.atleast_1d(record.get("reference", []))) if hasattr(record, "get") else []
+    baseline = "rest" if record.get("design", "case_control") == "case_control" else "no group"
+    against = ", ".join(map(str, reference)) if reference else baseline
+    ax.set_title(f"{key}: {group} vs {against}")
     return finish(ax, show=show, save=save)
