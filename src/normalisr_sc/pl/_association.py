@@ -76,6 +76,8 @@ def qq(
     -------
     The Axes; its first collection holds the points (expected, observed).
     """
+    check_str("key", key)
+    check_str("group", group, allow_none=True)
     observed = np.sort(_neg_log10_pvalues(adata, key, group))[::-1]
     if observed.size == 0:
         msg = f"no finite p-values under key {key!r}."
