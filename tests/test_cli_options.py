@@ -84,6 +84,10 @@ def test_option_combinations_refused(normalised, tmp_path, capsys):
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1
         assert words in error[0], error
+    assert main(["normalize", str(normalised), "-o", str(tmp_path / "n.h5ad"), "--genes",
+                 "g.txt"]) == 1
+    assert "--genes name the rows and columns of a .tsv matrix input only" in (
+        capsys.readouterr().err)
     assert main(["normalize", str(normalised), "-o", str(tmp_path / "n.h5ad"), "--no-qc",
                  "--min-cell-counts", "10"]) == 1
     assert "--no-qc skips read-count QC: leave out --min-cell-counts" in capsys.readouterr().err
@@ -126,6 +130,8 @@ def test_api_words_become_cli_words():
     options = {"groups": "--groups", "min_cells": "--min-cells", "reference": "--reference"}
     assert cli_words("leave them out with `groups=` or merge them", options) == (
         "leave them out with `--groups` or merge them")
+    assert cli_words("e.g. `groups='grna_group'` or `groups=`", options) == (
+        "e.g. `--groups grna_group` or `--groups`")
     assert cli_words("`groups` names ['a'] more than once", options) == (
         "`--groups` names ['a'] more than once")
     assert cli_words("fewer than min_cells=2 cells; see `reference=`", options) == (

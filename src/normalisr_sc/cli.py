@@ -65,7 +65,8 @@ def cli_words(message: str, options: Mapping[str, str] | None = None) -> str:
 
     message = _FUNCTION.sub(command, message)
     for parameter, option in (options or {}).items():
-        message = re.sub(rf"`{parameter}(?:=[^`]*)?`", f"`{option}`", message)
+        message = re.sub(rf"`{parameter}(?:=([^`]*))?`",
+                         lambda m, option=option: f"`{_option_text(option, m[1])}`", message)
         message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}=", f"{option} ", message)
         if "_" in parameter:  # a bare identifier, not an English word
             message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}(?![\w'\"`=])", option, message)
@@ -82,6 +83,16 @@ class _CliWords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = cli_words(record.getMessage(), self.options), ()
         return True
+
+
+def _option_text(option: str, value: str | None) -> str:
+    """``--option value`` for a Python value written in a message (quotes dropped)."""
+    if not value:
+        return option
+    value = value.strip()
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return f"{option} {value}"
 
 
 @contextlib.contextmanager
@@ -207,6 +218,12 @@ def _option(name: str) -> str:
 
 
 def _input(args: argparse.Namespace) -> AnnData:
+    name = Path(args.input).name.lower()
+    tsv = name.endswith((".tsv", ".txt", ".tsv.gz", ".txt.gz"))
+    given = [o for o, v in (("--genes", args.genes), ("--cells", args.cells)) if v]
+    if given and not tsv:
+        msg = f"{' and '.join(given)} name the rows and columns of a .tsv matrix input only."
+        raise CommandError(msg)
     return _io.read_counts(args.input, genes=args.genes, cells=args.cells)
 
 
