@@ -67,6 +67,18 @@ def test_planted_differential_expression(case_control):
     assert np.median(np.abs(null)) < 0.5 * np.median(np.abs(observed))
 
 
+def test_null_genes_calibrated_without_de():
+    """With no planted DE, case-control p-values of every gene are uniform."""
+    from scipy import stats
+
+    adata = nsc.datasets.simulate(n_cells=1000, n_genes=300, de_fraction=0, seed=4)
+    nsc.pp.normalize(adata, covariates=["batch"])
+    nsc.tl.de(adata, "group", reference="control")
+    pvals = nsc.get.de_df(adata)["pval"].to_numpy(float)
+    assert stats.kstest(pvals, "uniform").pvalue > 0.01
+    assert 0.02 < (pvals < 0.05).mean() < 0.08
+
+
 def test_planted_modules_are_correlated(case_control):
     adata = case_control
     modules = adata.uns["simulation"]["modules"]

@@ -73,7 +73,10 @@ def simulate(
     depth as in real data. Batches shift library size and gene means. Planted truth:
 
     - case-control: half of the cells are ``'case'``; a fraction of genes changes its
-      mean in cases by ``exp(±de_log_fold_change)``;
+      mean in cases by ``exp(±de_log_fold_change)``. Counts are a library's
+      proportions, so strong changes of many genes also shift every other gene's
+      proportion a little in cases (a compositional effect, which a test of log CPM
+      detects): for calibration on genes that are exactly null, use ``de_fraction=0``;
     - co-expression modules: groups of genes share a latent cell factor;
     - a pooled CRISPR screen (``n_targets > 0``): each target group's guides knock down
       one gene by ``exp(-knockdown)``; non-targeting guides do nothing. Low MOI
