@@ -430,7 +430,7 @@ def verdict(rows: Sequence[Row]) -> bool:
 # ---------------------------------------------------------------- command line
 
 
-def add_arguments(parser: Any, *, cap: float | None = None, quick_repeat: int = 2) -> None:
+def add_arguments(parser: Any, *, cap: float | None = None, quick_repeat: int = 1) -> None:
     """Add ``--quick``, ``--repeat``, ``--threads`` (and ``--cap`` if given) to ``parser``.
 
     ``--repeat`` defaults to :data:`DEFAULT_REPEAT`, or ``quick_repeat`` with ``--quick``

@@ -167,28 +167,31 @@ def _smoke(script: str, *options: str) -> str:
     return out
 
 
-@slow
-def test_bench_association_quick(shared_data):
-    out = _smoke("bench_association.py")
-    for scenario in ("Papalexi low_moi", "case_control", "high MOI", "coex"):
-        assert scenario in out
+#: Every benchmark script; each must have a ``--quick`` smoke run.
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("bench_*.py"))
+#: Scripts that cannot run without ``../shared/data``.
+NEEDS_DATA = {"bench_go.py"}
+#: What each script's quick run must print besides its tables.
+EXPECTED = {
+    "bench_association.py": ("case_control", "low_moi", "high MOI", "coex", "floor"),
+    "bench_normalize.py": ("peak extra memory", "steps generated", "targets generated"),
+    "bench_scale.py": ("(a) normalize + high-MOI DE", "(b) co-expression", "targets at"),
+    "bench_go.py": ("round 1", "round 2", "GO share"),
+}
+
+
+def test_every_benchmark_is_smoke_tested():
+    assert {"bench_association.py", "bench_go.py", "bench_normalize.py",
+            "bench_scale.py"} <= set(SCRIPTS)
 
 
 @slow
-def test_bench_normalize_quick():
-    out = _smoke("bench_normalize.py")
-    assert "peak extra memory" in out
-    assert "steps generated" in out
-
-
-@slow
-def test_bench_scale_quick(tmp_path):
-    out = _smoke("bench_scale.py", "--workdir", str(tmp_path))
-    assert "(a) normalize + high-MOI DE" in out
-    assert "(b) co-expression" in out
-
-
-@slow
-def test_bench_go_quick(shared_data):
-    out = _smoke("bench_go.py")
-    assert "round 2" in out
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_quick_run(script, request, tmp_path):
+    if script in NEEDS_DATA:
+        request.getfixturevalue("shared_data")
+    # bench_scale caches its generated screen in --workdir: a fresh one per test run
+    options = ["--workdir", str(tmp_path)] if script == "bench_scale.py" else []
+    out = _smoke(script, *options)
+    for text in EXPECTED.get(script, ()):
+        assert text in out, f"{text!r} missing from the output of {script}:\n{out}"
