@@ -202,12 +202,13 @@ def _qc_options() -> dict[str, tuple]:
     return {key: spec for key, spec in QC_OPTIONS.items() if key in QC_KEYS}
 
 
+#: Default of the QC options: not given (the bound of ``pp.DEFAULT_QC`` applies).
+_UNSET = object()
+
+
 def _qc_given(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key) for key in _qc_options()
             if getattr(args, key) is not _UNSET}
-
-
-_UNSET = object()
 
 
 def _option(name: str) -> str:
