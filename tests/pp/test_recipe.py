@@ -345,3 +345,81 @@ def test_papalexi_normalize(shared_data):
     scale = adata.var["nsc_scale"].to_numpy()
     assert scale.min() >= 0
     assert scale.max() == 1.0
+
+
+def test_papalexi_default_qc_keeps_the_panel(shared_data, caplog):
+    """The 299-gene panel: default QC keeps >= 90% of the cells and says what went."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="normalisr_sc")
+    adata = read_h5ad(shared_data / "papalexi_lowmoi.h5ad")
+    n_cells, n_genes = adata.shape
+    nsc.pp.normalize(adata, covariates=["bio_rep"])
+    summary = adata.uns["normalisr"]["qc_summary"]
+    assert adata.n_obs >= 0.9 * n_cells
+    assert (summary["n_cells_in"], summary["n_genes_in"]) == (n_cells, n_genes)
+    assert (summary["n_cells_kept"], summary["n_genes_kept"]) == adata.shape
+    # The cell bounds are the paper's scaled to 299 of 20,000 genes.
+    assert summary["bounds"]["min_cell_counts"] == pytest.approx(500 * 299 / 20_000)
+    assert summary["bounds"]["min_cell_genes"] == pytest.approx(100 * 299 / 20_000)
+    # Genes detected in fewer than 2% of cells go: more than 10%, so it is a WARNING.
+    removed = n_genes - adata.n_vars
+    assert removed == summary["genes_removed"]["min_gene_cell_fraction"] > 0.1 * n_genes
+    assert f"removed {removed} of {n_genes} genes" in caplog.text
+    assert "min_gene_cell_fraction" in caplog.text
+    for gene in adata.uns["pc_pairs"]["response_id"]:  # positive-control genes stay
+        assert gene in adata.var_names
+    # ... and keep their power: with the paper's absolute bounds (245 cells left) STAT3
+    # read -log10 p = 0.7; measured with these defaults: 14.5 (TNFRSF14) to 424.7 (STAT1).
+    nsc.tl.assign_guides(adata, "grna_counts", mode="max", guide_names="grna_ids",
+                         groups="grna_group")
+    nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting", min_cells=2)
+    log10p = adata.varm["nsc_de_log10p"]
+    pairs = adata.uns["pc_pairs"]
+    for gene, group in zip(pairs["response_id"], pairs["grna_group"], strict=True):
+        assert log10p.loc[gene, group] > 10, (gene, group)
+
+
+def test_normalize_refuses_unknown_qc_keys(recipe_data):
+    adata = recipe_data[0].copy()
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"`qc` has unknown key\(s\) \['bogus'\]; accepted"):
+        nsc.pp.normalize(adata, qc={"bogus": 1})
+    with pytest.raises(ValueError, match=r"`qc\['min_cell_counts'\]` must be a finite number"):
+        nsc.pp.normalize(adata, qc={"min_cell_counts": "500"})
+    with pytest.raises(ValueError, match="`covariates` names"):
+        nsc.pp.normalize(adata, covariates=["batch", "batch"])
+    with pytest.raises(ValueError, match="`stepmax` must be an integer >= 1"):
+        nsc.pp.normalize(adata, stepmax=0)
+    assert_unchanged(before, adata)
+
+
+def test_normalize_refuses_user_keys_before_any_work(recipe_data, monkeypatch):
+    from normalisr_sc.pp import _recipe
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("QC ran before the refusal")
+
+    monkeypatch.setattr(_recipe, "qc_reads", no_work)
+    adata = recipe_data[0].copy()
+    adata.obsm["nsc_covariates"] = np.zeros((adata.n_obs, 2))
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"adata.obsm\['nsc_covariates'\] already exists"):
+        nsc.pp.normalize(adata)
+    assert_unchanged(before, adata)
+
+
+def test_normalize_summary_and_outlier_warning(recipe_data, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="normalisr_sc")
+    adata = recipe_data[0]
+    result = nsc.pp.normalize(adata, ["batch"], qc=QC, copy=True)
+    summary = result.uns["normalisr"]["qc_summary"]
+    assert summary["cells_removed"]["min_cell_counts"] == 20
+    assert summary["outliers_removed"] == 5
+    assert summary["n_cells_kept"] == result.n_obs == 575
+    assert not caplog.records  # 25 of 600 cells and 5 of 300 genes: under 10%
+    text = nsc.pp._qc.format_qc_summary(summary)
+    assert "cells: 575 of 600 kept (95.8%)" in text
+    assert "cells removed as variance outliers: 5" in text
