@@ -1,0 +1,1 @@
+"""The bad-input catalogue: every public function against wrong parameters and data."""
