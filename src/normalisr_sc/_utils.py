@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._core._blocks import canonical, count_non_finite, is_canonical, row_block, row_slices
+from ._core._blocks import (
+    canonical,
+    count_non_finite,
+    is_canonical,
+    materialize,
+    row_block,
+    row_slices,
+)
 from ._core._reduce import is_dask
 from ._settings import settings
 
@@ -106,6 +113,11 @@ def input_matrix(
             lazy = lazy[adata._oidx][:, adata._vidx].rechunk((size, -1))
         return checked_finite(lazy, source, fix), size
     if is_dask(matrix):
+        if sparse.issparse(getattr(matrix, "_meta", None)):
+            # Blocks become canonical CSR before dask slices them to rechunk (COO blocks
+            # cannot be sliced; duplicates must not be split across blocks unsummed).
+            matrix = matrix.map_blocks(materialize, dtype=matrix.dtype,
+                                       meta=sparse.csr_matrix((0, 0), dtype=matrix.dtype))
         return checked_finite(matrix.rechunk((size, -1)), source, fix), size
     import dask.array as da
 

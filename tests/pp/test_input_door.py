@@ -227,9 +227,8 @@ def test_every_form_reads_as_the_canonical_matrix(form, spec, dtype):
         made = Form(counts, form, rng, Path(folder), dtype=dtype)
         for step, (function, kwargs) in STEPS.items():
             want = outcome(function, reference_adata(made.expected), **kwargs)
-            # Dask forms come in blocks of 3 cells (dask cannot rechunk COO blocks).
-            extra = {"chunk_size": 3 if form.startswith("dask") else 2} if form in (
-                "dask_csr", "dask_coo", "backed") else {}
+            # Blocks of 2 cells: the dask forms (blocks of 3) are rechunked.
+            extra = {"chunk_size": 2} if form in ("dask_csr", "dask_coo", "backed") else {}
             got = outcome(function, made.adata_factory(), **kwargs, **extra)
             assert_same_outcome(step, got, want)
             made.assert_untouched()

@@ -31,6 +31,9 @@ def count_non_finite(values: ArrayLike) -> int:
     values = values.data if sparse.issparse(values) else np.asarray(values)
     if values.dtype.kind not in "fc" or values.size == 0:
         return 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum()):  # NaN and infinity propagate into a sum
+            return 0
     finite = np.isfinite(values)
     return 0 if finite.all() else int(finite.size - np.count_nonzero(finite))
 
