@@ -100,7 +100,9 @@ def lcpm(
     with ``T`` the total count of the matrix, evaluated once per distinct count value.
     Each cell is then shifted so that its proportions sum to one million. Zero counts
     get a finite value, so the result is dense; a sparse input is never densified as
-    integers, only the float result is built, one block of cells at a time.
+    integers, only the float result is built, one block of cells at a time. Duplicate
+    entries of a sparse matrix count as their sum (read from a canonical copy when
+    needed: the counts themselves are never changed).
 
     Streamed (see ``chunked``), the log CPM is not computed here but stored as a lazy
     dask array, recomputed block by block from the counts and the matrix total
