@@ -215,6 +215,7 @@ def random_counts(n_cells: int, n_genes: int, seed: int) -> np.ndarray:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=counts_strategy, dtype=st.sampled_from([np.float64, np.int64, np.float32]))
