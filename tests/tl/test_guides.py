@@ -105,3 +105,74 @@ def test_negative_counts_are_an_error(adata):
     with pytest.raises(ValueError, match="non-negative"):
         nsc.tl.assign_guides(adata)
     assert_unchanged(before, adata)
+
+
+def _generated_screen(seed: int = 3) -> tuple[ad.AnnData, sparse.csr_matrix]:
+    from normalisr_sc._core._guide_mixture import simulate_guide_counts
+
+    counts, truth = simulate_guide_counts(3000, 20, seed=seed)
+    adata = ad.AnnData(np.zeros((3000, 2)))
+    adata.obsm["grna_counts"] = counts
+    adata.uns["grna_ids"] = np.array([f"g{i}" for i in range(20)])
+    return adata, truth
+
+
+def test_mixture_mode_finds_the_carried_guides_and_stores_its_fit():
+    adata, truth = _generated_screen()
+    nsc.tl.assign_guides(adata, mode="mixture", guide_names="grna_ids", posterior=True)
+    assigned = adata.obsm["nsc_guides"].toarray()
+    exact = (assigned == truth.toarray()).all(axis=1).mean()
+    assert exact > 0.95
+    fit = adata.uns["nsc_guides"]["mixture"]
+    assert list(fit.index) == [f"g{i}" for i in range(20)]
+    assert (fit["status"] == "fitted").all()
+    posterior = adata.obsm["nsc_guides_posterior"]
+    # Stored at the nonzero counts only, and assigned exactly where it passes 0.5.
+    np.testing.assert_array_equal(posterior.indices, adata.obsm["grna_counts"].indices)
+    np.testing.assert_array_equal((posterior > 0.5).toarray(), assigned)
+    # A later run without posteriors removes the stale ones it had written.
+    nsc.tl.assign_guides(adata, mode="max", guide_names="grna_ids")
+    assert "nsc_guides_posterior" not in adata.obsm
+
+
+def test_mixture_beats_a_fixed_threshold_at_low_background():
+    from normalisr_sc._core._guide_mixture import simulate_guide_counts
+
+    counts, truth = simulate_guide_counts(4000, 30, background=3.0, present_median=10.0,
+                                          seed=7)
+    exact = {}
+    for mode in ("mixture", "threshold"):
+        adata = ad.AnnData(np.zeros((4000, 1)))
+        adata.obsm["grna_counts"] = counts
+        nsc.tl.assign_guides(adata, mode=mode, threshold=5)
+        exact[mode] = (adata.obsm["nsc_guides"].toarray() == truth.toarray()).all(axis=1).mean()
+    assert exact["mixture"] > exact["threshold"] + 0.05
+
+
+def test_guide_counts_are_read_not_changed():
+    adata = ad.AnnData(np.zeros((2, 1)))
+    # Two stored entries for cell 0, guide 1 (legal in scipy): read as their sum, 1 + 1.
+    counts = sparse.csr_matrix((np.array([1.0, 1.0, 1.0]), np.array([1, 1, 0]),
+                                np.array([0, 2, 3])), shape=(2, 2))
+    adata.obsm["grna_counts"] = counts
+    data, indices = counts.data.copy(), counts.indices.copy()
+    nsc.tl.assign_guides(adata)
+    np.testing.assert_array_equal(adata.obsm["nsc_guides"].toarray(), [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(counts.data, data)
+    np.testing.assert_array_equal(counts.indices, indices)
+
+
+@pytest.mark.parametrize(("counts", "kwargs", "match"), [
+    (np.zeros((5, 0)), {}, "no guide column"),
+    (COUNTS.astype(complex), {}, "real guide UMI counts"),
+    (COUNTS + 0.5, {"mode": "mixture"}, "integer UMI counts"),
+    (COUNTS, {"mode": "mixture", "min_posterior": 1.0}, "min_posterior"),
+    (COUNTS, {"mode": "mixture", "posterior": "yes"}, "posterior"),
+])
+def test_bad_counts_and_mixture_options_are_refused(counts, kwargs, match):
+    adata = ad.AnnData(np.zeros((5, 2)))
+    adata.obsm["grna_counts"] = counts
+    before = adata.copy()
+    with pytest.raises(ValueError, match=match):
+        nsc.tl.assign_guides(adata, **kwargs)
+    assert_unchanged(before, adata)

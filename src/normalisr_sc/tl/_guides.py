@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._core._guide_mixture import assign_mixture
 from .._store import check_writable, store
 from .._utils import logger
-from .._validate import as_names, check_choice, check_number, check_str
+from .._validate import as_names, check_bool, check_choice, check_number, check_str
 from ._groups import NAMES, obsm_group_names
 
 if TYPE_CHECKING:
@@ -75,8 +76,10 @@ def assign_guides(
     adata: AnnData,
     obsm_key: str = "grna_counts",
     *,
-    mode: Literal["max", "threshold"] = "max",
+    mode: Literal["max", "threshold", "mixture"] = "max",
     threshold: float = 5,
+    min_posterior: float = 0.5,
+    posterior: bool = False,
     groups: GuideMap | None = None,
     guide_names: Sequence[str] | str | None = None,
     key_added: str = "nsc_guides",
@@ -96,9 +99,16 @@ def assign_guides(
     obsm_key
         ``adata.obsm`` key of the guide UMI counts (dense, sparse or DataFrame).
     mode
-        ``'max'`` or ``'threshold'``.
+        ``'max'``, ``'threshold'`` or ``'mixture'``.
     threshold
         Minimum UMI count of an assigned guide in ``'threshold'`` mode.
+    min_posterior
+        Posterior probability of carrying a guide needed in ``'mixture'`` mode, in (0, 1).
+    posterior
+        In ``'mixture'`` mode, also store the posterior probabilities at the nonzero
+        counts in ``adata.obsm[key_added + '_posterior']`` (CSR, cells x guides, not
+        pooled); a cell with no UMI of a guide has a posterior below 1e-3 (the fitted
+        value is ``adata.uns[key_added]['mixture']['posterior_at_zero']``).
     groups
         Guide -> group mapping: a dict or Series, a DataFrame whose first two columns are
         guide and group (e.g. ``adata.uns['grna_group']``), or the ``adata.uns`` key of
@@ -116,7 +126,9 @@ def assign_guides(
     :func:`normalisr_sc.tl.de`) and the parameters. Cells per column are not stored,
     since they change when cells are filtered: count them from the matrix
     (``adata.obsm[key_added].sum(axis=0)``); :func:`normalisr_sc.tl.de` counts the cells
-    of each test itself.
+    of each test itself. In ``'mixture'`` mode, ``adata.uns[key_added]['mixture']`` holds
+    the fit of each guide (DataFrame: mixing weight ``pi``, ``background_mean``,
+    ``background_size``, ``log_mean``, ``log_sd`` of the carried counts, ``status``).
 
     Examples
     --------
@@ -125,8 +137,12 @@ def assign_guides(
     >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
     """
     check_str("obsm_key", obsm_key)
-    check_choice("mode", mode, ("max", "threshold"))
+    check_choice("mode", mode, ("max", "threshold", "mixture"))
     threshold = check_number("threshold", threshold, minimum=0, min_open=True)
+    min_posterior = check_number("min_posterior", min_posterior, minimum=0, maximum=1,
+                                 min_open=True, max_open=True)
+    check_bool("posterior", posterior)
+    posterior_key = f"{key_added}_posterior"
     check_str("key_added", key_added)
     if not (guide_names is None or isinstance(guide_names, str)):
         as_names("guide_names", guide_names)
@@ -134,15 +150,29 @@ def assign_guides(
         msg = ("`groups` must be a guide -> group mapping (dict, Series, two-column "
                f"DataFrame) or the adata.uns key of one, got {type(groups).__name__}.")
         raise ValueError(msg)
-    check_writable(adata, {"obsm": [key_added], "uns": [key_added]})
+    check_writable(adata, {"obsm": [key_added, *([posterior_key] if posterior else [])],
+                           "uns": [key_added]})
     if obsm_key not in adata.obsm:
         msg = f"adata.obsm[{obsm_key!r}] not found; available keys: {list(adata.obsm)}."
         raise ValueError(msg)
     raw = adata.obsm[obsm_key]
-    counts = sparse.csr_matrix(raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw,
-                               dtype=np.float64)
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw
+    if np.dtype(raw.dtype).kind not in "biuf":
+        msg = (f"adata.obsm[{obsm_key!r}] must hold real guide UMI counts, found dtype "
+               f"{raw.dtype}.")
+        raise ValueError(msg)
+    if raw.ndim != 2 or raw.shape[1] == 0:
+        msg = f"adata.obsm[{obsm_key!r}] holds no guide column (shape {raw.shape})."
+        raise ValueError(msg)
+    # A copy in canonical form: the user's matrix is never summed or sorted in place.
+    counts = sparse.csr_matrix(raw, dtype=np.float64, copy=True)
+    counts.sum_duplicates()
     if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
         msg = f"adata.obsm[{obsm_key!r}] must hold non-negative finite guide counts."
+        raise ValueError(msg)
+    if mode == "mixture" and (counts.data != np.round(counts.data)).any():
+        msg = (f"mode='mixture' needs integer UMI counts; adata.obsm[{obsm_key!r}] holds "
+               "non-integer values. Pass the raw guide UMI counts.")
         raise ValueError(msg)
     names = _guide_names(adata, obsm_key, guide_names, counts.shape[1])
     mapping = None if groups is None else _guide_to_group(adata, groups)
@@ -154,8 +184,17 @@ def assign_guides(
         assigned = sparse.csr_matrix(
             (np.ones(cells.size, dtype=bool), (cells, top[has])), shape=counts.shape
         )
-    else:
+    elif mode == "threshold":
         assigned = sparse.csr_matrix(counts >= threshold)
+    else:
+        fit = assign_mixture(counts, threshold=min_posterior, posterior=posterior)
+        assigned = fit.assigned
+        mixture = pd.DataFrame(fit.params, index=pd.Index(names, name="guide"))
+        unfitted = mixture.index[mixture["status"] != "fitted"]
+        if len(unfitted):
+            logger.warning("assign_guides: %d of %d guides get no cell (no count, or no "
+                           "component above the background): %s", len(unfitted),
+                           len(names), list(unfitted[:5]))
     columns = names
     if mapping is not None:
         known = [i for i, name in enumerate(names) if name in mapping]
@@ -173,9 +212,17 @@ def assign_guides(
     assigned = assigned.astype(bool)
     params = {"obsm_key": obsm_key, "mode": mode, "key_added": key_added,
               "pooled": mapping is not None,
-              **({"threshold": threshold} if mode == "threshold" else {})}
-    store(adata, "assign_guides", params, obsm={key_added: assigned},
-          uns={key_added: {NAMES: list(columns), **params}})
+              **({"threshold": threshold} if mode == "threshold" else {}),
+              **({"min_posterior": min_posterior} if mode == "mixture" else {})}
+    obsm = {key_added: assigned}
+    uns = {NAMES: list(columns), **params}
+    if mode == "mixture":
+        uns["mixture"] = mixture
+        if posterior:
+            obsm[posterior_key] = fit.posterior
+    stale = [] if mode == "mixture" and posterior else [posterior_key]
+    store(adata, "assign_guides", params, drop={"obsm": stale}, obsm=obsm,
+          uns={key_added: uns})
     logger.info("assign_guides: %d cells carry at least one of %d %s",
                 int((np.diff(assigned.indptr) > 0).sum()), len(columns),
                 "groups" if mapping else "guides")
