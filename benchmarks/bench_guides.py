@@ -18,7 +18,8 @@ Compares, on the same generated guide counts with known carriers
 
 Scenarios: ``scale`` (default 200,000 cells x 13,000 guides; ``--quick``: 20,000 x
 1,300), ``low background`` (weakly captured guides, median 10 UMIs; where a fixed
-threshold cannot be right), ``pertpy`` (default 20,000 cells, 5 guides) and Papalexi
+threshold cannot be right), ``pertpy`` (default 20,000 cells, 5 guides; not in
+``--quick`` unless ``--with-pertpy``) and Papalexi
 (``../shared/data/papalexi_lowmoi.h5ad``: agreement with the max-count assignment).
 
 Every measurement runs in a fresh forked process (peak memory its own: peak RSS during
@@ -191,6 +192,10 @@ def generated_row(label: str, counts, truth, repeat: int, cap: float,
 
 def pertpy_row(args, repeat: int, accuracy_rows: list) -> h.Row | None:
     python = Path(args.pertpy_venv) / "bin" / "python"
+    if args.quick and not args.with_pertpy:
+        print("pertpy: skipped in --quick (each guide is one NUTS run of about a minute); "
+              "add --with-pertpy to include it")
+        return None
     if not python.exists():
         print(f"pertpy: skipped, no environment at {args.pertpy_venv} (create it with "
               f"python -m venv {args.pertpy_venv} && {args.pertpy_venv}/bin/pip install pertpy)")
@@ -253,6 +258,8 @@ def main() -> None:
     parser.add_argument("--pertpy-venv", default="/work/venv-pertpy")
     parser.add_argument("--pertpy-cells", type=int, default=20_000)
     parser.add_argument("--pertpy-guides", type=int, default=5)
+    parser.add_argument("--with-pertpy", action="store_true",
+                        help="run pertpy in --quick too (2,000 cells x 2 guides)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["scale", "low_background", "pertpy", "papalexi"])
