@@ -147,13 +147,15 @@ def test_simulated_data_normalizes(case_control):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_cells": 3}, "need at least 4 cells and 2 genes"),
-        ({"n_genes": 1, "n_modules": 0}, "need at least 4 cells and 2 genes"),
+        ({"n_cells": 3}, "`n_cells` must be an integer >= 4"),
+        ({"n_genes": 1, "n_modules": 0}, "`n_genes` must be an integer >= 2"),
         ({"n_genes": 20, "n_modules": 2, "module_size": 10, "n_targets": 1},
-         "need 21 genes, but n_genes=20"),
-        ({"de_fraction": 1.5}, r"de_fraction must be in \[0, 1\]"),
-        ({"de_fraction": -0.1}, r"de_fraction must be in \[0, 1\]"),
-        ({"n_targets": 2, "moi": 0.0}, "moi must be positive"),
+         "= 21 planted genes, but n_genes=20"),
+        ({"de_fraction": 1.5}, r"`de_fraction` must be a finite number in \[0, 1\]"),
+        ({"de_fraction": -0.1}, r"`de_fraction` must be a finite number in \[0, 1\]"),
+        ({"n_targets": 2, "moi": 0.0}, "`moi` must be a finite number > 0 or None"),
+        ({"seed": 1.5}, "`seed` must be an integer >= 0"),
+        ({"dispersion": float("nan")}, "`dispersion` must be a finite number > 0"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

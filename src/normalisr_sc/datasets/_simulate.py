@@ -11,6 +11,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._validate import check_int, check_number
+
 #: Name of the negative-control guide group, as in real screens.
 NON_TARGETING = "non-targeting"
 
@@ -126,14 +128,30 @@ def simulate(
     >>> adata = nsc.datasets.simulate(n_cells=500, n_genes=200, seed=1)
     >>> screen = nsc.datasets.simulate(n_targets=10, moi=5.0)
     """
+    check_int("n_cells", n_cells, minimum=4)
+    check_int("n_genes", n_genes, minimum=2)
+    check_int("n_batches", n_batches, minimum=1)
+    check_number("de_fraction", de_fraction, minimum=0, maximum=1)
+    check_number("de_log_fold_change", de_log_fold_change)
+    check_int("n_modules", n_modules, minimum=0)
+    check_int("module_size", module_size, minimum=0)
+    check_number("module_strength", module_strength, minimum=0)
+    check_int("n_targets", n_targets, minimum=0)
+    check_int("guides_per_target", guides_per_target, minimum=1)
+    check_int("n_non_targeting", n_non_targeting, minimum=0)
+    check_number("moi", moi, minimum=0, min_open=True, allow_none=True)
+    check_number("knockdown", knockdown)
+    check_number("dispersion", dispersion, minimum=0, min_open=True)
+    check_number("mean_total_counts", mean_total_counts, minimum=0, min_open=True)
+    check_int("seed", seed, minimum=0)
     n_planted = n_modules * module_size + n_targets
     if n_cells < 4 or n_genes < 2:
         msg = f"need at least 4 cells and 2 genes, got {n_cells} x {n_genes}."
         raise ValueError(msg)
     if n_planted > n_genes:
         msg = (
-            f"{n_modules} modules of {module_size} genes and {n_targets} target genes need "
-            f"{n_planted} genes, but n_genes={n_genes}; raise n_genes."
+            f"n_modules * module_size + n_targets = {n_modules} * {module_size} + "
+            f"{n_targets} = {n_planted} planted genes, but n_genes={n_genes}; raise n_genes."
         )
         raise ValueError(msg)
     if not 0 <= de_fraction <= 1:

@@ -98,8 +98,10 @@ def _check_go_params(n_principal: int, min_genes: int, pcut: float, evidence, ge
     check_int("n_principal", n_principal, minimum=2)
     check_int("min_genes", min_genes, minimum=1)
     check_number("pcut", pcut, minimum=0, maximum=1, min_open=True)
-    if isinstance(evidence, str | bytes) or not all(isinstance(e, str) for e in evidence):
-        msg = f"`evidence` must be a collection of evidence codes (strings), got {evidence!r}."
+    if (isinstance(evidence, str | bytes) or not hasattr(evidence, "__iter__")
+            or not evidence or not all(isinstance(e, str) for e in evidence)):
+        msg = (f"`evidence` must be a non-empty collection of GO evidence codes such as "
+               f"{sorted(DEFAULT_EVIDENCE)[:4]}, got {evidence!r}.")
         raise ValueError(msg)
     if not isinstance(gene_id, str | Mapping):
         msg = (f"`gene_id` must be 'symbol', an adata.var column name or a mapping of "
