@@ -25,20 +25,68 @@ def tested():
 
 
 def test_qq_de_points_are_sorted_stored_values(tested, tmp_path):
-    ax = nsc.pl.qq(tested, save=tmp_path / "qq.png")
+    ax = nsc.pl.qq(tested, save=tmp_path / "qq.png", show=False)
     assert (tmp_path / "qq.png").stat().st_size > 1000
-    expected, observed = ax.collections[0].get_offsets().T
+    [(label, (expected, observed))] = ax.nsc_qq.items()
     stored = tested.varm["nsc_de_log10p"]["case"].to_numpy()
     np.testing.assert_allclose(observed, np.sort(stored)[::-1])
     n = stored.size
     np.testing.assert_allclose(expected, -np.log10((np.arange(1, n + 1) - 0.5) / n))
-    assert f"{inflation(stored):.3f}" in ax.get_title()
+    assert f"{inflation(stored):.2f}" in label
+    # The axes follow the expected range; stronger values sit at the edge as triangles.
+    top = ax.get_xlim()[1]
+    assert top == pytest.approx(1.1 * expected.max())
+    beyond = int((observed > top).sum())
+    assert beyond > 0
+    triangles = ax.collections[-1].get_offsets()
+    assert len(triangles) == beyond
+    np.testing.assert_allclose(np.asarray(triangles)[:, 1], top)
+    assert f"{beyond} beyond the axis" in [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(ax.figure)
 
 
+def test_qq_band_holds_uniform_order_statistics(tested):
+    ax = nsc.pl.qq(tested, show=False)
+    band = ax.collections[0].get_paths()[0].vertices
+    n = tested.n_vars
+    # The middle rank's 95% interval from Beta(i, n - i + 1).
+    i = n // 2
+    low, high = stats.beta.ppf([0.025, 0.975], i, n - i + 1)
+    x = -np.log10((i - 0.5) / n)
+    near = band[np.isclose(band[:, 0], x)]
+    np.testing.assert_allclose(sorted(near[:, 1]), sorted(-np.log10([high, low])), rtol=1e-9)
+    unclipped = nsc.pl.qq(tested, clip=False, show=False)
+    assert unclipped.get_ylim()[1] > ax.get_ylim()[1]
+    plt.close("all")
+
+
+def test_qq_one_series_per_group(tested):
+    groups = list(tested.varm["nsc_de_log10p"].columns)
+    ax = nsc.pl.qq(tested, group=groups, show=False)
+    assert [label.split(" (")[0] for label in ax.nsc_qq] == groups
+
+
+def test_plots_follow_scanpy_autoshow(tested, monkeypatch):
+    import scanpy as sc
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    before = sc.settings.autoshow
+    try:
+        sc.settings.autoshow = True
+        assert nsc.pl.qq(tested) is None
+        assert shown == [True]
+        sc.settings.autoshow = False
+        assert nsc.pl.qq(tested) is not None
+    finally:
+        sc.settings.autoshow = before
+    plt.close("all")
+
+
 def test_qq_coex_uses_distinct_pairs_of_the_block(tested):
-    ax = nsc.pl.qq(tested, "nsc_coex")
-    assert ax.collections[0].get_offsets().shape[0] == 40 * 39 // 2
+    ax = nsc.pl.qq(tested, "nsc_coex", show=False)
+    [(_, (_, observed))] = ax.nsc_qq.items()
+    assert observed.size == 40 * 39 // 2
     plt.close(ax.figure)
 
 
@@ -49,18 +97,24 @@ def test_inflation_of_uniform_pvalues_is_one():
 
 
 def test_volcano_points_and_labels(tested, tmp_path):
-    ax = nsc.pl.volcano(tested, "case", n_labels=5, save=tmp_path / "volcano.png")
+    ax = nsc.pl.volcano(tested, "case", n_labels=5, save=tmp_path / "volcano.png",
+                        show=False)
     assert (tmp_path / "volcano.png").stat().st_size > 1000
     x, y = ax.collections[0].get_offsets().T
     np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"])
     np.testing.assert_allclose(y, tested.varm["nsc_de_log10p"]["case"])
-    top = tested.var_names[np.argsort(y)[::-1][:5]]
-    assert sorted(t.get_text() for t in ax.texts) == sorted(top)
+    q = nsc.get.de_df(tested, "case").set_index("gene")["qval"].reindex(tested.var_names)
+    significant = (q <= 0.05).to_numpy()
+    colors = ax.collections[0].get_facecolors()
+    red, blue = mpl.colors.to_rgba("tab:red"), mpl.colors.to_rgba("tab:blue")
+    np.testing.assert_array_equal([tuple(c) in (red, blue) for c in colors], significant)
+    order = np.flatnonzero(significant)[np.argsort(-y[significant], kind="stable")]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(tested.var_names[order[:5]])
     plt.close(ax.figure)
 
 
 def test_volcano_log2(tested, tmp_path):
-    ax = nsc.pl.volcano(tested, "case", log2=True, save=tmp_path / "volcano2.png")
+    ax = nsc.pl.volcano(tested, "case", log2=True, save=tmp_path / "volcano2.png", show=False)
     x, _ = ax.collections[0].get_offsets().T
     np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"] / np.log(2))
     assert "log_2" in ax.get_xlabel()
@@ -82,7 +136,8 @@ def test_plot_errors(tested):
 def test_coex_network_draws_stored_edges(tested, tmp_path):
     nsc.tl.binnet(tested, qcut=0.05)
     genes = list(tested.var_names[:40])
-    ax = nsc.pl.coex_network(tested, genes=genes, highlight=genes[:3], save=tmp_path / "n.png")
+    ax = nsc.pl.coex_network(tested, genes=genes, highlight=genes[:3], save=tmp_path / "n.png",
+                             show=False)
     assert (tmp_path / "n.png").stat().st_size > 1000
     net = tested.varp["nsc_coex_net"].toarray()[:40, :40]
     undirected = net | net.T
@@ -94,7 +149,7 @@ def test_coex_network_draws_stored_edges(tested, tmp_path):
 
 def test_coex_heatmap_shows_clustered_r(tested, tmp_path):
     genes = list(tested.var_names[:12])
-    ax = nsc.pl.coex_heatmap(tested, genes, save=tmp_path / "heatmap.png")
+    ax = nsc.pl.coex_heatmap(tested, genes, save=tmp_path / "heatmap.png", show=False)
     assert (tmp_path / "heatmap.png").stat().st_size > 1000
     order = [genes.index(label.get_text()) for label in ax.get_xticklabels()]
     r = tested.varp["nsc_coex_r"]

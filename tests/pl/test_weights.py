@@ -41,7 +41,7 @@ def test_weights_plot_shows_stored_values(weighted, tmp_path):
 
 def test_weights_plot_into_given_axes(weighted):
     fig, ax = plt.subplots()
-    assert nsc.pl.weights(weighted, ax=ax) is ax
+    assert nsc.pl.weights(weighted, ax=ax, show=False) is ax
     plt.close(fig)
 
 

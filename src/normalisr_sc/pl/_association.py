@@ -7,13 +7,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
+from .._core._association import bh_qvalues
+from .._docs import doc_params
 from .._utils import require
-from .._validate import check_bool, check_int, check_str
+from .._validate import as_names, check_bool, check_int, check_number, check_str
 from ..tl._coex import coex_block
-from ._utils import finish, new_axes
+from ._utils import check_plot_args, doc_show_save_ax, finish, finite_values, new_axes
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
     from anndata import AnnData
     from matplotlib.axes import Axes
@@ -38,7 +41,7 @@ def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarra
     else:
         msg = f"no results under key {key!r}; run `nsc.tl.de` or `nsc.tl.coex` first."
         raise ValueError(msg)
-    return values[np.isfinite(values)]
+    return finite_values(values, f"the -log10 p-values under key {key!r}")
 
 
 def inflation(neg_log10_p: np.ndarray) -> float:
@@ -47,19 +50,39 @@ def inflation(neg_log10_p: np.ndarray) -> float:
     return float(np.median(chi2) / CHI2_MEDIAN)
 
 
+#: Coverage of the band of the uniform order statistics drawn in the QQ plot.
+BAND = 0.95
+#: The QQ plot's axes reach this far beyond the largest expected value.
+QQ_MARGIN = 1.1
+#: Colours of the series of a QQ plot, one per group.
+SERIES_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                 "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")
+
+
+def _as_groups(group: str | Sequence[str] | None) -> list[str | None]:
+    if group is None:
+        return [None]
+    return as_names("group", group, allow_none=False)
+
+
+@doc_params(doc_show_save_ax=doc_show_save_ax)
 def qq(
     adata: AnnData,
     key: str = "nsc_de",
     *,
-    group: str | None = None,
+    group: str | Sequence[str] | None = None,
+    clip: bool = True,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
-) -> Axes:
-    """QQ plot of observed against expected ``-log10`` p-values, with the inflation factor.
+) -> Axes | None:
+    """QQ plot of observed against expected ``-log10`` p-values, to judge calibration.
 
-    Under the null the points follow the diagonal and the genomic inflation
-    (median chi-square / 0.455) is 1; a calibrated test keeps the bulk on the line.
+    Under the null the points follow the diagonal, inside the grey band (the pointwise
+    95% range of uniform order statistics), and the genomic inflation ``lambda``
+    (median chi-square / 0.455, in the legend) is 1. Both axes span the expected range,
+    where calibration is read; observed values beyond it are drawn at the top edge as
+    triangles (their number is in the legend) unless ``clip=False``.
 
     Parameters
     ----------
@@ -68,46 +91,82 @@ def qq(
     key
         Key of the results (``key_added`` of the test).
     group
-        For DE, only this group's tests; default all groups pooled.
-    ax, show, save
-        Axes to draw into, call ``plt.show()``, save to this path.
+        For DE, only this group's tests; a list draws one colour per group (e.g. the
+        negative-control groups); default all groups pooled.
+    clip
+        Keep the axes on the expected range (observed values beyond it at the edge);
+        ``False`` extends the y axis to the largest observed value.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes; its first collection holds the points (expected, observed).
+    The Axes (``None`` if shown). ``ax.nsc_qq`` maps each series' label to its
+    ``(expected, observed)`` arrays, sorted from the most significant.
     """
     check_str("key", key)
-    check_str("group", group, allow_none=True)
-    observed = np.sort(_neg_log10_pvalues(adata, key, group))[::-1]
-    if observed.size == 0:
-        msg = f"no finite p-values under key {key!r}."
-        raise ValueError(msg)
-    expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / observed.size)
+    check_bool("clip", clip)
+    check_plot_args(ax, show, save)
+    series = {}
+    for name in _as_groups(group):
+        observed = np.sort(_neg_log10_pvalues(adata, key, name))[::-1]
+        if observed.size == 0:
+            msg = f"no finite p-values under key {key!r}{f' for group {name!r}' if name else ''}."
+            raise ValueError(msg)
+        series[name] = observed
+    top = QQ_MARGIN * max(-np.log10(0.5 / obs.size) for obs in series.values())
+    if not clip:
+        top = max(top, QQ_MARGIN * max(obs[0] for obs in series.values()))
     ax = new_axes(ax)
-    ax.scatter(expected, observed, s=5, color="tab:blue", rasterized=True)
-    top = max(expected.max(), observed.max())
-    ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--")
+    n_max = max(obs.size for obs in series.values())
+    rank = np.arange(1, n_max + 1)
+    expected_all = -np.log10((rank - 0.5) / n_max)
+    low, high = stats.beta.ppf([(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None],
+                               n_max - rank[:, None] + 1).T
+    ax.fill_between(expected_all, -np.log10(high), -np.log10(low), color="0.85",
+                    label=f"{BAND:.0%} band (null)", zorder=0)
+    ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", zorder=1)
+    ax.nsc_qq = {}
+    for index, (name, observed) in enumerate(series.items()):
+        expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / observed.size)
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        label = f"{name if name else 'all tests'} ($\\lambda$ = {inflation(observed):.2f})"
+        inside = observed <= top
+        ax.scatter(expected[inside], observed[inside], s=6, color=color, rasterized=True,
+                   label=label, zorder=2)
+        if (~inside).any():
+            ax.scatter(expected[~inside], np.full((~inside).sum(), top), s=18, marker="^",
+                       color=color, zorder=3, label=f"{(~inside).sum()} beyond the axis")
+        ax.nsc_qq[label] = (expected, observed)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top * 1.03)
     ax.set_xlabel("expected $-\\log_{10} p$")
     ax.set_ylabel("observed $-\\log_{10} p$")
-    ax.set_title(f"{key}{f' {group}' if group else ''}: $\\lambda$ = {inflation(observed):.3f}")
+    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    ax.set_title(key + (f" {group}" if isinstance(group, str) else ""))
     return finish(ax, show=show, save=save)
 
 
+@doc_params(doc_show_save_ax=doc_show_save_ax)
 def volcano(
     adata: AnnData,
     group: str,
     key: str = "nsc_de",
     *,
+    qcut: float = 0.05,
+    fc_cut: float = 0.0,
     n_labels: int = 10,
     log2: bool = False,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
-) -> Axes:
-    """Fold change against ``-log10`` p-value for one group, top genes labelled.
+) -> Axes | None:
+    """Fold change against ``-log10`` p-value for one group, significant genes coloured.
 
     The fold change is ``logfc`` of :func:`normalisr_sc.tl.de` (covariate-adjusted
-    difference of mean log CPM), in natural log or, with ``log2``, in log2.
+    difference of mean log CPM), in natural log or, with ``log2``, in log2. Genes with a
+    Benjamini-Hochberg q-value (over the genes of the group) at most ``qcut`` and an
+    absolute fold change of at least ``fc_cut`` are red (up) or blue (down); the
+    ``n_labels`` most significant of them are labelled, placed apart by adjustText.
 
     Parameters
     ----------
@@ -117,37 +176,63 @@ def volcano(
         Group (column of the results) to plot.
     key
         Key of the results.
+    qcut
+        Q-value cutoff of significance, in (0, 1].
+    fc_cut
+        Smallest absolute fold change coloured, in the plotted unit (natural log or
+        log2), drawn as dotted lines when above 0.
     n_labels
-        Number of most significant genes labelled with their names.
+        Number of most significant coloured genes labelled with their names.
     log2
         Plot the fold change in log2 instead of natural log.
-    ax, show, save
-        Axes to draw into, call ``plt.show()``, save to this path.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes; its first collection holds the points (fold change, ``-log10 p``) in the
-    order of ``adata.var_names``.
+    The Axes (``None`` if shown); its first collection holds all points (fold change,
+    ``-log10 p``) in the order of ``adata.var_names``, coloured by significance.
     """
     check_str("group", group)
     check_str("key", key)
+    qcut = check_number("qcut", qcut, minimum=0, maximum=1, min_open=True)
+    fc_cut = check_number("fc_cut", fc_cut, minimum=0)
     n_labels = check_int("n_labels", n_labels, minimum=0)
     check_bool("log2", log2)
+    check_plot_args(ax, show, save)
+    from adjustText import adjust_text
+    from matplotlib.lines import Line2D
+
     require(adata, "varm", f"{key}_logfc", "nsc.tl.de")
     logfc = adata.varm[f"{key}_logfc"]
     if group not in logfc.columns:
         msg = f"group {group!r} not in the results of {key!r}; groups: {list(logfc.columns)}."
         raise ValueError(msg)
-    x = logfc[group].to_numpy(dtype=float) / (np.log(2.0) if log2 else 1.0)
-    y = adata.varm[f"{key}_log10p"][group].to_numpy(dtype=float)
-    ax = new_axes(ax)
-    ax.scatter(x, y, s=5, color="tab:grey", rasterized=True)
-    for index in np.argsort(y)[::-1][:n_labels]:
-        ax.annotate(adata.var_names[index], (x[index], y[index]), fontsize=7,
-                    xytext=(2, 2), textcoords="offset points")
+    x = finite_values(logfc[group], f"adata.varm[{key + '_logfc'!r}][{group!r}]")
+    x = x / (np.log(2.0) if log2 else 1.0)
+    y = finite_values(adata.varm[f"{key}_log10p"][group], f"adata.varm[{key + '_log10p'!r}]")
+    pvals = finite_values(adata.varm[f"{key}_pvals"][group], f"adata.varm[{key + '_pvals'!r}]")
+    significant = (bh_qvalues(pvals) <= qcut) & (np.abs(x) >= fc_cut)
+    colors = np.where(significant, np.where(x > 0, "tab:red", "tab:blue"), "lightgrey")
+    ax = new_axes(ax, figsize=(5, 4.5))
+    ax.scatter(x, y, s=6, c=list(colors), rasterized=True)
+    texts = [
+        ax.text(x[i], y[i], adata.var_names[i], fontsize=7)
+        for i in np.flatnonzero(significant)[np.argsort(-y[significant], kind="stable")][:n_labels]
+    ]
+    if texts:
+        adjust_text(texts, x=x, y=y, ax=ax,
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
     ax.axvline(0, color="grey", linewidth=0.8)
+    for edge in (-fc_cut, fc_cut) if fc_cut > 0 else ():
+        ax.axvline(edge, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("$\\log_2$ fold change" if log2 else "log fold change (natural log)")
     ax.set_ylabel("$-\\log_{10} p$")
+    n_up, n_down = int((significant & (x > 0)).sum()), int((significant & (x < 0)).sum())
+    ax.legend(handles=[
+        Line2D([], [], marker="o", linestyle="", color="tab:red", label=f"up ({n_up})"),
+        Line2D([], [], marker="o", linestyle="", color="tab:blue", label=f"down ({n_down})"),
+        Line2D([], [], marker="o", linestyle="", color="lightgrey", label=f"q > {qcut:g}"),
+    ], frameon=False, fontsize=7)
     record = adata.uns.get(key, {})
     reference = list(np.atleast_1d(record.get("reference", []))) if hasattr(record, "get") else []
     baseline = "rest" if record.get("design", "case_control") == "case_control" else "no group"

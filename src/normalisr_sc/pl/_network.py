@@ -9,10 +9,11 @@ from scipy import sparse
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from .._docs import doc_params
 from .._utils import gene_positions, require
 from .._validate import as_names, check_int, check_str
 from ..tl._coex import coex_block
-from ._utils import finish, new_axes
+from ._utils import check_plot_args, doc_show_save_ax, finish, new_axes
 
 if TYPE_CHECKING:
     import os
@@ -43,6 +44,7 @@ def _modules(graph, seed: int) -> list[list[str]]:
     return sorted(modules, key=lambda m: (-len(m), m[0]))
 
 
+@doc_params(doc_show_save_ax=doc_show_save_ax)
 def coex_network(
     adata: AnnData,
     key: str = "nsc_coex",
@@ -55,7 +57,7 @@ def coex_network(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
-) -> Axes:
+) -> Axes | None:
     """Draw the binary co-expression network among some genes (spring layout).
 
     Node size grows with the number of edges of the gene in the drawing; nodes are
@@ -83,13 +85,11 @@ def coex_network(
         most 30 are drawn, else 15.
     seed
         Seed of the layout and of the module detection.
-    ax, show, save
-        Axes to draw into, call ``plt.show()``, save to this path (its folder is
-        created if missing).
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes. The nodes are its first collection; the drawn edges (undirected) are
+    The Axes (``None`` if shown). The nodes are its first collection; the drawn edges (undirected) are
     listed in ``ax.nsc_edges`` as pairs of gene names, the modules in
     ``ax.nsc_modules`` (lists of genes, largest first) and the labelled genes in
     ``ax.nsc_labels``.
@@ -102,6 +102,7 @@ def coex_network(
     check_int("n_genes", n_genes, minimum=1)
     check_int("n_labels", n_labels, minimum=0, allow_none=True)
     check_int("seed", seed, minimum=0)
+    check_plot_args(ax, show, save)
     require(adata, "varp", f"{key}_net", "nsc.tl.binnet")
     net = sparse.csr_matrix(adata.varp[f"{key}_net"], dtype=bool)
     undirected = (net + net.T).astype(bool).tocsr()
@@ -170,6 +171,7 @@ def coex_network(
     return finish(ax, show=show, save=save)
 
 
+@doc_params(doc_show_save_ax=doc_show_save_ax)
 def coex_heatmap(
     adata: AnnData,
     genes: Sequence[str],
@@ -178,7 +180,7 @@ def coex_heatmap(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
-) -> Axes:
+) -> Axes | None:
     """Heatmap of co-expression Pearson r among genes, clustered (average linkage on 1 - r).
 
     Parameters
@@ -189,13 +191,15 @@ def coex_heatmap(
         Genes to show (at least 2), all within the computed co-expression block.
     key
         Key of the co-expression results.
-    ax, show, save
-        Axes to draw into, call ``plt.show()``, save to this path.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes; its image holds ``r`` in the clustered order given by the tick labels.
+    The Axes (``None`` if shown); its image holds ``r`` in the clustered order given by the tick labels.
     """
+    genes = as_names("genes", genes, allow_none=False)
+    check_str("key", key)
+    check_plot_args(ax, show, save)
     if len(genes) < 2:
         msg = f"coex_heatmap needs at least 2 genes, got {len(genes)}."
         raise ValueError(msg)

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._docs import doc_params
 from .._utils import require
-from ._utils import finish, new_axes
+from .._validate import check_str
+from ._utils import check_plot_args, doc_show_save_ax, finish, finite_values, new_axes
 
 if TYPE_CHECKING:
     import os
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@doc_params(doc_show_save_ax=doc_show_save_ax)
 def weights(
     adata: AnnData,
     *,
@@ -24,7 +27,7 @@ def weights(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
-) -> Axes:
+) -> Axes | None:
     """Scatter of each cell's variance weight against its log total count.
 
     Cells flagged by :func:`normalisr_sc.pp.qc_outlier` (with ``inplace=False``) are
@@ -38,22 +41,21 @@ def weights(
         ``adata.obs`` column of the weights.
     outlier_key
         ``adata.obs`` column of the outlier flags, if present.
-    ax
-        Axes to draw into; a new figure otherwise.
-    show
-        Call ``plt.show()``.
-    save
-        Save the figure to this path.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes; its first collection holds the inlier points and, if any, the second the
+    The Axes (``None`` if shown); its first collection holds the inlier points and, if any, the second the
     outliers.
     """
+    check_str("weights_key", weights_key)
+    check_str("outlier_key", outlier_key)
+    check_plot_args(ax, show, save)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
     require(adata, "obsm", "nsc_cov", "nsc.pp.lcpm")
-    log_total = np.asarray(adata.obsm["nsc_cov"]["log_total_counts"], dtype=float)
-    weight = adata.obs[weights_key].to_numpy(dtype=float)
+    log_total = finite_values(adata.obsm["nsc_cov"]["log_total_counts"],
+                              "adata.obsm['nsc_cov']['log_total_counts']")
+    weight = finite_values(adata.obs[weights_key], f"adata.obs[{weights_key!r}]")
     outlier = (adata.obs[outlier_key].to_numpy(dtype=bool) if outlier_key in adata.obs
                else np.zeros(adata.n_obs, dtype=bool))
     ax = new_axes(ax)
