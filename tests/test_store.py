@@ -106,3 +106,12 @@ def test_drop_removes_own_stale_keys_and_refuses_user_keys():
     with pytest.raises(ValueError, match="mine"):
         store(adata, "step", {}, drop={"varp": ["mine"]}, varp={"nsc_net": np.zeros((6, 6))})
     np.testing.assert_array_equal(adata.varp["nsc_net"], np.eye(6))
+
+
+@pytest.mark.parametrize("foreign", ["mine", ["mine"], {"written": "x"}])
+def test_a_foreign_record_is_refused_by_name(foreign):
+    adata = _adata()
+    adata.uns[RECORD] = foreign
+    with pytest.raises(ValueError, match=r"adata\.uns\['normalisr'\] holds something"):
+        store(adata, "step", {}, layers={"lcpm": np.ones((20, 6))})
+    assert "lcpm" not in adata.layers

@@ -131,6 +131,16 @@ def check_writable(adata: AnnData, keys: Mapping[str, Iterable[str]]) -> None:
     about to write. A ValueError names the first key that exists and was not written by
     normalisr_sc, or no longer holds what it wrote.
     """
+    record = adata.uns.get(RECORD)
+    if record is not None and not (isinstance(record, Mapping)
+                                   and isinstance(record.get(WRITTEN, {}), Mapping)):
+        msg = (
+            f"adata.uns[{RECORD!r}] holds something normalisr_sc did not write "
+            f"({type(record).__name__}); normalisr_sc keeps its record of parameters and "
+            f"results there. Move it to another key first (`adata.uns['mine'] = "
+            f"adata.uns.pop({RECORD!r})`)."
+        )
+        raise ValueError(msg)
     for container, names in keys.items():
         if container not in CONTAINERS:
             msg = f"unknown AnnData container {container!r}; use one of {CONTAINERS}."

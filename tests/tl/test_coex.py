@@ -165,6 +165,15 @@ def test_results_never_replace_the_users_data(adata):
     assert adata.varp["ours_r"].dtype == np.float32
 
 
+def test_binnet_refuses_nan_pvalues(adata):
+    nsc.tl.coex(adata)
+    adata.varp["nsc_coex_pvals"][0, 1] = np.nan
+    before = adata.copy()
+    with pytest.raises(ValueError, match="NaN"):
+        nsc.tl.binnet(adata)
+    assert_unchanged(before, adata)
+
+
 def test_empty_network_is_an_error():
     expression, covariates = normalised_arrays(300, 6, seed=9)
     adata = normalised_adata(expression, covariates)

@@ -337,6 +337,12 @@ def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None
         )
         raise ValueError(msg)
     index, pvals = coex_block(adata, key, "pvals")
+    if not np.isfinite(pvals).all():
+        msg = (
+            f"adata.varp[{key + '_pvals'!r}] holds NaN or infinite p-values; rerun "
+            "`nsc.tl.coex`."
+        )
+        raise ValueError(msg)
     rows, cols = pvalue_network(pvals, qcut=qcut)
     _check_not_empty(rows.size, qcut)
     net = _network_matrix(adata.n_vars, index, rows, cols)
