@@ -1,0 +1,98 @@
+"""More bad input (plots, GO covariates, guides, the record, simulate): refused with a
+ValueError naming the problem, the AnnData unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normalisr_sc as nsc
+
+from ._catalogue import (
+    Case,
+    case_params,
+    go_files,
+    param_cases,
+    run_refusal,
+)
+from .test_get_pl import _PLOTS
+
+pp, tl = nsc.pp, nsc.tl
+G0, G1, G2 = "gene00000", "gene00001", "gene00002"
+NOT_SHOW = ["yes", 2]
+
+
+def _gotop(adata, **kwargs):
+    obo, gaf, _ = go_files()
+    return tl.gotop(adata, obo, gaf, **{"n_principal": 10, "min_genes": 3, **kwargs})
+
+
+CASES: list[Case] = []
+
+# ---- pp
+
+CASES += [
+    Case("lcpm-user-uns-normalisr-string", "counts", lambda a: pp.lcpm(a),
+         r"adata.uns\['normalisr'\]", setup=lambda a: a.uns.__setitem__("normalisr", "mine")),
+    Case("normalize-user-uns-normalisr-list", "counts",
+         lambda a: pp.normalize(a, ["batch"], qc=None), r"adata.uns\['normalisr'\]",
+         setup=lambda a: a.uns.__setitem__("normalisr", ["mine"])),
+]
+
+# ---- tl
+CASES += param_cases("gotop", _gotop, "analysed", {"evidence": [5, []]})
+CASES += [
+    Case("assign_guides-0guides", "normalised", lambda a: tl.assign_guides(a),
+         r"grna_counts.*(0 guides|no guide|empty)|(0 guides|no guide|empty).*grna_counts",
+         setup=lambda a: a.obsm.__setitem__("grna_counts", a.obsm["grna_counts"].iloc[:, :0])),
+    Case("assign_guides-counts-complex", "normalised", lambda a: tl.assign_guides(a),
+         r"adata.obsm\['grna_counts'\]",
+         setup=lambda a: a.obsm.__setitem__("grna_counts", a.obsm["grna_counts"] + 1j)),
+]
+
+# ---- pl
+for _name, _plot in _PLOTS.items():
+    CASES += param_cases(_name, _plot, "analysed", {"show": NOT_SHOW, "ax": [5, "ax"]})
+CASES += param_cases("coex_heatmap", _PLOTS["coex_heatmap"], "analysed", {
+    "genes": [5, [G0, G0], None], "key": [5, None],
+}, match={"genes": r"\bgenes?\b|'nope'", "key": r"\bkey\b|mine"})
+CASES += param_cases("weights", _PLOTS["weights"], "analysed", {
+    "weights_key": [5, None], "outlier_key": [5],
+})
+CASES += [
+    Case("weights-nan", "analysed", lambda a: _PLOTS["weights"](a), r"nsc_weight",
+         setup=lambda a: a.obs.__setitem__(
+             "nsc_weight", np.where(np.arange(a.n_obs) == 2, np.nan, a.obs["nsc_weight"]))),
+]
+
+
+@pytest.mark.parametrize("case", case_params(CASES))
+def test_refused(case: Case) -> None:
+    run_refusal(case)
+
+
+# ---- datasets.simulate
+_SIMULATE_MORE = {
+    "n_cells": [0, -1, "100", True, 2.5, np.nan], "n_genes": [0, -1, "50", True],
+    "n_batches": [0, -1, "2", True, 1.5], "de_fraction": ["0.1", True],
+    "de_log_fold_change": [np.nan, np.inf, "0.7", True], "n_modules": [-1, "2", True, 1.5],
+    "module_size": [-1, "10", True, 2.5, 10**6], "module_strength": [np.nan, -0.1, "0.4", np.inf],
+    "n_targets": [-1, "2", True, 1.5, 10**6], "guides_per_target": [0, -1, "2", True],
+    "n_non_targeting": [-1, "4", True], "moi": [np.nan, np.inf, "1", True],
+    "knockdown": [np.nan, np.inf, "1", True], "dispersion": [-0.1, np.nan, np.inf, "0.2", True],
+    "mean_total_counts": [0.0, -1.0, np.nan, np.inf, "4000", True],
+    "seed": ["0", 1.5, True, -1, None],
+}
+_SIMULATE_MORE_CASES = [(p, v) for p, values in _SIMULATE_MORE.items() for v in values]
+
+
+def _id(value) -> str:
+    return "nan" if isinstance(value, float) and np.isnan(value) else repr(value)
+
+
+@pytest.mark.parametrize(("param", "value"), _SIMULATE_MORE_CASES,
+                         ids=[f"simulate-{p}={_id(v)}" for p, v in _SIMULATE_MORE_CASES])
+def test_simulate_refuses(param, value):
+    kwargs = {"n_cells": 40, "n_genes": 30, "n_targets": 2, "module_size": 5, param: value}
+    with pytest.raises(ValueError, match=rf"\b{param}\b"):
+        nsc.datasets.simulate(**kwargs)
