@@ -98,20 +98,10 @@ def _writes(remove_outliers: bool) -> dict[str, list[str]]:
     }
 
 
-def _results(work: AnnData, expected: Mapping[str, list[str]]) -> dict[str, dict]:
-    """Everything the steps stored in ``work``, by container, as the writer takes it.
-
-    That is what ``work``'s record lists as written (:func:`owned_keys`). Steps that
-    still record only their parameters (the old ``record_params``) leave their results
-    unlisted; those of ``expected`` present in ``work`` are taken too, until every
-    step stores through :func:`normalisr_sc._store.store`.
-    """
-    keys = {container: list(names) for container, names in owned_keys(work).items()}
-    for container, names in expected.items():
-        present = getattr(work, container)
-        present = present.columns if container in ("obs", "var") else present
-        listed = keys.setdefault(container, [])
-        listed += [key for key in names if key in present and key not in listed]
+def _results(work: AnnData) -> dict[str, dict]:
+    """Everything the steps stored in ``work``, by container, as the writer takes it:
+    what ``work``'s record lists as written (:func:`owned_keys`)."""
+    keys = owned_keys(work)
     results: dict[str, dict] = {}
     for container, names in keys.items():
         source = getattr(work, container)
@@ -268,7 +258,7 @@ def normalize(
     if remove_outliers:
         steps["qc_outlier"]["removed"] = True
     summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)
-    results = _results(work, writes)
+    results = _results(work)
     if copy:
         adata = _detached(adata, counts) if adata.isbacked else adata.copy()
     check_writable(adata, {container: list(values) for container, values in results.items()})
