@@ -19,6 +19,7 @@ from ._core._blocks import (
 )
 from ._core._reduce import is_dask
 from ._settings import settings
+from ._validate import check_bool
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -86,6 +87,7 @@ def input_matrix(
     backed on disk. Otherwise it is returned in memory (CSC converted to CSR unless
     ``keep_format``).
     """
+    check_bool("chunked", chunked, allow_none=True)
     size = chunk_cells(chunk_size)
     matrix = get_matrix(adata, layer, what=what)
     source = matrix_name(layer)

@@ -9,8 +9,10 @@ import pytest
 import normalisr_sc as nsc
 
 from ._catalogue import (
+    NOT_CHUNKED,
     Case,
     case_params,
+    duplicate_var_names,
     go_files,
     param_cases,
     run_refusal,
@@ -64,6 +66,29 @@ CASES += [
          setup=lambda a: a.obs.__setitem__(
              "nsc_weight", np.where(np.arange(a.n_obs) == 2, np.nan, a.obs["nsc_weight"]))),
 ]
+
+
+# ---- found by the catalogue and fixed (issue 11)
+
+CASES += [
+    Case("normcov-0cells", "lcpm", lambda a: pp.normcov(a, ["batch"]),
+         r"\b0 cells\b|no cells|empty", setup=lambda a: a[:0].copy()),
+    Case("binnet-qval-nan", "analysed", lambda a: tl.binnet(a), r"nsc_coex",
+         setup=lambda a: a.varp.__setitem__(
+             "nsc_coex_pvals", np.full((a.n_vars, a.n_vars), np.nan))),
+    Case("pccovt-constant-genes", "normalised", lambda a: tl.pccovt(a, [G0, G1]),
+         r"constant|\bvar(y|iance)\b",
+         setup=lambda a: a.layers.__setitem__(
+             "normalisr", np.where(np.arange(a.n_vars) < 2, 1.0, a.layers["normalisr"]))),
+    Case("coex_heatmap-genes-duplicated-var_names", "analysed",
+         lambda a: _PLOTS["coex_heatmap"](a, genes=[G0, G2]), r"var_names|duplicate",
+         setup=duplicate_var_names),
+    Case("qq-pvals-nan", "analysed", lambda a: _PLOTS["qq"](a), r"nsc_de",
+         setup=lambda a: a.varm["nsc_de_log10p"].iloc.__setitem__((2, 0), np.nan)),
+]
+CASES += param_cases("coex", tl.coex, "normalised", {"chunked": NOT_CHUNKED})
+CASES += param_cases("gotop", _gotop, "analysed", {"evidence": [["BOGUS"]]})
+
 
 
 @pytest.mark.parametrize("case", case_params(CASES))

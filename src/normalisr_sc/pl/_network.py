@@ -200,6 +200,7 @@ def coex_heatmap(
     genes = as_names("genes", genes, allow_none=False)
     check_str("key", key)
     check_plot_args(ax, show, save)
+    gene_positions(adata, genes)  # unknown or ambiguous names are refused by name
     if len(genes) < 2:
         msg = f"coex_heatmap needs at least 2 genes, got {len(genes)}."
         raise ValueError(msg)

@@ -82,6 +82,9 @@ def normcov(
     ['log_total_counts', 'n_zero_genes', 'log_total_counts_sq', 'batch[b2]', 'intercept']
     """
     columns = obs_columns(adata, as_names("covariates", covariates))
+    if adata.n_obs == 0:
+        msg = "adata has 0 cells: there are no covariates to normalise."
+        raise ValueError(msg)
     check_bool("intercept", intercept)
     check_bool("summary", summary)
     check_str("key_added", key_added)

@@ -94,6 +94,19 @@ def _annotation_keys(
     return matched
 
 
+def _evidence_annotations(annotations: str | os.PathLike, evidence: Collection[str]):
+    """The annotations kept by the evidence filter, refusing a filter that keeps none."""
+    annotation = read_annotations(annotations, evidence=evidence)
+    if not annotation.gene_to_terms:
+        msg = (
+            f"no annotation of {str(annotations)!r} has an evidence code among `evidence` "
+            f"{sorted(evidence)[:8]}; pass codes the file uses (the default keeps every code "
+            "except the expression-based ones)."
+        )
+        raise ValueError(msg)
+    return annotation
+
+
 def _check_go_params(n_principal: int, min_genes: int, pcut: float, evidence, gene_id) -> None:
     check_int("n_principal", n_principal, minimum=2)
     check_int("min_genes", min_genes, minimum=1)
@@ -184,7 +197,7 @@ def gotop(
         )
         raise ValueError(msg)
     dag = read_godag(go_obo)
-    annotation = read_annotations(annotations, evidence=evidence)
+    annotation = _evidence_annotations(annotations, evidence)
     annotation_id = _annotation_keys(adata, gene_id, annotation)
     propagated = propagate(annotation, dag)
     gene_terms = {gene: propagated[aid] for gene, aid in annotation_id.dropna().items()}
@@ -244,6 +257,10 @@ def _finite_or_fail(values: np.ndarray, where: str, fix: str) -> None:
     if bad.any():
         msg = f"{where} holds {int(bad.sum())} NaN or infinite value(s); {fix}."
         raise ValueError(msg)
+
+
+#: A gene whose residual SD is below this fraction of its scale counts as constant.
+CONSTANT_RTOL = 1e-9
 
 
 def pccovt(
@@ -313,8 +330,25 @@ def pccovt(
     _finite_or_fail(expression, f"adata.layers[{layer!r}] (the {len(genes)} genes)",
                     "rerun nsc.pp.normvar")
     expression = expression.astype(np.float64)
+    scale = np.abs(expression).max(axis=0)
     if condition_on_covariates:
         expression = _covariates_removed(expression, covariate_values)
+    # Rounding noise left of a gene without variation would be standardised into a
+    # component of its own: such genes carry no programme and are left out.
+    residual = (expression - expression.mean(axis=0)).std(axis=0)
+    constant = residual <= CONSTANT_RTOL * scale
+    if constant.all():
+        msg = (
+            f"the {len(genes)} gene(s) of `genes` have constant expression (variance 0"
+            f"{' after removing the covariates' if condition_on_covariates else ''}), so "
+            "they define no component; pass genes that vary."
+        )
+        raise ValueError(msg)
+    if constant.any():
+        logger.warning("pccovt: %d of %d genes with constant expression are left out: %s",
+                       int(constant.sum()), len(genes),
+                       ", ".join(np.asarray(genes)[constant][:10]))
+        expression = expression[:, ~constant]
     scores, explained = top_principal_component(expression)
     records = dict(adata.uns.get("nsc_pccovt", {}))
     records[name] = {
@@ -419,7 +453,7 @@ def coex_peel(
         genes = as_names("genes", genes)
     # Parse the files first so that bad paths fail before any work.
     read_godag(go_obo)
-    read_annotations(annotations, evidence=evidence)
+    _evidence_annotations(annotations, evidence)
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
     check_writable(adata, {
