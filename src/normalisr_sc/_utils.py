@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("normalisr_sc")
 
-#: Key of ``adata.uns`` holding the parameters of the normalisation steps.
-UNS_KEY = "normalisr"
-
-
 def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts"):
     """``adata.X`` or ``adata.layers[layer]``, with a helpful error for unknown layers."""
     if layer is None:
@@ -287,37 +283,6 @@ def ensure_actual(adata: AnnData) -> None:
     """Turn a view into an actual AnnData before writing to it, like scanpy does."""
     if adata.is_view:
         adata._init_as_actual(adata.copy())
-
-
-#: Entry of ``adata.uns['normalisr']`` listing every key a step stored with ``key_added``.
-WRITTEN = "keys_written"
-
-
-def record_params(adata: AnnData, step: str, params: dict) -> None:
-    """Store the parameters of one step in ``adata.uns['normalisr'][step]``.
-
-    A ``key_added`` among them is also remembered in ``uns['normalisr']['keys_written']``,
-    so later calls may overwrite what normalisr_sc wrote, and only that.
-    """
-    record = adata.uns.setdefault(UNS_KEY, {})
-    record[step] = {k: v for k, v in params.items() if v is not None}
-    key = params.get("key_added")
-    if key is not None:
-        written = list(record.get(WRITTEN, []))
-        if key not in written:
-            written.append(key)
-        record[WRITTEN] = written
-
-
-def check_new_layer(adata: AnnData, key: str) -> None:
-    """Refuse to overwrite a layer that no earlier normalisr_sc call wrote."""
-    ours = key in list(adata.uns.get(UNS_KEY, {}).get(WRITTEN, []))
-    if key in adata.layers and not ours:
-        msg = (
-            f"adata.layers[{key!r}] already exists and was not written by normalisr_sc; pass "
-            "another `key_added=` or delete that layer first."
-        )
-        raise ValueError(msg)
 
 
 def obs_columns(adata: AnnData, columns: Sequence[str] | str | None) -> list[str]:

@@ -2,7 +2,7 @@
 
 from ._covariates import normcov
 from ._lcpm import lcpm, scaling_factor
-from ._qc import qc_outlier, qc_reads
+from ._qc import format_qc_summary, qc_outlier, qc_reads
 from ._recipe import DEFAULT_QC, normalize
 from ._simple import cpm, minmax
 from ._variance import compute_var, normvar
@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_QC",
     "compute_var",
     "cpm",
+    "format_qc_summary",
     "lcpm",
     "minmax",
     "normalize",
