@@ -295,7 +295,7 @@ def main() -> None:
         print("\naccuracy against the generated truth (medians over the runs)")
         width = max(len(r[0]) for r in accuracy_rows)
         name_width = max(len(r[1]) for r in accuracy_rows)
-        print(f"{'scenario':<{width}} {'method':<{name_width}} {'precision':>9} {'recall':>7} "
+        print(f"{'accuracy of':<{width}} {'method':<{name_width}} {'precision':>9} {'recall':>7} "
               f"{'exact':>7}")
         for label, name, precision, recall, exact in accuracy_rows:
             print(f"{label:<{width}} {name:<{name_width}} {precision:>9.4f} {recall:>7.4f} "

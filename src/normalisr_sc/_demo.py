@@ -61,9 +61,9 @@ def write_plots(adata: AnnData, folder) -> list:
 
     paths = []
     group = adata.uns["simulation"]["targets"]["grna_group"].iloc[0]
-    for name, draw in [("qq.png", lambda: pl.qq(adata)),
-                       ("volcano.png", lambda: pl.volcano(adata, group)),
-                       ("weights.png", lambda: pl.weights(adata))]:
+    for name, draw in [("qq.png", lambda: pl.qq(adata, show=False)),
+                       ("volcano.png", lambda: pl.volcano(adata, group, show=False)),
+                       ("weights.png", lambda: pl.weights(adata, show=False))]:
         ax = draw()
         ax.figure.savefig(folder / name, dpi=120, bbox_inches="tight")
         plt.close(ax.figure)

@@ -444,7 +444,7 @@ def cmd_report(args: argparse.Namespace, outputs: _io.Outputs) -> None:
             continue
         print("\n".join(lines))
         if args.plots:
-            ax = pl.qq(adata, key)
+            ax = pl.qq(adata, key, show=False)
             ax.figure.savefig(outputs.path(Path(args.plots) / f"{key}_qq.png"), dpi=120,
                               bbox_inches="tight", format="png")
             plt.close(ax.figure)
