@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # two real CLI runs on the Papalexi screen, about a minute
+
 
 def _cli(*args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "normalisr_sc", *map(str, args)],
