@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from mudata import MuData
 
 GuideMap = Mapping[str, str] | pd.Series | pd.DataFrame | str
 
@@ -72,8 +73,78 @@ def _guide_to_group(adata: AnnData, groups: GuideMap) -> dict[str, str]:
     return {str(guide): str(group) for guide, group in dict(groups).items()}
 
 
+#: Names of the guide-count modality of a MuData: pertpy's and pysceptre's.
+GUIDE_MODALITIES = ("gdo", "grna")
+
+
+def _is_mudata(data: object) -> bool:
+    return hasattr(data, "mod") and hasattr(data, "n_mod")
+
+
+def _mudata_counts(mdata: MuData, rna_mod: str, guide_mod: str | None):
+    """The expression modality, its cells' guide counts (matched by name), where they
+    came from, and the guide modality's ``var``."""
+    modalities = list(mdata.mod)
+    if guide_mod is None:
+        found = [m for m in GUIDE_MODALITIES if m in mdata.mod]
+        if len(found) != 1:
+            msg = (f"cannot tell the guide-count modality of the MuData among {modalities}; "
+                   "pass `guide_mod=`.")
+            raise ValueError(msg)
+        guide_mod = found[0]
+    for name, role in ((rna_mod, "rna_mod"), (guide_mod, "guide_mod")):
+        if name not in mdata.mod:
+            msg = f"the MuData has no modality {name!r} (`{role}`); modalities: {modalities}."
+            raise ValueError(msg)
+    rna, guides = mdata.mod[rna_mod], mdata.mod[guide_mod]
+    where = f"mdata[{guide_mod!r}].X"
+    for modality, name in ((rna, rna_mod), (guides, guide_mod)):
+        if not modality.obs_names.is_unique:
+            msg = (f"the cell names of mdata[{name!r}] are not unique, so cells cannot be "
+                   "matched between modalities.")
+            raise ValueError(msg)
+    source = guides.X
+    if source is None or np.dtype(source.dtype).kind not in "biuf":
+        msg = f"{where} must hold real guide UMI counts."
+        raise ValueError(msg)
+    position = guides.obs_names.get_indexer(rna.obs_names)
+    present = np.flatnonzero(position >= 0)
+    if present.size == 0:
+        msg = (f"no cell of mdata[{rna_mod!r}] is in mdata[{guide_mod!r}]: the cell names "
+               "do not match.")
+        raise ValueError(msg)
+    if present.size < rna.n_obs:
+        logger.warning("assign_guides: %d of %d cells of mdata[%r] are absent from "
+                       "mdata[%r] and carry no guide.", rna.n_obs - present.size,
+                       rna.n_obs, rna_mod, guide_mod)
+    # The guide counts of each expression cell (zero rows for absent cells), by a
+    # selection product: the guide modality's matrix is read, never reordered in place.
+    select = sparse.csr_matrix((np.ones(present.size), (present, position[present])),
+                               shape=(rna.n_obs, guides.n_obs))
+    counts = select @ sparse.csr_matrix(source, dtype=np.float64)
+    return rna, counts, where, guides.var
+
+
+def _canonical_counts(raw, where: str) -> sparse.csr_matrix:
+    """Guide counts as a canonical float64 CSR copy, checked."""
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw
+    if np.dtype(raw.dtype).kind not in "biuf":
+        msg = f"{where} must hold real guide UMI counts, found dtype {raw.dtype}."
+        raise ValueError(msg)
+    if raw.ndim != 2 or raw.shape[1] == 0:
+        msg = f"{where} holds no guide column (shape {raw.shape})."
+        raise ValueError(msg)
+    # A copy in canonical form: the user's matrix is never summed or sorted in place.
+    counts = sparse.csr_matrix(raw, dtype=np.float64, copy=True)
+    counts.sum_duplicates()
+    if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
+        msg = f"{where} must hold non-negative finite guide counts."
+        raise ValueError(msg)
+    return counts
+
+
 def assign_guides(
-    adata: AnnData,
+    adata: AnnData | MuData,
     obsm_key: str = "grna_counts",
     *,
     mode: Literal["max", "threshold", "mixture"] = "max",
@@ -83,6 +154,8 @@ def assign_guides(
     groups: GuideMap | None = None,
     guide_names: Sequence[str] | str | None = None,
     key_added: str = "nsc_guides",
+    rna_mod: str = "rna",
+    guide_mod: str | None = None,
 ) -> None:
     """Assign guides (gRNAs) to cells from their UMI counts.
 
@@ -92,10 +165,17 @@ def assign_guides(
     ``threshold`` UMIs (the customary high-MOI assignment). With ``groups``, guides are
     pooled by target: a cell carries a group if it carries any of its guides.
 
+    A screen held as a MuData (as pertpy's loaders and pysceptre give it) is read from
+    its guide-count modality and the assignment written into its expression modality, so
+    that ``nsc.pp.normalize(mdata["rna"])`` and ``nsc.tl.de(mdata["rna"], "nsc_guides",
+    ...)`` follow as usual.
+
     Parameters
     ----------
     adata
-        AnnData with guide counts in ``adata.obsm[obsm_key]`` (cells x guides).
+        AnnData with guide counts in ``adata.obsm[obsm_key]`` (cells x guides), or a
+        MuData with an expression and a guide-count modality (``rna_mod``,
+        ``guide_mod``; ``obsm_key`` is then not used).
     obsm_key
         ``adata.obsm`` key of the guide UMI counts (dense, sparse or DataFrame).
     mode
@@ -118,10 +198,19 @@ def assign_guides(
         not a DataFrame; default ``adata.uns[obsm_key]['names']`` or the positions.
     key_added
         Key receiving the assignment.
+    rna_mod
+        For a MuData: the expression modality, which receives the assignment.
+    guide_mod
+        For a MuData: the guide-count modality (its ``X``: cells x guides UMI counts,
+        guide names in its ``var_names``); default whichever of ``'gdo'`` (pertpy) and
+        ``'grna'`` (pysceptre) it has. ``groups`` may then name a column of its ``var``
+        holding each guide's target (e.g. ``'target_gene_name'``). Cells are matched by
+        name; cells of the expression modality absent from the guide modality carry no
+        guide (a warning counts them).
 
     Returns
     -------
-    Nothing; sets ``adata.obsm[key_added]`` (CSR boolean, cells x guides or groups) and
+    Nothing; sets (for a MuData, in its expression modality) ``adata.obsm[key_added]`` (CSR boolean, cells x guides or groups) and
     ``adata.uns[key_added]`` with ``names`` (the column names, read by
     :func:`normalisr_sc.tl.de`) and the parameters. Cells per column are not stored,
     since they change when cells are filtered: count them from the matrix
@@ -135,6 +224,11 @@ def assign_guides(
     >>> nsc.tl.assign_guides(adata, "grna_counts", guide_names="grna_ids",
     ...                      groups="grna_group")
     >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
+
+    A MuData screen whose guide modality's ``var`` names each guide's target:
+
+    >>> nsc.tl.assign_guides(mdata, groups="target_gene_name")
+    >>> nsc.pp.normalize(mdata["rna"])
     """
     check_str("obsm_key", obsm_key)
     check_choice("mode", mode, ("max", "threshold", "mixture"))
@@ -150,32 +244,33 @@ def assign_guides(
         msg = ("`groups` must be a guide -> group mapping (dict, Series, two-column "
                f"DataFrame) or the adata.uns key of one, got {type(groups).__name__}.")
         raise ValueError(msg)
+    check_str("rna_mod", rna_mod)
+    check_str("guide_mod", guide_mod, allow_none=True)
+    if _is_mudata(adata):
+        adata, raw, where, guide_var = _mudata_counts(adata, rna_mod, guide_mod)
+    else:
+        if obsm_key not in adata.obsm:
+            msg = f"adata.obsm[{obsm_key!r}] not found; available keys: {list(adata.obsm)}."
+            raise ValueError(msg)
+        raw, where, guide_var = adata.obsm[obsm_key], f"adata.obsm[{obsm_key!r}]", None
     check_writable(adata, {"obsm": [key_added, *([posterior_key] if posterior else [])],
                            "uns": [key_added]})
-    if obsm_key not in adata.obsm:
-        msg = f"adata.obsm[{obsm_key!r}] not found; available keys: {list(adata.obsm)}."
-        raise ValueError(msg)
-    raw = adata.obsm[obsm_key]
-    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw
-    if np.dtype(raw.dtype).kind not in "biuf":
-        msg = (f"adata.obsm[{obsm_key!r}] must hold real guide UMI counts, found dtype "
-               f"{raw.dtype}.")
-        raise ValueError(msg)
-    if raw.ndim != 2 or raw.shape[1] == 0:
-        msg = f"adata.obsm[{obsm_key!r}] holds no guide column (shape {raw.shape})."
-        raise ValueError(msg)
-    # A copy in canonical form: the user's matrix is never summed or sorted in place.
-    counts = sparse.csr_matrix(raw, dtype=np.float64, copy=True)
-    counts.sum_duplicates()
-    if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
-        msg = f"adata.obsm[{obsm_key!r}] must hold non-negative finite guide counts."
-        raise ValueError(msg)
+    counts = _canonical_counts(raw, where)
     if mode == "mixture" and (counts.data != np.round(counts.data)).any():
-        msg = (f"mode='mixture' needs integer UMI counts; adata.obsm[{obsm_key!r}] holds "
-               "non-integer values. Pass the raw guide UMI counts.")
+        msg = (f"mode='mixture' needs integer UMI counts; {where} holds non-integer "
+               "values. Pass the raw guide UMI counts.")
         raise ValueError(msg)
-    names = _guide_names(adata, obsm_key, guide_names, counts.shape[1])
-    mapping = None if groups is None else _guide_to_group(adata, groups)
+    if guide_var is None:
+        names = _guide_names(adata, obsm_key, guide_names, counts.shape[1])
+    else:
+        names = ([str(n) for n in guide_var.index] if guide_names is None
+                 else _guide_names(adata, obsm_key, guide_names, counts.shape[1]))
+    if guide_var is not None and isinstance(groups, str) and groups in guide_var.columns:
+        targets = guide_var[groups]
+        mapping = {str(g): str(t) for g, t in zip(guide_var.index, targets, strict=True)
+                   if pd.notna(t)}
+    else:
+        mapping = None if groups is None else _guide_to_group(adata, groups)
 
     if mode == "max":
         top = np.asarray(counts.argmax(axis=1)).ravel()
