@@ -40,7 +40,13 @@ def _feed_values(digest: hashlib._Hash, values: Any) -> None:
     """Feed an array's shape and values, in a form that an h5ad round trip keeps."""
     array = np.asarray(values)
     digest.update(repr(array.shape).encode())
-    if array.dtype.kind in "biuf":
+    if array.dtype.names is not None:
+        # A record array (scanpy's rank_genes_groups layout): field by field, each in
+        # one vectorised piece, not one Python string per record.
+        for name in array.dtype.names:
+            digest.update(f"\x1c{name}".encode())
+            _feed_values(digest, array[name])
+    elif array.dtype.kind in "biuf":
         numbers = array.astype(np.float64)
         numbers[np.isnan(numbers)] = np.nan  # one bit pattern for every NaN
         digest.update(numbers.tobytes())
