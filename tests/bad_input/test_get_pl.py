@@ -121,7 +121,20 @@ _SIMULATE_BAD = {
     "de_fraction": [-0.1, 1.5, np.nan],
     "moi": [0.0, -1.0],
 }
-_SIMULATE_CASES = [(p, v) for p, values in _SIMULATE_BAD.items() for v in values]
+#: Wrong types and values found by the catalogue later (every parameter).
+_SIMULATE_MORE = {
+    "n_cells": [0, -1, "100", True, 2.5, np.nan], "n_genes": [0, -1, "50", True],
+    "n_batches": [0, -1, "2", True, 1.5], "de_fraction": ["0.1", True],
+    "de_log_fold_change": [np.nan, np.inf, "0.7", True], "n_modules": [-1, "2", True, 1.5],
+    "module_size": [-1, "10", True, 2.5, 10**6], "module_strength": [np.nan, -0.1, "0.4", np.inf],
+    "n_targets": [-1, "2", True, 1.5, 10**6], "guides_per_target": [0, -1, "2", True],
+    "n_non_targeting": [-1, "4", True], "moi": [np.nan, np.inf, "1", True],
+    "knockdown": [np.nan, np.inf, "1", True], "dispersion": [-0.1, np.nan, np.inf, "0.2", True],
+    "mean_total_counts": [0.0, -1.0, np.nan, np.inf, "4000", True],
+    "seed": ["0", 1.5, True, -1, None],
+}
+_SIMULATE_CASES = [(p, v) for bad in (_SIMULATE_BAD, _SIMULATE_MORE)
+                   for p, values in bad.items() for v in values]
 
 
 def _id(value) -> str:

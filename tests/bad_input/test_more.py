@@ -94,30 +94,3 @@ CASES += param_cases("gotop", _gotop, "analysed", {"evidence": [["BOGUS"]]})
 @pytest.mark.parametrize("case", case_params(CASES))
 def test_refused(case: Case) -> None:
     run_refusal(case)
-
-
-# ---- datasets.simulate
-_SIMULATE_MORE = {
-    "n_cells": [0, -1, "100", True, 2.5, np.nan], "n_genes": [0, -1, "50", True],
-    "n_batches": [0, -1, "2", True, 1.5], "de_fraction": ["0.1", True],
-    "de_log_fold_change": [np.nan, np.inf, "0.7", True], "n_modules": [-1, "2", True, 1.5],
-    "module_size": [-1, "10", True, 2.5, 10**6], "module_strength": [np.nan, -0.1, "0.4", np.inf],
-    "n_targets": [-1, "2", True, 1.5, 10**6], "guides_per_target": [0, -1, "2", True],
-    "n_non_targeting": [-1, "4", True], "moi": [np.nan, np.inf, "1", True],
-    "knockdown": [np.nan, np.inf, "1", True], "dispersion": [-0.1, np.nan, np.inf, "0.2", True],
-    "mean_total_counts": [0.0, -1.0, np.nan, np.inf, "4000", True],
-    "seed": ["0", 1.5, True, -1, None],
-}
-_SIMULATE_MORE_CASES = [(p, v) for p, values in _SIMULATE_MORE.items() for v in values]
-
-
-def _id(value) -> str:
-    return "nan" if isinstance(value, float) and np.isnan(value) else repr(value)
-
-
-@pytest.mark.parametrize(("param", "value"), _SIMULATE_MORE_CASES,
-                         ids=[f"simulate-{p}={_id(v)}" for p, v in _SIMULATE_MORE_CASES])
-def test_simulate_refuses(param, value):
-    kwargs = {"n_cells": 40, "n_genes": 30, "n_targets": 2, "module_size": 5, param: value}
-    with pytest.raises(ValueError, match=rf"\b{param}\b"):
-        nsc.datasets.simulate(**kwargs)
