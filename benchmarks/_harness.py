@@ -192,8 +192,13 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def timed(function: Callable[..., Any], *args: Any, cap: float | None = None,
-          own: float | None = None, **kwargs: Any) -> Run:
+def timed(
+    function: Callable[..., Any],
+    *args: Any,
+    cap: float | None = None,
+    own: float | None = None,
+    **kwargs: Any,
+) -> Run:
     """Run ``function(*args, **kwargs)`` once in this process and time it.
 
     A call still running after ``cap`` seconds is interrupted (at the next Python
@@ -229,8 +234,13 @@ def _kill_group(process: Any) -> None:
     process.join()
 
 
-def in_child(function: Callable[..., dict], *args: Any, cap: float | None = None,
-             own: float | None = None, **kwargs: Any) -> Run:
+def in_child(
+    function: Callable[..., dict],
+    *args: Any,
+    cap: float | None = None,
+    own: float | None = None,
+    **kwargs: Any,
+) -> Run:
     """Run ``function(*args, **kwargs)`` once in a fresh process forked from this one.
 
     The child inherits the modules imported so far (import them before, so that they
@@ -267,8 +277,12 @@ def in_child(function: Callable[..., dict], *args: Any, cap: float | None = None
     return Run(float(result.get("seconds", wall)), (before, after), data=result, own=own)
 
 
-def alternate(measures: Mapping[str, Callable[[], Run]], repeat: int = DEFAULT_REPEAT, *,
-              progress: str | None = None) -> dict[str, list[Run]]:
+def alternate(
+    measures: Mapping[str, Callable[[], Run]],
+    repeat: int = DEFAULT_REPEAT,
+    *,
+    progress: str | None = None,
+) -> dict[str, list[Run]]:
     """Run every measurement ``repeat`` times in turn: a, b, c, a, b, c, ...
 
     A measurement that was capped or failed is not repeated (a capped time is a lower
@@ -366,9 +380,16 @@ def _cell(runs: list[Run], reference: list[Run] | None, cap: float | None, unit:
     return text
 
 
-def print_table(rows: Sequence[Row], methods: Sequence[str], *, reference: str | None = "ours",
-                extra: Sequence[str] = (), cap: float | None = None, title: str | None = None,
-                unit: str = "s") -> bool:
+def print_table(
+    rows: Sequence[Row],
+    methods: Sequence[str],
+    *,
+    reference: str | None = "ours",
+    extra: Sequence[str] = (),
+    cap: float | None = None,
+    title: str | None = None,
+    unit: str = "s",
+) -> bool:
     """Print the medians of ``rows`` with ratios, load ranges and the load verdict.
 
     One column per method: the median seconds over the row's runs of it and, in
@@ -381,30 +402,48 @@ def print_table(rows: Sequence[Row], methods: Sequence[str], *, reference: str |
     """
     if title:
         print(f"\n{title}")
-    texts = [[_cell(row.runs.get(m, []), row.runs.get(reference) if reference else None,
-                    cap, unit) for m in methods] for row in rows]
+    texts = [
+        [
+            _cell(row.runs.get(m, []), row.runs.get(reference) if reference else None, cap, unit)
+            for m in methods
+        ]
+        for row in rows
+    ]
     label_width = max([len("scenario"), *(len(row.label) for row in rows)])
     widths = [max([len(m), *(len(t[i]) for t in texts)]) for i, m in enumerate(methods)]
     extra_widths = [max([len(e), *(len(row.extra.get(e, "")) for row in rows)]) for e in extra]
-    header = " ".join([f"{'scenario':<{label_width}}",
-                       *(f"{m:>{w}}" for m, w in zip(methods, widths, strict=True)),
-                       *(f"{e:>{w}}" for e, w in zip(extra, extra_widths, strict=True)),
-                       f"{'n':>3} {'load 1m':>11} {'trust':>5}"])
+    header = " ".join(
+        [
+            f"{'scenario':<{label_width}}",
+            *(f"{m:>{w}}" for m, w in zip(methods, widths, strict=True)),
+            *(f"{e:>{w}}" for e, w in zip(extra, extra_widths, strict=True)),
+            f"{'n':>3} {'load 1m':>11} {'trust':>5}",
+        ]
+    )
     print(header + "\n" + "-" * len(header))
     for row, cells in zip(rows, texts, strict=True):
         low, high = load_range(row.all_runs())
         counts = sorted({len(runs) for runs in row.runs.values() if runs})
         n = "/".join(str(c) for c in counts) or "0"
-        print(" ".join([f"{row.label:<{label_width}}",
-                        *(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)),
-                        *(f"{row.extra.get(e, ''):>{w}}"
-                          for e, w in zip(extra, extra_widths, strict=True)),
-                        f"{n:>3} {f'{low:.1f}-{high:.1f}':>11} "
-                        f"{'BUSY' if row.busy else 'ok':>5}"]))
+        print(
+            " ".join(
+                [
+                    f"{row.label:<{label_width}}",
+                    *(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)),
+                    *(
+                        f"{row.extra.get(e, ''):>{w}}"
+                        for e, w in zip(extra, extra_widths, strict=True)
+                    ),
+                    f"{n:>3} {f'{low:.1f}-{high:.1f}':>11} {'BUSY' if row.busy else 'ok':>5}",
+                ]
+            )
+        )
     if reference:
-        print(f"medians of n alternating runs; (x): median / median of {reference!r} in the "
-              "same row" + (f"; '>{cap:.0f}{unit}': stopped at the cap, ratio a lower bound"
-                            if cap else ""))
+        print(
+            f"medians of n alternating runs; (x): median / median of {reference!r} in the "
+            "same row"
+            + (f"; '>{cap:.0f}{unit}': stopped at the cap, ratio a lower bound" if cap else "")
+        )
     return verdict(rows)
 
 
@@ -415,15 +454,19 @@ def verdict(rows: Sequence[Row]) -> bool:
         print("verdict: nothing was measured")
         return False
     limit = load_limit(runs[0].own)
-    rule = (f"load rule: 1-minute load average <= {limit:.1f} ({limit - LOAD_MARGIN * cores():g}"
-            f" own + {LOAD_MARGIN} x {cores()} cores) before and after every run")
+    rule = (
+        f"load rule: 1-minute load average <= {limit:.1f} ({limit - LOAD_MARGIN * cores():g}"
+        f" own + {LOAD_MARGIN} x {cores()} cores) before and after every run"
+    )
     busy = [row.label for row in rows if row.busy]
     if not busy:
         print(f"verdict: quiet machine, every row can be trusted ({rule})")
         return True
     highest = max(load_range(runs))
-    print(f"verdict: MACHINE TOO BUSY to trust {len(busy)} of {len(rows)} rows (load up to "
-          f"{highest:.1f}; {rule}): {', '.join(busy)}. Re-measure on a quiet machine.")
+    print(
+        f"verdict: MACHINE TOO BUSY to trust {len(busy)} of {len(rows)} rows (load up to "
+        f"{highest:.1f}; {rule}): {', '.join(busy)}. Re-measure on a quiet machine."
+    )
     return False
 
 
@@ -436,16 +479,28 @@ def add_arguments(parser: Any, *, cap: float | None = None, quick_repeat: int = 
     ``--repeat`` defaults to :data:`DEFAULT_REPEAT`, or ``quick_repeat`` with ``--quick``
     (see :func:`repeats`).
     """
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes, a smoke run well under a minute")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help=f"runs per method, alternating (default {DEFAULT_REPEAT}; "
-                             f"--quick: {quick_repeat})")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS threads of every method (default: the libraries' own)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small shapes, a smoke run well under a minute"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help=f"runs per method, alternating (default {DEFAULT_REPEAT}; --quick: {quick_repeat})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS threads of every method (default: the libraries' own)",
+    )
     if cap is not None:
-        parser.add_argument("--cap", type=float, default=cap,
-                            help=f"seconds after which a call is stopped (default {cap:g})")
+        parser.add_argument(
+            "--cap",
+            type=float,
+            default=cap,
+            help=f"seconds after which a call is stopped (default {cap:g})",
+        )
     parser.set_defaults(_quick_repeat=quick_repeat)
 
 
@@ -469,8 +524,17 @@ def print_header(packages: Sequence[str] = ("normalisr-sc",), **settings: object
             versions.append(f"{package} {version(package)}")
         except PackageNotFoundError:
             versions.append(f"{package} (not installed)")
-    text = ", ".join([f"python {platform.python_version()}", f"{cores()} cores",
-                      *versions, *(f"{k} {v}" for k, v in settings.items())])
+    text = ", ".join(
+        [
+            f"python {platform.python_version()}",
+            f"{cores()} cores",
+            *versions,
+            *(f"{k} {v}" for k, v in settings.items()),
+        ]
+    )
     one, five, fifteen = os.getloadavg()
-    print(f"{text}; load average {one:.1f} {five:.1f} {fifteen:.1f} (trusted up to "
-          f"{load_limit():.1f})", flush=True)
+    print(
+        f"{text}; load average {one:.1f} {five:.1f} {fifteen:.1f} (trusted up to "
+        f"{load_limit():.1f})",
+        flush=True,
+    )

@@ -41,8 +41,12 @@ MIN_CELLS = 2
 #: Read-count QC bounds of the Normalisr recipe that the screen benchmarks pass to
 #: ``nsc.pp.normalize(qc=...)`` explicitly (the package default may change; bounds left
 #: out are off, and the cell bounds apply as given, not scaled to the number of genes).
-QC_BOUNDS = {"min_gene_cells": 50, "min_gene_cell_fraction": 0.02, "min_cell_counts": 500,
-             "min_cell_genes": 100}
+QC_BOUNDS = {
+    "min_gene_cells": 50,
+    "min_gene_cell_fraction": 0.02,
+    "min_cell_counts": 500,
+    "min_cell_genes": 100,
+}
 
 
 @dataclass(frozen=True)
@@ -63,16 +67,19 @@ class Screen:
 
     def path(self, workdir: Path) -> Path:
         digest = hashlib.sha1(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()
-        return workdir / (f"screen_{self.n_cells}x{self.n_genes}x{self.n_groups}_"
-                          f"{digest[:10]}.h5ad")
+        return workdir / (
+            f"screen_{self.n_cells}x{self.n_genes}x{self.n_groups}_{digest[:10]}.h5ad"
+        )
 
 
-QUICK_SCREEN = Screen(n_cells=4_000, n_genes=400, n_groups=100, guides_per_cell=4.0,
-                      median_umis=3_000.0, n_planted=5)
+QUICK_SCREEN = Screen(
+    n_cells=4_000, n_genes=400, n_groups=100, guides_per_cell=4.0, median_umis=3_000.0, n_planted=5
+)
 
 
-def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: float,
-                      high: float, size: int) -> np.ndarray:
+def _truncated_normal(
+    rng: np.random.Generator, mean: float, sd: float, low: float, high: float, size: int
+) -> np.ndarray:
     values = rng.normal(mean, sd, size)
     outside = (values < low) | (values > high)
     while outside.any():
@@ -108,20 +115,27 @@ def _guide_matrix(screen: Screen, rng: np.random.Generator):
     # a group drawn twice for one cell counts once (rare at 28 of 6,000)
     pairs = np.unique(cells * screen.n_groups + groups)
     rows, columns = np.divmod(pairs, screen.n_groups)
-    return sparse.csr_matrix((np.ones(pairs.size, dtype=bool), (rows, columns)),
-                             shape=(screen.n_cells, screen.n_groups))
+    return sparse.csr_matrix(
+        (np.ones(pairs.size, dtype=bool), (rows, columns)), shape=(screen.n_cells, screen.n_groups)
+    )
 
 
-def _count_block(screen: Screen, genes: dict, depth: np.ndarray, batch: np.ndarray,
-                 guides, planted: dict, rng: np.random.Generator):
+def _count_block(
+    screen: Screen,
+    genes: dict,
+    depth: np.ndarray,
+    batch: np.ndarray,
+    guides,
+    planted: dict,
+    rng: np.random.Generator,
+):
     """NB counts of one block of cells as float32 CSR (the dense block is transient)."""
     from scipy import sparse
 
     mean = depth[:, None] * genes["share"] * genes["batch_fold"][batch]
     carrying = guides[:, planted["groups"]].tocsc()
-    for k, (target, fraction) in enumerate(zip(planted["genes"], planted["fraction"],
-                                               strict=True)):
-        cells = carrying.indices[carrying.indptr[k]:carrying.indptr[k + 1]]
+    for k, (target, fraction) in enumerate(zip(planted["genes"], planted["fraction"], strict=True)):
+        cells = carrying.indices[carrying.indptr[k] : carrying.indptr[k + 1]]
         mean[cells, target] *= fraction
     size = 1.0 / genes["dispersion"]
     # Gamma-Poisson: NB with mean `mean` and dispersion 1/size
@@ -167,9 +181,12 @@ def generate(screen: Screen, path: Path) -> dict:
     gene_names = np.array([f"gene{j:05d}" for j in range(screen.n_genes)])
     group_names = np.array([f"group{k:04d}" for k in range(screen.n_groups)])
     obs = pd.DataFrame(
-        {COVARIATE: pd.Categorical.from_codes(batch, [f"rep{b + 1}" for b in
-                                                     range(screen.n_batches)]),
-         "n_guides": np.diff(guides.indptr).astype(np.int32)},
+        {
+            COVARIATE: pd.Categorical.from_codes(
+                batch, [f"rep{b + 1}" for b in range(screen.n_batches)]
+            ),
+            "n_guides": np.diff(guides.indptr).astype(np.int32),
+        },
         index=[f"cell{i:06d}" for i in range(screen.n_cells)],
     )
     var = pd.DataFrame({"mean_umis": genes["share"] * screen.median_umis}, index=gene_names)
@@ -188,17 +205,23 @@ def generate(screen: Screen, path: Path) -> dict:
     with h5py.File(partial, "a") as file:
         for first in range(0, screen.n_cells, GENERATION_BLOCK):
             rows = slice(first, min(first + GENERATION_BLOCK, screen.n_cells))
-            block = _count_block(screen, genes, depth[rows], batch[rows], guides[rows],
-                                 planted, rng_counts)
+            block = _count_block(
+                screen, genes, depth[rows], batch[rows], guides[rows], planted, rng_counts
+            )
             nnz += block.nnz
             if first == 0:
-                write_elem(file, "X", block, dataset_kwargs={
-                    "indptr_dtype": np.int64, "chunks": (2**18,)})
+                write_elem(
+                    file, "X", block, dataset_kwargs={"indptr_dtype": np.int64, "chunks": (2**18,)}
+                )
             else:
                 sparse_dataset(file["X"]).append(block)
     partial.replace(path)
-    stats = {"seconds": time.perf_counter() - start, "bytes": path.stat().st_size, "nnz": nnz,
-             "params": screen.key()}
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "bytes": path.stat().st_size,
+        "nnz": nnz,
+        "params": screen.key(),
+    }
     path.with_suffix(".json").write_text(json.dumps(stats, indent=1))
     return stats
 
@@ -212,8 +235,11 @@ def screen_file(screen: Screen, workdir: Path) -> tuple[Path, dict]:
         if stats["params"] == screen.key():
             return path, {**stats, "cached": True}
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"generating {screen.n_cells} cells x {screen.n_genes} genes x {screen.n_groups} "
-          f"groups -> {path}", flush=True)
+    print(
+        f"generating {screen.n_cells} cells x {screen.n_genes} genes x {screen.n_groups} "
+        f"groups -> {path}",
+        flush=True,
+    )
     return path, {**generate(screen, path), "cached": False}
 
 
@@ -228,8 +254,10 @@ def load_screen(path: str, n_cells: int, chunk_size: int):
         obs = read_elem(file["obs"]).iloc[:n_cells]
         var = read_elem(file["var"])
         guides = read_elem(file[f"obsm/{GUIDES}"])[:n_cells]
-        uns = {GUIDES: read_elem(file[f"uns/{GUIDES}"]),
-               "simulation": read_elem(file["uns/simulation"])}
+        uns = {
+            GUIDES: read_elem(file[f"uns/{GUIDES}"]),
+            "simulation": read_elem(file["uns/simulation"]),
+        }
     # the lazy array reopens the file by name in each task (also on cluster workers)
     counts = read_elem_lazy(h5py.File(path, "r")["X"], chunks=(chunk_size, var.shape[0]))
     return AnnData(X=counts[:n_cells], obs=obs, var=var, obsm={GUIDES: guides}, uns=uns)
@@ -240,8 +268,9 @@ def groups_carried(adata, min_cells: int = MIN_CELLS) -> list[str] | None:
     carried = np.diff(adata.obsm[GUIDES].tocsc().indptr)
     if (carried >= min_cells).all():
         return None
-    return [str(n) for n, c in zip(adata.uns[GUIDES]["names"], carried, strict=True)
-            if c >= min_cells]
+    return [
+        str(n) for n, c in zip(adata.uns[GUIDES]["names"], carried, strict=True) if c >= min_cells
+    ]
 
 
 def check_planted(adata, key: str = "nsc_de") -> dict:
@@ -253,9 +282,13 @@ def check_planted(adata, key: str = "nsc_de") -> dict:
     truth = adata.uns["simulation"]
     log10p = adata.varm[f"{key}_log10p"]
     logfc = adata.varm[f"{key}_logfc"]
-    planted = [(g, k, f) for g, k, f in zip(truth["planted_genes"], truth["planted_groups"],
-                                            truth["planted_fraction"], strict=True)
-               if g in log10p.index and k in log10p.columns]
+    planted = [
+        (g, k, f)
+        for g, k, f in zip(
+            truth["planted_genes"], truth["planted_groups"], truth["planted_fraction"], strict=True
+        )
+        if g in log10p.index and k in log10p.columns
+    ]
     found = np.array([log10p.at[g, k] for g, k, _ in planted])
     fold = np.array([logfc.at[g, k] / np.log(f) for g, k, f in planted])
     null = log10p.to_numpy(copy=True)

@@ -52,19 +52,22 @@ def generated(n_cells: int, n_genes: int, n_cov: int = 4, *, seed: int = 0) -> a
     """
     rng = np.random.default_rng(seed)
     weights = rng.uniform(0.5, 2.0, n_cells)
-    covariates = np.column_stack([rng.normal(size=(n_cells, n_cov - 1)) * weights[:, None],
-                                  weights])
+    covariates = np.column_stack(
+        [rng.normal(size=(n_cells, n_cov - 1)) * weights[:, None], weights]
+    )
     names = [f"cov{i}" for i in range(n_cov - 1)] + ["intercept"]
     obs_names = [f"c{i}" for i in range(n_cells)]
-    adata = ad.AnnData(obs=pd.DataFrame(index=obs_names),
-                       var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+    adata = ad.AnnData(
+        obs=pd.DataFrame(index=obs_names), var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    )
     expression = rng.standard_normal((n_cells, n_genes))
     expression += covariates @ rng.normal(size=(n_cov, n_genes))
     adata.layers["normalisr"] = expression
     adata.layers["lcpm"] = expression / weights[:, None] + 2.0
     adata.obsm["nsc_covariates_norm"] = pd.DataFrame(covariates, index=obs_names, columns=names)
-    adata.obsm["nsc_covariates"] = pd.DataFrame(covariates / weights[:, None], index=obs_names,
-                                                columns=names)
+    adata.obsm["nsc_covariates"] = pd.DataFrame(
+        covariates / weights[:, None], index=obs_names, columns=names
+    )
     return adata
 
 
@@ -85,24 +88,44 @@ def guides(n_cells: int, n_groups: int, per_cell: float, *, seed: int = 1) -> sp
 
 def reference_inputs(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     """Genes x cells expression and covariates x cells, as normalisr takes them."""
-    return (np.ascontiguousarray(adata.layers["normalisr"].T),
-            np.ascontiguousarray(adata.obsm["nsc_covariates_norm"].to_numpy().T))
+    return (
+        np.ascontiguousarray(adata.layers["normalisr"].T),
+        np.ascontiguousarray(adata.obsm["nsc_covariates_norm"].to_numpy().T),
+    )
 
 
-def scanpy_de(adata: ad.AnnData, groupby: str, method: str, reference: str,
-              groups: list[str]) -> None:
+def scanpy_de(
+    adata: ad.AnnData, groupby: str, method: str, reference: str, groups: list[str]
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.tl.rank_genes_groups(adata, groupby, groups=groups, layer="normalisr", method=method,
-                                reference=reference, use_raw=False, pts=False)
+        sc.tl.rank_genes_groups(
+            adata,
+            groupby,
+            groups=groups,
+            layer="normalisr",
+            method=method,
+            reference=reference,
+            use_raw=False,
+            pts=False,
+        )
 
 
 #: Parameters of ``nsc.tl.de`` and ``nsc.tl.coex`` passed explicitly, so that a change of
 #: the package's defaults does not change what is measured.
-DE_PARAMS = {"layer": "normalisr", "covariates_key": "nsc_covariates_norm", "min_cells": 2,
-             "dimreduce": 0}
-COEX_PARAMS = {"layer": "normalisr", "covariates_key": "nsc_covariates_norm", "dimreduce": 0,
-               "dtype": np.float64, "store": "all"}
+DE_PARAMS = {
+    "layer": "normalisr",
+    "covariates_key": "nsc_covariates_norm",
+    "min_cells": 2,
+    "dimreduce": 0,
+}
+COEX_PARAMS = {
+    "layer": "normalisr",
+    "covariates_key": "nsc_covariates_norm",
+    "dimreduce": 0,
+    "dtype": np.float64,
+    "store": "all",
+}
 PEERS = ["normalisr", "scanpy t-test", "scanpy wilcoxon", "floor"]
 
 
@@ -119,8 +142,7 @@ class Bench:
         self.rows.append(h.Row(scenario, runs))
 
 
-def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray,
-            reference: str) -> None:
+def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray, reference: str) -> None:
     """Case-control and low-MOI DE of one labelled dataset: ours, normalisr, scanpy."""
     import normalisr.normalisr as nr
 
@@ -135,17 +157,21 @@ def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray,
     # all other cells (normalisr's single=0, scanpy's reference='rest'); low MOI, each
     # group against the reference cells
     for design, single, ours_reference, scanpy_reference in (
-            ("case_control", 0, None, "rest"), ("low_moi", 1, reference, reference)):
+        ("case_control", 0, None, "rest"),
+        ("low_moi", 1, reference, reference),
+    ):
         measures = {
             "ours": lambda d=design, r=ours_reference: h.timed(
-                nsc.tl.de, adata, "label", design=d, reference=r, groups=groups, **DE_PARAMS),
-            "normalisr": lambda k=single: h.timed(nr.de, indicators, expression, covariates,
-                                                  single=k, cap=cap),
+                nsc.tl.de, adata, "label", design=d, reference=r, groups=groups, **DE_PARAMS
+            ),
+            "normalisr": lambda k=single: h.timed(
+                nr.de, indicators, expression, covariates, single=k, cap=cap
+            ),
         }
         for method in ("t-test", "wilcoxon"):
-            measures[f"scanpy {method}"] = (
-                lambda m=method, r=scanpy_reference: h.timed(scanpy_de, adata, "label", m, r,
-                                                             groups, cap=cap))
+            measures[f"scanpy {method}"] = lambda m=method, r=scanpy_reference: h.timed(
+                scanpy_de, adata, "label", m, r, groups, cap=cap
+            )
         # the floor: one pass over the normalised expression, X.T @ indicators
         measures["floor"] = lambda: h.timed(np.matmul, cells_by_genes.T, cells_by_groups)
         bench.measure(f"{name} {design}", measures)
@@ -160,8 +186,9 @@ def papalexi_rows(bench: Bench, n_cells: int | None, n_groups: int | None) -> No
     adata = ad.read_h5ad(DATA / "papalexi_lowmoi.h5ad")
     counts = adata.obsm["grna_counts"]
     names = np.asarray(adata.uns["grna_ids"])
-    target = dict(zip(adata.uns["grna_group"]["grna_id"], adata.uns["grna_group"]["grna_group"],
-                      strict=True))
+    target = dict(
+        zip(adata.uns["grna_group"]["grna_id"], adata.uns["grna_group"]["grna_group"], strict=True)
+    )
     labels = np.array([target[g] for g in names[np.asarray(counts.argmax(axis=1)).ravel()]])
     keep = np.ones(adata.n_obs, dtype=bool)
     if n_groups is not None:
@@ -176,8 +203,11 @@ def papalexi_rows(bench: Bench, n_cells: int | None, n_groups: int | None) -> No
     labels = adata.obs["label"].to_numpy()  # of the cells left after outlier removal
     keep = pd.Series(labels).value_counts()
     labels = np.where(np.isin(labels, keep.index[keep >= 2]), labels, "non-targeting")
-    print(f"Papalexi: {adata.n_obs} cells x {adata.n_vars} genes, "
-          f"{len(set(labels)) - 1} groups + non-targeting", flush=True)
+    print(
+        f"Papalexi: {adata.n_obs} cells x {adata.n_vars} genes, "
+        f"{len(set(labels)) - 1} groups + non-targeting",
+        flush=True,
+    )
     de_rows(bench, "Papalexi", adata, labels, "non-targeting")
 
 
@@ -190,20 +220,23 @@ def generated_de_rows(bench: Bench, n_cells: int, n_genes: int, n_groups: int) -
     de_rows(bench, f"{n_cells // 1000}k x {n_genes} x {n_groups}", adata, labels, "reference")
 
 
-def high_moi_rows(bench: Bench, n_cells: int, n_genes: int, group_counts: list[int],
-                  ours_only: list[int]) -> None:
+def high_moi_rows(
+    bench: Bench, n_cells: int, n_genes: int, group_counts: list[int], ours_only: list[int]
+) -> None:
     import normalisr.normalisr as nr
 
     adata = generated(n_cells, n_genes)
     expression, covariates = reference_inputs(adata)
     for n_groups in group_counts + ours_only:
         adata.obsm["guides"] = guides(n_cells, n_groups, 10)
-        measures = {"ours": lambda: h.timed(nsc.tl.de, adata, "guides", design="high_moi",
-                                            **DE_PARAMS)}
+        measures = {
+            "ours": lambda: h.timed(nsc.tl.de, adata, "guides", design="high_moi", **DE_PARAMS)
+        }
         if n_groups in group_counts:
             dense = adata.obsm["guides"].T.toarray()
-            measures["normalisr"] = lambda d=dense: h.timed(nr.de, d, expression, covariates,
-                                                            single=4, cap=bench.cap)
+            measures["normalisr"] = lambda d=dense: h.timed(
+                nr.de, d, expression, covariates, single=4, cap=bench.cap
+            )
         bench.measure(f"high MOI {n_cells // 1000}k x {n_genes} x {n_groups} groups", measures)
 
 
@@ -212,11 +245,14 @@ def coex_rows(bench: Bench, n_cells: int, n_genes: int) -> None:
 
     adata = generated(n_cells, n_genes)
     expression, covariates = reference_inputs(adata)
-    bench.measure(f"coex {n_cells // 1000}k x {n_genes}", {
-        "ours": lambda: h.timed(nsc.tl.coex, adata, **COEX_PARAMS),
-        "normalisr": lambda: h.timed(nr.coex, expression, covariates, cap=bench.cap),
-        "floor": lambda: h.timed(np.matmul, expression, expression.T),
-    })
+    bench.measure(
+        f"coex {n_cells // 1000}k x {n_genes}",
+        {
+            "ours": lambda: h.timed(nsc.tl.coex, adata, **COEX_PARAMS),
+            "normalisr": lambda: h.timed(nr.coex, expression, covariates, cap=bench.cap),
+            "floor": lambda: h.timed(np.matmul, expression, expression.T),
+        },
+    )
 
 
 def warm_up() -> None:
@@ -229,8 +265,17 @@ def warm_up() -> None:
 
 
 #: Shapes of ``--quick``: every scenario, small.
-QUICK = {"cells": 1000, "genes": 100, "groups": 5, "moi_genes": 50, "moi_groups": [10, 20],
-         "moi_ours_only": [50], "papalexi_cells": 1000, "papalexi_groups": 5, "cap": 20.0}
+QUICK = {
+    "cells": 1000,
+    "genes": 100,
+    "groups": 5,
+    "moi_genes": 50,
+    "moi_groups": [10, 20],
+    "moi_ours_only": [50],
+    "papalexi_cells": 1000,
+    "papalexi_groups": 5,
+    "cap": 20.0,
+}
 
 
 def main() -> None:
@@ -242,15 +287,28 @@ def main() -> None:
     parser.add_argument("--moi-genes", type=int, default=2_000)
     parser.add_argument("--moi-groups", type=int, nargs="+", default=[200, 400])
     parser.add_argument("--moi-ours-only", type=int, nargs="+", default=[2_000])
-    parser.add_argument("--papalexi-cells", type=int, default=None,
-                        help="a random subset of Papalexi's cells (default all)")
-    parser.add_argument("--papalexi-groups", type=int, default=None,
-                        help="only the cells of the N largest Papalexi target groups and the "
-                             "non-targeting ones (default all)")
-    parser.add_argument("--cap", type=float, default=600.0,
-                        help="seconds after which a reference timing is abandoned")
-    parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["papalexi", "de", "high_moi", "coex"])
+    parser.add_argument(
+        "--papalexi-cells",
+        type=int,
+        default=None,
+        help="a random subset of Papalexi's cells (default all)",
+    )
+    parser.add_argument(
+        "--papalexi-groups",
+        type=int,
+        default=None,
+        help="only the cells of the N largest Papalexi target groups and the "
+        "non-targeting ones (default all)",
+    )
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=600.0,
+        help="seconds after which a reference timing is abandoned",
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["papalexi", "de", "high_moi", "coex"]
+    )
     args = parser.parse_args()
     if args.quick:  # the quick shapes replace the defaults, not the options given
         given = vars(parser.parse_args([]))
@@ -260,8 +318,12 @@ def main() -> None:
     h.set_threads(args.threads)
     nsc.settings.progress = False
     bench = Bench(h.repeats(args), args.cap)
-    h.print_header(["normalisr-sc", "normalisr", "scanpy", "numpy"], repeat=bench.repeat,
-                   cap=f"{args.cap:g}s", BLAS_threads=args.threads or "default")
+    h.print_header(
+        ["normalisr-sc", "normalisr", "scanpy", "numpy"],
+        repeat=bench.repeat,
+        cap=f"{args.cap:g}s",
+        BLAS_threads=args.threads or "default",
+    )
     warm_up()
     if "papalexi" not in args.skip and (DATA / "papalexi_lowmoi.h5ad").exists():
         papalexi_rows(bench, args.papalexi_cells, args.papalexi_groups)
@@ -271,11 +333,18 @@ def main() -> None:
         high_moi_rows(bench, args.cells, args.moi_genes, args.moi_groups, args.moi_ours_only)
     if "coex" not in args.skip:
         coex_rows(bench, args.cells, args.genes)
-    h.print_table(bench.rows, ["ours", *PEERS], reference="ours", cap=args.cap,
-                  title="seconds: medians of alternating runs (ratio: peer / ours)")
-    print("floor: one bare float64 product of the same shape, a single pass over the "
-          "normalised expression: X.T @ indicators (cells x groups) for DE, X @ X.T (genes x "
-          "cells) for co-expression.")
+    h.print_table(
+        bench.rows,
+        ["ours", *PEERS],
+        reference="ours",
+        cap=args.cap,
+        title="seconds: medians of alternating runs (ratio: peer / ours)",
+    )
+    print(
+        "floor: one bare float64 product of the same shape, a single pass over the "
+        "normalised expression: X.T @ indicators (cells x groups) for DE, X @ X.T (genes x "
+        "cells) for co-expression."
+    )
 
 
 if __name__ == "__main__":

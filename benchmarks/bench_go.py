@@ -33,10 +33,20 @@ GAF = DATA / "go" / "human_orgHsegdb_2022-09-12.gaf.gz"
 QC_BOUNDS = {"min_cell_counts": 500, "min_cell_genes": 100}
 #: Parameters of the peeling steps passed explicitly, so that a change of the package's
 #: defaults does not change what is measured.
-COEX_PARAMS = {"layer": "normalisr", "covariates_key": "nsc_covariates_norm", "dimreduce": 0,
-               "dtype": np.float64, "store": "all"}
-GOTOP_PARAMS = {"n_principal": 100, "min_genes": 5, "pcut": 0.05, "gene_id": "symbol",
-                "evidence": _go.DEFAULT_EVIDENCE}
+COEX_PARAMS = {
+    "layer": "normalisr",
+    "covariates_key": "nsc_covariates_norm",
+    "dimreduce": 0,
+    "dtype": np.float64,
+    "store": "all",
+}
+GOTOP_PARAMS = {
+    "n_principal": 100,
+    "min_genes": 5,
+    "pcut": 0.05,
+    "gene_id": "symbol",
+    "evidence": _go.DEFAULT_EVIDENCE,
+}
 STEPS = ("coex", "binnet", "GO parsing", "enrichment", "pccovt")
 
 
@@ -65,15 +75,25 @@ def peel(adata: ad.AnnData, rounds: int) -> dict:
         }
         found = adata.uns["nsc_gotop"]
         if "top_term" in found:
-            runs["pccovt"] = h.timed(nsc.tl.pccovt, adata, found["top_term_genes"],
-                                     condition_on_covariates=True, name=f"go_round{round_number}")
-        record.append({
-            "steps": {name: {"seconds": run.seconds, "load": run.load}
-                      for name, run in runs.items()},
-            "term": f"{found.get('top_term', '-')} {found.get('top_term_name', '')}",
-        })
-    return {"rounds": record, "seconds": sum(step["seconds"] for r in record
-                                             for step in r["steps"].values())}
+            runs["pccovt"] = h.timed(
+                nsc.tl.pccovt,
+                adata,
+                found["top_term_genes"],
+                condition_on_covariates=True,
+                name=f"go_round{round_number}",
+            )
+        record.append(
+            {
+                "steps": {
+                    name: {"seconds": run.seconds, "load": run.load} for name, run in runs.items()
+                },
+                "term": f"{found.get('top_term', '-')} {found.get('top_term_name', '')}",
+            }
+        )
+    return {
+        "rounds": record,
+        "seconds": sum(step["seconds"] for r in record for step in r["steps"].values()),
+    }
 
 
 def main() -> None:
@@ -87,8 +107,9 @@ def main() -> None:
     repeat = h.repeats(args)
     n_genes = args.genes or (300 if args.quick else 3000)
     nsc.settings.progress = False
-    h.print_header(["normalisr-sc", "goatools", "numpy"], repeat=repeat,
-                   BLAS_threads=args.threads or "default")
+    h.print_header(
+        ["normalisr-sc", "goatools", "numpy"], repeat=repeat, BLAS_threads=args.threads or "default"
+    )
 
     adata = ad.read_h5ad(DATA / "pbmc3k_raw.h5ad")
     adata = adata[adata.obs["seurat_cell_type"] == args.cell_type].copy()
@@ -97,25 +118,48 @@ def main() -> None:
     nsc.pp.normalize(adata, qc=QC_BOUNDS, remove_outliers=True)
     print(f"{args.cell_type}: {adata.n_obs} cells x {adata.n_vars} genes", flush=True)
 
-    repeats = h.alternate({"peel": partial(h.in_child, peel, adata, args.rounds, cap=args.cap)},
-                          repeat, progress="all rounds")["peel"]
+    repeats = h.alternate(
+        {"peel": partial(h.in_child, peel, adata, args.rounds, cap=args.cap)},
+        repeat,
+        progress="all rounds",
+    )["peel"]
     done = [run for run in repeats if run.ok]
     if not done:
         raise SystemExit(f"every repeat failed or was capped:\n{repeats[-1].error or ''}")
     rows = []
     for index in range(args.rounds):
-        runs = {step: [h.Run(r.data["rounds"][index]["steps"][step]["seconds"],
-                             tuple(r.data["rounds"][index]["steps"][step]["load"]))
-                       for r in done if step in r.data["rounds"][index]["steps"]]
-                for step in STEPS}
+        runs = {
+            step: [
+                h.Run(
+                    r.data["rounds"][index]["steps"][step]["seconds"],
+                    tuple(r.data["rounds"][index]["steps"][step]["load"]),
+                )
+                for r in done
+                if step in r.data["rounds"][index]["steps"]
+            ]
+            for step in STEPS
+        }
         go = sum(h.median(runs[s]) for s in ("GO parsing", "enrichment"))
         total = sum(h.median(runs[s]) for s in STEPS if runs[s])
-        rows.append(h.Row(f"round {index + 1}", runs, {
-            "GO share": f"{go / total:.0%}", "top term": done[0].data["rounds"][index]["term"]}))
+        rows.append(
+            h.Row(
+                f"round {index + 1}",
+                runs,
+                {
+                    "GO share": f"{go / total:.0%}",
+                    "top term": done[0].data["rounds"][index]["term"],
+                },
+            )
+        )
     if len(done) < len(repeats):
         print(f"{len(repeats) - len(done)} of {len(repeats)} repeats failed or were capped")
-    h.print_table(rows, list(STEPS), reference=None, extra=("GO share", "top term"),
-                  title="seconds per step (medians over repeats, each in a fresh process)")
+    h.print_table(
+        rows,
+        list(STEPS),
+        reference=None,
+        extra=("GO share", "top term"),
+        title="seconds per step (medians over repeats, each in a fresh process)",
+    )
 
 
 if __name__ == "__main__":

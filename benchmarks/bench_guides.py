@@ -92,12 +92,16 @@ def accuracy(assigned: sparse.spmatrix, truth: sparse.csr_matrix) -> dict[str, f
     assigned = sparse.csr_matrix(assigned, dtype=bool)
     hits = assigned.multiply(truth).nnz
     wrong = np.asarray((assigned != truth).sum(axis=1)).ravel()
-    return {"precision": hits / max(assigned.nnz, 1), "recall": hits / max(truth.nnz, 1),
-            "exact": float(np.mean(wrong == 0))}
+    return {
+        "precision": hits / max(assigned.nnz, 1),
+        "recall": hits / max(truth.nnz, 1),
+        "exact": float(np.mean(wrong == 0)),
+    }
 
 
-def dataset(n_cells: int, n_guides: int, seed: int, **kwargs) -> tuple[Path, sparse.csr_matrix,
-                                                                       sparse.csr_matrix]:
+def dataset(
+    n_cells: int, n_guides: int, seed: int, **kwargs
+) -> tuple[Path, sparse.csr_matrix, sparse.csr_matrix]:
     """Generated counts and truth, cached as .npz (the pertpy child reads the file)."""
     tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
     path = CACHE / f"guides_{n_cells}x{n_guides}_seed{seed}{'_' + tag if tag else ''}.npz"
@@ -119,9 +123,12 @@ def _ours(counts: sparse.csr_matrix, truth: sparse.csr_matrix | None) -> dict:
     start = time.perf_counter()
     result = assign_mixture(counts)
     seconds = time.perf_counter() - start
-    out = {"seconds": seconds, "peak_mb": (peak_kib() - base) * 1024 / MB,
-           "not_fitted": int((result.params["status"] != "fitted").sum()),
-           "not_converged": int((~result.params["converged"]).sum())}
+    out = {
+        "seconds": seconds,
+        "peak_mb": (peak_kib() - base) * 1024 / MB,
+        "not_fitted": int((result.params["status"] != "fitted").sum()),
+        "not_converged": int((~result.params["converged"]).sum()),
+    }
     if truth is not None:
         out.update(accuracy(result.assigned, truth))
     return out
@@ -142,17 +149,28 @@ def _threshold(counts: sparse.csr_matrix, truth: sparse.csr_matrix | None) -> di
 def _pertpy(python: Path, path: Path, truth: sparse.csr_matrix, cap: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         result_path = Path(folder) / "result.json"
-        done = subprocess.run([str(python), "-c", PERTPY_CHILD, str(path), str(result_path)],
-                              capture_output=True, text=True, timeout=cap, check=False)
+        done = subprocess.run(
+            [str(python), "-c", PERTPY_CHILD, str(path), str(result_path)],
+            capture_output=True,
+            text=True,
+            timeout=cap,
+            check=False,
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"pertpy child failed (exit {done.returncode}):\n"
-                               f"{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"pertpy child failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            )
         result = json.loads(result_path.read_text())
     assigned = sparse.csr_matrix(
         (np.ones(len(result["rows"]), dtype=bool), (result["rows"], result["cols"])),
-        shape=truth.shape)
-    return {"seconds": result["seconds"], "peak_mb": result["peak_mb"],
-            "version": result["version"], **accuracy(assigned, truth)}
+        shape=truth.shape,
+    )
+    return {
+        "seconds": result["seconds"],
+        "peak_mb": result["peak_mb"],
+        "version": result["version"],
+        **accuracy(assigned, truth),
+    }
 
 
 # ---------------------------------------------------------------- scenarios
@@ -169,36 +187,59 @@ def _hindsight(counts: sparse.csr_matrix, truth: sparse.csr_matrix) -> tuple[int
     return best, scores[best]
 
 
-def generated_row(label: str, counts, truth, repeat: int, cap: float,
-                  accuracy_rows: list) -> h.Row:
-    runs = h.alternate({"ours": partial(h.in_child, _ours, counts, truth, cap=cap),
-                        "threshold": partial(h.in_child, _threshold, counts, truth, cap=cap)},
-                       repeat, progress=label)
+def generated_row(label: str, counts, truth, repeat: int, cap: float, accuracy_rows: list) -> h.Row:
+    runs = h.alternate(
+        {
+            "ours": partial(h.in_child, _ours, counts, truth, cap=cap),
+            "threshold": partial(h.in_child, _threshold, counts, truth, cap=cap),
+        },
+        repeat,
+        progress=label,
+    )
     best, scores = _hindsight(counts, truth)
     for method in ("ours", "threshold"):
-        accuracy_rows.append((label, "ours (mixture)" if method == "ours"
-                              else f"threshold {UMI_THRESHOLD}",
-                              *(_median_of(runs[method], k)
-                                for k in ("precision", "recall", "exact"))))
-    accuracy_rows.append((label, f"threshold {best} (best in hindsight)", scores["precision"],
-                          scores["recall"], scores["exact"]))
-    return h.Row(label, runs, {
-        "peak MB ours": f"{_median_of(runs['ours'], 'peak_mb'):.0f}",
-        "not fitted": str(runs["ours"][0].data.get("not_fitted", "")) if runs["ours"] else "",
-        "not conv.": (str(runs["ours"][0].data.get("not_converged", ""))
-                      if runs["ours"] else ""),
-    })
+        accuracy_rows.append(
+            (
+                label,
+                "ours (mixture)" if method == "ours" else f"threshold {UMI_THRESHOLD}",
+                *(_median_of(runs[method], k) for k in ("precision", "recall", "exact")),
+            )
+        )
+    accuracy_rows.append(
+        (
+            label,
+            f"threshold {best} (best in hindsight)",
+            scores["precision"],
+            scores["recall"],
+            scores["exact"],
+        )
+    )
+    return h.Row(
+        label,
+        runs,
+        {
+            "peak MB ours": f"{_median_of(runs['ours'], 'peak_mb'):.0f}",
+            "not fitted": str(runs["ours"][0].data.get("not_fitted", "")) if runs["ours"] else "",
+            "not conv.": (
+                str(runs["ours"][0].data.get("not_converged", "")) if runs["ours"] else ""
+            ),
+        },
+    )
 
 
 def pertpy_row(args, repeat: int, accuracy_rows: list) -> h.Row | None:
     python = Path(args.pertpy_venv) / "bin" / "python"
     if args.quick and not args.with_pertpy:
-        print("pertpy: skipped in --quick (each guide is one NUTS run of about a minute); "
-              "add --with-pertpy to include it")
+        print(
+            "pertpy: skipped in --quick (each guide is one NUTS run of about a minute); "
+            "add --with-pertpy to include it"
+        )
         return None
     if not python.exists():
-        print(f"pertpy: skipped, no environment at {args.pertpy_venv} (create it with "
-              f"python -m venv {args.pertpy_venv} && {args.pertpy_venv}/bin/pip install pertpy)")
+        print(
+            f"pertpy: skipped, no environment at {args.pertpy_venv} (create it with "
+            f"python -m venv {args.pertpy_venv} && {args.pertpy_venv}/bin/pip install pertpy)"
+        )
         return None
     n_cells = 2_000 if args.quick else args.pertpy_cells
     n_guides = 2 if args.quick else args.pertpy_guides
@@ -208,15 +249,27 @@ def pertpy_row(args, repeat: int, accuracy_rows: list) -> h.Row | None:
     sparse.save_npz(path, counts)
     label = f"pertpy set {n_cells // 1000}k x {n_guides}"
     runs = h.alternate(
-        {"ours": partial(h.in_child, _ours, counts, truth, cap=args.cap),
-         "pertpy": partial(h.in_child, _pertpy, python, path, truth, args.cap, cap=args.cap)},
-        repeat, progress=label)
+        {
+            "ours": partial(h.in_child, _ours, counts, truth, cap=args.cap),
+            "pertpy": partial(h.in_child, _pertpy, python, path, truth, args.cap, cap=args.cap),
+        },
+        repeat,
+        progress=label,
+    )
     for method, name in (("ours", "ours (mixture)"), ("pertpy", "pertpy mixture")):
-        accuracy_rows.append((label, name, *(_median_of(runs[method], k)
-                                             for k in ("precision", "recall", "exact"))))
+        accuracy_rows.append(
+            (label, name, *(_median_of(runs[method], k) for k in ("precision", "recall", "exact")))
+        )
     best, scores = _hindsight(counts, truth)
-    accuracy_rows.append((label, f"threshold {best} (best in hindsight)", scores["precision"],
-                          scores["recall"], scores["exact"]))
+    accuracy_rows.append(
+        (
+            label,
+            f"threshold {best} (best in hindsight)",
+            scores["precision"],
+            scores["recall"],
+            scores["exact"],
+        )
+    )
     extra = {"peak MB ours": f"{_median_of(runs['ours'], 'peak_mb'):.0f}"}
     good = [run for run in runs["pertpy"] if run.ok]
     if good:
@@ -234,20 +287,25 @@ def papalexi_lines(repeat: int, cap: float) -> None:
 
     counts = sparse.csr_matrix(ad.read_h5ad(PAPALEXI).obsm["grna_counts"])
     top = np.asarray(counts.argmax(axis=1)).ravel()
-    runs = h.alternate({"ours": partial(h.in_child, _ours, counts, None, cap=cap)},
-                       repeat, progress="Papalexi")
-    for name, assigned in (("ours (mixture)", assign_mixture(counts).assigned),
-                           (f"threshold {UMI_THRESHOLD}",
-                            sparse.csr_matrix(counts >= UMI_THRESHOLD))):
+    runs = h.alternate(
+        {"ours": partial(h.in_child, _ours, counts, None, cap=cap)}, repeat, progress="Papalexi"
+    )
+    for name, assigned in (
+        ("ours (mixture)", assign_mixture(counts).assigned),
+        (f"threshold {UMI_THRESHOLD}", sparse.csr_matrix(counts >= UMI_THRESHOLD)),
+    ):
         per_cell = np.diff(assigned.indptr)
         single = np.flatnonzero(per_cell == 1)
         agree = np.mean(assigned.indices[assigned.indptr[single]] == top[single])
-        print(f"Papalexi {counts.shape[0]} cells x {counts.shape[1]} guides, {name}: "
-              f"{single.size} cells with one guide ({single.size / counts.shape[0]:.1%}), "
-              f"{agree:.2%} of them their max-count guide; {np.sum(per_cell >= 2)} cells "
-              f"with 2+, {np.sum(per_cell == 0)} with none")
-    h.print_table([h.Row("Papalexi", runs)], ["ours"], reference="ours",
-                  title="Papalexi: time of ours")
+        print(
+            f"Papalexi {counts.shape[0]} cells x {counts.shape[1]} guides, {name}: "
+            f"{single.size} cells with one guide ({single.size / counts.shape[0]:.1%}), "
+            f"{agree:.2%} of them their max-count guide; {np.sum(per_cell >= 2)} cells "
+            f"with 2+, {np.sum(per_cell == 0)} with none"
+        )
+    h.print_table(
+        [h.Row("Papalexi", runs)], ["ours"], reference="ours", title="Papalexi: time of ours"
+    )
 
 
 def main() -> None:
@@ -258,48 +316,88 @@ def main() -> None:
     parser.add_argument("--pertpy-venv", default="/work/venv-pertpy")
     parser.add_argument("--pertpy-cells", type=int, default=20_000)
     parser.add_argument("--pertpy-guides", type=int, default=5)
-    parser.add_argument("--with-pertpy", action="store_true",
-                        help="run pertpy in --quick too (2,000 cells x 2 guides)")
+    parser.add_argument(
+        "--with-pertpy",
+        action="store_true",
+        help="run pertpy in --quick too (2,000 cells x 2 guides)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["scale", "low_background", "pertpy", "papalexi"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["scale", "low_background", "pertpy", "papalexi"]
+    )
     args = parser.parse_args()
     h.set_threads(args.threads)
     repeat = h.repeats(args)
-    h.print_header(["normalisr-sc", "numpy", "scipy"], repeat=repeat,
-                   BLAS_threads=args.threads or "default")
+    h.print_header(
+        ["normalisr-sc", "numpy", "scipy"], repeat=repeat, BLAS_threads=args.threads or "default"
+    )
     rows, accuracy_rows = [], []
     if "scale" not in args.skip:
         n_cells, n_guides = (20_000, 1_300) if args.quick else (args.cells, args.guides)
         _, counts, truth = dataset(n_cells, n_guides, args.seed)
-        print(f"scale: {n_cells} cells x {n_guides} guides, {counts.nnz} nonzero counts, "
-              f"{truth.nnz} carried guides", flush=True)
-        rows.append(generated_row(f"scale {n_cells // 1000}k x {n_guides}", counts, truth,
-                                  repeat, args.cap, accuracy_rows))
+        print(
+            f"scale: {n_cells} cells x {n_guides} guides, {counts.nnz} nonzero counts, "
+            f"{truth.nnz} carried guides",
+            flush=True,
+        )
+        rows.append(
+            generated_row(
+                f"scale {n_cells // 1000}k x {n_guides}",
+                counts,
+                truth,
+                repeat,
+                args.cap,
+                accuracy_rows,
+            )
+        )
     if "low_background" not in args.skip:
         n_cells = 5_000 if args.quick else 20_000
         _, counts, truth = dataset(n_cells, 300, args.seed, present_median=10)
-        rows.append(generated_row(f"low bg, median 10 UMIs, {n_cells // 1000}k x 300",
-                                  counts, truth, repeat, args.cap, accuracy_rows))
+        rows.append(
+            generated_row(
+                f"low bg, median 10 UMIs, {n_cells // 1000}k x 300",
+                counts,
+                truth,
+                repeat,
+                args.cap,
+                accuracy_rows,
+            )
+        )
     if "pertpy" not in args.skip:
         row = pertpy_row(args, repeat, accuracy_rows)
         if row is not None:
             rows.append(row)
     if rows:
-        methods = [m for m in ("ours", "threshold", "pertpy")
-                   if any(row.runs.get(m) for row in rows)]
-        h.print_table(rows, methods, reference="ours", cap=args.cap,
-                      extra=["peak MB ours", "not fitted", "not conv.", "pertpy s/guide",
-                             "peak MB pertpy", "pertpy"],
-                      title="time (median seconds)")
+        methods = [
+            m for m in ("ours", "threshold", "pertpy") if any(row.runs.get(m) for row in rows)
+        ]
+        h.print_table(
+            rows,
+            methods,
+            reference="ours",
+            cap=args.cap,
+            extra=[
+                "peak MB ours",
+                "not fitted",
+                "not conv.",
+                "pertpy s/guide",
+                "peak MB pertpy",
+                "pertpy",
+            ],
+            title="time (median seconds)",
+        )
         print("\naccuracy against the generated truth (medians over the runs)")
         width = max(len(r[0]) for r in accuracy_rows)
         name_width = max(len(r[1]) for r in accuracy_rows)
-        print(f"{'accuracy of':<{width}} {'method':<{name_width}} {'precision':>9} {'recall':>7} "
-              f"{'exact':>7}")
+        print(
+            f"{'accuracy of':<{width}} {'method':<{name_width}} {'precision':>9} {'recall':>7} "
+            f"{'exact':>7}"
+        )
         for label, name, precision, recall, exact in accuracy_rows:
-            print(f"{label:<{width}} {name:<{name_width}} {precision:>9.4f} {recall:>7.4f} "
-                  f"{exact:>7.4f}")
+            print(
+                f"{label:<{width}} {name:<{name_width}} {precision:>9.4f} {recall:>7.4f} "
+                f"{exact:>7.4f}"
+            )
     if "papalexi" not in args.skip:
         papalexi_lines(repeat, args.cap)
 

@@ -216,9 +216,14 @@ def measure_one(method: str, path: str, covariate: str, block_cells: int | None)
     seconds = time.perf_counter() - start
     peak = peak_kib()
     return {
-        "method": method, "n_cells": n_cells, "n_genes": n_genes, "out_shape": list(shape),
-        "seconds": seconds, "peak_extra_mb": (peak - baseline) * 1024 / MB,
-        "exact_peak": exact_peak, "steps": steps.record,
+        "method": method,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "out_shape": list(shape),
+        "seconds": seconds,
+        "peak_extra_mb": (peak - baseline) * 1024 / MB,
+        "exact_peak": exact_peak,
+        "steps": steps.record,
     }
 
 
@@ -247,12 +252,20 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
                 mb = h.median(by, "peak_extra_mb")
                 memory[method] = f"{mb:.0f} MB ({_dense_multiple(mb, *shape):.2f})"
         memory_rows.append(h.Row(dataset, runs, memory))
-    h.print_table(rows, methods, reference="ours" if "ours" in methods else None,
-                  extra=("cells x genes", "cells out"),
-                  title="seconds (median of alternating runs, each in a fresh process)")
-    h.print_table(memory_rows, [], reference=None, extra=methods,
-                  title="peak extra memory (median MB; in brackets: dense float64 cells x "
-                        "genes matrices)")
+    h.print_table(
+        rows,
+        methods,
+        reference="ours" if "ours" in methods else None,
+        extra=("cells x genes", "cells out"),
+        title="seconds (median of alternating runs, each in a fresh process)",
+    )
+    h.print_table(
+        memory_rows,
+        [],
+        reference=None,
+        extra=methods,
+        title="peak extra memory (median MB; in brackets: dense float64 cells x genes matrices)",
+    )
     print("peak extra memory: peak RSS during the method minus the RSS after loading its input")
     for dataset, runs in results.items():
         ours, reference = runs.get("ours"), runs.get("normalisr")
@@ -262,10 +275,12 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
         shape = (ours[0].data["n_cells"], ours[0].data["n_genes"])
         memory = _dense_multiple(h.median(ours, "peak_extra_mb"), *shape)
         theirs = _dense_multiple(h.median(reference, "peak_extra_mb"), *shape)
-        print(f"targets {dataset} {h.load_note(ours + reference)}: {speedup:.2f}x faster than "
-              f"normalisr (>= 3: "
-              f"{h.yes(speedup >= 3)}); memory {memory:.2f} dense matrices (<= 3: "
-              f"{h.yes(memory <= 3)}; below normalisr's {theirs:.2f}: {h.yes(memory < theirs)})")
+        print(
+            f"targets {dataset} {h.load_note(ours + reference)}: {speedup:.2f}x faster than "
+            f"normalisr (>= 3: "
+            f"{h.yes(speedup >= 3)}); memory {memory:.2f} dense matrices (<= 3: "
+            f"{h.yes(memory <= 3)}; below normalisr's {theirs:.2f}: {h.yes(memory < theirs)})"
+        )
     for dataset, runs in results.items():
         for method in ("ours", "normalisr"):
             done = [run for run in runs.get(method, []) if run.ok]
@@ -274,7 +289,9 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
             names = done[0].data["steps"]
             cells = "  ".join(
                 f"{name} {h.median([h.Run(r.data['steps'][name]['seconds'], r.load) for r in done]):.2f}s"
-                f"/{max(r.data['steps'][name]['peak_mb'] for r in done):.0f}MB" for name in names)
+                f"/{max(r.data['steps'][name]['peak_mb'] for r in done):.0f}MB"
+                for name in names
+            )
             print(f"steps {dataset} {method} {h.load_note(done)}: {cells}")
     print("(steps: median seconds of the step / largest peak extra MB reached by its end)")
 
@@ -283,13 +300,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     h.add_arguments(parser, cap=1800.0, quick_repeat=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--datasets", nargs="+", default=None,
-                        choices=["generated", "papalexi"],
-                        help="default both (--quick: generated only)")
-    parser.add_argument("--block-cells", type=int, default=None,
-                        help="nsc.settings.block_cells for ours (default: the package default)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the generated data and of the --quick Papalexi subset")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        choices=["generated", "papalexi"],
+        help="default both (--quick: generated only)",
+    )
+    parser.add_argument(
+        "--block-cells",
+        type=int,
+        default=None,
+        help="nsc.settings.block_cells for ours (default: the package default)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the generated data and of the --quick Papalexi subset",
+    )
     args = parser.parse_args()
     h.set_threads(args.threads)
     repeat = h.repeats(args)
@@ -311,15 +340,30 @@ def main() -> None:
 
     import normalisr_sc as nsc
 
-    h.print_header(["normalisr-sc", "normalisr", "scanpy", "anndata", "numpy"], repeat=repeat,
-                   block_cells=args.block_cells or nsc.settings.block_cells,
-                   BLAS_threads=args.threads or "default")
+    h.print_header(
+        ["normalisr-sc", "normalisr", "scanpy", "anndata", "numpy"],
+        repeat=repeat,
+        block_cells=args.block_cells or nsc.settings.block_cells,
+        BLAS_threads=args.threads or "default",
+    )
     results = {}
     for name, (path, covariate) in datasets.items():
         results[name] = h.alternate(
-            {method: partial(h.in_child, measure_one, method, str(path), covariate,
-                             args.block_cells, cap=args.cap) for method in args.methods},
-            repeat, progress=name)
+            {
+                method: partial(
+                    h.in_child,
+                    measure_one,
+                    method,
+                    str(path),
+                    covariate,
+                    args.block_cells,
+                    cap=args.cap,
+                )
+                for method in args.methods
+            },
+            repeat,
+            progress=name,
+        )
     print_tables(results, args.methods)
 
 

@@ -53,8 +53,10 @@ def test_alternate_runs_in_turn_and_skips_capped():
 
         return run
 
-    runs = h.alternate({"ours": measure("ours"), "peer": measure("peer"),
-                        "slow": measure("slow", capped=True)}, repeat=3)
+    runs = h.alternate(
+        {"ours": measure("ours"), "peer": measure("peer"), "slow": measure("slow", capped=True)},
+        repeat=3,
+    )
     assert order == ["ours", "peer", "slow", "ours", "peer", "ours", "peer"]
     assert [len(runs[name]) for name in ("ours", "peer", "slow")] == [3, 3, 1]
 
@@ -122,10 +124,16 @@ def test_in_child_reports_errors_and_caps():
 
 def test_table_prints_medians_ratios_loads_and_verdict(capsys, monkeypatch):
     monkeypatch.setattr(h, "cores", lambda: 2)
-    quiet = h.Row("quiet", {"ours": [_run(1.0, 0.5), _run(2.0, 1.0), _run(3.0, 0.7)],
-                            "peer": [_run(4.0, 0.6), _run(6.0, 0.9), _run(8.0, 0.8)]})
-    busy = h.Row("busy", {"ours": [_run(1.0, 9.0)],
-                          "peer": [h.Run(math.inf, (9.0, 9.5), capped=True)]})
+    quiet = h.Row(
+        "quiet",
+        {
+            "ours": [_run(1.0, 0.5), _run(2.0, 1.0), _run(3.0, 0.7)],
+            "peer": [_run(4.0, 0.6), _run(6.0, 0.9), _run(8.0, 0.8)],
+        },
+    )
+    busy = h.Row(
+        "busy", {"ours": [_run(1.0, 9.0)], "peer": [h.Run(math.inf, (9.0, 9.5), capped=True)]}
+    )
     assert h.print_table([quiet], ["ours", "peer"]) is True
     out = capsys.readouterr().out
     assert re.search(r"quiet\s+2\.00s\s+6\.00s \(3\.00x\)\s+3\s+0\.5-1\.0\s+ok", out)
@@ -144,8 +152,14 @@ ROW_END = re.compile(r"\s\d+(/\d+)?\s+\d+\.\d-\d+\.\d\s+(ok|BUSY)$")
 
 
 def _smoke(script: str, *options: str) -> str:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *options],
-                          capture_output=True, text=True, check=False, cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", *options],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "load average" in out.splitlines()[0] or "load average" in out
@@ -156,7 +170,7 @@ def _smoke(script: str, *options: str) -> str:
         assert "load 1m" in lines[start]
         assert "trust" in lines[start]
         rows = []
-        for line in lines[start + 2:]:
+        for line in lines[start + 2 :]:
             if not ROW_END.search(line):
                 break
             rows.append(line)
@@ -181,8 +195,9 @@ EXPECTED = {
 
 
 def test_every_benchmark_is_smoke_tested():
-    assert {"bench_association.py", "bench_go.py", "bench_normalize.py",
-            "bench_scale.py"} <= set(SCRIPTS)
+    assert {"bench_association.py", "bench_go.py", "bench_normalize.py", "bench_scale.py"} <= set(
+        SCRIPTS
+    )
 
 
 @slow

@@ -35,15 +35,49 @@ def test_workflow_subcommands(tmp_path, capsys):
     raw = nsc.datasets.simulate(n_cells=800, n_genes=150, seed=7)
     raw.write_h5ad(tmp_path / "raw.h5ad")
     steps = [
-        ["qc", str(tmp_path / "raw.h5ad"), "-o", str(tmp_path / "qc.h5ad"),
-         "--min-gene-cells", "10", "--min-cell-counts", "100", "--min-gene-cell-fraction", "0",
-         "--min-cell-genes", "10"],
-        ["normalize", str(tmp_path / "qc.h5ad"), "-o", str(tmp_path / "norm.h5ad"),
-         "--covariates", "batch", "--no-qc"],
-        ["de", str(tmp_path / "norm.h5ad"), "-o", str(tmp_path / "de.h5ad"), "--groupby",
-         "group", "--reference", "control", "--table", str(tmp_path / "de.csv")],
-        ["coex", str(tmp_path / "de.h5ad"), "-o", str(tmp_path / "coex.h5ad"),
-         "--table", str(tmp_path / "coex.tsv.gz")],
+        [
+            "qc",
+            str(tmp_path / "raw.h5ad"),
+            "-o",
+            str(tmp_path / "qc.h5ad"),
+            "--min-gene-cells",
+            "10",
+            "--min-cell-counts",
+            "100",
+            "--min-gene-cell-fraction",
+            "0",
+            "--min-cell-genes",
+            "10",
+        ],
+        [
+            "normalize",
+            str(tmp_path / "qc.h5ad"),
+            "-o",
+            str(tmp_path / "norm.h5ad"),
+            "--covariates",
+            "batch",
+            "--no-qc",
+        ],
+        [
+            "de",
+            str(tmp_path / "norm.h5ad"),
+            "-o",
+            str(tmp_path / "de.h5ad"),
+            "--groupby",
+            "group",
+            "--reference",
+            "control",
+            "--table",
+            str(tmp_path / "de.csv"),
+        ],
+        [
+            "coex",
+            str(tmp_path / "de.h5ad"),
+            "-o",
+            str(tmp_path / "coex.h5ad"),
+            "--table",
+            str(tmp_path / "coex.tsv.gz"),
+        ],
         ["binnet", str(tmp_path / "coex.h5ad"), "-o", str(tmp_path / "net.h5ad")],
     ]
     for step in steps:
@@ -61,15 +95,23 @@ def test_workflow_subcommands(tmp_path, capsys):
 def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
     assert main(["normalize", str(tmp_path / "missing.h5ad"), "-o", str(tmp_path / "o.h5ad")]) == 1
     error = capsys.readouterr().err.strip().splitlines()
-    assert error == [f"normalisr-sc normalize: error: input {str(tmp_path / 'missing.h5ad')!r} not found."]
+    assert error == [
+        f"normalisr-sc normalize: error: input {str(tmp_path / 'missing.h5ad')!r} not found."
+    ]
     assert not (tmp_path / "o.h5ad").exists()
     with pytest.raises(ValueError, match="not found"):
-        main(["--debug", "normalize", str(tmp_path / "missing.h5ad"), "-o", str(tmp_path / "o.h5ad")])
+        main(
+            ["--debug", "normalize", str(tmp_path / "missing.h5ad"), "-o", str(tmp_path / "o.h5ad")]
+        )
 
 
 def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "normalisr_sc", "--help"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "normalisr_sc", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0
     for command in ("qc", "normalize", "de", "coex", "binnet", "gotop", "report", "demo"):
         assert command in result.stdout
@@ -92,10 +134,29 @@ def test_gotop_subcommand(tmp_path):
     adata.write_h5ad(tmp_path / "net.h5ad")
     (tmp_path / "go.obo").write_text(OBO)
     with gzip.open(tmp_path / "anno.gaf.gz", "wt") as stream:
-        stream.write("\n".join(["!gaf-version: 2.2", *(_gaf_line(*r) for r in _annotation_lines())]))
-    assert main(["--quiet", "gotop", str(tmp_path / "net.h5ad"), "-o", str(tmp_path / "go.h5ad"),
-                 "--obo", str(tmp_path / "go.obo"), "--annotations", str(tmp_path / "anno.gaf.gz"),
-                 "--n-principal", "10", "--table", str(tmp_path / "go.tsv")]) == 0
+        stream.write(
+            "\n".join(["!gaf-version: 2.2", *(_gaf_line(*r) for r in _annotation_lines())])
+        )
+    assert (
+        main(
+            [
+                "--quiet",
+                "gotop",
+                str(tmp_path / "net.h5ad"),
+                "-o",
+                str(tmp_path / "go.h5ad"),
+                "--obo",
+                str(tmp_path / "go.obo"),
+                "--annotations",
+                str(tmp_path / "anno.gaf.gz"),
+                "--n-principal",
+                "10",
+                "--table",
+                str(tmp_path / "go.tsv"),
+            ]
+        )
+        == 0
+    )
     assert ad.read_h5ad(tmp_path / "go.h5ad").uns["nsc_gotop"]["top_term"] == "GO:0000002"
     assert pd.read_csv(tmp_path / "go.tsv", sep="\t")["term"].iloc[0] == "GO:0000002"
 
@@ -104,9 +165,23 @@ def test_normalize_streamed_equals_in_memory(tmp_path):
     raw = nsc.datasets.simulate(n_cells=600, n_genes=120, seed=8)
     raw.write_h5ad(tmp_path / "raw.h5ad")
     for name, extra in (("memory", []), ("streamed", ["--chunk-size", "128"])):
-        assert main(["--quiet", "normalize", str(tmp_path / "raw.h5ad"), "--covariates", "batch",
-                     "-o", str(tmp_path / f"{name}.h5ad"), *extra]) == 0
+        assert (
+            main(
+                [
+                    "--quiet",
+                    "normalize",
+                    str(tmp_path / "raw.h5ad"),
+                    "--covariates",
+                    "batch",
+                    "-o",
+                    str(tmp_path / f"{name}.h5ad"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
     memory, streamed = (ad.read_h5ad(tmp_path / f"{name}.h5ad") for name in ("memory", "streamed"))
     assert streamed.uns["normalisr"]["lcpm"] == memory.uns["normalisr"]["lcpm"]
-    np.testing.assert_allclose(streamed.layers["normalisr"], memory.layers["normalisr"],
-                               rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        streamed.layers["normalisr"], memory.layers["normalisr"], rtol=1e-8, atol=1e-10
+    )

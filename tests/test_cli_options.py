@@ -28,37 +28,88 @@ def normalised(tmp_path_factory):
     labels[25:100] = "other"
     raw.obs["label"] = pd.Categorical(labels)
     raw.write_h5ad(folder / "raw.h5ad")
-    assert main(["--quiet", "normalize", str(folder / "raw.h5ad"), "-o",
-                 str(folder / "norm.h5ad"), "--covariates", "batch", "--no-qc"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "normalize",
+                str(folder / "raw.h5ad"),
+                "-o",
+                str(folder / "norm.h5ad"),
+                "--covariates",
+                "batch",
+                "--no-qc",
+            ]
+        )
+        == 0
+    )
     return folder / "norm.h5ad"
 
 
 #: (arguments after the input, the option named, words of the message)
 BAD_VALUES = [
-    (["de", "-o", "x.h5ad", "--groupby", "group", "--min-cells", "0"], "--min-cells",
-     "must be an integer >= 1, got 0"),
-    (["de", "-o", "x.h5ad", "--groupby", "group", "--min-cells", "two"], "--min-cells",
-     "must be an integer >= 1, got 'two'"),
-    (["de", "-o", "x.h5ad", "--groupby", "group", "--design", "paired"], "--design",
-     "invalid choice: 'paired'"),
-    (["de", "-o", "x.tsv", "--groupby", "group"], "-o/--output",
-     "must be a file name ending in .h5ad"),
-    (["de", "-o", "x.h5ad", "--groupby", "group", "--table", "t.xlsx"], "--table",
-     "must be a file name ending in .tsv or .csv"),
-    (["binnet", "-o", "x.h5ad", "--qcut", "1.5"], "--qcut",
-     "must be a finite number in (0, 1], got 1.5"),
+    (
+        ["de", "-o", "x.h5ad", "--groupby", "group", "--min-cells", "0"],
+        "--min-cells",
+        "must be an integer >= 1, got 0",
+    ),
+    (
+        ["de", "-o", "x.h5ad", "--groupby", "group", "--min-cells", "two"],
+        "--min-cells",
+        "must be an integer >= 1, got 'two'",
+    ),
+    (
+        ["de", "-o", "x.h5ad", "--groupby", "group", "--design", "paired"],
+        "--design",
+        "invalid choice: 'paired'",
+    ),
+    (
+        ["de", "-o", "x.tsv", "--groupby", "group"],
+        "-o/--output",
+        "must be a file name ending in .h5ad",
+    ),
+    (
+        ["de", "-o", "x.h5ad", "--groupby", "group", "--table", "t.xlsx"],
+        "--table",
+        "must be a file name ending in .tsv or .csv",
+    ),
+    (
+        ["binnet", "-o", "x.h5ad", "--qcut", "1.5"],
+        "--qcut",
+        "must be a finite number in (0, 1], got 1.5",
+    ),
     (["binnet", "-o", "x.h5ad", "--qcut", "nan"], "--qcut", "must be a finite number"),
-    (["normalize", "-o", "x.h5ad", "--chunk-size", "-3"], "--chunk-size",
-     "must be an integer >= 1, got -3"),
-    (["normalize", "-o", "x.h5ad", "--min-gene-cell-fraction", "2"],
-     "--min-gene-cell-fraction", "must be a finite number in [0, 1], got 2.0"),
-    (["de", "-o", "x.h5ad", "--guides", "grna_counts", "--threshold", "0",
-      "--guide-mode", "threshold"], "--threshold", "must be a finite number > 0, got 0.0"),
+    (
+        ["normalize", "-o", "x.h5ad", "--chunk-size", "-3"],
+        "--chunk-size",
+        "must be an integer >= 1, got -3",
+    ),
+    (
+        ["normalize", "-o", "x.h5ad", "--min-gene-cell-fraction", "2"],
+        "--min-gene-cell-fraction",
+        "must be a finite number in [0, 1], got 2.0",
+    ),
+    (
+        [
+            "de",
+            "-o",
+            "x.h5ad",
+            "--guides",
+            "grna_counts",
+            "--threshold",
+            "0",
+            "--guide-mode",
+            "threshold",
+        ],
+        "--threshold",
+        "must be a finite number > 0, got 0.0",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("arguments", "option", "words"), BAD_VALUES,
-                         ids=[f"{a[0]}{o}" for a, o, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("arguments", "option", "words"), BAD_VALUES, ids=[f"{a[0]}{o}" for a, o, _ in BAD_VALUES]
+)
 def test_bad_values_one_line(tmp_path, arguments, option, words):
     command, *rest = arguments
     result = run_cli(command, tmp_path / "in.h5ad", *rest, cwd=tmp_path)
@@ -76,20 +127,37 @@ def test_option_combinations_refused(normalised, tmp_path, capsys):
         (["--groupby", "group", "--guides", "grna_counts"], "not both"),
         ([], "name the groups to compare: --groupby COLUMN, or --guides"),
         (["--groupby", "group", "--guide-names", "ids"], "--guide-names apply only with --guides"),
-        (["--guides", "grna_counts", "--threshold", "3"],
-         "--threshold applies only with --guide-mode threshold"),
+        (
+            ["--guides", "grna_counts", "--threshold", "3"],
+            "--threshold applies only with --guide-mode threshold",
+        ),
     ]
     for extra, words in cases:
         assert main(["de", str(normalised), "-o", str(tmp_path / "de.h5ad"), *extra]) == 1
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1
         assert words in error[0], error
-    assert main(["normalize", str(normalised), "-o", str(tmp_path / "n.h5ad"), "--genes",
-                 "g.txt"]) == 1
+    assert (
+        main(["normalize", str(normalised), "-o", str(tmp_path / "n.h5ad"), "--genes", "g.txt"])
+        == 1
+    )
     assert "--genes name the rows and columns of a .tsv matrix input only" in (
-        capsys.readouterr().err)
-    assert main(["normalize", str(normalised), "-o", str(tmp_path / "n.h5ad"), "--no-qc",
-                 "--min-cell-counts", "10"]) == 1
+        capsys.readouterr().err
+    )
+    assert (
+        main(
+            [
+                "normalize",
+                str(normalised),
+                "-o",
+                str(tmp_path / "n.h5ad"),
+                "--no-qc",
+                "--min-cell-counts",
+                "10",
+            ]
+        )
+        == 1
+    )
     assert "--no-qc skips read-count QC: leave out --min-cell-counts" in capsys.readouterr().err
     assert entries(tmp_path) == set()
 
@@ -106,8 +174,16 @@ def test_every_option_has_help():
             assert action.help, (name, action.dest)
             assert action.help != argparse.SUPPRESS, (name, action.dest)
             n_options += 1
-    assert set(subparsers.choices) == {"qc", "normalize", "de", "coex", "binnet", "gotop",
-                                       "report", "demo"}
+    assert set(subparsers.choices) == {
+        "qc",
+        "normalize",
+        "de",
+        "coex",
+        "binnet",
+        "gotop",
+        "report",
+        "demo",
+    }
     assert n_options > 50
 
 
@@ -123,30 +199,37 @@ def test_version_and_help():
 
 def test_api_words_become_cli_words():
     assert cli_words("adata.layers['normalisr'] not found; run `nsc.pp.normvar` first.") == (
-        "adata.layers['normalisr'] not found; run `normalisr-sc normalize` first.")
+        "adata.layers['normalisr'] not found; run `normalisr-sc normalize` first."
+    )
     assert cli_words("rerun `nsc.tl.coex(..., store='all')` first") == (
-        "rerun `normalisr-sc coex` first")
+        "rerun `normalisr-sc coex` first"
+    )
     assert cli_words("use `nsc.tl.coex_peel`") == "use `nsc.tl.coex_peel`"  # no such command
     options = {"groups": "--groups", "min_cells": "--min-cells", "reference": "--reference"}
     assert cli_words("leave them out with `groups=` or merge them", options) == (
-        "leave them out with `--groups` or merge them")
+        "leave them out with `--groups` or merge them"
+    )
     assert cli_words("e.g. `groups='grna_group'` or `groups=`", options) == (
-        "e.g. `--groups grna_group` or `--groups`")
+        "e.g. `--groups grna_group` or `--groups`"
+    )
     assert cli_words("`groups` names ['a'] more than once", options) == (
-        "`--groups` names ['a'] more than once")
+        "`--groups` names ['a'] more than once"
+    )
     assert cli_words("fewer than min_cells=2 cells; see `reference=`", options) == (
-        "fewer than --min-cells 2 cells; see `--reference`")
+        "fewer than --min-cells 2 cells; see `--reference`"
+    )
     assert cli_words("the min_cells_total and nsc_groups=x", options) == (
-        "the min_cells_total and nsc_groups=x")
+        "the min_cells_total and nsc_groups=x"
+    )
     assert cli_words("min_cells must be >= 1; adata.uns['min_cells']", options) == (
-        "--min-cells must be >= 1; adata.uns['min_cells']")
+        "--min-cells must be >= 1; adata.uns['min_cells']"
+    )
 
 
 def test_errors_name_commands_not_functions(tmp_path):
     raw = nsc.datasets.simulate(n_cells=200, n_genes=60, seed=1)
     raw.write_h5ad(tmp_path / "raw.h5ad")
-    result = run_cli("de", tmp_path / "raw.h5ad", "-o", tmp_path / "de.h5ad", "--groupby",
-                     "group")
+    result = run_cli("de", tmp_path / "raw.h5ad", "-o", tmp_path / "de.h5ad", "--groupby", "group")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -159,9 +242,27 @@ def test_groups_min_cells_and_missing_labels(normalised, tmp_path, caplog, capsy
     """--groups and --reference restrict the test, cells without a label are left out, and
     the warnings of the API speak of options."""
     table = tmp_path / "de.tsv"
-    assert main(["de", str(normalised), "-o", str(tmp_path / "de.h5ad"), "--groupby", "label",
-                 "--groups", "case", "--reference", "control", "--min-cells", "2",
-                 "--table", str(table)]) == 0
+    assert (
+        main(
+            [
+                "de",
+                str(normalised),
+                "-o",
+                str(tmp_path / "de.h5ad"),
+                "--groupby",
+                "label",
+                "--groups",
+                "case",
+                "--reference",
+                "control",
+                "--min-cells",
+                "2",
+                "--table",
+                str(table),
+            ]
+        )
+        == 0
+    )
     result = ad.read_h5ad(tmp_path / "de.h5ad")
     assert list(result.uns["nsc_de"]["groups"]) == ["case"]
     labels = result.obs["label"]
@@ -174,22 +275,52 @@ def test_groups_min_cells_and_missing_labels(normalised, tmp_path, caplog, capsy
     # A group too small to test is skipped with a warning in the CLI's words.
     caplog.clear()
     with caplog.at_level("WARNING", logger="normalisr_sc"):
-        assert main(["de", str(normalised), "-o", str(tmp_path / "big.h5ad"), "--groupby",
-                     "label", "--reference", "control", "--min-cells", "100000"]) == 1
+        assert (
+            main(
+                [
+                    "de",
+                    str(normalised),
+                    "-o",
+                    str(tmp_path / "big.h5ad"),
+                    "--groupby",
+                    "label",
+                    "--reference",
+                    "control",
+                    "--min-cells",
+                    "100000",
+                ]
+            )
+            == 1
+        )
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "25 cells with a missing label" in messages
     assert "fewer than --min-cells 100000 cells are not tested: case, other" in messages
     assert "min_cells" not in messages
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("normalisr-sc de: error: no group is carried by at least "
-                            "--min-cells 100000 cells")
+    assert error.startswith(
+        "normalisr-sc de: error: no group is carried by at least --min-cells 100000 cells"
+    )
     assert "min_cells" not in error
     assert not (tmp_path / "big.h5ad").exists()
 
 
 def test_report_is_plain_text(normalised, tmp_path, capsys):
-    assert main(["--quiet", "de", str(normalised), "-o", str(tmp_path / "de.h5ad"),
-                 "--groupby", "group", "--reference", "control"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "de",
+                str(normalised),
+                "-o",
+                str(tmp_path / "de.h5ad"),
+                "--groupby",
+                "group",
+                "--reference",
+                "control",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["report", str(tmp_path / "de.h5ad"), "--plots", str(tmp_path / "plots")]) == 0
     printed = capsys.readouterr().out

@@ -25,14 +25,20 @@ from normalisr_sc.cli import main
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``normalisr-sc ARGS`` in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "normalisr_sc", "--quiet", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "normalisr_sc", "--quiet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (hidden ones too), by relative path, with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def entries(folder: Path) -> set[str]:
@@ -46,8 +52,21 @@ def screen(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("screen")
     raw = nsc.datasets.simulate(n_cells=600, n_genes=120, seed=3)
     raw.write_h5ad(folder / "raw.h5ad")
-    assert main(["--quiet", "normalize", str(folder / "raw.h5ad"), "-o",
-                 str(folder / "norm.h5ad"), "--covariates", "batch", "--no-qc"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "normalize",
+                str(folder / "raw.h5ad"),
+                "-o",
+                str(folder / "norm.h5ad"),
+                "--covariates",
+                "batch",
+                "--no-qc",
+            ]
+        )
+        == 0
+    )
     return folder
 
 
@@ -56,20 +75,37 @@ def test_existing_outputs_refused_before_any_work(screen, tmp_path):
     (tmp_path / "kept.h5ad").write_bytes(b"not even an h5ad")
     before = snapshot(tmp_path)
     # The table exists: refused, although the h5ad is new...
-    result = run_cli("de", screen / "norm.h5ad", "-o", tmp_path / "new.h5ad", "--groupby",
-                     "group", "--table", tmp_path / "de.tsv")
+    result = run_cli(
+        "de",
+        screen / "norm.h5ad",
+        "-o",
+        tmp_path / "new.h5ad",
+        "--groupby",
+        "group",
+        "--table",
+        tmp_path / "de.tsv",
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"normalisr-sc de: error: {str(tmp_path / 'de.tsv')!r} exists; pass --force to "
-        "overwrite it."]
+        "overwrite it."
+    ]
     # ... and before the input is read (a missing input would be the other error).
     result = run_cli("normalize", tmp_path / "missing.h5ad", "-o", tmp_path / "kept.h5ad")
     assert result.returncode == 1
     assert "exists; pass --force" in result.stderr
     assert "not found" not in result.stderr
     # Both outputs existing are named together.
-    result = run_cli("de", screen / "norm.h5ad", "-o", tmp_path / "kept.h5ad", "--groupby",
-                     "group", "--table", tmp_path / "de.tsv")
+    result = run_cli(
+        "de",
+        screen / "norm.h5ad",
+        "-o",
+        tmp_path / "kept.h5ad",
+        "--groupby",
+        "group",
+        "--table",
+        tmp_path / "de.tsv",
+    )
     assert "' exist; pass --force to overwrite them." in result.stderr
     assert str(tmp_path / "kept.h5ad") in result.stderr
     assert snapshot(tmp_path) == before
@@ -80,9 +116,18 @@ def test_failing_command_writes_nothing(screen, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     before = snapshot(tmp_path)
     # The API refuses (a group that does not exist), after the outputs were checked.
-    result = run_cli("de", screen / "norm.h5ad", "-o", tmp_path / "sub" / "de.h5ad",
-                     "--groupby", "group", "--groups", "no-such-group",
-                     "--table", tmp_path / "de.tsv")
+    result = run_cli(
+        "de",
+        screen / "norm.h5ad",
+        "-o",
+        tmp_path / "sub" / "de.h5ad",
+        "--groupby",
+        "group",
+        "--groups",
+        "no-such-group",
+        "--table",
+        tmp_path / "de.tsv",
+    )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before
@@ -95,8 +140,19 @@ def test_failing_h5ad_write_publishes_no_table(screen, tmp_path, monkeypatch, ca
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(_io, "write_h5ad_to", broken)
-    code = main(["--quiet", "de", str(screen / "norm.h5ad"), "-o", str(tmp_path / "de.h5ad"),
-                 "--groupby", "group", "--table", str(tmp_path / "de.tsv")])
+    code = main(
+        [
+            "--quiet",
+            "de",
+            str(screen / "norm.h5ad"),
+            "-o",
+            str(tmp_path / "de.h5ad"),
+            "--groupby",
+            "group",
+            "--table",
+            str(tmp_path / "de.tsv"),
+        ]
+    )
     assert code == 1
     assert "No space left on device" in capsys.readouterr().err
     assert entries(tmp_path) == set()
@@ -105,9 +161,19 @@ def test_failing_h5ad_write_publishes_no_table(screen, tmp_path, monkeypatch, ca
 def test_force_replaces_all_outputs(screen, tmp_path):
     (tmp_path / "de.tsv").write_text("old\n")
     (tmp_path / "de.h5ad").write_text("old\n")
-    result = run_cli("de", screen / "norm.h5ad", "-o", tmp_path / "de.h5ad", "--groupby",
-                     "group", "--reference", "control", "--table", tmp_path / "de.tsv",
-                     "--force")
+    result = run_cli(
+        "de",
+        screen / "norm.h5ad",
+        "-o",
+        tmp_path / "de.h5ad",
+        "--groupby",
+        "group",
+        "--reference",
+        "control",
+        "--table",
+        tmp_path / "de.tsv",
+        "--force",
+    )
     assert result.returncode == 0, result.stderr
     assert "nsc_de_pvals" in ad.read_h5ad(tmp_path / "de.h5ad").varm
     table = pd.read_csv(tmp_path / "de.tsv", sep="\t")
@@ -124,10 +190,24 @@ def test_outputs_respect_the_umask(screen, tmp_path, umask):
         sys.exit(main(sys.argv[1:]))
     """)
     result = subprocess.run(
-        [sys.executable, "-c", script, "--quiet", "de", str(screen / "norm.h5ad"),
-         "-o", str(tmp_path / "out" / "de.h5ad"), "--groupby", "group",
-         "--table", str(tmp_path / "de.csv.gz")],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--quiet",
+            "de",
+            str(screen / "norm.h5ad"),
+            "-o",
+            str(tmp_path / "out" / "de.h5ad"),
+            "--groupby",
+            "group",
+            "--table",
+            str(tmp_path / "de.csv.gz"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     for path in (tmp_path / "out" / "de.h5ad", tmp_path / "de.csv.gz"):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
@@ -167,10 +247,25 @@ def test_killed_during_the_write_leaves_nothing(screen, tmp_path, how):
     (tmp_path / "de.h5ad").write_text("the previous result")
     before = snapshot(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-c", _STALLED_WRITE, "--quiet", "de", str(screen / "norm.h5ad"),
-         "-o", str(tmp_path / "de.h5ad"), "--groupby", "group",
-         "--table", str(tmp_path / "de.tsv"), "--force"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            _STALLED_WRITE,
+            "--quiet",
+            "de",
+            str(screen / "norm.h5ad"),
+            "-o",
+            str(tmp_path / "de.h5ad"),
+            "--groupby",
+            "group",
+            "--table",
+            str(tmp_path / "de.tsv"),
+            "--force",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = process.stdout.readline()
     assert line.startswith("writing"), process.stderr.read()
     staged = Path(line.split(maxsplit=1)[1].strip())
@@ -221,6 +316,7 @@ def test_outputs_api(tmp_path):
             outputs.path(tmp_path / "c.tsv")
     assert outputs.published == [tmp_path / "a.tsv"]
     assert entries(tmp_path) == {"a.tsv", "file"}
+
     # A destination that appears meanwhile is not replaced without force.
     def racing() -> None:
         with _io.Outputs([tmp_path / "d.tsv"], force=False) as outputs:

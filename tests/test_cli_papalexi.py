@@ -15,20 +15,50 @@ pytestmark = pytest.mark.slow  # two real CLI runs on the Papalexi screen, about
 
 
 def _cli(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "normalisr_sc", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "normalisr_sc", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def screen_run(shared_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("papalexi")
-    normalize = _cli("normalize", shared_data / "papalexi_lowmoi.h5ad", "-o", "norm.h5ad",
-                     "--covariates", "bio_rep", "--no-qc", cwd=folder)
+    normalize = _cli(
+        "normalize",
+        shared_data / "papalexi_lowmoi.h5ad",
+        "-o",
+        "norm.h5ad",
+        "--covariates",
+        "bio_rep",
+        "--no-qc",
+        cwd=folder,
+    )
     assert normalize.returncode == 0, normalize.stderr
-    de = _cli("de", "norm.h5ad", "-o", "de.h5ad", "--guides", "grna_counts", "--guide-names",
-              "grna_ids", "--guide-groups", "grna_group", "--design", "low_moi",
-              "--reference", "non-targeting", "--min-cells", "2", "--table", "de.tsv",
-              cwd=folder)
+    de = _cli(
+        "de",
+        "norm.h5ad",
+        "-o",
+        "de.h5ad",
+        "--guides",
+        "grna_counts",
+        "--guide-names",
+        "grna_ids",
+        "--guide-groups",
+        "grna_group",
+        "--design",
+        "low_moi",
+        "--reference",
+        "non-targeting",
+        "--min-cells",
+        "2",
+        "--table",
+        "de.tsv",
+        cwd=folder,
+    )
     assert de.returncode == 0, de.stderr
     return folder, normalize, de
 

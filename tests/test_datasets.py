@@ -12,8 +12,9 @@ import normalisr_sc as nsc
 
 @pytest.fixture(scope="module")
 def case_control():
-    return nsc.datasets.simulate(n_cells=1500, n_genes=200, n_batches=3, de_fraction=0.1,
-                                 de_log_fold_change=1.0, seed=3)
+    return nsc.datasets.simulate(
+        n_cells=1500, n_genes=200, n_batches=3, de_fraction=0.1, de_log_fold_change=1.0, seed=3
+    )
 
 
 def test_counts_and_annotations(case_control):
@@ -57,13 +58,15 @@ def test_planted_differential_expression(case_control):
     proportion = counts / counts.sum(axis=1, keepdims=True)
     case = (adata.obs["group"] == "case").to_numpy()
     genes = adata.var_names.get_indexer(de_genes)
-    observed = np.log(proportion[case][:, genes].mean(axis=0)
-                      / proportion[~case][:, genes].mean(axis=0))
+    observed = np.log(
+        proportion[case][:, genes].mean(axis=0) / proportion[~case][:, genes].mean(axis=0)
+    )
     # Signs recovered for (nearly) every DE gene; unaffected genes barely move.
     assert (np.sign(observed) == np.sign(effects)).mean() >= 0.9
     others = np.setdiff1d(np.arange(adata.n_vars), genes)
-    null = np.log(proportion[case][:, others].mean(axis=0)
-                  / proportion[~case][:, others].mean(axis=0))
+    null = np.log(
+        proportion[case][:, others].mean(axis=0) / proportion[~case][:, others].mean(axis=0)
+    )
     assert np.median(np.abs(null)) < 0.5 * np.median(np.abs(observed))
 
 
@@ -95,8 +98,15 @@ def test_planted_modules_are_correlated(case_control):
 
 
 def test_low_moi_screen():
-    adata = nsc.datasets.simulate(n_cells=1200, n_genes=150, n_targets=5, guides_per_target=2,
-                                  n_non_targeting=3, knockdown=1.5, seed=4)
+    adata = nsc.datasets.simulate(
+        n_cells=1200,
+        n_genes=150,
+        n_targets=5,
+        guides_per_target=2,
+        n_non_targeting=3,
+        knockdown=1.5,
+        seed=4,
+    )
     guides = adata.obsm["grna_counts"]
     assert isinstance(guides, pd.DataFrame)
     assert guides.shape == (1200, 5 * 2 + 3)
@@ -149,8 +159,10 @@ def test_simulated_data_normalizes(case_control):
     [
         ({"n_cells": 3}, "`n_cells` must be an integer >= 4"),
         ({"n_genes": 1, "n_modules": 0}, "`n_genes` must be an integer >= 2"),
-        ({"n_genes": 20, "n_modules": 2, "module_size": 10, "n_targets": 1},
-         "= 21 planted genes, but n_genes=20"),
+        (
+            {"n_genes": 20, "n_modules": 2, "module_size": 10, "n_targets": 1},
+            "= 21 planted genes, but n_genes=20",
+        ),
         ({"de_fraction": 1.5}, r"`de_fraction` must be a finite number in \[0, 1\]"),
         ({"de_fraction": -0.1}, r"`de_fraction` must be a finite number in \[0, 1\]"),
         ({"n_targets": 2, "moi": 0.0}, "`moi` must be a finite number > 0 or None"),

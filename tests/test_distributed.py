@@ -17,8 +17,7 @@ get_task_stream = distributed.get_task_stream
 def screen():
     adata = nsc.datasets.simulate(n_cells=900, n_genes=150, n_targets=5, moi=3.0, seed=11)
     adata.X = sparse.csr_matrix(adata.X)
-    nsc.tl.assign_guides(adata, "grna_counts", mode="threshold", threshold=1,
-                         groups="grna_group")
+    nsc.tl.assign_guides(adata, "grna_counts", mode="threshold", threshold=1, groups="grna_group")
     return adata
 
 
@@ -37,12 +36,15 @@ def test_pipeline_on_local_cluster_equals_in_memory(screen, dask_client):
     # The passes ran on the cluster's workers, not in this process.
     workers = {task["worker"] for task in tasks.data}
     assert workers == set(dask_client.scheduler_info()["workers"])
-    np.testing.assert_allclose(on_cluster.obs["nsc_weight"], expected.obs["nsc_weight"],
-                               rtol=1e-10)
-    np.testing.assert_allclose(on_cluster.layers["normalisr"].compute(),
-                               expected.layers["normalisr"], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(on_cluster.obs["nsc_weight"], expected.obs["nsc_weight"], rtol=1e-10)
+    np.testing.assert_allclose(
+        on_cluster.layers["normalisr"].compute(),
+        expected.layers["normalisr"],
+        rtol=1e-8,
+        atol=1e-10,
+    )
     for key in ("nsc_de_log10p", "nsc_de_logfc"):
-        np.testing.assert_allclose(on_cluster.varm[key], expected.varm[key],
-                                   rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(on_cluster.varp["nsc_coex_r"], expected.varp["nsc_coex_r"],
-                               rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(on_cluster.varm[key], expected.varm[key], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        on_cluster.varp["nsc_coex_r"], expected.varp["nsc_coex_r"], rtol=1e-8, atol=1e-10
+    )

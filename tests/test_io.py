@@ -25,8 +25,9 @@ def test_tsv_layout_round_trip(small, tmp_path):
     with gzip.open(tmp_path / "genes.txt.gz", "wt") as stream:
         stream.write("\n".join(small.var_names) + "\n")
     (tmp_path / "cells.txt").write_text("\n".join(small.obs_names) + "\n")
-    adata = _io.read_counts(tmp_path / "reads.tsv.gz", genes=tmp_path / "genes.txt.gz",
-                            cells=tmp_path / "cells.txt")
+    adata = _io.read_counts(
+        tmp_path / "reads.tsv.gz", genes=tmp_path / "genes.txt.gz", cells=tmp_path / "cells.txt"
+    )
     np.testing.assert_array_equal(adata.X.toarray(), small.X.toarray())
     assert list(adata.var_names) == list(small.var_names)
     assert list(adata.obs_names) == list(small.obs_names)
@@ -37,17 +38,22 @@ def test_tsv_shape_mismatch(small, tmp_path):
     (tmp_path / "genes.txt").write_text("\n".join(small.var_names))
     (tmp_path / "cells.txt").write_text("\n".join(small.obs_names))
     with pytest.raises(ValueError, match="must be genes x cells"):
-        _io.read_counts(tmp_path / "reads.tsv", genes=tmp_path / "genes.txt",
-                        cells=tmp_path / "cells.txt")
+        _io.read_counts(
+            tmp_path / "reads.tsv", genes=tmp_path / "genes.txt", cells=tmp_path / "cells.txt"
+        )
 
 
 def test_10x_directory(small, tmp_path):
     folder = tmp_path / "filtered"
     folder.mkdir()
     scipy_io.mmwrite(folder / "matrix.mtx", sparse.csr_matrix(small.X.T))
-    pd.DataFrame({"id": [f"ENSG{i}" for i in range(small.n_vars)], "name": small.var_names,
-                  "type": "Gene Expression"}).to_csv(folder / "features.tsv", sep="\t",
-                                                      header=False, index=False)
+    pd.DataFrame(
+        {
+            "id": [f"ENSG{i}" for i in range(small.n_vars)],
+            "name": small.var_names,
+            "type": "Gene Expression",
+        }
+    ).to_csv(folder / "features.tsv", sep="\t", header=False, index=False)
     (folder / "barcodes.tsv").write_text("\n".join(small.obs_names) + "\n")
     for name in ("matrix.mtx", "features.tsv", "barcodes.tsv"):
         with open(folder / name, "rb") as source, gzip.open(folder / f"{name}.gz", "wb") as target:
@@ -116,20 +122,25 @@ def test_10x_h5(small, tmp_path):
     assert list(adata.var_names) == list(small.var_names)
 
 
-def _write_10x(small, folder, names=("matrix.mtx", "features.tsv", "barcodes.tsv"),
-               compress=True):
+def _write_10x(small, folder, names=("matrix.mtx", "features.tsv", "barcodes.tsv"), compress=True):
     folder.mkdir()
     scipy_io.mmwrite(folder / "matrix.mtx", sparse.csr_matrix(small.X.T))
-    pd.DataFrame({"id": [f"ENSG{i}" for i in range(small.n_vars)], "name": small.var_names,
-                  "type": "Gene Expression"}).to_csv(folder / "features.tsv", sep="\t",
-                                                      header=False, index=False)
+    pd.DataFrame(
+        {
+            "id": [f"ENSG{i}" for i in range(small.n_vars)],
+            "name": small.var_names,
+            "type": "Gene Expression",
+        }
+    ).to_csv(folder / "features.tsv", sep="\t", header=False, index=False)
     (folder / "barcodes.tsv").write_text("\n".join(small.obs_names) + "\n")
     for name in ("matrix.mtx", "features.tsv", "barcodes.tsv"):
         if name not in names:
             (folder / name).unlink()
         elif compress:
-            with open(folder / name, "rb") as source, \
-                    gzip.open(folder / f"{name}.gz", "wb") as target:
+            with (
+                open(folder / name, "rb") as source,
+                gzip.open(folder / f"{name}.gz", "wb") as target,
+            ):
                 target.write(source.read())
             (folder / name).unlink()
 
@@ -145,11 +156,14 @@ def test_10x_directory_plain_files_and_legacy_names(small, tmp_path):
     assert list(_io.read_counts(tmp_path / "v2").var_names) == list(small.var_names)
 
 
-@pytest.mark.parametrize(("kept", "missing"), [
-    (("matrix.mtx", "features.tsv"), "barcodes.tsv[.gz]"),
-    (("matrix.mtx", "barcodes.tsv"), "features.tsv[.gz] (or genes.tsv)"),
-    (("features.tsv", "barcodes.tsv"), "matrix.mtx[.gz]"),
-])
+@pytest.mark.parametrize(
+    ("kept", "missing"),
+    [
+        (("matrix.mtx", "features.tsv"), "barcodes.tsv[.gz]"),
+        (("matrix.mtx", "barcodes.tsv"), "features.tsv[.gz] (or genes.tsv)"),
+        (("features.tsv", "barcodes.tsv"), "matrix.mtx[.gz]"),
+    ],
+)
 def test_10x_directory_names_the_missing_file(small, tmp_path, kept, missing):
     _write_10x(small, tmp_path / "10x", names=kept)
     with pytest.raises(ValueError, match="10x directory") as error:
@@ -162,8 +176,11 @@ def test_10x_directory_bad_contents(small, tmp_path):
     _write_10x(small, tmp_path / "short")
     with gzip.open(tmp_path / "short" / "barcodes.tsv.gz", "wt") as stream:
         stream.write("\n".join(small.obs_names[:-2]) + "\n")
-    with pytest.raises(ValueError, match=r"barcodes\.tsv\.gz' lists 28 entries but .*"
-                                         r"has 30 columns \(cells\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"barcodes\.tsv\.gz' lists 28 entries but .*"
+        r"has 30 columns \(cells\)",
+    ):
         _io.read_counts(tmp_path / "short")
     _write_10x(small, tmp_path / "cut")
     data = (tmp_path / "cut" / "matrix.mtx.gz").read_bytes()
@@ -194,12 +211,10 @@ def test_bad_files_name_the_file_and_problem(small, tmp_path):
     with pytest.raises(ValueError, match=r"cell names file .*nope\.txt' not found"):
         _io.read_counts(tmp_path / "m.tsv", genes=tmp_path / "g.txt", cells=tmp_path / "nope.txt")
     with pytest.raises(ValueError, match=r"gene names file .*empty\.txt' lists no name"):
-        _io.read_counts(tmp_path / "m.tsv", genes=tmp_path / "empty.txt",
-                        cells=tmp_path / "c.txt")
+        _io.read_counts(tmp_path / "m.tsv", genes=tmp_path / "empty.txt", cells=tmp_path / "c.txt")
     (tmp_path / "gz.tsv.gz").write_bytes(gzip.compress(b"1\t2\n3\t4\n" * 1000)[:40])
     with pytest.raises(ValueError, match=r"cannot read tsv count matrix .*gz\.tsv\.gz'"):
-        _io.read_counts(tmp_path / "gz.tsv.gz", genes=tmp_path / "g.txt",
-                        cells=tmp_path / "c.txt")
+        _io.read_counts(tmp_path / "gz.tsv.gz", genes=tmp_path / "g.txt", cells=tmp_path / "c.txt")
 
 
 def test_truncated_go_files(tmp_path):
@@ -207,21 +222,30 @@ def test_truncated_go_files(tmp_path):
 
     obo = "format-version: 1.2\n\n" + "".join(
         f"[Term]\nid: GO:{i:07d}\nname: term {i}\nnamespace: biological_process\n\n"
-        for i in range(1, 2000))
+        for i in range(1, 2000)
+    )
     compressed = gzip.compress(obo.encode())
     (tmp_path / "cut.obo.gz").write_bytes(compressed[: len(compressed) // 2])
-    with pytest.raises(ValueError, match=r"cannot read GO OBO file .*cut\.obo\.gz': it is "
-                                         r"truncated or corrupt"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot read GO OBO file .*cut\.obo\.gz': it is "
+        r"truncated or corrupt",
+    ):
         _go.read_godag(tmp_path / "cut.obo.gz")
     (tmp_path / "bin.obo").write_bytes(b"format-version: 1.2\n\xff\xfe\n")
     with pytest.raises(ValueError, match=r"bin\.obo': it is not UTF-8 text"):
         _go.read_godag(tmp_path / "bin.obo")
-    record = "NCBIGene\t{0}\tG{0}\tinvolved_in\tGO:0000001\tref\tIDA\t\tP\t\t\tprotein\t" \
-             "taxon:9606\t20220101\tsrc\t\t\n"
+    record = (
+        "NCBIGene\t{0}\tG{0}\tinvolved_in\tGO:0000001\tref\tIDA\t\tP\t\t\tprotein\t"
+        "taxon:9606\t20220101\tsrc\t\t\n"
+    )
     gaf = "!gaf-version: 2.2\n" + "".join(record.format(i) for i in range(1, 500))
     (tmp_path / "cut.gaf").write_text(gaf[: len(gaf) // 2])  # cut in the middle of a record
-    with pytest.raises(ValueError, match=r"GO annotation file .*cut\.gaf', line \d+: expected "
-                                         r"a gaf record of 15 tab-separated columns"):
+    with pytest.raises(
+        ValueError,
+        match=r"GO annotation file .*cut\.gaf', line \d+: expected "
+        r"a gaf record of 15 tab-separated columns",
+    ):
         _go.read_annotations(tmp_path / "cut.gaf")
     compressed = gzip.compress(gaf.encode())
     (tmp_path / "cut.gaf.gz").write_bytes(compressed[: len(compressed) - 20])
@@ -245,9 +269,23 @@ def test_cli_reader_error_is_one_line(tmp_path, capsys):
     np.fill_diagonal(net, False)
     adata.varp["nsc_coex_net"] = sparse.csr_matrix(net)
     adata.write_h5ad(tmp_path / "in.h5ad")
-    assert main(["gotop", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "go.h5ad"),
-                 "--obo", str(tmp_path / "cut.obo.gz"), "--annotations",
-                 str(tmp_path / "a.gaf"), "--n-principal", "5"]) == 1
+    assert (
+        main(
+            [
+                "gotop",
+                str(tmp_path / "in.h5ad"),
+                "-o",
+                str(tmp_path / "go.h5ad"),
+                "--obo",
+                str(tmp_path / "cut.obo.gz"),
+                "--annotations",
+                str(tmp_path / "a.gaf"),
+                "--n-principal",
+                "5",
+            ]
+        )
+        == 1
+    )
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1
     assert error[0].startswith("normalisr-sc gotop: error: ")

@@ -23,8 +23,14 @@ def _adata() -> ad.AnnData:
 
 def test_store_writes_and_records_then_may_replace_its_own():
     adata = _adata()
-    store(adata, "step", {"a": 1, "b": None}, layers={"lcpm": np.ones((20, 6))},
-          obs={"nsc_w": np.arange(20.0)}, uns={"nsc_x": {"n": 3}})
+    store(
+        adata,
+        "step",
+        {"a": 1, "b": None},
+        layers={"lcpm": np.ones((20, 6))},
+        obs={"nsc_w": np.arange(20.0)},
+        uns={"nsc_x": {"n": 3}},
+    )
     assert adata.uns[RECORD]["step"] == {"a": 1}
     assert owned(adata, "layers", "lcpm")
     assert owned(adata, "obs", "nsc_w")
@@ -32,12 +38,15 @@ def test_store_writes_and_records_then_may_replace_its_own():
     np.testing.assert_array_equal(adata.layers["lcpm"], 0)
 
 
-@pytest.mark.parametrize(("container", "key", "value"), [
-    ("layers", "counts", np.ones((20, 6))),
-    ("obs", "batch", np.zeros(20)),
-    ("uns", "mine", {"x": 1}),
-    ("obsm", "mine", np.zeros((20, 2))),
-])
+@pytest.mark.parametrize(
+    ("container", "key", "value"),
+    [
+        ("layers", "counts", np.ones((20, 6))),
+        ("obs", "batch", np.zeros(20)),
+        ("uns", "mine", {"x": 1}),
+        ("obsm", "mine", np.zeros((20, 2))),
+    ],
+)
 def test_user_data_is_refused_before_any_change(container, key, value):
     adata = _adata()
     if container == "layers":
@@ -71,14 +80,25 @@ def test_record_key_is_reserved():
 def test_ownership_survives_h5ad_round_trip(tmp_path):
     adata = _adata()
     frame = pd.DataFrame(np.arange(12.0).reshape(6, 2), columns=["A", "B"])
-    store(adata, "step", {"groups": ["A", "B"], "n": 2}, layers={"lcpm": np.ones((20, 6))},
-          obs={"nsc_flag": np.arange(20) % 2 == 0}, varm={"nsc_de_pvals": frame},
-          uns={"nsc_de": {"groups": ["A", "B"], "df": np.array([3, 4]), "design": "x"}},
-          varp={"nsc_net": sparse.random(6, 6, density=0.3, format="csr", random_state=0)})
+    store(
+        adata,
+        "step",
+        {"groups": ["A", "B"], "n": 2},
+        layers={"lcpm": np.ones((20, 6))},
+        obs={"nsc_flag": np.arange(20) % 2 == 0},
+        varm={"nsc_de_pvals": frame},
+        uns={"nsc_de": {"groups": ["A", "B"], "df": np.array([3, 4]), "design": "x"}},
+        varp={"nsc_net": sparse.random(6, 6, density=0.3, format="csr", random_state=0)},
+    )
     adata.write_h5ad(tmp_path / "a.h5ad")
     read = ad.read_h5ad(tmp_path / "a.h5ad")
-    for container, key in [("layers", "lcpm"), ("obs", "nsc_flag"), ("varm", "nsc_de_pvals"),
-                           ("uns", "nsc_de"), ("varp", "nsc_net")]:
+    for container, key in [
+        ("layers", "lcpm"),
+        ("obs", "nsc_flag"),
+        ("varm", "nsc_de_pvals"),
+        ("uns", "nsc_de"),
+        ("varp", "nsc_net"),
+    ]:
         assert owned(read, container, key), (container, key)
 
 

@@ -28,11 +28,33 @@ if TYPE_CHECKING:
 
 #: GO evidence codes used by default: every code except the expression-based ones
 #: (IEP, HEP), which would make co-expression explain itself, and ND (no data).
-DEFAULT_EVIDENCE = frozenset({
-    "EXP", "IDA", "IPI", "IMP", "IGI", "HTP", "HDA", "HMP", "HGI",
-    "IBA", "IBD", "IKR", "IRD", "ISS", "ISO", "ISA", "ISM", "IGC", "RCA",
-    "TAS", "NAS", "IC", "IEA",
-})
+DEFAULT_EVIDENCE = frozenset(
+    {
+        "EXP",
+        "IDA",
+        "IPI",
+        "IMP",
+        "IGI",
+        "HTP",
+        "HDA",
+        "HMP",
+        "HGI",
+        "IBA",
+        "IBD",
+        "IKR",
+        "IRD",
+        "ISS",
+        "ISO",
+        "ISA",
+        "ISM",
+        "IGC",
+        "RCA",
+        "TAS",
+        "NAS",
+        "IC",
+        "IEA",
+    }
+)
 
 _cache: dict[tuple, object] = {}
 
@@ -76,8 +98,18 @@ def _goatools(path: Path, what: str) -> Iterator[None]:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             yield
     except (Exception, SystemExit) as error:
-        detail = next((line.strip() for line in reversed(printed.getvalue().splitlines())
-                       if line.strip()), "") or str(error) or type(error).__name__
+        detail = (
+            next(
+                (
+                    line.strip()
+                    for line in reversed(printed.getvalue().splitlines())
+                    if line.strip()
+                ),
+                "",
+            )
+            or str(error)
+            or type(error).__name__
+        )
         msg = f"cannot parse {what} file {str(path)!r}: {detail}"
         raise ValueError(msg) from error
 
@@ -96,8 +128,11 @@ def _plain_file(path: Path, what: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory() as folder:
         plain = Path(folder) / path.stem
-        with _reading(path, what), _open_text(path) as source, \
-                open(plain, "w", encoding="utf-8") as target:
+        with (
+            _reading(path, what),
+            _open_text(path) as source,
+            open(plain, "w", encoding="utf-8") as target,
+        ):
             shutil.copyfileobj(source, target)
         yield str(plain)
 
@@ -177,8 +212,7 @@ def _records(path: Path, what: str, file_format: str) -> Iterator[tuple[str, str
                 )
                 raise ValueError(msg)
             symbol = fields[symbol_col] if symbol_col is not None else ""
-            yield (fields[gene_col], symbol, fields[qualifier_col], term,
-                   fields[evidence_col])
+            yield (fields[gene_col], symbol, fields[qualifier_col], term, fields[evidence_col])
 
 
 def read_annotations(
@@ -206,7 +240,8 @@ def read_annotations(
                 symbol_to_gene[symbol] = gene
         _cache[key] = Annotations(
             {gene: frozenset(terms) for gene, terms in gene_terms.items()},
-            symbol_to_gene, file_format,
+            symbol_to_gene,
+            file_format,
         )
     return _cache[key]
 
@@ -254,19 +289,44 @@ def enrichment(
         in_study, n_study = record.study_count, record.study_n
         in_pop, n_pop = record.pop_count, record.pop_n
         # 2x2 table: study vs the rest of the population, in term vs not.
-        table = np.array([[in_study, n_study - in_study],
-                          [in_pop - in_study, n_pop - n_study - (in_pop - in_study)]], float)
+        table = np.array(
+            [
+                [in_study, n_study - in_study],
+                [in_pop - in_study, n_pop - n_study - (in_pop - in_study)],
+            ],
+            float,
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             odds = table[0, 0] * table[1, 1] / (table[0, 1] * table[1, 0])
-        rows.append({
-            "term": record.GO, "name": record.name, "namespace": record.NS,
-            "depth": int(record.depth), "pval": record.p_uncorrected,
-            "pval_bonferroni": record.p_bonferroni, "odds_ratio": odds,
-            "study_count": in_study, "study_size": n_study,
-            "population_count": in_pop, "population_size": n_pop,
-            "genes": ",".join(sorted(record.study_items)),
-        })
-    columns = ["term", "name", "namespace", "depth", "pval", "pval_bonferroni", "odds_ratio",
-               "study_count", "study_size", "population_count", "population_size", "genes"]
+        rows.append(
+            {
+                "term": record.GO,
+                "name": record.name,
+                "namespace": record.NS,
+                "depth": int(record.depth),
+                "pval": record.p_uncorrected,
+                "pval_bonferroni": record.p_bonferroni,
+                "odds_ratio": odds,
+                "study_count": in_study,
+                "study_size": n_study,
+                "population_count": in_pop,
+                "population_size": n_pop,
+                "genes": ",".join(sorted(record.study_items)),
+            }
+        )
+    columns = [
+        "term",
+        "name",
+        "namespace",
+        "depth",
+        "pval",
+        "pval_bonferroni",
+        "odds_ratio",
+        "study_count",
+        "study_size",
+        "population_count",
+        "population_size",
+        "genes",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values(["pval", "term"], kind="stable").reset_index(drop=True)

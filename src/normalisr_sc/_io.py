@@ -41,8 +41,17 @@ if TYPE_CHECKING:
 STAGING_PREFIX = ".normalisr-sc-staging."
 
 #: Errors that readers of third-party formats raise on a bad file.
-_READ_ERRORS = (OSError, EOFError, KeyError, IndexError, TypeError, ValueError,
-                UnicodeDecodeError, zlib.error, pd.errors.ParserError)
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    UnicodeDecodeError,
+    zlib.error,
+    pd.errors.ParserError,
+)
 
 
 def _problem(error: BaseException) -> str:
@@ -103,8 +112,11 @@ def read_tsv_counts(matrix: Path, genes: Path, cells: Path) -> AnnData:
             "must be genes x cells."
         )
         raise ValueError(msg)
-    return AnnData(X=sparse.csr_matrix(counts.T), obs=pd.DataFrame(index=cell_names),
-                   var=pd.DataFrame(index=gene_names))
+    return AnnData(
+        X=sparse.csr_matrix(counts.T),
+        obs=pd.DataFrame(index=cell_names),
+        var=pd.DataFrame(index=gene_names),
+    )
 
 
 def _find(folder: Path, stems: Iterable[str]) -> Path | None:
@@ -130,8 +142,11 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
         "features": _find(folder, ["features.tsv", "genes.tsv"]),
         "barcodes": _find(folder, ["barcodes.tsv"]),
     }
-    expected = {"matrix": "matrix.mtx[.gz]", "features": "features.tsv[.gz] (or genes.tsv)",
-                "barcodes": "barcodes.tsv[.gz]"}
+    expected = {
+        "matrix": "matrix.mtx[.gz]",
+        "features": "features.tsv[.gz] (or genes.tsv)",
+        "barcodes": "barcodes.tsv[.gz]",
+    }
     missing = [expected[k] for k, v in files.items() if v is None]
     if missing:
         msg = (
@@ -144,11 +159,14 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
     tables = {}
     for kind in ("features", "barcodes"):
         with reading(files[kind], f"10x {kind} file"):
-            tables[kind] = pd.read_csv(files[kind], sep="\t", header=None, dtype=str,
-                                       keep_default_na=False)
+            tables[kind] = pd.read_csv(
+                files[kind], sep="\t", header=None, dtype=str, keep_default_na=False
+            )
     features, barcodes = tables["features"], tables["barcodes"]
-    for kind, table, n, axis in (("features", features, matrix.shape[1], "rows (genes)"),
-                                 ("barcodes", barcodes, matrix.shape[0], "columns (cells)")):
+    for kind, table, n, axis in (
+        ("features", features, matrix.shape[1], "rows (genes)"),
+        ("barcodes", barcodes, matrix.shape[0], "columns (cells)"),
+    ):
         if len(table) != n:
             msg = (
                 f"10x {kind} file {str(files[kind])!r} lists {len(table)} entries but "
@@ -156,8 +174,9 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
             )
             raise ValueError(msg)
     symbols = features[1] if features.shape[1] > 1 else features[0]
-    var = pd.DataFrame({"gene_ids": features[0].to_numpy()},
-                       index=make_index_unique(pd.Index(symbols.to_numpy())))
+    var = pd.DataFrame(
+        {"gene_ids": features[0].to_numpy()}, index=make_index_unique(pd.Index(symbols.to_numpy()))
+    )
     if features.shape[1] > 2:
         var["feature_types"] = features[2].to_numpy()
     adata = AnnData(X=matrix, obs=pd.DataFrame(index=barcodes[0].to_numpy()), var=var)
@@ -166,8 +185,9 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
     return adata
 
 
-def read_counts(path: str | os.PathLike, *, genes: str | None = None,
-                cells: str | None = None) -> AnnData:
+def read_counts(
+    path: str | os.PathLike, *, genes: str | None = None, cells: str | None = None
+) -> AnnData:
     """Counts from an h5ad, a 10x directory or .h5, or a tsv matrix with name lists."""
     path = Path(path)
     if not path.exists():
@@ -208,8 +228,9 @@ def write_table_to(table: pd.DataFrame, path: Path, name: str | os.PathLike) -> 
     """A tsv or csv table (by the suffix of ``name``), gzip-compressed if it ends in .gz."""
     name = str(name)
     separator = "," if ".csv" in Path(name).suffixes else "\t"
-    table.to_csv(path, sep=separator, index=False,
-                 compression="gzip" if name.endswith(".gz") else None)
+    table.to_csv(
+        path, sep=separator, index=False, compression="gzip" if name.endswith(".gz") else None
+    )
 
 
 def write_h5ad(adata: AnnData, target: str | os.PathLike, *, force: bool) -> None:
@@ -253,7 +274,7 @@ def sweep_stale(folder: Path) -> list[Path]:
         for entry in folder.iterdir():
             if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir():
                 continue
-            parts = entry.name[len(STAGING_PREFIX):].split(".")
+            parts = entry.name[len(STAGING_PREFIX) :].split(".")
             if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
                 continue
             pid = int(parts[1])
@@ -313,16 +334,17 @@ class Outputs:
             msg = f"{str(folders[0])!r} is a directory; name a file as the output."
             raise ValueError(msg)
         for destination in self.destinations:
-            blocker = next((p for p in destination.parents if p.exists() and not p.is_dir()),
-                           None)
+            blocker = next((p for p in destination.parents if p.exists() and not p.is_dir()), None)
             if blocker is not None:
                 msg = f"cannot write {str(destination)!r}: {str(blocker)!r} is not a directory."
                 raise ValueError(msg)
         existing = [str(d) for d in self.destinations if d.exists() or d.is_symlink()]
         if existing and not self.force:
             names = ", ".join(repr(e) for e in existing)
-            msg = (f"{names} {'exists' if len(existing) == 1 else 'exist'}; pass --force to "
-                   f"overwrite {'it' if len(existing) == 1 else 'them'}.")
+            msg = (
+                f"{names} {'exists' if len(existing) == 1 else 'exist'}; pass --force to "
+                f"overwrite {'it' if len(existing) == 1 else 'them'}."
+            )
             raise ValueError(msg)
 
     def __enter__(self) -> Outputs:
@@ -332,8 +354,9 @@ class Outputs:
         parent = _existing_ancestor(destination.absolute())
         if parent not in self._staging:
             try:
-                folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host()}.{os.getpid()}.",
-                                               dir=parent))
+                folder = Path(
+                    tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host()}.{os.getpid()}.", dir=parent)
+                )
             except OSError as error:
                 msg = f"cannot write into {str(parent)!r}: {error.strerror or error}."
                 raise ValueError(msg) from error
@@ -344,11 +367,16 @@ class Outputs:
     def _start_watchdog(self, folder: Path) -> None:
         # Without a watchdog (cannot start a process), the next command's sweep cleans up.
         with contextlib.suppress(OSError):
-            self._watchdogs.append(subprocess.Popen(
-                [sys.executable, "-c", _WATCHDOG, str(folder)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True,
-            ))
+            self._watchdogs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _WATCHDOG, str(folder)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            )
 
     def path(self, destination: str | os.PathLike) -> Path:
         """The staged path to write ``destination`` to (declared in the constructor)."""
@@ -366,10 +394,15 @@ class Outputs:
 
         Termination signals wait until every file is in place (all or nothing).
         """
-        blocked = {getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT")
-                   if hasattr(signal, name)}
-        held = (hasattr(signal, "pthread_sigmask")
-                and threading.current_thread() is threading.main_thread())
+        blocked = {
+            getattr(signal, name)
+            for name in ("SIGTERM", "SIGHUP", "SIGINT")
+            if hasattr(signal, name)
+        }
+        held = (
+            hasattr(signal, "pthread_sigmask")
+            and threading.current_thread() is threading.main_thread()
+        )
         if held:
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:

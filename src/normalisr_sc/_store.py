@@ -138,8 +138,9 @@ def check_writable(adata: AnnData, keys: Mapping[str, Iterable[str]]) -> None:
     normalisr_sc, or no longer holds what it wrote.
     """
     record = adata.uns.get(RECORD)
-    if record is not None and not (isinstance(record, Mapping)
-                                   and isinstance(record.get(WRITTEN, {}), Mapping)):
+    if record is not None and not (
+        isinstance(record, Mapping) and isinstance(record.get(WRITTEN, {}), Mapping)
+    ):
         msg = (
             f"adata.uns[{RECORD!r}] holds something normalisr_sc did not write "
             f"({type(record).__name__}); normalisr_sc keeps its record of parameters and "
@@ -172,7 +173,8 @@ def check_writable(adata: AnnData, keys: Mapping[str, Iterable[str]]) -> None:
             if _has(adata, container, key) and not owned(adata, container, key):
                 was_ours = key in _written(adata).get(container, {})
                 why = (
-                    "was changed since normalisr_sc wrote it" if was_ours
+                    "was changed since normalisr_sc wrote it"
+                    if was_ours
                     else "was not written by normalisr_sc"
                 )
                 msg = (

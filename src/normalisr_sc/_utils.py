@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("normalisr_sc")
 
+
 def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts"):
     """``adata.X`` or ``adata.layers[layer]``, with a helpful error for unknown layers."""
     if layer is None:
@@ -99,7 +100,9 @@ def input_matrix(
         )
         raise ValueError(msg)
     if not (chunked or lazy):
-        in_memory = canonical_copy(matrix, source) if keep_format else canonical_rows(matrix, source)
+        in_memory = (
+            canonical_copy(matrix, source) if keep_format else canonical_rows(matrix, source)
+        )
         return checked_finite(in_memory, source, fix), size
     if backed:
         from anndata.experimental import read_elem_lazy
@@ -114,8 +117,9 @@ def input_matrix(
         if sparse.issparse(getattr(matrix, "_meta", None)):
             # Blocks become canonical CSR before dask slices them to rechunk (COO blocks
             # cannot be sliced; duplicates must not be split across blocks unsummed).
-            matrix = matrix.map_blocks(materialize, dtype=matrix.dtype,
-                                       meta=sparse.csr_matrix((0, 0), dtype=matrix.dtype))
+            matrix = matrix.map_blocks(
+                materialize, dtype=matrix.dtype, meta=sparse.csr_matrix((0, 0), dtype=matrix.dtype)
+            )
         return checked_finite(matrix.rechunk((size, -1)), source, fix), size
     import dask.array as da
 
@@ -171,7 +175,8 @@ def canonical_copy(matrix, source: str, *, own: bool = False):
     logger.info(
         "%s has duplicate entries or unsorted indices; normalisr_sc reads a canonical copy "
         "(duplicates summed) and leaves it as it is. `%s.sum_duplicates()` avoids the copy.",
-        source, source,
+        source,
+        source,
     )
     if own:
         matrix.sum_duplicates()
@@ -180,9 +185,8 @@ def canonical_copy(matrix, source: str, *, own: bool = False):
 
 
 def _non_finite_message(where: str, count: int, fix: str) -> str:
-    return (
-        f"{where} contains NaN or infinite values ({count} of them); "
-        + (fix or "repair or remove them before this step.")
+    return f"{where} contains NaN or infinite values ({count} of them); " + (
+        fix or "repair or remove them before this step."
     )
 
 
@@ -202,16 +206,18 @@ def checked_finite(value, where: str, fix: str = ""):
     the first pass reading it, before the step writes anything.
     """
     if is_dask(value):
-        return value.map_blocks(_checked_block, where=where, fix=fix, dtype=value.dtype,
-                                meta=value._meta)
+        return value.map_blocks(
+            _checked_block, where=where, fix=fix, dtype=value.dtype, meta=value._meta
+        )
     if isinstance(value, pd.DataFrame | pd.Series):
         count = count_non_finite(value.to_numpy(dtype=np.float64, na_value=np.nan))
     elif sparse.issparse(value):
         count = count_non_finite(value)  # the stored values only, never a copy of them
     elif getattr(value, "ndim", 0) == 2 and not isinstance(value, np.generic):
         block_rows = settings.block_cells
-        count = sum(count_non_finite(value[rows])
-                    for rows in row_slices(value.shape[0], block_rows))
+        count = sum(
+            count_non_finite(value[rows]) for rows in row_slices(value.shape[0], block_rows)
+        )
     else:
         count = count_non_finite(value)
     if count:
@@ -225,11 +231,17 @@ def numeric_values(value, where: str, fix: str = "") -> np.ndarray:
     ``where`` names it in the message (e.g. ``"adata.obs['nsc_weight']"``).
     """
     frame = value if isinstance(value, pd.DataFrame | pd.Series) else None
-    columns = ([] if frame is None else [frame] if isinstance(frame, pd.Series)
-               else [frame[c] for c in frame.columns])
+    columns = (
+        []
+        if frame is None
+        else [frame]
+        if isinstance(frame, pd.Series)
+        else [frame[c] for c in frame.columns]
+    )
     for column in columns:
-        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)) \
-                or pd.api.types.is_complex_dtype(column):
+        if not (
+            pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+        ) or pd.api.types.is_complex_dtype(column):
             name = f" (column {column.name!r})" if isinstance(frame, pd.DataFrame) else ""
             msg = f"{where}{name} has dtype {column.dtype}; it must hold real numbers."
             raise ValueError(msg)

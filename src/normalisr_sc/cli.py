@@ -38,10 +38,19 @@ PROG = "normalisr-sc"
 
 #: The command that makes what a Python function makes, for messages.
 COMMAND_OF = {
-    "normalize": "normalize", "normvar": "normalize", "normcov": "normalize",
-    "lcpm": "normalize", "compute_var": "normalize", "qc_outlier": "normalize",
-    "scaling_factor": "normalize", "qc_reads": "qc", "de": "de",
-    "assign_guides": "de --guides", "coex": "coex", "binnet": "binnet", "gotop": "gotop",
+    "normalize": "normalize",
+    "normvar": "normalize",
+    "normcov": "normalize",
+    "lcpm": "normalize",
+    "compute_var": "normalize",
+    "qc_outlier": "normalize",
+    "scaling_factor": "normalize",
+    "qc_reads": "qc",
+    "de": "de",
+    "assign_guides": "de --guides",
+    "coex": "coex",
+    "binnet": "binnet",
+    "gotop": "gotop",
 }
 _FUNCTION = re.compile(r"`?(?:nsc|normalisr_sc)\.(?:pp|tl|get|pl)\.(\w+)(?:\([^`]*\))?`?")
 
@@ -65,8 +74,11 @@ def cli_words(message: str, options: Mapping[str, str] | None = None) -> str:
 
     message = _FUNCTION.sub(command, message)
     for parameter, option in (options or {}).items():
-        message = re.sub(rf"`{parameter}(?:=([^`]*))?`",
-                         lambda m, option=option: f"`{_option_text(option, m[1])}`", message)
+        message = re.sub(
+            rf"`{parameter}(?:=([^`]*))?`",
+            lambda m, option=option: f"`{_option_text(option, m[1])}`",
+            message,
+        )
         message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}=", f"{option} ", message)
         if "_" in parameter:  # a bare identifier, not an English word
             message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}(?![\w'\"`=])", option, message)
@@ -137,8 +149,9 @@ def integer(minimum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def number(minimum: float | None = None, maximum: float | None = None, *,
-           min_open: bool = False) -> Callable[[str], float]:
+def number(
+    minimum: float | None = None, maximum: float | None = None, *, min_open: bool = False
+) -> Callable[[str], float]:
     """An argparse type: a finite number within the bounds."""
 
     def parse(text: str) -> float:
@@ -146,8 +159,7 @@ def number(minimum: float | None = None, maximum: float | None = None, *,
             value: Any = float(text)
         except ValueError:
             value = text
-        return _reworded(check_number, value, minimum=minimum, maximum=maximum,
-                         min_open=min_open)
+        return _reworded(check_number, value, minimum=minimum, maximum=maximum, min_open=min_open)
 
     parse.__name__ = "number"
     return parse
@@ -179,14 +191,21 @@ QC_OPTIONS = {
     "min_gene_counts": (number(0), "minimum total count of a gene"),
     "min_gene_cells": (number(0), "minimum number of cells a gene is detected in"),
     "min_gene_cell_fraction": (number(0, 1), "minimum fraction of cells a gene is detected in"),
-    "min_cell_counts": (number(0), "minimum total count of a cell (whole-transcriptome value, "
-                                   "scaled down on panels by --transcriptome-genes)"),
-    "min_cell_genes": (number(0), "minimum number of genes detected in a cell (scaled like "
-                                  "--min-cell-counts)"),
+    "min_cell_counts": (
+        number(0),
+        "minimum total count of a cell (whole-transcriptome value, "
+        "scaled down on panels by --transcriptome-genes)",
+    ),
+    "min_cell_genes": (
+        number(0),
+        "minimum number of genes detected in a cell (scaled like --min-cell-counts)",
+    ),
     "min_cell_gene_fraction": (number(0, 1), "minimum fraction of genes detected in a cell"),
-    "transcriptome_genes": (_optional_integer,
-                            "genes of a whole transcriptome: the cell bounds are multiplied "
-                            "by min(1, genes measured / this); 'none' applies them as given"),
+    "transcriptome_genes": (
+        _optional_integer,
+        "genes of a whole transcriptome: the cell bounds are multiplied "
+        "by min(1, genes measured / this); 'none' applies them as given",
+    ),
 }
 
 
@@ -207,8 +226,7 @@ _UNSET = object()
 
 
 def _qc_given(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in _qc_options()
-            if getattr(args, key) is not _UNSET}
+    return {key: getattr(args, key) for key in _qc_options() if getattr(args, key) is not _UNSET}
 
 
 def _option(name: str) -> str:
@@ -283,11 +301,22 @@ def cmd_normalize(args: argparse.Namespace, outputs: _io.Outputs) -> None:
         raise CommandError(msg)
     adata = _input(args)
     qc = None if args.no_qc else {**_qc_defaults(), **given}
-    with speaking_cli({"covariates": "--covariates", "chunk_size": "--chunk-size",
-                       "remove_outliers": "--keep-outliers",
-                       **{key: _option(key) for key in _qc_options()}}):
-        pp.normalize(adata, args.covariates, qc=qc, remove_outliers=not args.keep_outliers,
-                     chunked=args.chunk_size is not None, chunk_size=args.chunk_size)
+    with speaking_cli(
+        {
+            "covariates": "--covariates",
+            "chunk_size": "--chunk-size",
+            "remove_outliers": "--keep-outliers",
+            **{key: _option(key) for key in _qc_options()},
+        }
+    ):
+        pp.normalize(
+            adata,
+            args.covariates,
+            qc=qc,
+            remove_outliers=not args.keep_outliers,
+            chunked=args.chunk_size is not None,
+            chunk_size=args.chunk_size,
+        )
     _print_qc_summary(adata)
     _write(outputs, adata, args.output)
 
@@ -295,23 +324,37 @@ def cmd_normalize(args: argparse.Namespace, outputs: _io.Outputs) -> None:
 def de_table(adata: AnnData, key: str = "nsc_de") -> pd.DataFrame:
     """The DE table of every group, most significant first (ties: larger |logfc|)."""
     table = get.de_df(adata, key=key)
-    order = np.lexsort((table["group"].cat.codes.to_numpy(),
-                        -np.abs(table["logfc"].to_numpy()), -table["log10p"].to_numpy()))
+    order = np.lexsort(
+        (
+            table["group"].cat.codes.to_numpy(),
+            -np.abs(table["logfc"].to_numpy()),
+            -table["log10p"].to_numpy(),
+        )
+    )
     return table.iloc[order].reset_index(drop=True)
 
 
 def _check_de_options(args: argparse.Namespace) -> None:
     if (args.groupby is None) == (args.guides is None):
-        msg = ("name the groups with --groupby (an obs column or obsm key) or give guide "
-               "counts with --guides, not both." if args.groupby else
-               "name the groups to compare: --groupby COLUMN, or --guides OBSM_KEY for a "
-               "CRISPR screen.")
+        msg = (
+            "name the groups with --groupby (an obs column or obsm key) or give guide "
+            "counts with --guides, not both."
+            if args.groupby
+            else "name the groups to compare: --groupby COLUMN, or --guides OBSM_KEY for a "
+            "CRISPR screen."
+        )
         raise CommandError(msg)
     if args.guides is None:
-        given = [option for option, value in (("--guide-names", args.guide_names),
-                                              ("--guide-groups", args.guide_groups),
-                                              ("--guide-mode", args.guide_mode),
-                                              ("--threshold", args.threshold)) if value]
+        given = [
+            option
+            for option, value in (
+                ("--guide-names", args.guide_names),
+                ("--guide-groups", args.guide_groups),
+                ("--guide-mode", args.guide_mode),
+                ("--threshold", args.threshold),
+            )
+            if value
+        ]
         if given:
             msg = f"{', '.join(given)} apply only with --guides."
             raise CommandError(msg)
@@ -325,21 +368,43 @@ def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
     adata = _input(args)
     groupby = args.groupby
     if args.guides:
-        options = {"obsm_key": "--guides", "guide_names": "--guide-names",
-                   "groups": "--guide-groups", "mode": "--guide-mode",
-                   "threshold": "--threshold"}
+        options = {
+            "obsm_key": "--guides",
+            "guide_names": "--guide-names",
+            "groups": "--guide-groups",
+            "mode": "--guide-mode",
+            "threshold": "--threshold",
+        }
         with speaking_cli(options):
-            tl.assign_guides(adata, args.guides, mode=args.guide_mode or "max",
-                             threshold=5 if args.threshold is None else args.threshold,
-                             groups=args.guide_groups, guide_names=args.guide_names)
+            tl.assign_guides(
+                adata,
+                args.guides,
+                mode=args.guide_mode or "max",
+                threshold=5 if args.threshold is None else args.threshold,
+                groups=args.guide_groups,
+                guide_names=args.guide_names,
+            )
         groupby = "nsc_guides"
     extra = {} if args.min_cells is None else {"min_cells": args.min_cells}
-    options = {"groupby": "--guides" if args.guides else "--groupby", "design": "--design",
-               "reference": "--reference", "groups": "--groups", "min_cells": "--min-cells",
-               "chunk_size": "--chunk-size"}
+    options = {
+        "groupby": "--guides" if args.guides else "--groupby",
+        "design": "--design",
+        "reference": "--reference",
+        "groups": "--groups",
+        "min_cells": "--min-cells",
+        "chunk_size": "--chunk-size",
+    }
     with speaking_cli(options):
-        tl.de(adata, groupby, design=args.design, reference=args.reference, groups=args.groups,
-              chunked=args.chunk_size is not None, chunk_size=args.chunk_size, **extra)
+        tl.de(
+            adata,
+            groupby,
+            design=args.design,
+            reference=args.reference,
+            groups=args.groups,
+            chunked=args.chunk_size is not None,
+            chunk_size=args.chunk_size,
+            **extra,
+        )
         table = de_table(adata)
     _write_table(outputs, table, args.table)
     _write(outputs, adata, args.output)
@@ -371,10 +436,17 @@ def cmd_binnet(args: argparse.Namespace, outputs: _io.Outputs) -> None:
 
 def cmd_gotop(args: argparse.Namespace, outputs: _io.Outputs) -> None:
     adata = _input(args)
-    with speaking_cli({"obo": "--obo", "annotations": "--annotations",
-                       "n_principal": "--n-principal", "gene_id": "--gene-id"}):
-        tl.gotop(adata, args.obo, args.annotations, n_principal=args.n_principal,
-                 gene_id=args.gene_id)
+    with speaking_cli(
+        {
+            "obo": "--obo",
+            "annotations": "--annotations",
+            "n_principal": "--n-principal",
+            "gene_id": "--gene-id",
+        }
+    ):
+        tl.gotop(
+            adata, args.obo, args.annotations, n_principal=args.n_principal, gene_id=args.gene_id
+        )
     _write_table(outputs, adata.uns["nsc_gotop"]["enrichment"], args.table)
     _write(outputs, adata, args.output)
 
@@ -405,15 +477,18 @@ def _report_results(adata: AnnData, key: str) -> list[str]:
     observed = _neg_log10_pvalues(adata, key, None)
     if observed.size == 0:
         return [f"{key}: no finite p-value"]
-    lines = [f"{key}: {observed.size:,} tests, genomic inflation (lambda) = "
-             f"{inflation(observed):.3f}"]
+    lines = [
+        f"{key}: {observed.size:,} tests, genomic inflation (lambda) = {inflation(observed):.3f}"
+    ]
     if key == "nsc_de" and f"{key}_pvals" in adata.varm:
         table = de_table(adata, key)
         n_hits = int((table["qval"] < 0.05).sum())
         lines.append(f"  {n_hits:,} group-gene pairs with q < 0.05; most significant:")
         for row in table.head(5).itertuples():
-            lines.append(f"    {row.group} / {row.gene}: p = {row.pval:.3g}, "
-                         f"-log10 p = {row.log10p:.1f}, logfc = {row.logfc:.3f}")
+            lines.append(
+                f"    {row.group} / {row.gene}: p = {row.pval:.3g}, "
+                f"-log10 p = {row.log10p:.1f}, logfc = {row.logfc:.3f}"
+            )
     return lines
 
 
@@ -445,8 +520,12 @@ def cmd_report(args: argparse.Namespace, outputs: _io.Outputs) -> None:
         print("\n".join(lines))
         if args.plots:
             ax = pl.qq(adata, key, show=False)
-            ax.figure.savefig(outputs.path(Path(args.plots) / f"{key}_qq.png"), dpi=120,
-                              bbox_inches="tight", format="png")
+            ax.figure.savefig(
+                outputs.path(Path(args.plots) / f"{key}_qq.png"),
+                dpi=120,
+                bbox_inches="tight",
+                format="png",
+            )
             plt.close(ax.figure)
 
 
@@ -469,10 +548,14 @@ def cmd_demo(args: argparse.Namespace, outputs: _io.Outputs) -> None:
             shutil.copyfile(plot, outputs.path(out / Path(plot).name))
     _io.write_table_to(get.de_df(adata), outputs.path(out / "de.tsv.gz"), "de.tsv.gz")
     _io.write_h5ad_to(adata, outputs.path(out / "demo.h5ad"))
-    print(f"{PROG} demo: low-MOI screen, {adata.n_obs} cells x {adata.n_vars} genes, "
-          f"{len(adata.uns['nsc_de']['groups'])} targets against non-targeting controls")
-    print(f"  null pairs: {score.n_null}, fraction p < 0.05 = {score.null_fraction_below_005:.3f}"
-          f" (expected 0.05), inflation = {score.null_inflation:.3f} (expected 1)")
+    print(
+        f"{PROG} demo: low-MOI screen, {adata.n_obs} cells x {adata.n_vars} genes, "
+        f"{len(adata.uns['nsc_de']['groups'])} targets against non-targeting controls"
+    )
+    print(
+        f"  null pairs: {score.n_null}, fraction p < 0.05 = {score.null_fraction_below_005:.3f}"
+        f" (expected 0.05), inflation = {score.null_inflation:.3f} (expected 1)"
+    )
     print(f"  planted knock-downs recovered at q < 0.1: {score.n_recovered}/{score.n_planted}")
     print(f"  writes {', '.join(str(out / name) for name in DEMO_FILES)}")
 
@@ -497,121 +580,244 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Normalisr for single-cell RNA-seq: normalisation, differential "
-                    "expression (case-control and CRISPR screens), co-expression networks.",
+        "expression (case-control and CRISPR screens), co-expression networks.",
     )
-    parser.add_argument("--version", action="version", version=_version(),
-                        help="print the version and exit")
-    parser.add_argument("--quiet", action="store_true",
-                        help="only warnings and errors: no progress bars or info messages")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the Python traceback of an error")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_Parser)
+    parser.add_argument(
+        "--version", action="version", version=_version(), help="print the version and exit"
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors: no progress bars or info messages",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    def command(name: str, function: Callable, help_text: str, *, reads_input: bool = True,
-                writes: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        function: Callable,
+        help_text: str,
+        *,
+        reads_input: bool = True,
+        writes: bool = True,
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(function=function)
         if reads_input:
-            sub.add_argument("input", help="counts or results: .h5ad, a 10x directory, a 10x "
-                                           ".h5, or a genes x cells .tsv[.gz] matrix")
+            sub.add_argument(
+                "input",
+                help="counts or results: .h5ad, a 10x directory, a 10x "
+                ".h5, or a genes x cells .tsv[.gz] matrix",
+            )
             sub.add_argument("--genes", help="gene names of a .tsv matrix, one per line")
             sub.add_argument("--cells", help="cell names of a .tsv matrix, one per line")
         if writes:
-            sub.add_argument("-o", "--output", required=True, type=H5AD,
-                             help="the .h5ad to write (refused if it exists, unless --force)")
+            sub.add_argument(
+                "-o",
+                "--output",
+                required=True,
+                type=H5AD,
+                help="the .h5ad to write (refused if it exists, unless --force)",
+            )
         if writes or name == "report":
-            sub.add_argument("--force", action="store_true",
-                             help="replace existing output files")
+            sub.add_argument("--force", action="store_true", help="replace existing output files")
         return sub
 
     def qc_options(sub: argparse.ArgumentParser) -> None:
         defaults = _qc_defaults()
         for key, (kind, text) in _qc_options().items():
             default = defaults.get(key, "off" if key != "transcriptome_genes" else "none")
-            sub.add_argument(_option(key), type=kind, default=_UNSET, metavar="N",
-                             help=f"{text} (default {default})")
+            sub.add_argument(
+                _option(key),
+                type=kind,
+                default=_UNSET,
+                metavar="N",
+                help=f"{text} (default {default})",
+            )
 
-    qc = command("qc", cmd_qc, "read-count quality control of raw counts (cells and genes "
-                               "below the bounds are removed)")
+    qc = command(
+        "qc",
+        cmd_qc,
+        "read-count quality control of raw counts (cells and genes below the bounds are removed)",
+    )
     qc_options(qc)
-    norm = command("normalize", cmd_normalize,
-                   "the whole normalisation from raw counts: read-count QC, log CPM, "
-                   "covariates, variance normalisation, outlier removal")
-    norm.add_argument("--covariates", nargs="+", default=[], metavar="COLUMN",
-                      help="obs columns to remove as confounders (batch, replicate, ...)")
-    norm.add_argument("--no-qc", action="store_true",
-                      help="skip read-count QC (keep every cell and gene)")
+    norm = command(
+        "normalize",
+        cmd_normalize,
+        "the whole normalisation from raw counts: read-count QC, log CPM, "
+        "covariates, variance normalisation, outlier removal",
+    )
+    norm.add_argument(
+        "--covariates",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="obs columns to remove as confounders (batch, replicate, ...)",
+    )
+    norm.add_argument(
+        "--no-qc", action="store_true", help="skip read-count QC (keep every cell and gene)"
+    )
     qc_options(norm)
-    norm.add_argument("--keep-outliers", action="store_true",
-                      help="keep the cells that are variance outliers")
-    norm.add_argument("--chunk-size", type=integer(1), metavar="CELLS",
-                      help="stream the counts in blocks of this many cells (no dense matrix "
-                           "held; the output layers are computed block by block when written)")
-    de = command("de", cmd_de, "differential expression between groups of cells, or of "
-                               "guide targets in a CRISPR screen, on normalised data")
-    de.add_argument("--groupby", metavar="KEY",
-                    help="obs column (one group per level) or obsm key (cells x groups 0/1) "
-                         "of the groups")
-    de.add_argument("--design", default="case_control",
-                    choices=["case_control", "low_moi", "high_moi"],
-                    help="case_control: each group against the others (or the reference); "
-                         "low_moi: cells with one guide target against the reference cells; "
-                         "high_moi: all groups in one regression (default case_control)")
-    de.add_argument("--reference", nargs="+", metavar="GROUP",
-                    help="baseline group(s), not tested (e.g. non-targeting)")
-    de.add_argument("--groups", nargs="+", metavar="GROUP",
-                    help="groups to test (default all but the reference)")
-    de.add_argument("--min-cells", type=integer(1), metavar="N",
-                    help="skip, with a warning, groups carried by fewer than N cells in "
-                         "their test")
-    de.add_argument("--chunk-size", type=integer(1), metavar="CELLS",
-                    help="read the normalised expression in blocks of this many cells")
-    de.add_argument("--guides", metavar="OBSM_KEY",
-                    help="obsm key of guide UMI counts (cells x guides): assign guides to "
-                         "cells first and test their targets")
-    de.add_argument("--guide-names", metavar="UNS_KEY",
-                    help="uns key of the names of the guide columns")
-    de.add_argument("--guide-groups", metavar="UNS_KEY",
-                    help="uns key of the guide -> target table (guide, target columns)")
-    de.add_argument("--guide-mode", choices=["max", "threshold"],
-                    help="max: each cell gets its guide with most UMIs (low MOI, default); "
-                         "threshold: every guide with at least --threshold UMIs")
-    de.add_argument("--threshold", type=number(0, min_open=True), metavar="UMIS",
-                    help="UMIs of an assigned guide with --guide-mode threshold (default 5)")
-    de.add_argument("--table", type=TABLE,
-                    help="also write the DE table, most significant first (.tsv or .csv, "
-                         "+.gz to compress)")
+    norm.add_argument(
+        "--keep-outliers", action="store_true", help="keep the cells that are variance outliers"
+    )
+    norm.add_argument(
+        "--chunk-size",
+        type=integer(1),
+        metavar="CELLS",
+        help="stream the counts in blocks of this many cells (no dense matrix "
+        "held; the output layers are computed block by block when written)",
+    )
+    de = command(
+        "de",
+        cmd_de,
+        "differential expression between groups of cells, or of "
+        "guide targets in a CRISPR screen, on normalised data",
+    )
+    de.add_argument(
+        "--groupby",
+        metavar="KEY",
+        help="obs column (one group per level) or obsm key (cells x groups 0/1) of the groups",
+    )
+    de.add_argument(
+        "--design",
+        default="case_control",
+        choices=["case_control", "low_moi", "high_moi"],
+        help="case_control: each group against the others (or the reference); "
+        "low_moi: cells with one guide target against the reference cells; "
+        "high_moi: all groups in one regression (default case_control)",
+    )
+    de.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="GROUP",
+        help="baseline group(s), not tested (e.g. non-targeting)",
+    )
+    de.add_argument(
+        "--groups",
+        nargs="+",
+        metavar="GROUP",
+        help="groups to test (default all but the reference)",
+    )
+    de.add_argument(
+        "--min-cells",
+        type=integer(1),
+        metavar="N",
+        help="skip, with a warning, groups carried by fewer than N cells in their test",
+    )
+    de.add_argument(
+        "--chunk-size",
+        type=integer(1),
+        metavar="CELLS",
+        help="read the normalised expression in blocks of this many cells",
+    )
+    de.add_argument(
+        "--guides",
+        metavar="OBSM_KEY",
+        help="obsm key of guide UMI counts (cells x guides): assign guides to "
+        "cells first and test their targets",
+    )
+    de.add_argument(
+        "--guide-names", metavar="UNS_KEY", help="uns key of the names of the guide columns"
+    )
+    de.add_argument(
+        "--guide-groups",
+        metavar="UNS_KEY",
+        help="uns key of the guide -> target table (guide, target columns)",
+    )
+    de.add_argument(
+        "--guide-mode",
+        choices=["max", "threshold"],
+        help="max: each cell gets its guide with most UMIs (low MOI, default); "
+        "threshold: every guide with at least --threshold UMIs",
+    )
+    de.add_argument(
+        "--threshold",
+        type=number(0, min_open=True),
+        metavar="UMIS",
+        help="UMIs of an assigned guide with --guide-mode threshold (default 5)",
+    )
+    de.add_argument(
+        "--table",
+        type=TABLE,
+        help="also write the DE table, most significant first (.tsv or .csv, +.gz to compress)",
+    )
     coex = command("coex", cmd_coex, "gene co-expression on normalised data")
-    coex.add_argument("--gene-list", metavar="FILE",
-                      help="file naming the genes to restrict to (whitespace-separated)")
-    coex.add_argument("--table", type=TABLE,
-                      help="also write the edge table (.tsv or .csv, +.gz to compress)")
-    binnet = command("binnet", cmd_binnet,
-                     "binary co-expression network from co-expression results")
-    binnet.add_argument("--qcut", type=number(0, 1, min_open=True), default=0.05,
-                        help="q-value below which a gene pair is an edge (default 0.05)")
+    coex.add_argument(
+        "--gene-list",
+        metavar="FILE",
+        help="file naming the genes to restrict to (whitespace-separated)",
+    )
+    coex.add_argument(
+        "--table", type=TABLE, help="also write the edge table (.tsv or .csv, +.gz to compress)"
+    )
+    binnet = command(
+        "binnet", cmd_binnet, "binary co-expression network from co-expression results"
+    )
+    binnet.add_argument(
+        "--qcut",
+        type=number(0, 1, min_open=True),
+        default=0.05,
+        help="q-value below which a gene pair is an edge (default 0.05)",
+    )
     gotop = command("gotop", cmd_gotop, "GO enrichment of the hub genes of a network")
-    gotop.add_argument("--obo", required=True, metavar="FILE",
-                       help="GO DAG in OBO format (plain or .gz)")
-    gotop.add_argument("--annotations", required=True, metavar="FILE",
-                       help="GO annotations: GAF or NCBI gene2go (plain or .gz)")
-    gotop.add_argument("--n-principal", type=integer(1), default=100, metavar="N",
-                       help="number of hub genes to test (default 100)")
-    gotop.add_argument("--gene-id", default="symbol", metavar="COLUMN",
-                       help="'symbol' (var_names are symbols) or the var column of gene ids "
-                            "(default symbol)")
+    gotop.add_argument(
+        "--obo", required=True, metavar="FILE", help="GO DAG in OBO format (plain or .gz)"
+    )
+    gotop.add_argument(
+        "--annotations",
+        required=True,
+        metavar="FILE",
+        help="GO annotations: GAF or NCBI gene2go (plain or .gz)",
+    )
+    gotop.add_argument(
+        "--n-principal",
+        type=integer(1),
+        default=100,
+        metavar="N",
+        help="number of hub genes to test (default 100)",
+    )
+    gotop.add_argument(
+        "--gene-id",
+        default="symbol",
+        metavar="COLUMN",
+        help="'symbol' (var_names are symbols) or the var column of gene ids (default symbol)",
+    )
     gotop.add_argument("--table", type=TABLE, help="also write the enrichment table")
-    report = command("report", cmd_report, "summarise, as text, an h5ad written by "
-                                           f"{PROG}; optionally QQ plots", writes=False)
-    report.add_argument("--plots", metavar="FOLDER",
-                        help="folder to write QQ plots into (nsc_de_qq.png, nsc_coex_qq.png)")
-    demo = command("demo", cmd_demo, "run the pipeline on a generated CRISPR screen",
-                   reads_input=False, writes=False)
-    demo.add_argument("--out", default="normalisr_sc_demo", metavar="FOLDER",
-                      help="output folder (default normalisr_sc_demo)")
-    demo.add_argument("--n-cells", type=integer(500), default=4000,
-                      help="cells of the generated screen (default 4000)")
+    report = command(
+        "report",
+        cmd_report,
+        f"summarise, as text, an h5ad written by {PROG}; optionally QQ plots",
+        writes=False,
+    )
+    report.add_argument(
+        "--plots",
+        metavar="FOLDER",
+        help="folder to write QQ plots into (nsc_de_qq.png, nsc_coex_qq.png)",
+    )
+    demo = command(
+        "demo",
+        cmd_demo,
+        "run the pipeline on a generated CRISPR screen",
+        reads_input=False,
+        writes=False,
+    )
+    demo.add_argument(
+        "--out",
+        default="normalisr_sc_demo",
+        metavar="FOLDER",
+        help="output folder (default normalisr_sc_demo)",
+    )
+    demo.add_argument(
+        "--n-cells",
+        type=integer(500),
+        default=4000,
+        help="cells of the generated screen (default 4000)",
+    )
     demo.add_argument("--seed", type=integer(0), default=0, help="random seed (default 0)")
     demo.add_argument("--force", action="store_true", help="replace existing output files")
     return parser
@@ -645,15 +851,20 @@ def _exit_on_signals() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("goatools").setLevel(logging.WARNING)
     progress = settings.progress
     if args.quiet:
         settings.progress = False
     try:
-        with _exit_on_signals(), \
-                _io.Outputs(_outputs(args), force=getattr(args, "force", False)) as outputs:
+        with (
+            _exit_on_signals(),
+            _io.Outputs(_outputs(args), force=getattr(args, "force", False)) as outputs,
+        ):
             args.function(args, outputs)
         for path in outputs.published:
             logger.info("wrote %s", path)

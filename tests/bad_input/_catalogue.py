@@ -44,10 +44,12 @@ def _with_user_data(adata: AnnData) -> AnnData:
     adata.var["symbol"] = [f"SYM{j}" for j in range(adata.n_vars)]
     adata.obsm["pos"] = rng.normal(size=(adata.n_obs, 2))
     adata.varm["load"] = rng.normal(size=(adata.n_vars, 3))
-    adata.varp["adj"] = sparse.random(adata.n_vars, adata.n_vars, density=0.1,
-                                      random_state=1, format="csr")
-    adata.obsp["knn"] = sparse.random(adata.n_obs, adata.n_obs, density=0.02,
-                                      random_state=2, format="csr")
+    adata.varp["adj"] = sparse.random(
+        adata.n_vars, adata.n_vars, density=0.1, random_state=1, format="csr"
+    )
+    adata.obsp["knn"] = sparse.random(
+        adata.n_obs, adata.n_obs, density=0.02, random_state=2, format="csr"
+    )
     adata.uns["note"] = {"a": 1, "b": np.arange(3), "c": "text"}
     return adata
 
@@ -112,8 +114,10 @@ class _Array:
             and self.kind == other.kind
             and self.meta == other.meta
             and len(self.buffers) == len(other.buffers)
-            and all(a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-                    for a, b in zip(self.buffers, other.buffers, strict=True))
+            and all(
+                a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+                for a, b in zip(self.buffers, other.buffers, strict=True)
+            )
         )
 
     def __hash__(self) -> int:  # pragma: no cover - not used as a key
@@ -163,15 +167,24 @@ def array_state(value: Any) -> _Array:
 
 
 def _index_state(index: pd.Index) -> tuple:
-    return ("index", type(index).__name__, str(index.dtype), index.name,
-            _Array("ndarray", (), (_plain_array(index.to_numpy()),)))
+    return (
+        "index",
+        type(index).__name__,
+        str(index.dtype),
+        index.name,
+        _Array("ndarray", (), (_plain_array(index.to_numpy()),)),
+    )
 
 
 def _series_state(series: pd.Series) -> tuple:
     dtype = series.dtype
     if isinstance(dtype, pd.CategoricalDtype):
-        return ("categorical", bool(dtype.ordered), _index_state(dtype.categories),
-                array_state(series.cat.codes.to_numpy()))
+        return (
+            "categorical",
+            bool(dtype.ordered),
+            _index_state(dtype.categories),
+            array_state(series.cat.codes.to_numpy()),
+        )
     return ("series", str(dtype), array_state(series.to_numpy()))
 
 
@@ -249,8 +262,11 @@ def assert_adata_unchanged(before: dict[tuple, Any], after: AnnData | dict[tuple
     added = sorted(map(_describe, set(now) - set(before)))
     removed = sorted(map(_describe, set(before) - set(now)))
     changed = sorted(_describe(p) for p in before.keys() & now.keys() if before[p] != now[p])
-    problems = [f"{what}: {paths[:8]}" for what, paths in
-                (("added", added), ("removed", removed), ("changed", changed)) if paths]
+    problems = [
+        f"{what}: {paths[:8]}"
+        for what, paths in (("added", added), ("removed", removed), ("changed", changed))
+        if paths
+    ]
     assert not problems, "the AnnData changed -- " + "; ".join(problems)
 
 
@@ -263,8 +279,13 @@ def assert_user_data_untouched(before: dict[tuple, Any], after: AnnData) -> None
     now = snapshot(after)
     own = ("uns", nsc._store.RECORD)
     # The lists of keys and columns may grow; every old entry must stay as it was.
-    paths = [p for p in before if p[:2] != own and p[1:] != ("<keys>",)
-             and not (p[0] in ("obs", "var") and p[1] == "<columns>")]
+    paths = [
+        p
+        for p in before
+        if p[:2] != own
+        and p[1:] != ("<keys>",)
+        and not (p[0] in ("obs", "var") and p[1] == "<columns>")
+    ]
     lost = sorted(_describe(p) for p in paths if p not in now)
     changed = sorted(_describe(p) for p in paths if p in now and now[p] != before[p])
     # Column positions may shift only by appending: the old columns keep their places.
@@ -312,21 +333,34 @@ def _id(value) -> str:
     return repr(value).replace(" ", "")
 
 
-def param_cases(name: str, function, base_name: str, bad: dict[str, list], *,
-                fixed: dict | None = None, match: dict[str, str] | None = None) -> list[Case]:
+def param_cases(
+    name: str,
+    function,
+    base_name: str,
+    bad: dict[str, list],
+    *,
+    fixed: dict | None = None,
+    match: dict[str, str] | None = None,
+) -> list[Case]:
     """One case per (parameter, wrong value); the message must name the parameter."""
     fixed = fixed or {}
     match = match or {}
     cases = []
     for param, values in bad.items():
         for value in values:
+
             def call(adata, param=param, value=value):
                 return function(adata, **{**fixed, param: value})
 
-            cases.append(Case(f"{name}-{param}={_id(value)}", base_name, call,
-                              match.get(param, rf"\b{param}\b")))
+            cases.append(
+                Case(
+                    f"{name}-{param}={_id(value)}",
+                    base_name,
+                    call,
+                    match.get(param, rf"\b{param}\b"),
+                )
+            )
     return cases
-
 
 
 def case_params(cases: list[Case]) -> list:
@@ -363,8 +397,7 @@ def run_refusal(case: Case) -> None:
 def _results(flat: dict[tuple, Any], user: dict[tuple, Any]) -> dict[tuple, Any]:
     """The entries of ``flat`` that are not the user's data ``user`` nor fingerprints."""
     own = ("uns", nsc._store.RECORD, nsc._store.WRITTEN)
-    return {p: v for p, v in flat.items()
-            if p not in user and p[: len(own)] != own and p[0] != "X"}
+    return {p: v for p, v in flat.items() if p not in user and p[: len(own)] != own and p[0] != "X"}
 
 
 def _assert_close(path: str, odd: Any, canonical: Any) -> None:
@@ -380,15 +413,24 @@ def _assert_close(path: str, odd: Any, canonical: Any) -> None:
     elif isinstance(canonical, tuple) and canonical and canonical[0] in ("series", "categorical"):
         assert odd[:-1] == canonical[:-1], path
         _assert_close(path, odd[-1], canonical[-1])
-    elif (isinstance(canonical, tuple) and len(canonical) == 3 and canonical[0] == "scalar"
-          and canonical[1] == "float" and isinstance(odd, tuple) and odd[1] == "float"):
+    elif (
+        isinstance(canonical, tuple)
+        and len(canonical) == 3
+        and canonical[0] == "scalar"
+        and canonical[1] == "float"
+        and isinstance(odd, tuple)
+        and odd[1] == "float"
+    ):
         np.testing.assert_allclose(float(odd[2]), float(canonical[2]), rtol=1e-9, err_msg=path)
     else:
         assert odd == canonical, f"{path}: {odd!r} != {canonical!r}"
 
 
 def assert_same_as_canonical(
-    function: Callable[[AnnData], Any], odd: AnnData, canonical: AnnData, *,
+    function: Callable[[AnnData], Any],
+    odd: AnnData,
+    canonical: AnnData,
+    *,
     subsets: bool = False,
 ) -> None:
     """``function`` gives on ``odd`` what it gives on ``canonical`` and leaves odd's data alone.
@@ -411,15 +453,17 @@ def assert_same_as_canonical(
     if subsets:
         user_odd, user_canonical = {}, {}
         after_odd, after_canonical = snapshot(odd), snapshot(canonical)
-        np.testing.assert_array_equal(after_odd.pop(("X",)).dense(),
-                                      after_canonical.pop(("X",)).dense())
+        np.testing.assert_array_equal(
+            after_odd.pop(("X",)).dense(), after_canonical.pop(("X",)).dense()
+        )
     else:
         assert_user_data_untouched(user_odd, odd)
         after_odd, after_canonical = snapshot(odd), snapshot(canonical)
     results_odd = _results(after_odd, user_odd)
     results_canonical = _results(after_canonical, user_canonical)
-    assert set(results_odd) == set(results_canonical), (
-        sorted(map(_describe, set(results_odd) ^ set(results_canonical))))
+    assert set(results_odd) == set(results_canonical), sorted(
+        map(_describe, set(results_odd) ^ set(results_canonical))
+    )
     for path in results_canonical:
         _assert_close(_describe(path), results_odd[path], results_canonical[path])
     flat_odd, flat_canonical = {}, {}
@@ -456,8 +500,9 @@ def spoil_x(value: complex | float, dtype: Any = np.float64, *, fmt: str = "csr"
 def spoil_layer(key: str, value: float = np.nan, *, where: tuple[int, int] = (2, 3)):
     def setup(adata: AnnData) -> None:
         layer = adata.layers[key]
-        layer = np.array(layer.toarray() if sparse.issparse(layer) else layer,
-                         dtype=np.float64, copy=True)
+        layer = np.array(
+            layer.toarray() if sparse.issparse(layer) else layer, dtype=np.float64, copy=True
+        )
         layer[where] = value
         adata.layers[key] = layer
 
@@ -515,7 +560,9 @@ def csr_with_duplicates(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
     split = coo.data >= 2
     rows = np.concatenate([coo.row, coo.row[split]])
     cols = np.concatenate([coo.col, coo.col[split]])
-    data = np.concatenate([np.where(split, coo.data - 1, coo.data), np.ones(split.sum(), coo.data.dtype)])
+    data = np.concatenate(
+        [np.where(split, coo.data - 1, coo.data), np.ones(split.sum(), coo.data.dtype)]
+    )
     order = np.lexsort((cols, rows))
     rows, cols, data = rows[order], cols[order], data[order]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=matrix.shape[0]))])
@@ -591,9 +638,29 @@ def go_files() -> tuple[Path, Path, Path]:
     lines = ["!gaf-version: 2.2"]
     for j, name in enumerate(names):
         term = "GO:0000002" if j < 20 else "GO:0000003"
-        lines.append("\t".join(["NCBIGene", str(1000 + j), name, "involved_in", term, "PMID:1",
-                                "IDA", "", "P", "", "", "protein", "taxon:9606", "20220101",
-                                "test", "", ""]))
+        lines.append(
+            "\t".join(
+                [
+                    "NCBIGene",
+                    str(1000 + j),
+                    name,
+                    "involved_in",
+                    term,
+                    "PMID:1",
+                    "IDA",
+                    "",
+                    "P",
+                    "",
+                    "",
+                    "protein",
+                    "taxon:9606",
+                    "20220101",
+                    "test",
+                    "",
+                    "",
+                ]
+            )
+        )
     gaf = folder / "tiny.gaf.gz"
     with gzip.open(gaf, "wt") as stream:
         stream.write("\n".join(lines) + "\n")

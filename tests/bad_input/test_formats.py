@@ -23,8 +23,9 @@ def odd_counts(draw) -> tuple[np.ndarray, sparse.spmatrix, str]:
     """Dense counts (every cell non-empty) and the same values in an odd sparse storage."""
     n_cells = draw(st.integers(3, 8))
     n_genes = draw(st.integers(2, 6))
-    values = draw(st.lists(st.integers(0, 12), min_size=n_cells * n_genes,
-                           max_size=n_cells * n_genes))
+    values = draw(
+        st.lists(st.integers(0, 12), min_size=n_cells * n_genes, max_size=n_cells * n_genes)
+    )
     dense = np.array(values, dtype=np.int64).reshape(n_cells, n_genes)
     dense[-1, -1] = 0  # some gene has a zero, so the scaling factor is defined
     dense[dense.sum(axis=1) == 0, 0] = 1
@@ -39,8 +40,20 @@ def odd_counts(draw) -> tuple[np.ndarray, sparse.spmatrix, str]:
                     entries.append((j, 0))  # explicit zero
                 continue
             parts = draw(st.integers(1, min(3, int(value)))) if value > 1 else 1
-            cuts = sorted(draw(st.lists(st.integers(1, int(value) - 1), min_size=parts - 1,
-                                        max_size=parts - 1, unique=True))) if parts > 1 else []
+            cuts = (
+                sorted(
+                    draw(
+                        st.lists(
+                            st.integers(1, int(value) - 1),
+                            min_size=parts - 1,
+                            max_size=parts - 1,
+                            unique=True,
+                        )
+                    )
+                )
+                if parts > 1
+                else []
+            )
             bounds = [0, *cuts, int(value)]
             entries += [(j, hi - lo) for lo, hi in pairwise(bounds)]
         if draw(st.booleans()):
@@ -50,8 +63,14 @@ def odd_counts(draw) -> tuple[np.ndarray, sparse.spmatrix, str]:
         indptr.append(len(indices))
     dtype = draw(st.sampled_from([np.int32, np.int64, np.float32, np.float64]))
     cls = sparse.csr_matrix if fmt == "csr" else sparse.csc_matrix
-    odd = cls((np.array(data, dtype=dtype), np.array(indices, dtype=np.int32),
-               np.array(indptr, dtype=np.int32)), shape=dense.shape)
+    odd = cls(
+        (
+            np.array(data, dtype=dtype),
+            np.array(indices, dtype=np.int32),
+            np.array(indptr, dtype=np.int32),
+        ),
+        shape=dense.shape,
+    )
     where = draw(st.sampled_from(["X", "layer"]))
     return dense.astype(dtype), odd, where
 
@@ -69,8 +88,11 @@ def _adatas(dense: np.ndarray, odd, where: str) -> tuple[AnnData, AnnData, dict]
     return odd_adata, canonical_adata, {"layer": "raw"}
 
 
-SETTINGS = settings(max_examples=10, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @SETTINGS
@@ -80,7 +102,9 @@ def test_qc_reads_odd_storage(drawn, min_cell_counts):
     min_cell_counts = min(min_cell_counts, int(drawn[0].sum(axis=1).max()))  # keep a cell
     assert_same_as_canonical(
         lambda a: nsc.pp.qc_reads(a, min_cell_counts=min_cell_counts, inplace=False, **layer),
-        odd, canonical)
+        odd,
+        canonical,
+    )
 
 
 @SETTINGS
@@ -101,5 +125,6 @@ def test_cpm_odd_storage(drawn):
 @given(odd_counts())
 def test_scaling_factor_odd_storage(drawn):
     odd, canonical, layer = _adatas(*drawn)
-    assert_same_as_canonical(lambda a: nsc.pp.scaling_factor(a, inplace=False, **layer),
-                             odd, canonical)
+    assert_same_as_canonical(
+        lambda a: nsc.pp.scaling_factor(a, inplace=False, **layer), odd, canonical
+    )

@@ -20,8 +20,17 @@ def tested():
 
 def test_de_df_layout_and_order(tested):
     table = nsc.get.de_df(tested)
-    assert list(table.columns) == ["group", "gene", "pval", "log10p", "qval", "logfc", "log2fc",
-                                   "gamma", "var"]
+    assert list(table.columns) == [
+        "group",
+        "gene",
+        "pval",
+        "log10p",
+        "qval",
+        "logfc",
+        "log2fc",
+        "gamma",
+        "var",
+    ]
     assert len(table) == 2 * tested.n_vars
     assert list(table["group"].cat.categories) == ["control", "case"]
     for group, part in table.groupby("group", observed=True):
@@ -49,8 +58,9 @@ def test_coex_df_edge_list(tested):
     assert len(table) == n * (n - 1) // 2
     assert (table["gene1"] != table["gene2"]).all()
     assert (np.diff(table["log10p"].to_numpy()) <= 0).all()
-    np.testing.assert_allclose(np.sort(table["qval"]),
-                               np.sort(stats.false_discovery_control(table["pval"])))
+    np.testing.assert_allclose(
+        np.sort(table["qval"]), np.sort(stats.false_discovery_control(table["pval"]))
+    )
     first = table.iloc[0]
     i, j = tested.var_names.get_indexer([first["gene1"], first["gene2"]])
     assert first["r"] == tested.varp["nsc_coex_r"][i, j]
@@ -66,15 +76,18 @@ def test_coex_df_on_a_subset(tested):
     assert set(table["gene1"]) | set(table["gene2"]) == set(genes)
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda a: nsc.get.de_df(a, "nope"), "not among"),
-    (lambda a: nsc.get.de_df(a, key="missing"), r"nsc\.tl\.de"),
-    (lambda a: nsc.get.de_df(a, pval_cutoff=0), "pval_cutoff"),
-    (lambda a: nsc.get.de_df(a, ["case", "case"]), "more than once"),
-    (lambda a: nsc.get.de_df(a, 3.5), "`group`"),
-    (lambda a: nsc.get.coex_df(a, key="missing"), r"nsc\.tl\.coex"),
-    (lambda a: nsc.get.coex_df(a, qval_cutoff=2), "qval_cutoff"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda a: nsc.get.de_df(a, "nope"), "not among"),
+        (lambda a: nsc.get.de_df(a, key="missing"), r"nsc\.tl\.de"),
+        (lambda a: nsc.get.de_df(a, pval_cutoff=0), "pval_cutoff"),
+        (lambda a: nsc.get.de_df(a, ["case", "case"]), "more than once"),
+        (lambda a: nsc.get.de_df(a, 3.5), "`group`"),
+        (lambda a: nsc.get.coex_df(a, key="missing"), r"nsc\.tl\.coex"),
+        (lambda a: nsc.get.coex_df(a, qval_cutoff=2), "qval_cutoff"),
+    ],
+)
 def test_bad_input(tested, call, match):
     with pytest.raises(ValueError, match=match):
         call(tested)

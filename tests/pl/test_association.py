@@ -93,12 +93,13 @@ def test_qq_coex_uses_distinct_pairs_of_the_block(tested):
 def test_inflation_of_uniform_pvalues_is_one():
     p = (np.arange(1, 100_001) - 0.5) / 100_000
     assert inflation(-np.log10(p)) == pytest.approx(1.0, abs=1e-3)
-    assert inflation(-np.log10(stats.chi2.sf(4 * stats.chi2.isf(p, 1), 1))) == pytest.approx(4.0, rel=1e-3)
+    assert inflation(-np.log10(stats.chi2.sf(4 * stats.chi2.isf(p, 1), 1))) == pytest.approx(
+        4.0, rel=1e-3
+    )
 
 
 def test_volcano_points_and_labels(tested, tmp_path):
-    ax = nsc.pl.volcano(tested, "case", n_labels=5, save=tmp_path / "volcano.png",
-                        show=False)
+    ax = nsc.pl.volcano(tested, "case", n_labels=5, save=tmp_path / "volcano.png", show=False)
     assert (tmp_path / "volcano.png").stat().st_size > 1000
     x, y = ax.collections[0].get_offsets().T
     np.testing.assert_allclose(x, tested.varm["nsc_de_logfc"]["case"])
@@ -136,13 +137,16 @@ def test_plot_errors(tested):
 def test_coex_network_draws_stored_edges(tested, tmp_path):
     nsc.tl.binnet(tested, qcut=0.05)
     genes = list(tested.var_names[:40])
-    ax = nsc.pl.coex_network(tested, genes=genes, highlight=genes[:3], save=tmp_path / "n.png",
-                             show=False)
+    ax = nsc.pl.coex_network(
+        tested, genes=genes, highlight=genes[:3], save=tmp_path / "n.png", show=False
+    )
     assert (tmp_path / "n.png").stat().st_size > 1000
     net = tested.varp["nsc_coex_net"].toarray()[:40, :40]
     undirected = net | net.T
-    expected = sorted((genes[i], genes[j]) if genes[i] < genes[j] else (genes[j], genes[i])
-                      for i, j in zip(*np.nonzero(np.triu(undirected, 1)), strict=True))
+    expected = sorted(
+        (genes[i], genes[j]) if genes[i] < genes[j] else (genes[j], genes[i])
+        for i, j in zip(*np.nonzero(np.triu(undirected, 1)), strict=True)
+    )
     assert ax.nsc_edges == expected  # colours and the highlight: tests/pl/test_network.py
     plt.close(ax.figure)
 

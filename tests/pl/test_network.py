@@ -37,7 +37,9 @@ def test_modules_labels_and_sizes_follow_the_network(tmp_path):
     ax = nsc.pl.coex_network(adata, n_genes=12, highlight=["g3"], save=path, show=False)
     assert path.stat().st_size > 1000
     assert sorted(map(sorted, ax.nsc_modules)) == [
-        sorted(f"g{i}" for i in range(6)), sorted(f"g{i}" for i in range(6, 12))]
+        sorted(f"g{i}" for i in range(6)),
+        sorted(f"g{i}" for i in range(6, 12)),
+    ]
     assert len(ax.nsc_edges) == 2 * 15 + 1
     assert len(ax.nsc_labels) == 12  # few genes: all labelled
     assert set(ax.nsc_labels[:2]) == {"g0", "g6"}  # the best connected first
@@ -59,13 +61,16 @@ def test_hub_labels_can_be_limited():
     plt.close("all")
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"n_genes": 0}, "n_genes"),
-    ({"n_labels": -1}, "n_labels"),
-    ({"genes": ["g0", "g0"]}, "more than once"),
-    ({"genes": ["nope", "g1"]}, "not in adata.var_names"),
-    ({"key": "absent"}, r"nsc\.tl\.binnet"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_genes": 0}, "n_genes"),
+        ({"n_labels": -1}, "n_labels"),
+        ({"genes": ["g0", "g0"]}, "more than once"),
+        ({"genes": ["nope", "g1"]}, "not in adata.var_names"),
+        ({"key": "absent"}, r"nsc\.tl\.binnet"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nsc.pl.coex_network(_two_cliques(), show=False, **kwargs)

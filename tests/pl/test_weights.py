@@ -30,11 +30,15 @@ def test_weights_plot_shows_stored_values(weighted, tmp_path):
     outlier = weighted.obs["nsc_outlier"].to_numpy()
     assert outlier.any()
     drawn = np.vstack([c.get_offsets() for c in ax.collections])
-    expected = np.column_stack([
-        np.r_[weighted.obsm["nsc_cov"]["log_total_counts"][~outlier],
-              weighted.obsm["nsc_cov"]["log_total_counts"][outlier]],
-        np.r_[weighted.obs["nsc_weight"][~outlier], weighted.obs["nsc_weight"][outlier]],
-    ])
+    expected = np.column_stack(
+        [
+            np.r_[
+                weighted.obsm["nsc_cov"]["log_total_counts"][~outlier],
+                weighted.obsm["nsc_cov"]["log_total_counts"][outlier],
+            ],
+            np.r_[weighted.obs["nsc_weight"][~outlier], weighted.obs["nsc_weight"][outlier]],
+        ]
+    )
     np.testing.assert_array_equal(drawn, expected)
     plt.close(ax.figure)
 

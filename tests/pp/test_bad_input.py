@@ -55,16 +55,22 @@ COUNT_READERS = {
 def test_negative_counts(adata, step, dtype):
     counts = adata.X.toarray().astype(dtype)
     counts[3, 4] = -2
-    assert_fails(with_x(adata, sparse.csr_matrix(counts)), COUNT_READERS[step],
-                 r"adata.X contains negative values \(minimum -2\).*raw UMI counts")
+    assert_fails(
+        with_x(adata, sparse.csr_matrix(counts)),
+        COUNT_READERS[step],
+        r"adata.X contains negative values \(minimum -2\).*raw UMI counts",
+    )
 
 
 @pytest.mark.parametrize("step", list(COUNT_READERS))
 def test_non_integer_counts(adata, step):
     counts = adata.X.toarray().astype(float)
     counts[5, 1] = 2.5
-    assert_fails(with_x(adata, counts), COUNT_READERS[step],
-                 r"non-integer values \(e.g. 2.5\).*not normalised or log-transformed")
+    assert_fails(
+        with_x(adata, counts),
+        COUNT_READERS[step],
+        r"non-integer values \(e.g. 2.5\).*not normalised or log-transformed",
+    )
 
 
 def test_non_integer_counts_in_layer(adata):
@@ -77,23 +83,30 @@ def test_non_integer_counts_in_layer(adata):
 def test_nan_or_inf_counts(adata, step, bad):
     counts = adata.X.toarray().astype(np.float64)
     counts[7, 7] = bad
-    assert_fails(with_x(adata, sparse.csr_matrix(counts)), COUNT_READERS[step],
-                 "NaN or infinite values")
+    assert_fails(
+        with_x(adata, sparse.csr_matrix(counts)), COUNT_READERS[step], "NaN or infinite values"
+    )
 
 
 @pytest.mark.parametrize("step", ["lcpm", "scaling_factor", "normalize"])
 def test_cell_with_zero_counts(adata, step):
     counts = adata.X.toarray()
     counts[[4, 9]] = 0
-    assert_fails(with_x(adata, sparse.csr_matrix(counts)), COUNT_READERS[step],
-                 r"2 cell\(s\) have zero total count \(e.g. \['cell4', 'cell9'\]\).*min_cell_counts=1")
+    assert_fails(
+        with_x(adata, sparse.csr_matrix(counts)),
+        COUNT_READERS[step],
+        r"2 cell\(s\) have zero total count \(e.g. \['cell4', 'cell9'\]\).*min_cell_counts=1",
+    )
 
 
 def test_cell_with_zero_counts_cpm(adata):
     counts = adata.X.toarray()
     counts[4] = 0
-    assert_fails(with_x(adata, sparse.csr_matrix(counts)), nsc.pp.cpm,
-                 r"1 cell\(s\) have zero total count.*undefined")
+    assert_fails(
+        with_x(adata, sparse.csr_matrix(counts)),
+        nsc.pp.cpm,
+        r"1 cell\(s\) have zero total count.*undefined",
+    )
 
 
 def test_negative_values_cpm(adata):
@@ -124,26 +137,33 @@ def lcpm_done(adata) -> AnnData:
 
 def test_constant_numeric_covariate(lcpm_done):
     lcpm_done.obs["depth"] = 3.0
-    assert_fails(lcpm_done, nsc.pp.normcov, r"covariate\(s\) \['depth'\] are constant",
-                 covariates=["depth"])
+    assert_fails(
+        lcpm_done, nsc.pp.normcov, r"covariate\(s\) \['depth'\] are constant", covariates=["depth"]
+    )
 
 
 def test_constant_numeric_covariate_normalize(adata):
     adata.obs["depth"] = 3
-    assert_fails(adata, nsc.pp.normalize, "are constant across cells", covariates=["depth"],
-                 qc=None)
+    assert_fails(
+        adata, nsc.pp.normalize, "are constant across cells", covariates=["depth"], qc=None
+    )
 
 
 def test_single_level_categorical_covariate(lcpm_done):
     lcpm_done.obs["site"] = pd.Categorical(["s1"] * lcpm_done.n_obs, categories=["s1", "s2"])
-    assert_fails(lcpm_done, nsc.pp.normcov, r"adata.obs\['site'\] has a single level \['s1'\]",
-                 covariates=["site"])
+    assert_fails(
+        lcpm_done,
+        nsc.pp.normcov,
+        r"adata.obs\['site'\] has a single level \['s1'\]",
+        covariates=["site"],
+    )
 
 
 def test_covariate_with_missing_values(lcpm_done):
     lcpm_done.obs.loc[lcpm_done.obs_names[:3], "dose"] = np.nan
-    assert_fails(lcpm_done, nsc.pp.normcov, r"adata.obs\['dose'\] has 3 missing values",
-                 covariates=["dose"])
+    assert_fails(
+        lcpm_done, nsc.pp.normcov, r"adata.obs\['dose'\] has 3 missing values", covariates=["dose"]
+    )
 
 
 def test_covariate_with_infinite_values(lcpm_done):
@@ -152,14 +172,16 @@ def test_covariate_with_infinite_values(lcpm_done):
 
 
 def test_unknown_obs_column_normcov(lcpm_done):
-    assert_fails(lcpm_done, nsc.pp.normcov,
-                 r"covariate column\(s\) \['donor'\] not found in adata.obs; available",
-                 covariates=["batch", "donor"])
+    assert_fails(
+        lcpm_done,
+        nsc.pp.normcov,
+        r"covariate column\(s\) \['donor'\] not found in adata.obs; available",
+        covariates=["batch", "donor"],
+    )
 
 
 def test_unknown_obs_column_normalize(adata):
-    assert_fails(adata, nsc.pp.normalize, r"\['donor'\] not found in adata.obs",
-                 covariates="donor")
+    assert_fails(adata, nsc.pp.normalize, r"\['donor'\] not found in adata.obs", covariates="donor")
 
 
 def test_no_covariates_at_all(lcpm_done):
@@ -178,19 +200,33 @@ def test_too_few_cells_for_covariates(make_counts):
 
 @pytest.mark.parametrize(
     "function",
-    [nsc.pp.qc_reads, nsc.pp.lcpm, nsc.pp.scaling_factor, nsc.pp.normalize, nsc.pp.cpm,
-     nsc.pp.minmax],
+    [
+        nsc.pp.qc_reads,
+        nsc.pp.lcpm,
+        nsc.pp.scaling_factor,
+        nsc.pp.normalize,
+        nsc.pp.cpm,
+        nsc.pp.minmax,
+    ],
 )
 def test_wrong_layer_name(adata, function):
-    assert_fails(adata, function,
-                 r"layer 'counts' not found; available layers: \['raw'\]. Pass layer=None",
-                 layer="counts")
+    assert_fails(
+        adata,
+        function,
+        r"layer 'counts' not found; available layers: \['raw'\]. Pass layer=None",
+        layer="counts",
+    )
 
 
 @pytest.mark.parametrize(
     ("function", "key"),
-    [(nsc.pp.lcpm, "lcpm"), (nsc.pp.normalize, "lcpm"), (nsc.pp.normalize, "normalisr"),
-     (nsc.pp.cpm, "cpm"), (nsc.pp.minmax, "minmax")],
+    [
+        (nsc.pp.lcpm, "lcpm"),
+        (nsc.pp.normalize, "lcpm"),
+        (nsc.pp.normalize, "normalisr"),
+        (nsc.pp.cpm, "cpm"),
+        (nsc.pp.minmax, "minmax"),
+    ],
 )
 def test_existing_foreign_layer_not_overwritten(adata, function, key):
     adata.layers[key] = adata.X.copy()
@@ -208,18 +244,26 @@ def test_existing_foreign_layer_normvar(lcpm_done):
 
 
 def test_qc_removes_every_cell(adata):
-    assert_fails(adata, nsc.pp.qc_reads, r"removed every cell \(300 cells x 80 genes in\)",
-                 min_cell_counts=10**9)
+    assert_fails(
+        adata,
+        nsc.pp.qc_reads,
+        r"removed every cell \(300 cells x 80 genes in\)",
+        min_cell_counts=10**9,
+    )
 
 
 def test_qc_removes_every_gene(adata):
-    assert_fails(adata, nsc.pp.qc_reads, "removed every gene.*lower the bounds",
-                 min_gene_cells=301)
+    assert_fails(adata, nsc.pp.qc_reads, "removed every gene.*lower the bounds", min_gene_cells=301)
 
 
 def test_qc_removes_everything_in_normalize(adata):
-    assert_fails(adata, nsc.pp.normalize, "removed every cell", covariates=["batch"],
-                 qc={"min_cell_genes": 81})
+    assert_fails(
+        adata,
+        nsc.pp.normalize,
+        "removed every cell",
+        covariates=["batch"],
+        qc={"min_cell_genes": 81},
+    )
 
 
 # ---------------------------------------------------------------- missing prerequisites
@@ -234,14 +278,20 @@ def test_compute_var_before_lcpm(adata):
 
 
 def test_compute_var_before_normcov(lcpm_done):
-    assert_fails(lcpm_done, nsc.pp.compute_var,
-                 r"adata.obsm\['nsc_covariates'\] not found; run `nsc.pp.normcov` first")
+    assert_fails(
+        lcpm_done,
+        nsc.pp.compute_var,
+        r"adata.obsm\['nsc_covariates'\] not found; run `nsc.pp.normcov` first",
+    )
 
 
 def test_qc_outlier_before_compute_var(lcpm_done):
     nsc.pp.normcov(lcpm_done)
-    assert_fails(lcpm_done, nsc.pp.qc_outlier,
-                 r"adata.obs\['nsc_weight'\] not found; run `nsc.pp.compute_var` first")
+    assert_fails(
+        lcpm_done,
+        nsc.pp.qc_outlier,
+        r"adata.obs\['nsc_weight'\] not found; run `nsc.pp.compute_var` first",
+    )
 
 
 def test_normvar_before_compute_var(lcpm_done):
@@ -253,7 +303,9 @@ def test_normvar_without_scale(lcpm_done):
     nsc.pp.normcov(lcpm_done)
     nsc.pp.compute_var(lcpm_done)
     del lcpm_done.var["nsc_scale"]
-    assert_fails(lcpm_done, nsc.pp.normvar, r"adata.var\['nsc_scale'\] not found; run `nsc.pp.lcpm`")
+    assert_fails(
+        lcpm_done, nsc.pp.normvar, r"adata.var\['nsc_scale'\] not found; run `nsc.pp.lcpm`"
+    )
 
 
 # ---------------------------------------------------------------- stored values
@@ -270,24 +322,33 @@ def weighted(lcpm_done) -> AnnData:
 @pytest.mark.parametrize("function", [nsc.pp.qc_outlier, nsc.pp.normvar])
 def test_invalid_weights(weighted, function, bad):
     weighted.obs.loc[weighted.obs_names[2], "nsc_weight"] = bad
-    assert_fails(weighted, function,
-                 r"adata.obs\['nsc_weight'\] (must hold finite positive|contains NaN or infinite)")
+    assert_fails(
+        weighted,
+        function,
+        r"adata.obs\['nsc_weight'\] (must hold finite positive|contains NaN or infinite)",
+    )
 
 
 @pytest.mark.parametrize("bad", [-0.5, np.nan])
 def test_invalid_scaling_factor(weighted, bad):
     weighted.var.loc[weighted.var_names[1], "nsc_scale"] = bad
-    assert_fails(weighted, nsc.pp.normvar,
-                 r"adata.var\['nsc_scale'\] (must hold finite non-negative|contains NaN or inf)")
+    assert_fails(
+        weighted,
+        nsc.pp.normvar,
+        r"adata.var\['nsc_scale'\] (must hold finite non-negative|contains NaN or inf)",
+    )
 
 
 def test_outlier_fraction_too_large(weighted):
     weights = np.random.default_rng(0).normal(3.0, 0.1, weighted.n_obs)
     weights[:4] = 10.0  # 1.3% far outliers, with outrate 0.5% allowing 1%
     weighted.obs["nsc_weight"] = weights
-    assert_fails(weighted, nsc.pp.qc_outlier,
-                 r"4 of 300 cells \(1.3%\) are variance outliers, more than 2 \* outrate = 1.0%",
-                 outrate=0.005)
+    assert_fails(
+        weighted,
+        nsc.pp.qc_outlier,
+        r"4 of 300 cells \(1.3%\) are variance outliers, more than 2 \* outrate = 1.0%",
+        outrate=0.005,
+    )
 
 
 def test_weights_without_spread(weighted):
@@ -301,8 +362,14 @@ def test_weights_without_spread(weighted):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"min_gene_cell_fraction": 1.5}, r"`min_gene_cell_fraction` must be a finite number in \[0, 1\]"),
-        ({"min_cell_gene_fraction": 2.0}, r"`min_cell_gene_fraction` must be a finite number in \[0, 1\]"),
+        (
+            {"min_gene_cell_fraction": 1.5},
+            r"`min_gene_cell_fraction` must be a finite number in \[0, 1\]",
+        ),
+        (
+            {"min_cell_gene_fraction": 2.0},
+            r"`min_cell_gene_fraction` must be a finite number in \[0, 1\]",
+        ),
         ({"min_cell_counts": -1}, "`min_cell_counts` must be a finite number >= 0"),
         ({"min_gene_cells": np.nan}, "`min_gene_cells` must be a finite number >= 0"),
         ({"min_gene_counts": np.inf}, "`min_gene_counts` must be a finite number >= 0"),
@@ -313,8 +380,12 @@ def test_invalid_qc_reads_bounds(adata, kwargs, match):
 
 
 def test_invalid_qc_bounds_in_normalize(adata):
-    assert_fails(adata, nsc.pp.normalize, r"`qc\['min_gene_cell_fraction'\]` must be a finite",
-                 qc={"min_gene_cell_fraction": 3.0})
+    assert_fails(
+        adata,
+        nsc.pp.normalize,
+        r"`qc\['min_gene_cell_fraction'\]` must be a finite",
+        qc={"min_gene_cell_fraction": 3.0},
+    )
 
 
 @pytest.mark.parametrize(
@@ -333,37 +404,58 @@ def test_invalid_qc_outlier_parameters(weighted, kwargs, match):
 
 @pytest.mark.parametrize("varscale", [-0.1, np.inf, np.nan])
 def test_invalid_varscale(adata, varscale):
-    assert_fails(adata, nsc.pp.lcpm, "`varscale` must be a finite number >= 0",
-                 varscale=varscale)
+    assert_fails(adata, nsc.pp.lcpm, "`varscale` must be a finite number >= 0", varscale=varscale)
 
 
 @pytest.mark.parametrize("function", [nsc.pp.lcpm, nsc.pp.normvar])
 def test_integer_output_dtype(weighted, function):
-    assert_fails(weighted, function, r"`dtype` must be one of \['float32', 'float64'\]",
-                 dtype=np.int32)
+    assert_fails(
+        weighted, function, r"`dtype` must be one of \['float32', 'float64'\]", dtype=np.int32
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"stepmax": 0}, "`stepmax` must be an integer >= 1"),
-    ({"stepmax": 1.5}, "`stepmax` must be an integer >= 1"),
-    ({"eps": 0.0}, "`eps` must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stepmax": 0}, "`stepmax` must be an integer >= 1"),
+        ({"stepmax": 1.5}, "`stepmax` must be an integer >= 1"),
+        ({"eps": 0.0}, "`eps` must be a finite number > 0"),
+    ],
+)
 def test_invalid_compute_var_parameters(weighted, kwargs, match):
     assert_fails(weighted, nsc.pp.compute_var, match, **kwargs)
 
 
-@pytest.mark.parametrize("feature_range",
-                         [(1, 0), (0, 0), (0, np.inf), (np.nan, 1), (0, 1, 2), (0,), "01",
-                          ("0", 1), 1.0, None, (True, 2)])
+@pytest.mark.parametrize(
+    "feature_range",
+    [
+        (1, 0),
+        (0, 0),
+        (0, np.inf),
+        (np.nan, 1),
+        (0, 1, 2),
+        (0,),
+        "01",
+        ("0", 1),
+        1.0,
+        None,
+        (True, 2),
+    ],
+)
 def test_invalid_feature_range(adata, feature_range):
-    assert_fails(adata, nsc.pp.minmax, "`feature_range` must be two finite numbers",
-                 feature_range=feature_range)
+    assert_fails(
+        adata,
+        nsc.pp.minmax,
+        "`feature_range` must be two finite numbers",
+        feature_range=feature_range,
+    )
 
 
 @pytest.mark.parametrize("target_sum", [0, -1e6, np.nan, np.inf, "1e6", None, True])
 def test_invalid_target_sum(adata, target_sum):
-    assert_fails(adata, nsc.pp.cpm, "`target_sum` must be a finite number > 0",
-                 target_sum=target_sum)
+    assert_fails(
+        adata, nsc.pp.cpm, "`target_sum` must be a finite number > 0", target_sum=target_sum
+    )
 
 
 @pytest.mark.parametrize(
@@ -391,8 +483,13 @@ def test_normalize_fails_after_qc_single_level(make_counts):
     counts[:20, :3] = 1  # 20 shallow cells
     adata = counts_adata(counts)
     adata.obs["batch"] = pd.Categorical(["b1"] * 20 + ["b2"] * 280)
-    assert_fails(adata, nsc.pp.normalize, r"adata.obs\['batch'\] has a single level",
-                 covariates=["batch"], qc={"min_cell_counts": 10})
+    assert_fails(
+        adata,
+        nsc.pp.normalize,
+        r"adata.obs\['batch'\] has a single level",
+        covariates=["batch"],
+        qc={"min_cell_counts": 10},
+    )
 
 
 def test_normalize_fails_in_last_step(adata, monkeypatch):
@@ -402,23 +499,29 @@ def test_normalize_fails_in_last_step(adata, monkeypatch):
         raise ValueError(msg)
 
     monkeypatch.setattr(_recipe, "normvar", broken_normvar)
-    assert_fails(adata, nsc.pp.normalize, "failed at the very end", covariates=["batch"],
-                 qc=None)
+    assert_fails(adata, nsc.pp.normalize, "failed at the very end", covariates=["batch"], qc=None)
 
 
 def test_normalize_fails_in_outlier_step(adata, monkeypatch):
     """An outlier error (too many variance outliers) leaves adata as it was."""
+
     def strict_qc_outlier(adata, **kwargs):
         nsc.pp.qc_outlier(adata, pcut=0.999, outrate=0.001)
 
     monkeypatch.setattr(_recipe, "qc_outlier", strict_qc_outlier)
-    assert_fails(adata, nsc.pp.normalize, "are variance outliers, more than 2 \\* outrate",
-                 covariates=["batch"], qc=None)
+    assert_fails(
+        adata,
+        nsc.pp.normalize,
+        "are variance outliers, more than 2 \\* outrate",
+        covariates=["batch"],
+        qc=None,
+    )
 
 
 def test_normalize_copy_fails_cleanly(adata):
-    assert_fails(adata, nsc.pp.normalize, "removed every gene", qc={"min_gene_counts": 10**9},
-                 copy=True)
+    assert_fails(
+        adata, nsc.pp.normalize, "removed every gene", qc={"min_gene_counts": 10**9}, copy=True
+    )
 
 
 def test_layers_written_by_us_may_be_rewritten_but_not_foreign_ones(counts_adata):

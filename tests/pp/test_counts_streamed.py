@@ -45,8 +45,11 @@ def streamed_adata(counts: np.ndarray, how: str, tmp_path) -> AnnData:
 
 def stream_args(how: str) -> dict:
     """``chunked=True`` for in-memory counts; dask and backed stream by default."""
-    return {"chunked": True, "chunk_size": CHUNK_SIZE} if how == "chunked" else {
-        "chunk_size": CHUNK_SIZE}
+    return (
+        {"chunked": True, "chunk_size": CHUNK_SIZE}
+        if how == "chunked"
+        else {"chunk_size": CHUNK_SIZE}
+    )
 
 
 def values(matrix) -> np.ndarray:
@@ -62,8 +65,9 @@ def assert_same_results(streamed: AnnData, reference: AnnData) -> None:
     pd.testing.assert_index_equal(streamed.var_names, reference.var_names)
     pd.testing.assert_frame_equal(streamed.obs, reference.obs)
     pd.testing.assert_frame_equal(streamed.var, reference.var, check_exact=False, rtol=1e-10)
-    pd.testing.assert_frame_equal(streamed.obsm["nsc_cov"], reference.obsm["nsc_cov"],
-                                  check_exact=False, rtol=1e-10)
+    pd.testing.assert_frame_equal(
+        streamed.obsm["nsc_cov"], reference.obsm["nsc_cov"], check_exact=False, rtol=1e-10
+    )
     # Parameters of every step; not the fingerprints of values equal only to 1e-10.
     record, expected = dict(streamed.uns["normalisr"]), dict(reference.uns["normalisr"])
     for entry in ("written", "qc_summary"):
@@ -128,8 +132,14 @@ def test_lazy_layer_is_chunked_by_cells(counts):
 def test_chunked_lcpm_copies_no_counts():
     """Neither the passes nor the lazy layer hold a copy of in-memory counts."""
     rng = np.random.default_rng(0)
-    counts = sparse.random(4000, 500, density=0.3, format="csr", random_state=rng,
-                           data_rvs=lambda n: rng.integers(1, 20, n)).astype(np.int64)
+    counts = sparse.random(
+        4000,
+        500,
+        density=0.3,
+        format="csr",
+        random_state=rng,
+        data_rvs=lambda n: rng.integers(1, 20, n),
+    ).astype(np.int64)
     adata = AnnData(X=counts)
     counts_bytes = counts.data.nbytes + counts.indices.nbytes
     # Warm up: the first streamed pass imports modules (dask.distributed, if installed).
@@ -159,11 +169,13 @@ def test_lazy_layer_float32(counts):
 @pytest.mark.parametrize("variable", ["zero_fraction", "log_mean_cell_proportion"])
 def test_scaling_factor_equals_in_memory(counts, how, variable, tmp_path):
     counts = counts[:, (counts > 0).any(axis=0)]  # so that every variable is finite
-    expected = nsc.pp.scaling_factor(counts_adata(counts), variable=variable,
-                                     zero_at="min", inplace=False)
+    expected = nsc.pp.scaling_factor(
+        counts_adata(counts), variable=variable, zero_at="min", inplace=False
+    )
     adata = streamed_adata(counts, how, tmp_path)
-    result = nsc.pp.scaling_factor(adata, variable=variable, zero_at="min", inplace=False,
-                                   **stream_args(how))
+    result = nsc.pp.scaling_factor(
+        adata, variable=variable, zero_at="min", inplace=False, **stream_args(how)
+    )
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -185,8 +197,13 @@ def state(adata: AnnData) -> dict:
     """What a failed call must not change, for AnnData that cannot be copied (dask, backed)."""
     return {
         # A backed X is a new object at each access: the file stands for it.
-        "X": adata.filename if adata.isbacked else adata.X, "shape": adata.shape, "obs": adata.obs.copy(), "var": adata.var.copy(),
-        "layers": set(adata.layers), "obsm": set(adata.obsm), "uns": dict(adata.uns),
+        "X": adata.filename if adata.isbacked else adata.X,
+        "shape": adata.shape,
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "layers": set(adata.layers),
+        "obsm": set(adata.obsm),
+        "uns": dict(adata.uns),
     }
 
 
@@ -252,21 +269,31 @@ def test_empty_cells_refused(counts, how, step, tmp_path):
     counts = counts.copy()
     counts[[40, 299]] = 0
     adata = streamed_adata(counts, how, tmp_path)
-    assert_fails_streamed(adata, how, COUNT_READERS[step],
-                          r"2 cell\(s\) have zero total count \(e.g. \['cell40', 'cell299'\]\)")
+    assert_fails_streamed(
+        adata,
+        how,
+        COUNT_READERS[step],
+        r"2 cell\(s\) have zero total count \(e.g. \['cell40', 'cell299'\]\)",
+    )
 
 
 @pytest.mark.parametrize("how", STREAMED)
 def test_lcpm_resampling_refused(counts, how, tmp_path):
     adata = streamed_adata(counts, how, tmp_path)
-    assert_fails_streamed(adata, how, nsc.pp.lcpm, r"varscale > 0 .* draw new noise",
-                          varscale=1.0, seed=0)
+    assert_fails_streamed(
+        adata, how, nsc.pp.lcpm, r"varscale > 0 .* draw new noise", varscale=1.0, seed=0
+    )
 
 
 def test_qc_reads_backed_not_in_place(counts, tmp_path):
     adata = streamed_adata(counts, "backed", tmp_path)
-    assert_fails_streamed(adata, "backed", nsc.pp.qc_reads,
-                          r"backed on disk and cannot be subset in place.*inplace=False", **QC)
+    assert_fails_streamed(
+        adata,
+        "backed",
+        nsc.pp.qc_reads,
+        r"backed on disk and cannot be subset in place.*inplace=False",
+        **QC,
+    )
     # The way out the message suggests.
     cells, genes = nsc.pp.qc_reads(adata, **QC, inplace=False)
     kept = adata[cells, genes].copy(filename=tmp_path / "kept.h5ad")

@@ -81,24 +81,34 @@ def test_normcov_without_intercept(lcpm_adata):
 
 
 def test_normcov_categorical_levels_and_numeric_columns():
-    adata = plain_adata({
-        "group": pd.Categorical(["x", "y", "z", "y", "x", "z"], categories=["z", "x", "y"]),
-        "donor": ["d1", "d2", "d1", "d1", "d2", "d2"],  # strings are categorical
-        "dose": [0.5, 1.0, 2.0, 4.0, 0.5, 3.0],
-        "treated": [0, 1, 1, 0, 0, 1],  # numeric 0/1 stays binary
-        "flag": [True, False, False, True, True, False],
-        "pair": [1, 2, 1, 2, 1, 2],  # two values other than 0/1: continuous
-    })
+    adata = plain_adata(
+        {
+            "group": pd.Categorical(["x", "y", "z", "y", "x", "z"], categories=["z", "x", "y"]),
+            "donor": ["d1", "d2", "d1", "d1", "d2", "d2"],  # strings are categorical
+            "dose": [0.5, 1.0, 2.0, 4.0, 0.5, 3.0],
+            "treated": [0, 1, 1, 0, 0, 1],  # numeric 0/1 stays binary
+            "flag": [True, False, False, True, True, False],
+            "pair": [1, 2, 1, 2, 1, 2],  # two values other than 0/1: continuous
+        }
+    )
     nsc.pp.normcov(adata, ["group", "donor", "dose", "treated", "flag", "pair"], summary=False)
     cov = adata.obsm["nsc_covariates"]
     assert list(cov.columns) == [
-        "group[x]", "group[y]", "donor[d2]", "dose", "treated", "flag", "pair", "intercept",
+        "group[x]",
+        "group[y]",
+        "donor[d2]",
+        "dose",
+        "treated",
+        "flag",
+        "pair",
+        "intercept",
     ]
     np.testing.assert_array_equal(cov["group[x]"], [1, 0, 0, 0, 1, 0])
     np.testing.assert_array_equal(cov["group[y]"], [0, 1, 0, 1, 0, 0])
     np.testing.assert_array_equal(cov["donor[d2]"], [0, 1, 0, 0, 1, 1])
-    np.testing.assert_allclose(cov["dose"], standardized([0.5, 1.0, 2.0, 4.0, 0.5, 3.0]),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        cov["dose"], standardized([0.5, 1.0, 2.0, 4.0, 0.5, 3.0]), rtol=1e-14
+    )
     np.testing.assert_array_equal(cov["treated"], [0, 1, 1, 0, 0, 1])
     np.testing.assert_array_equal(cov["flag"], [1, 0, 0, 1, 1, 0])
     np.testing.assert_array_equal(cov["pair"], [-1, 1, -1, 1, -1, 1])
@@ -169,13 +179,13 @@ def test_normcov_property(make_counts, seed, n_cells, n_genes, fmt, storage, blo
     nsc.pp.normcov(reference, ["batch"])
     nsc.pp.normcov(other, ["batch"])
     expected = reference.obsm["nsc_covariates"]
-    pd.testing.assert_frame_equal(other.obsm["nsc_covariates"], expected,
-                                  check_exact=False, rtol=1e-12, atol=1e-12)
+    pd.testing.assert_frame_equal(
+        other.obsm["nsc_covariates"], expected, check_exact=False, rtol=1e-12, atol=1e-12
+    )
     assert np.isfinite(expected.to_numpy()).all()
     for name in SUMMARY:
         raw = reference.obsm["nsc_cov"][name].to_numpy()
         if np.isin(raw, [0, 1]).all():  # e.g. n_zero_genes of 0 or 1 only: binary, kept
             np.testing.assert_array_equal(expected[name], raw)
         else:
-            np.testing.assert_allclose(expected[name], standardized(raw), rtol=1e-10,
-                                       atol=1e-10)
+            np.testing.assert_allclose(expected[name], standardized(raw), rtol=1e-10, atol=1e-10)

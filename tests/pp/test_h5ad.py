@@ -35,16 +35,21 @@ def assert_same_after_round_trip(written: AnnData, read: AnnData) -> None:
             pd.testing.assert_frame_equal(read.obsm[key], value)
         else:
             assert_matrix_equal(value, read.obsm[key])
-    assert_nested_equal(dict(written.uns["normalisr"]), dict(read.uns["normalisr"]),
-                        "uns['normalisr']")
+    assert_nested_equal(
+        dict(written.uns["normalisr"]), dict(read.uns["normalisr"]), "uns['normalisr']"
+    )
 
 
 @pytest.fixture
 def normalized(counts_adata) -> AnnData:
     adata = counts_adata
     adata.obs["dose"] = np.linspace(0.5, 2.0, adata.n_obs)
-    nsc.pp.normalize(adata, covariates=["batch", "dose"],
-                     qc={"min_gene_cells": 30, "min_cell_genes": 20}, stepmax=2)
+    nsc.pp.normalize(
+        adata,
+        covariates=["batch", "dose"],
+        qc={"min_gene_cells": 30, "min_cell_genes": 20},
+        stepmax=2,
+    )
     return adata
 
 
@@ -54,15 +59,27 @@ def test_normalize_round_trip(normalized, tmp_path):
     assert_same_after_round_trip(adata, read)
     # Spot checks of what matters downstream.
     assert list(read.obsm["nsc_covariates"].columns) == [
-        "log_total_counts", "n_zero_genes", "log_total_counts_sq", "batch[b2]", "dose",
+        "log_total_counts",
+        "n_zero_genes",
+        "log_total_counts_sq",
+        "batch[b2]",
+        "dose",
         "intercept",
     ]
     assert list(read.obsm["nsc_cov"].columns) == [
-        "log_total_counts", "n_zero_genes", "log_total_counts_sq",
+        "log_total_counts",
+        "n_zero_genes",
+        "log_total_counts_sq",
     ]
     assert read.obs["nsc_outlier"].dtype == bool
     assert set(read.uns["normalisr"]) == {
-        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar", "qc_summary",
+        "qc_reads",
+        "lcpm",
+        "normcov",
+        "compute_var",
+        "qc_outlier",
+        "normvar",
+        "qc_summary",
         "written",
     }
     written = read.uns["normalisr"]["written"]
@@ -89,8 +106,9 @@ def test_simple_and_scaling_factor_round_trip(counts_adata, tmp_path):
     adata.layers["cpm_zeros"][0] = 0  # every gene has a zero: min-max stays sparse
     adata.layers["cpm_zeros"].eliminate_zeros()
     nsc.pp.minmax(adata, layer="cpm_zeros", key_added="minmax_sparse", feature_range=(0, 2))
-    nsc.pp.scaling_factor(adata, variable="log_mean_proportion", zero_at="max", one_at="min",
-                          key_added="f_mean")
+    nsc.pp.scaling_factor(
+        adata, variable="log_mean_proportion", zero_at="max", one_at="min", key_added="f_mean"
+    )
     read = round_trip(adata, tmp_path / "simple.h5ad")
     assert_same_after_round_trip(adata, read)
     assert read.layers["cpm"].format == "csr"
@@ -123,8 +141,9 @@ def test_pipeline_resumes_after_round_trip(counts_adata, tmp_path):
         nsc.pp.qc_outlier(obj)
         nsc.pp.normvar(obj)
     np.testing.assert_array_equal(read.layers["normalisr"], adata.layers["normalisr"])
-    pd.testing.assert_frame_equal(read.obsm["nsc_covariates_norm"],
-                                  adata.obsm["nsc_covariates_norm"])
+    pd.testing.assert_frame_equal(
+        read.obsm["nsc_covariates_norm"], adata.obsm["nsc_covariates_norm"]
+    )
     # A second round trip of the finished object, and normalize on top, still work.
     again = round_trip(read, tmp_path / "full.h5ad")
     assert_same_after_round_trip(read, again)

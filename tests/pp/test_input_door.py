@@ -34,8 +34,9 @@ FORMS = ("dense", "csr", "csc", "csr_array", "dask_csr", "dask_coo", "backed", "
 # ---------------------------------------------------------------- building the forms
 
 
-def _entries(counts: np.ndarray, rng: np.random.Generator, *, split: bool, zeros: bool,
-             cancel: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _entries(
+    counts: np.ndarray, rng: np.random.Generator, *, split: bool, zeros: bool, cancel: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Triplets (row, column, value) whose sums per position are ``counts``.
 
     ``split`` cuts stored counts into duplicate entries (one part may be negative),
@@ -47,8 +48,10 @@ def _entries(counts: np.ndarray, rng: np.random.Generator, *, split: bool, zeros
     if split and values.size:
         cut = rng.random(values.size) < 0.6
         part = rng.integers(-2, 4, values.size)
-        triplets = [(rows, cols, np.where(cut, values - part, values)),
-                    (rows[cut], cols[cut], part[cut])]
+        triplets = [
+            (rows, cols, np.where(cut, values - part, values)),
+            (rows[cut], cols[cut], part[cut]),
+        ]
     empty_rows, empty_cols = np.nonzero(counts == 0)
     if zeros and empty_rows.size:
         pick = rng.random(empty_rows.size) < 0.3
@@ -56,8 +59,10 @@ def _entries(counts: np.ndarray, rng: np.random.Generator, *, split: bool, zeros
     if cancel and empty_rows.size:
         pick = rng.random(empty_rows.size) < 0.2
         k = rng.integers(1, 3, pick.sum())
-        triplets += [(empty_rows[pick], empty_cols[pick], k),
-                     (empty_rows[pick], empty_cols[pick], -k)]
+        triplets += [
+            (empty_rows[pick], empty_cols[pick], k),
+            (empty_rows[pick], empty_cols[pick], -k),
+        ]
     row, col, value = (np.concatenate(parts) for parts in zip(*triplets, strict=True))
     order = rng.permutation(row.size)  # unsorted indices within rows and columns
     return row[order], col[order], value[order]
@@ -85,27 +90,45 @@ def _dask_blocks(row, col, value, shape, kind: str, dtype, chunk: int):
         inside = (row >= start) & (row < stop)
         block_shape = (stop - start, shape[1])
         if kind == "coo":
-            block = sparse.coo_matrix((value[inside].astype(dtype),
-                                       (row[inside] - start, col[inside])), shape=block_shape)
+            block = sparse.coo_matrix(
+                (value[inside].astype(dtype), (row[inside] - start, col[inside])), shape=block_shape
+            )
         else:
-            block = _compressed(row[inside] - start, col[inside], value[inside], block_shape,
-                                "csr", dtype)
-        blocks.append(da.from_delayed(dask.delayed(block), shape=block_shape, dtype=dtype,
-                                      meta=sparse.csr_matrix((0, 0), dtype=dtype)))
+            block = _compressed(
+                row[inside] - start, col[inside], value[inside], block_shape, "csr", dtype
+            )
+        blocks.append(
+            da.from_delayed(
+                dask.delayed(block),
+                shape=block_shape,
+                dtype=dtype,
+                meta=sparse.csr_matrix((0, 0), dtype=dtype),
+            )
+        )
     return da.concatenate(blocks, axis=0)
 
 
 class Form:
     """One form of a counts matrix, with a byte-level snapshot of the user's arrays."""
 
-    def __init__(self, counts: np.ndarray, form: str, rng: np.random.Generator,
-                 folder: Path, *, dtype=np.float64, chunk: int = 3) -> None:
+    def __init__(
+        self,
+        counts: np.ndarray,
+        form: str,
+        rng: np.random.Generator,
+        folder: Path,
+        *,
+        dtype=np.float64,
+        chunk: int = 3,
+    ) -> None:
         self.form = form
         self.keep_cells = None
         row, col, value = _entries(counts, rng, split=True, zeros=True, cancel=True)
         shape = counts.shape
-        names = {"obs": pd.DataFrame(index=[f"c{i}" for i in range(shape[0])]),
-                 "var": pd.DataFrame(index=[f"g{j}" for j in range(shape[1])])}
+        names = {
+            "obs": pd.DataFrame(index=[f"c{i}" for i in range(shape[0])]),
+            "var": pd.DataFrame(index=[f"g{j}" for j in range(shape[1])]),
+        }
         self.expected = counts.astype(dtype)
         if form == "dense":
             matrix = counts.astype(dtype)
@@ -115,8 +138,7 @@ class Form:
         elif form == "csr_array":
             matrix = sparse.csr_array(_compressed(row, col, value, shape, "csr", dtype))
         else:
-            matrix = _dask_blocks(row, col, value, shape, form.removeprefix("dask_"), dtype,
-                                  chunk)
+            matrix = _dask_blocks(row, col, value, shape, form.removeprefix("dask_"), dtype, chunk)
         if sparse.issparse(matrix):
             for array in (matrix.data, matrix.indices, matrix.indptr):
                 array.flags.writeable = False  # any write into the user's arrays fails
@@ -135,8 +157,9 @@ class Form:
 
     def _bytes(self) -> list[bytes]:
         if sparse.issparse(self.matrix):
-            return [a.tobytes() for a in (self.matrix.data, self.matrix.indices,
-                                          self.matrix.indptr)]
+            return [
+                a.tobytes() for a in (self.matrix.data, self.matrix.indices, self.matrix.indptr)
+            ]
         if isinstance(self.matrix, np.ndarray):
             return [self.matrix.tobytes()]
         return [self.matrix.compute().toarray().tobytes()]
@@ -193,8 +216,9 @@ def assert_same_outcome(step: str, got, want) -> None:
         assert_close(returned, expected, rtol=1e-10)
     elif step == "lcpm":
         assert_close(_values(adata.layers["lcpm"]), reference.layers["lcpm"], rtol=1e-10)
-        assert_close(adata.obsm["nsc_cov"].to_numpy(), reference.obsm["nsc_cov"].to_numpy(),
-                     rtol=1e-10)
+        assert_close(
+            adata.obsm["nsc_cov"].to_numpy(), reference.obsm["nsc_cov"].to_numpy(), rtol=1e-10
+        )
         scale = adata.var["nsc_scale"].to_numpy()
         assert_close(scale, reference.var["nsc_scale"].to_numpy(), rtol=1e-10)
         assert ((scale >= 0) & (scale <= 1)).all()
@@ -204,7 +228,9 @@ def assert_same_outcome(step: str, got, want) -> None:
 
 counts_strategy = st.builds(
     lambda n_cells, n_genes, seed: (n_cells, n_genes, seed),
-    st.integers(2, 9), st.integers(2, 7), st.integers(0, 2**32 - 1),
+    st.integers(2, 9),
+    st.integers(2, 7),
+    st.integers(0, 2**32 - 1),
 )
 
 
@@ -237,8 +263,9 @@ def test_every_form_reads_as_the_canonical_matrix(form, spec, dtype):
 
 def test_issue_example_duplicates_not_summed_in_place():
     """X [[1+1, 0], [0, 2]] stored as three entries stays three entries."""
-    matrix = sparse.csr_matrix((np.array([1.0, 1.0, 2.0]), np.array([0, 0, 1]),
-                                np.array([0, 2, 3])), shape=(2, 2))
+    matrix = sparse.csr_matrix(
+        (np.array([1.0, 1.0, 2.0]), np.array([0, 0, 1]), np.array([0, 2, 3])), shape=(2, 2)
+    )
     adata = AnnData(X=matrix)
     cells, genes = nsc.pp.qc_reads(adata, inplace=False)
     assert cells.all()
@@ -266,8 +293,9 @@ def test_duplicates_counted_as_their_sum(make_counts):
 
 def test_non_canonical_copy_is_logged(make_counts, caplog):
     counts = make_counts(30, 10, seed=1)
-    row, col, value = _entries(counts, np.random.default_rng(1), split=True, zeros=False,
-                               cancel=False)
+    row, col, value = _entries(
+        counts, np.random.default_rng(1), split=True, zeros=False, cancel=False
+    )
     adata = AnnData(X=_compressed(row, col, value, counts.shape, "csr", np.float64))
     with caplog.at_level("INFO", logger="normalisr_sc"):
         nsc.pp.lcpm(adata)
@@ -279,8 +307,11 @@ def test_non_canonical_copy_is_logged(make_counts, caplog):
 
 
 def _read_only_adata(counts: np.ndarray, fmt: str) -> AnnData:
-    matrix = counts.astype(np.float64) if fmt == "dense" else {
-        "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt](counts)
+    matrix = (
+        counts.astype(np.float64)
+        if fmt == "dense"
+        else {"csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt](counts)
+    )
     arrays = [matrix] if fmt == "dense" else [matrix.data, matrix.indices, matrix.indptr]
     for array in arrays:
         array.flags.writeable = False
@@ -327,9 +358,14 @@ def assert_same_buffers(matrix, before) -> None:
 
 
 @pytest.mark.parametrize("how", ["dask_csr", "dask_dense", "backed"])
-@pytest.mark.parametrize(("function", "kwargs"), [
-    (nsc.pp.cpm, {}), (nsc.pp.minmax, {}), (nsc.pp.minmax, {"feature_range": (-1.0, 2.0)}),
-])
+@pytest.mark.parametrize(
+    ("function", "kwargs"),
+    [
+        (nsc.pp.cpm, {}),
+        (nsc.pp.minmax, {}),
+        (nsc.pp.minmax, {"feature_range": (-1.0, 2.0)}),
+    ],
+)
 def test_cpm_minmax_streamed_equal_in_memory(make_counts, tmp_path, how, function, kwargs):
     counts = make_counts(50, 12, seed=2)
     reference = AnnData(X=sparse.csr_matrix(counts))
@@ -340,8 +376,9 @@ def test_cpm_minmax_streamed_equal_in_memory(make_counts, tmp_path, how, functio
             AnnData(X=sparse.csr_matrix(counts)).write_h5ad(tmp_path / "c.h5ad")
             adata = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
         elif how == "dask_csr":
-            adata = AnnData(X=da.from_array(sparse.csr_matrix(counts), chunks=(7, -1),
-                                            asarray=False))
+            adata = AnnData(
+                X=da.from_array(sparse.csr_matrix(counts), chunks=(7, -1), asarray=False)
+            )
         else:
             adata = AnnData(X=da.from_array(counts, chunks=(7, -1)))
         function(adata, chunk_size=9, **kwargs)

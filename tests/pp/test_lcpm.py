@@ -24,17 +24,21 @@ from ._helpers import (
     counts_adata,
 )
 
-SMALL = np.array([
-    [0, 1, 3],
-    [2, 0, 0],
-])
+SMALL = np.array(
+    [
+        [0, 1, 3],
+        [2, 0, 0],
+    ]
+)
 
 #: Zero fractions per gene: 2/3, 1/3, 0, 2/3.
-SCALE_COUNTS = np.array([
-    [0, 1, 5, 0],
-    [0, 3, 2, 1],
-    [4, 0, 1, 0],
-])
+SCALE_COUNTS = np.array(
+    [
+        [0, 1, 5, 0],
+        [0, 3, 2, 1],
+        [4, 0, 1, 0],
+    ]
+)
 
 
 def explicit_lcpm(counts: np.ndarray) -> np.ndarray:
@@ -89,11 +93,13 @@ def test_lcpm_records_parameters():
 
 def test_lcpm_large_counts_use_distinct_values():
     """Counts far above the table size go through the distinct-value path; same formula."""
-    counts = np.array([
-        [0, 3, 2_000_000],
-        [7, 0, 123_457],
-        [1, 1, 5_000_001],
-    ])
+    counts = np.array(
+        [
+            [0, 3, 2_000_000],
+            [7, 0, 123_457],
+            [1, 1, 5_000_001],
+        ]
+    )
     adata = counts_adata(counts, "csr", batch=False)
     nsc.pp.lcpm(adata)
     assert_close(adata.layers["lcpm"], explicit_lcpm(counts), rtol=1e-13)
@@ -110,8 +116,9 @@ def test_lcpm_matches_formula_on_random_counts(make_counts):
     np.testing.assert_array_equal(cov[:, 1], (counts == 0).sum(axis=1))
     np.testing.assert_allclose(cov[:, 2], log_total**2, rtol=1e-15)
     zero_fraction = (counts == 0).mean(axis=0)
-    np.testing.assert_allclose(adata.var["nsc_scale"], zero_fraction / zero_fraction.max(),
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        adata.var["nsc_scale"], zero_fraction / zero_fraction.max(), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_lcpm_float32_dtype(make_counts):
@@ -120,8 +127,9 @@ def test_lcpm_float32_dtype(make_counts):
     nsc.pp.lcpm(reference)
     nsc.pp.lcpm(single, dtype=np.float32)
     assert single.layers["lcpm"].dtype == np.float32
-    np.testing.assert_array_equal(single.layers["lcpm"],
-                                  reference.layers["lcpm"].astype(np.float32))
+    np.testing.assert_array_equal(
+        single.layers["lcpm"], reference.layers["lcpm"].astype(np.float32)
+    )
     assert single.uns["normalisr"]["lcpm"]["dtype"] == "float32"
     pd.testing.assert_frame_equal(single.obsm["nsc_cov"], reference.obsm["nsc_cov"])
 
@@ -151,11 +159,21 @@ def test_lcpm_sparse_input_not_densified_as_integers(make_counts):
     """Peak memory of lcpm on sparse counts is the float result plus small blocks."""
     rng = np.random.default_rng(0)
     n_cells, n_genes = 2000, 1000
-    counts = sparse.random(n_cells, n_genes, density=0.05, format="csr", random_state=rng,
-                           data_rvs=lambda n: rng.integers(1, 50, n)).astype(np.int64)
-    counts = (counts + sparse.csr_matrix(
-        (np.ones(n_cells, dtype=np.int64), (np.arange(n_cells), np.zeros(n_cells, int))),
-        shape=counts.shape)).tocsr()
+    counts = sparse.random(
+        n_cells,
+        n_genes,
+        density=0.05,
+        format="csr",
+        random_state=rng,
+        data_rvs=lambda n: rng.integers(1, 50, n),
+    ).astype(np.int64)
+    counts = (
+        counts
+        + sparse.csr_matrix(
+            (np.ones(n_cells, dtype=np.int64), (np.arange(n_cells), np.zeros(n_cells, int))),
+            shape=counts.shape,
+        )
+    ).tocsr()
     adata = AnnData(X=counts)
     result_bytes = n_cells * n_genes * 8
     with block_size(100):
@@ -248,8 +266,9 @@ counts_strategy = st.builds(
 
 def spec_counts(make_counts, spec: dict) -> np.ndarray:
     """Counts of a strategy draw; cell 0 has a zero (so the scaling factor is defined)."""
-    counts = make_counts(spec["n_cells"], spec["n_genes"], seed=spec["seed"],
-                         mean_total=spec["mean_total"])
+    counts = make_counts(
+        spec["n_cells"], spec["n_genes"], seed=spec["seed"], mean_total=spec["mean_total"]
+    )
     counts[0, 0] += 1
     counts[0, -1] = 0
     return counts
@@ -267,16 +286,18 @@ def test_lcpm_property(make_counts, spec, fmt, dtype, block):
     counts = spec_counts(make_counts, spec)
     reference = counts_adata(counts, "dense", batch=False)
     nsc.pp.lcpm(reference)
-    other = AnnData(X=as_format(counts.astype(dtype), fmt), obs=reference.obs[[]],
-                    var=reference.var[[]])
+    other = AnnData(
+        X=as_format(counts.astype(dtype), fmt), obs=reference.obs[[]], var=reference.var[[]]
+    )
     with block_size(block):
         nsc.pp.lcpm(other)
     expected = reference.layers["lcpm"]
     assert np.isfinite(expected).all()
     assert_close(expected, explicit_lcpm(counts), rtol=1e-12)
     assert_close(other.layers["lcpm"], expected, rtol=1e-12)
-    pd.testing.assert_frame_equal(other.obsm["nsc_cov"], reference.obsm["nsc_cov"],
-                                  check_exact=False, rtol=1e-14)
+    pd.testing.assert_frame_equal(
+        other.obsm["nsc_cov"], reference.obsm["nsc_cov"], check_exact=False, rtol=1e-14
+    )
     np.testing.assert_array_equal(other.var["nsc_scale"], reference.var["nsc_scale"])
     scale = reference.var["nsc_scale"].to_numpy()
     assert np.isfinite(scale).all()
@@ -288,8 +309,9 @@ def test_lcpm_property(make_counts, spec, fmt, dtype, block):
 @given(spec=counts_strategy, fmt=st.sampled_from(FORMATS), data=st.data())
 def test_lcpm_on_view_equals_copy(make_counts, spec, fmt, data):
     parent = counts_adata(spec_counts(make_counts, spec), fmt)
-    mask = np.array(data.draw(st.lists(st.booleans(), min_size=parent.n_obs,
-                                       max_size=parent.n_obs)))
+    mask = np.array(
+        data.draw(st.lists(st.booleans(), min_size=parent.n_obs, max_size=parent.n_obs))
+    )
     mask[0] = True
     before = parent.copy()
     view = parent[mask]
@@ -327,12 +349,16 @@ def _mapped(values, low, high):
 
 LOG_DETECTED = np.log([1 / 3, 2 / 3, 1.0, 1 / 3])
 LOG_MEAN_PROPORTION = np.log(np.array([4.0, 4.0, 8.0, 1.0]) / 17)
-LOG_MEAN_CELL_PROPORTION = np.log(np.array([
-    0.8 / 3,
-    (1 / 6 + 1 / 2) / 3,
-    (5 / 6 + 1 / 3 + 0.2) / 3,
-    (1 / 6) / 3,
-]))
+LOG_MEAN_CELL_PROPORTION = np.log(
+    np.array(
+        [
+            0.8 / 3,
+            (1 / 6 + 1 / 2) / 3,
+            (5 / 6 + 1 / 3 + 0.2) / 3,
+            (1 / 6) / 3,
+        ]
+    )
+)
 
 
 @pytest.mark.parametrize(
@@ -340,15 +366,26 @@ LOG_MEAN_CELL_PROPORTION = np.log(np.array([
     [
         ({"variable": "zero_fraction", "zero_at": 1 / 3, "one_at": 2 / 3}, [1.0, 0.0, -1.0, 1.0]),
         ({"variable": "zero_fraction", "zero_at": "max", "one_at": "min"}, [0.0, 0.5, 1.0, 0.0]),
-        ({"variable": "log_detected_fraction", "zero_at": "min", "one_at": "max"},
-         _mapped(LOG_DETECTED, np.log(1 / 3), 0.0)),
-        ({"variable": "log_mean_proportion", "zero_at": "min", "one_at": "max"},
-         _mapped(LOG_MEAN_PROPORTION, LOG_MEAN_PROPORTION.min(), LOG_MEAN_PROPORTION.max())),
-        ({"variable": "log_mean_cell_proportion", "zero_at": "max", "one_at": "min"},
-         _mapped(LOG_MEAN_CELL_PROPORTION, LOG_MEAN_CELL_PROPORTION.max(),
-                 LOG_MEAN_CELL_PROPORTION.min())),
-        ({"variable": "log_mean_proportion", "zero_at": 0.0, "one_at": "min"},
-         LOG_MEAN_PROPORTION / LOG_MEAN_PROPORTION.min()),
+        (
+            {"variable": "log_detected_fraction", "zero_at": "min", "one_at": "max"},
+            _mapped(LOG_DETECTED, np.log(1 / 3), 0.0),
+        ),
+        (
+            {"variable": "log_mean_proportion", "zero_at": "min", "one_at": "max"},
+            _mapped(LOG_MEAN_PROPORTION, LOG_MEAN_PROPORTION.min(), LOG_MEAN_PROPORTION.max()),
+        ),
+        (
+            {"variable": "log_mean_cell_proportion", "zero_at": "max", "one_at": "min"},
+            _mapped(
+                LOG_MEAN_CELL_PROPORTION,
+                LOG_MEAN_CELL_PROPORTION.max(),
+                LOG_MEAN_CELL_PROPORTION.min(),
+            ),
+        ),
+        (
+            {"variable": "log_mean_proportion", "zero_at": 0.0, "one_at": "min"},
+            LOG_MEAN_PROPORTION / LOG_MEAN_PROPORTION.min(),
+        ),
     ],
 )
 def test_scaling_factor_variants(kwargs, expected):
@@ -363,8 +400,9 @@ def test_scaling_factor_log_zero_fraction():
     counts = SCALE_COUNTS.copy()
     counts[0, 2] = 0  # now every gene has a zero
     adata = counts_adata(counts, batch=False)
-    result = nsc.pp.scaling_factor(adata, variable="log_zero_fraction", zero_at="min",
-                                   one_at="max", inplace=False)
+    result = nsc.pp.scaling_factor(
+        adata, variable="log_zero_fraction", zero_at="min", one_at="max", inplace=False
+    )
     values = np.log([2 / 3, 1 / 3, 1 / 3, 2 / 3])
     np.testing.assert_allclose(result, _mapped(values, values.min(), values.max()), rtol=1e-13)
 
@@ -373,14 +411,26 @@ def test_scaling_factor_key_added_and_layer():
     adata = counts_adata(SCALE_COUNTS, batch=False)
     adata.layers["counts"] = adata.X.copy()
     adata.X = sparse.csr_matrix(adata.shape)
-    nsc.pp.scaling_factor(adata, layer="counts", key_added="f_detected",
-                          variable="log_detected_fraction", zero_at="min", one_at="max")
-    np.testing.assert_allclose(adata.var["f_detected"],
-                               _mapped(LOG_DETECTED, np.log(1 / 3), 0.0), rtol=1e-13)
+    nsc.pp.scaling_factor(
+        adata,
+        layer="counts",
+        key_added="f_detected",
+        variable="log_detected_fraction",
+        zero_at="min",
+        one_at="max",
+    )
+    np.testing.assert_allclose(
+        adata.var["f_detected"], _mapped(LOG_DETECTED, np.log(1 / 3), 0.0), rtol=1e-13
+    )
     assert "nsc_scale" not in adata.var
     params = adata.uns["normalisr"]["scaling_factor"]
-    assert params == {"variable": "log_detected_fraction", "zero_at": "min", "one_at": "max",
-                      "layer": "counts", "key_added": "f_detected"}
+    assert params == {
+        "variable": "log_detected_fraction",
+        "zero_at": "min",
+        "one_at": "max",
+        "layer": "counts",
+        "key_added": "f_detected",
+    }
 
 
 @settings(max_examples=20, deadline=None)

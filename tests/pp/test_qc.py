@@ -17,8 +17,12 @@ import normalisr_sc as nsc
 from ._helpers import FORMATS, as_format, assert_unchanged, block_size, counts_adata
 
 BOUND_NAMES = (
-    "min_gene_counts", "min_gene_cells", "min_gene_cell_fraction",
-    "min_cell_counts", "min_cell_genes", "min_cell_gene_fraction",
+    "min_gene_counts",
+    "min_gene_cells",
+    "min_gene_cell_fraction",
+    "min_cell_counts",
+    "min_cell_genes",
+    "min_cell_gene_fraction",
 )
 
 
@@ -51,12 +55,14 @@ def naive_qc_reads(counts: np.ndarray, **bounds) -> tuple[np.ndarray, np.ndarray
 
 #: Round 1 removes gene 2 (one cell) and cell 3 (total 1); that drops cell 2's total to
 #: 1, so round 2 removes cell 2; round 3 confirms. A single pass would keep cell 2.
-ITERATIVE = np.array([
-    [2, 2, 0],
-    [2, 2, 0],
-    [1, 0, 2],
-    [0, 1, 0],
-])
+ITERATIVE = np.array(
+    [
+        [2, 2, 0],
+        [2, 2, 0],
+        [1, 0, 2],
+        [0, 1, 0],
+    ]
+)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -80,12 +86,14 @@ def test_qc_reads_second_round_removes_more(fmt):
 
 def test_qc_reads_masks_are_simultaneous():
     """Gene fractions use the cell count of the same round, before that round's removals."""
-    counts = np.array([
-        [1, 1, 0],
-        [1, 1, 1],
-        [1, 0, 0],
-        [0, 1, 0],
-    ])
+    counts = np.array(
+        [
+            [1, 1, 0],
+            [1, 1, 1],
+            [1, 0, 0],
+            [0, 1, 0],
+        ]
+    )
     adata = counts_adata(counts)
     cells, genes = nsc.pp.qc_reads(
         adata, min_cell_genes=2, min_gene_cell_fraction=0.5, inplace=False
@@ -179,8 +187,12 @@ def test_qc_reads_logs_what_went(caplog):
 
 def test_qc_reads_realistic_matches_naive(make_counts):
     counts = make_counts(300, 80, seed=4, mean_total=300)
-    bounds = {"min_gene_cells": 40, "min_gene_cell_fraction": 0.2, "min_cell_counts": 150,
-              "min_cell_genes": 15}
+    bounds = {
+        "min_gene_cells": 40,
+        "min_gene_cell_fraction": 0.2,
+        "min_cell_counts": 150,
+        "min_cell_genes": 15,
+    }
     cells, genes = nsc.pp.qc_reads(counts_adata(counts), **bounds, inplace=False)
     expected_cells, expected_genes = naive_qc_reads(counts, **bounds)
     np.testing.assert_array_equal(cells, expected_cells)
@@ -194,14 +206,17 @@ def test_qc_reads_realistic_matches_naive(make_counts):
     seed=st.integers(0, 2**16),
     n_cells=st.integers(3, 40),
     n_genes=st.integers(2, 15),
-    bounds=st.fixed_dictionaries({}, optional={
-        "min_gene_counts": st.integers(0, 30),
-        "min_gene_cells": st.integers(0, 10),
-        "min_gene_cell_fraction": st.floats(0, 1),
-        "min_cell_counts": st.integers(0, 30),
-        "min_cell_genes": st.integers(0, 8),
-        "min_cell_gene_fraction": st.floats(0, 1),
-    }),
+    bounds=st.fixed_dictionaries(
+        {},
+        optional={
+            "min_gene_counts": st.integers(0, 30),
+            "min_gene_cells": st.integers(0, 10),
+            "min_gene_cell_fraction": st.floats(0, 1),
+            "min_cell_counts": st.integers(0, 30),
+            "min_cell_genes": st.integers(0, 8),
+            "min_cell_gene_fraction": st.floats(0, 1),
+        },
+    ),
     fmt=st.sampled_from(FORMATS),
     dtype=st.sampled_from([np.int64, np.int32, np.float32, np.float64]),
     block=st.sampled_from([1, 7, 4096]),
@@ -418,14 +433,16 @@ def test_qc_reads_bounds_scaled_to_the_genes_measured():
     counts = np.array([[4, 1, 0], [2, 0, 0], [3, 3, 3], [1, 1, 0]])
     adata = counts_adata(counts)
     # 3 genes of a 6-gene transcriptome: 6 counts -> 3, 2 genes -> 1.
-    cells, _genes = nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2,
-                                   transcriptome_genes=6, inplace=False)
+    cells, _genes = nsc.pp.qc_reads(
+        adata, min_cell_counts=6, min_cell_genes=2, transcriptome_genes=6, inplace=False
+    )
     np.testing.assert_array_equal(cells, [True, False, True, False])
     plain, _ = nsc.pp.qc_reads(adata, min_cell_counts=3, min_cell_genes=1, inplace=False)
     np.testing.assert_array_equal(cells, plain)
     # A transcriptome at least as large as N is held to the bounds as given.
-    same, _ = nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2,
-                              transcriptome_genes=3, inplace=False)
+    same, _ = nsc.pp.qc_reads(
+        adata, min_cell_counts=6, min_cell_genes=2, transcriptome_genes=3, inplace=False
+    )
     np.testing.assert_array_equal(same, [False, False, True, False])
     nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2, transcriptome_genes=6)
     assert adata.uns["normalisr"]["qc_reads"]["min_cell_counts"] == 3
@@ -484,8 +501,14 @@ def test_pbmc_default_qc_is_the_papers_recipe(shared_data):
 
     adata = read_h5ad(shared_data / "pbmc3k_raw.h5ad")
     default = nsc.pp.qc_reads(adata, **nsc.pp.DEFAULT_QC, inplace=False)
-    paper = nsc.pp.qc_reads(adata, min_gene_cells=50, min_gene_cell_fraction=0.02,
-                            min_cell_counts=500, min_cell_genes=100, inplace=False)
+    paper = nsc.pp.qc_reads(
+        adata,
+        min_gene_cells=50,
+        min_gene_cell_fraction=0.02,
+        min_cell_counts=500,
+        min_cell_genes=100,
+        inplace=False,
+    )
     for got, expected in zip(default, paper, strict=True):
         np.testing.assert_array_equal(got, expected)
     assert (~paper[1]).sum() > 0  # the bounds did act

@@ -59,24 +59,29 @@ def test_non_finite_lcpm_layer(weighted, function, bad, lazy):
     weighted.layers["lcpm"] = layer
     if lazy:
         _lazy(weighted, "lcpm")
-    assert_fails(weighted, function,
-                 r"adata.layers\['lcpm'\] contains NaN or infinite values \(1 of them\)")
+    assert_fails(
+        weighted, function, r"adata.layers\['lcpm'\] contains NaN or infinite values \(1 of them\)"
+    )
 
 
 @pytest.mark.parametrize("bad", [np.nan, -np.inf])
 @pytest.mark.parametrize("function", [nsc.pp.compute_var, nsc.pp.normvar])
 def test_non_finite_covariates(weighted, function, bad):
     weighted.obsm["nsc_covariates"].iloc[7, 1] = bad
-    assert_fails(weighted, function,
-                 r"adata.obsm\['nsc_covariates'\] contains NaN or infinite values")
+    assert_fails(
+        weighted, function, r"adata.obsm\['nsc_covariates'\] contains NaN or infinite values"
+    )
 
 
 def test_non_numeric_covariates(weighted):
     frame = weighted.obsm["nsc_covariates"].copy()
     frame["label"] = "x"
     weighted.obsm["nsc_covariates"] = frame
-    assert_fails(weighted, nsc.pp.compute_var,
-                 r"adata.obsm\['nsc_covariates'\] \(column 'label'\) has dtype object")
+    assert_fails(
+        weighted,
+        nsc.pp.compute_var,
+        r"adata.obsm\['nsc_covariates'\] \(column 'label'\) has dtype object",
+    )
 
 
 def test_duplicated_covariate_columns(weighted):
@@ -95,15 +100,17 @@ def test_non_finite_summary_covariates(adata, bad):
 def test_infinite_obs_covariate(adata):
     nsc.pp.lcpm(adata)
     adata.obs.loc[adata.obs_names[3], "dose"] = np.inf
-    assert_fails(adata, nsc.pp.normcov, r"adata.obs\['dose'\] contains NaN or infinite",
-                 covariates="dose")
+    assert_fails(
+        adata, nsc.pp.normcov, r"adata.obs\['dose'\] contains NaN or infinite", covariates="dose"
+    )
 
 
 def test_complex_obs_covariate(adata):
     nsc.pp.lcpm(adata)
     adata.obs["phase"] = np.exp(1j * np.arange(adata.n_obs))
-    assert_fails(adata, nsc.pp.normcov, r"adata.obs\['phase'\] has dtype complex128",
-                 covariates="phase")
+    assert_fails(
+        adata, nsc.pp.normcov, r"adata.obs\['phase'\] has dtype complex128", covariates="phase"
+    )
 
 
 @pytest.mark.parametrize(("column", "where"), [("nsc_weight", "obs"), ("nsc_scale", "var")])
@@ -150,8 +157,9 @@ def test_complex_layer_refused(weighted, function):
 @pytest.mark.parametrize("step", list(COUNT_STEPS))
 def test_degenerate_shapes(step, shape):
     adata = AnnData(X=sparse.csr_matrix(shape, dtype=np.int64))
-    with pytest.raises(ValueError, match=r"adata.X has shape .*: no (cells|genes).*at least one"
-                       ) as error:
+    with pytest.raises(
+        ValueError, match=r"adata.X has shape .*: no (cells|genes).*at least one"
+    ) as error:
         COUNT_STEPS[step](adata)
     assert "zero-size" not in str(error.value)
     assert "min_cell_counts" not in str(error.value)
@@ -176,20 +184,30 @@ def test_uint64_counts_above_int64(adata):
 # ---------------------------------------------------------------- covariate name clashes
 
 
-@pytest.mark.parametrize("name", ["intercept", "log_total_counts", "n_zero_genes",
-                                  "log_total_counts_sq"])
+@pytest.mark.parametrize(
+    "name", ["intercept", "log_total_counts", "n_zero_genes", "log_total_counts_sq"]
+)
 def test_covariate_named_like_a_summary_column(adata, name):
     nsc.pp.lcpm(adata)
     adata.obs[name] = np.arange(adata.n_obs, dtype=float)
-    assert_fails(adata, nsc.pp.normcov, rf"covariate column name\(s\) \['{name}'\] would occur "
-                 "more than once.*Rename the adata.obs column", covariates=[name])
+    assert_fails(
+        adata,
+        nsc.pp.normcov,
+        rf"covariate column name\(s\) \['{name}'\] would occur "
+        "more than once.*Rename the adata.obs column",
+        covariates=[name],
+    )
 
 
 def test_covariate_named_like_a_one_hot_level(adata):
     nsc.pp.lcpm(adata)
     adata.obs["batch[b2]"] = np.arange(adata.n_obs, dtype=float)
-    assert_fails(adata, nsc.pp.normcov, r"\['batch\[b2\]'\] would occur more than once",
-                 covariates=["batch", "batch[b2]"])
+    assert_fails(
+        adata,
+        nsc.pp.normcov,
+        r"\['batch\[b2\]'\] would occur more than once",
+        covariates=["batch", "batch[b2]"],
+    )
 
 
 def test_intercept_column_allowed_without_intercept(adata, tmp_path):
@@ -203,8 +221,13 @@ def test_intercept_column_allowed_without_intercept(adata, tmp_path):
 
 def test_normalize_refuses_clash(adata):
     adata.obs["log_total_counts"] = np.arange(adata.n_obs, dtype=float)
-    assert_fails(adata, nsc.pp.normalize, r"\['log_total_counts'\] would occur more than once",
-                 covariates=["log_total_counts"], qc=None)
+    assert_fails(
+        adata,
+        nsc.pp.normalize,
+        r"\['log_total_counts'\] would occur more than once",
+        covariates=["log_total_counts"],
+        qc=None,
+    )
 
 
 # ---------------------------------------------------------------- ownership of results
@@ -215,21 +238,32 @@ def test_obs_key_does_not_make_a_layer_ours(adata):
     nsc.pp.lcpm(adata)
     nsc.pp.normcov(adata)
     nsc.pp.compute_var(adata, key_added="counts")
-    assert_fails(adata, nsc.pp.lcpm,
-                 r"adata.layers\['counts'\] already exists and was not written by normalisr_sc",
-                 key_added="counts")
+    assert_fails(
+        adata,
+        nsc.pp.lcpm,
+        r"adata.layers\['counts'\] already exists and was not written by normalisr_sc",
+        key_added="counts",
+    )
 
 
-@pytest.mark.parametrize(("function", "key"), [
-    (nsc.pp.lcpm, "lcpm"), (nsc.pp.cpm, "cpm"), (nsc.pp.minmax, "minmax"),
-])
+@pytest.mark.parametrize(
+    ("function", "key"),
+    [
+        (nsc.pp.lcpm, "lcpm"),
+        (nsc.pp.cpm, "cpm"),
+        (nsc.pp.minmax, "minmax"),
+    ],
+)
 def test_users_layer_over_our_result_is_refused(adata, function, key):
     function(adata)
     function(adata)  # our own result: replaced
-    adata.layers[key] = np.asarray(adata.layers[key].todense() if sparse.issparse(
-        adata.layers[key]) else adata.layers[key]) + 1.0
-    assert_fails(adata, function,
-                 rf"adata.layers\['{key}'\] already exists and was changed since")
+    adata.layers[key] = (
+        np.asarray(
+            adata.layers[key].todense() if sparse.issparse(adata.layers[key]) else adata.layers[key]
+        )
+        + 1.0
+    )
+    assert_fails(adata, function, rf"adata.layers\['{key}'\] already exists and was changed since")
 
 
 def test_users_scale_column_is_refused(adata):
@@ -239,8 +273,12 @@ def test_users_scale_column_is_refused(adata):
 
 def test_users_weights_column_is_refused(weighted):
     weighted.obs["nsc_weight"] = weighted.obs["nsc_weight"] * 2
-    assert_fails(weighted, nsc.pp.compute_var, r"adata.obs\['nsc_weight'\] already exists "
-                 "and was changed since")
+    assert_fails(
+        weighted,
+        nsc.pp.compute_var,
+        r"adata.obs\['nsc_weight'\] already exists "
+        "and was changed since",
+    )
 
 
 @pytest.mark.parametrize("key", ["nsc_normvar", "nsc_covariates_norm"])
@@ -282,8 +320,11 @@ PARAMETERS = [
     (nsc.pp.scaling_factor, {"variable": 3}, "`variable` must be one of"),
     (nsc.pp.scaling_factor, {"inplace": 1}, "`inplace` must be True or False"),
     (nsc.pp.scaling_factor, {"key_added": None}, "`key_added` must be a non-empty string"),
-    (nsc.pp.normcov, {"covariates": ["batch", "batch"]},
-     r"`covariates` names \['batch'\] more than once"),
+    (
+        nsc.pp.normcov,
+        {"covariates": ["batch", "batch"]},
+        r"`covariates` names \['batch'\] more than once",
+    ),
     (nsc.pp.normcov, {"covariates": 3}, "`covariates` must be a string or a list of strings"),
     (nsc.pp.normcov, {"intercept": "no"}, "`intercept` must be True or False"),
     (nsc.pp.normcov, {"summary": None}, "`summary` must be True or False"),
@@ -304,8 +345,11 @@ PARAMETERS = [
 ]
 
 
-@pytest.mark.parametrize(("function", "kwargs", "match"), PARAMETERS,
-                         ids=[f"{f.__name__}-{next(iter(k))}" for f, k, _ in PARAMETERS])
+@pytest.mark.parametrize(
+    ("function", "kwargs", "match"),
+    PARAMETERS,
+    ids=[f"{f.__name__}-{next(iter(k))}" for f, k, _ in PARAMETERS],
+)
 def test_invalid_parameters(weighted, function, kwargs, match):
     assert_fails(weighted, function, match, **kwargs)
 

@@ -48,8 +48,16 @@ def recipe_data() -> tuple[AnnData, np.ndarray, np.ndarray]:
     return adata, np.sort(shallow), np.sort(deep)
 
 
-def stepwise(adata: AnnData, covariates=None, *, qc=QC, remove_outliers=True, stepmax=1,
-             keepvar=True, layer=None) -> AnnData:
+def stepwise(
+    adata: AnnData,
+    covariates=None,
+    *,
+    qc=QC,
+    remove_outliers=True,
+    stepmax=1,
+    keepvar=True,
+    layer=None,
+) -> AnnData:
     """The recipe written out as its six calls, on a copy."""
     adata = adata.copy()
     if qc is not None:
@@ -77,13 +85,19 @@ def assert_same_outputs(result: AnnData, expected: AnnData, *, rtol: float | Non
         else:
             assert_close(result.layers[key], expected.layers[key], rtol=rtol)
     for key in OUTPUT_OBSM:
-        pd.testing.assert_frame_equal(result.obsm[key], expected.obsm[key],
-                                      check_exact=rtol is None, rtol=rtol or 0, atol=rtol or 0)
+        pd.testing.assert_frame_equal(
+            result.obsm[key],
+            expected.obsm[key],
+            check_exact=rtol is None,
+            rtol=rtol or 0,
+            atol=rtol or 0,
+        )
     for key in ("nsc_weight", "nsc_outlier"):
         assert (key in result.obs) == (key in expected.obs)
         if key in expected.obs:
-            assert_close(result.obs[key].to_numpy(float), expected.obs[key].to_numpy(float),
-                         rtol=rtol or 0)
+            assert_close(
+                result.obs[key].to_numpy(float), expected.obs[key].to_numpy(float), rtol=rtol or 0
+            )
     np.testing.assert_array_equal(result.var["nsc_scale"], expected.var["nsc_scale"])
 
 
@@ -96,8 +110,9 @@ def test_normalize_equals_steps(recipe_data):
     steps = {k: v for k, v in expected.uns["normalisr"].items() if k not in RETIRED}
     # qc_outlier(inplace=True) counts the cells after the read QC; the recipe the input's.
     summary, recipe_summary = steps.pop("qc_summary"), dict(result.uns["normalisr"]["qc_summary"])
-    assert_nested_equal(steps, {k: v for k, v in result.uns["normalisr"].items()
-                                if k != "qc_summary"})
+    assert_nested_equal(
+        steps, {k: v for k, v in result.uns["normalisr"].items() if k != "qc_summary"}
+    )
     assert recipe_summary == {**summary, "n_cells_in": 600, "n_genes_in": 300}
     # QC removed the shallow cells and the rare genes, qc_outlier the deep cells.
     assert result.shape == (600 - 20 - 5, 300 - 5)
@@ -111,7 +126,11 @@ def test_normalize_equals_steps(recipe_data):
     genes = adata.var_names.get_indexer(result.var_names)
     np.testing.assert_array_equal(result.X.toarray(), adata.X[cells][:, genes].toarray())
     assert list(result.obsm["nsc_covariates"].columns) == [
-        "log_total_counts", "n_zero_genes", "log_total_counts_sq", "batch[b2]", "intercept",
+        "log_total_counts",
+        "n_zero_genes",
+        "log_total_counts_sq",
+        "batch[b2]",
+        "intercept",
     ]
 
 
@@ -135,7 +154,13 @@ def test_normalize_outputs_are_valid(recipe_data):
         pd.testing.assert_index_equal(frame.index, result.obs_names)
         assert np.isfinite(frame.to_numpy()).all()
     assert set(result.uns["normalisr"]) == {
-        "qc_reads", "lcpm", "normcov", "compute_var", "qc_outlier", "normvar", "qc_summary",
+        "qc_reads",
+        "lcpm",
+        "normcov",
+        "compute_var",
+        "qc_outlier",
+        "normvar",
+        "qc_summary",
         "written",
     }
     # Every result is recorded as normalisr_sc's, so a rerun may replace it.
@@ -168,8 +193,9 @@ def test_normalize_keeps_existing_annotations(recipe_data):
     cells = recipe_data[0].obs_names.get_indexer(adata.obs_names)
     np.testing.assert_array_equal(adata.obsm["pos"][:, 0], 2 * cells)
     np.testing.assert_array_equal(adata.layers["counts"].toarray(), adata.X.toarray())
-    np.testing.assert_array_equal(adata.var["id"],
-                                  recipe_data[0].var_names.get_indexer(adata.var_names))
+    np.testing.assert_array_equal(
+        adata.var["id"], recipe_data[0].var_names.get_indexer(adata.var_names)
+    )
     assert adata.uns["normalisr"]["note"] == "kept"
     assert "normvar" in adata.uns["normalisr"]
     assert adata.uns["other"] == [1, 2]
@@ -178,8 +204,9 @@ def test_normalize_keeps_existing_annotations(recipe_data):
 
 def test_normalize_without_qc_or_outlier_removal(recipe_data):
     adata = recipe_data[0]
-    result = nsc.pp.normalize(adata, covariates=["batch"], qc=None, remove_outliers=False,
-                              copy=True)
+    result = nsc.pp.normalize(
+        adata, covariates=["batch"], qc=None, remove_outliers=False, copy=True
+    )
     assert result.shape == adata.shape
     assert "nsc_outlier" not in result.obs
     assert "qc_reads" not in result.uns["normalisr"]
@@ -191,8 +218,7 @@ def test_normalize_without_qc_or_outlier_removal(recipe_data):
 def test_normalize_options_pass_through(recipe_data):
     adata = recipe_data[0]
     qc = {"min_cell_counts": 800, "min_gene_cells": 100}
-    result = nsc.pp.normalize(adata, ["batch", "group"], qc=qc, stepmax=3, keepvar=False,
-                              copy=True)
+    result = nsc.pp.normalize(adata, ["batch", "group"], qc=qc, stepmax=3, keepvar=False, copy=True)
     expected = stepwise(adata, ["batch", "group"], qc=qc, stepmax=3, keepvar=False)
     assert_same_outputs(result, expected)
     assert result.uns["normalisr"]["compute_var"]["steps"] == 3
@@ -295,8 +321,7 @@ def test_normalize_property(make_counts, seed, n_cells, n_genes, mean_total, fmt
     assume(binary_covariates_well_posed(expected.obsm["nsc_covariates"]))
     mask = np.array(data.draw(st.lists(st.booleans(), min_size=n_cells, max_size=n_cells)))
     mask[: n_cells // 2] = True  # keep enough cells
-    other = AnnData(X=as_format(counts.astype(storage), fmt), obs=reference.obs,
-                    var=reference.var)
+    other = AnnData(X=as_format(counts.astype(storage), fmt), obs=reference.obs, var=reference.var)
     result = nsc.pp.normalize(other, ["batch"], qc=None, copy=True)
     assert_same_outputs(result, expected, rtol=1e-8)
     for key in OUTPUT_LAYERS:
@@ -338,8 +363,12 @@ def test_papalexi_normalize(shared_data):
     assert weights.min() == 1.0
     assert weights.max() > 1.0
     assert list(adata.obsm["nsc_covariates"].columns) == [
-        "log_total_counts", "n_zero_genes", "log_total_counts_sq", "bio_rep[rep_2]",
-        "bio_rep[rep_3]", "intercept",
+        "log_total_counts",
+        "n_zero_genes",
+        "log_total_counts_sq",
+        "bio_rep[rep_2]",
+        "bio_rep[rep_3]",
+        "intercept",
     ]
     assert np.isfinite(adata.obsm["nsc_covariates_norm"].to_numpy()).all()
     scale = adata.var["nsc_scale"].to_numpy()
@@ -371,8 +400,9 @@ def test_papalexi_default_qc_keeps_the_panel(shared_data, caplog):
         assert gene in adata.var_names
     # ... and keep their power: with the paper's absolute bounds (245 cells left) STAT3
     # read -log10 p = 0.7; measured with these defaults: 14.5 (TNFRSF14) to 424.7 (STAT1).
-    nsc.tl.assign_guides(adata, "grna_counts", mode="max", guide_names="grna_ids",
-                         groups="grna_group")
+    nsc.tl.assign_guides(
+        adata, "grna_counts", mode="max", guide_names="grna_ids", groups="grna_group"
+    )
     nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting", min_cells=2)
     log10p = adata.varm["nsc_de_log10p"]
     pairs = adata.uns["pc_pairs"]

@@ -22,8 +22,14 @@ def one_hot(values: pd.Series) -> np.ndarray:
     return pd.get_dummies(values.astype("category"), drop_first=True, dtype=float).to_numpy()
 
 
-def reference_pipeline(counts: np.ndarray, extra: np.ndarray | None = None, *, stepmax: int = 1,
-                       keepvar: bool = True, remove_outliers: bool = True) -> dict:
+def reference_pipeline(
+    counts: np.ndarray,
+    extra: np.ndarray | None = None,
+    *,
+    stepmax: int = 1,
+    keepvar: bool = True,
+    remove_outliers: bool = True,
+) -> dict:
     """The reference functions in the order of the recipe, on cells x genes counts."""
     reads = np.ascontiguousarray(counts.T).astype(np.int64)
     dt, _, _, summary = ref.lcpm(reads, nth=1)
@@ -33,12 +39,21 @@ def reference_pipeline(counts: np.ndarray, extra: np.ndarray | None = None, *, s
     weights = ref.compute_var(dt, dc, stepmax=stepmax)
     keep = ref.qc_outlier(weights) if remove_outliers else np.ones(weights.size, dtype=bool)
     dtn, dcn = ref.normvar(dt[:, keep], dc[:, keep], weights[keep], scale, keepvar=keepvar)
-    return {"lcpm": dt.T, "summary": summary.T, "scale": scale, "covariates": dc.T,
-            "weights": weights, "keep": keep, "normalized": dtn.T, "covariates_norm": dcn.T}
+    return {
+        "lcpm": dt.T,
+        "summary": summary.T,
+        "scale": scale,
+        "covariates": dc.T,
+        "weights": weights,
+        "keep": keep,
+        "normalized": dtn.T,
+        "covariates_norm": dcn.T,
+    }
 
 
-def planted_counts(make_counts, seed: int, n_cells: int, n_genes: int, mean_total: float,
-                   n_deep: int) -> np.ndarray:
+def planted_counts(
+    make_counts, seed: int, n_cells: int, n_genes: int, mean_total: float, n_deep: int
+) -> np.ndarray:
     counts = make_counts(n_cells, n_genes, seed=seed, mean_total=mean_total)
     if n_deep:
         rng = np.random.default_rng(seed)
@@ -49,30 +64,53 @@ def planted_counts(make_counts, seed: int, n_cells: int, n_genes: int, mean_tota
 
 CASES = {
     "plain": {"seed": 0, "n_cells": 300, "n_genes": 80, "mean_total": 2000.0},
-    "categorical": {"seed": 1, "n_cells": 500, "n_genes": 120, "mean_total": 500.0,
-                    "category": True},
-    "stepmax3": {"seed": 2, "n_cells": 400, "n_genes": 60, "mean_total": 3000.0,
-                 "category": True, "stepmax": 3},
+    "categorical": {
+        "seed": 1,
+        "n_cells": 500,
+        "n_genes": 120,
+        "mean_total": 500.0,
+        "category": True,
+    },
+    "stepmax3": {
+        "seed": 2,
+        "n_cells": 400,
+        "n_genes": 60,
+        "mean_total": 3000.0,
+        "category": True,
+        "stepmax": 3,
+    },
     "outliers": {"seed": 0, "n_cells": 400, "n_genes": 100, "mean_total": 2000.0, "n_deep": 6},
-    "outliers_categorical_nokeepvar": {"seed": 4, "n_cells": 300, "n_genes": 150,
-                                       "mean_total": 1000.0, "n_deep": 4, "category": True,
-                                       "stepmax": 2, "keepvar": False},
+    "outliers_categorical_nokeepvar": {
+        "seed": 4,
+        "n_cells": 300,
+        "n_genes": 150,
+        "mean_total": 1000.0,
+        "n_deep": 4,
+        "category": True,
+        "stepmax": 2,
+        "keepvar": False,
+    },
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_steps_agree_with_reference(make_counts, case):
     spec = {"category": False, "stepmax": 1, "keepvar": True, "n_deep": 0} | CASES[case]
-    counts = planted_counts(make_counts, spec["seed"], spec["n_cells"], spec["n_genes"],
-                            spec["mean_total"], spec["n_deep"])
+    counts = planted_counts(
+        make_counts,
+        spec["seed"],
+        spec["n_cells"],
+        spec["n_genes"],
+        spec["mean_total"],
+        spec["n_deep"],
+    )
     adata = counts_adata(counts, "csr", batch=False)
     covariates, extra = [], None
     if spec["category"]:
         levels = np.random.default_rng(spec["seed"]).integers(3, size=adata.n_obs)
         adata.obs["donor"] = pd.Categorical([f"d{i}" for i in levels])
         covariates, extra = ["donor"], one_hot(adata.obs["donor"])
-    expected = reference_pipeline(counts, extra, stepmax=spec["stepmax"],
-                                  keepvar=spec["keepvar"])
+    expected = reference_pipeline(counts, extra, stepmax=spec["stepmax"], keepvar=spec["keepvar"])
 
     nsc.pp.lcpm(adata)
     assert_close(adata.layers["lcpm"], expected["lcpm"], rtol=RTOL)
@@ -89,8 +127,9 @@ def test_steps_agree_with_reference(make_counts, case):
         assert (~expected["keep"]).sum() >= spec["n_deep"]  # the mask is not trivial
     nsc.pp.normvar(adata, keepvar=spec["keepvar"])
     assert_close(adata.layers["normalisr"], expected["normalized"], rtol=RTOL)
-    assert_close(adata.obsm["nsc_covariates_norm"].to_numpy(), expected["covariates_norm"],
-                 rtol=RTOL)
+    assert_close(
+        adata.obsm["nsc_covariates_norm"].to_numpy(), expected["covariates_norm"], rtol=RTOL
+    )
 
 
 def test_recipe_agrees_with_reference(make_counts):
@@ -104,15 +143,20 @@ def test_recipe_agrees_with_reference(make_counts):
     assert_close(result.layers["lcpm"], expected["lcpm"][keep], rtol=RTOL)
     assert_close(result.obs["nsc_weight"].to_numpy(), expected["weights"][keep], rtol=RTOL)
     assert_close(result.layers["normalisr"], expected["normalized"], rtol=RTOL)
-    assert_close(result.obsm["nsc_covariates_norm"].to_numpy(), expected["covariates_norm"],
-                 rtol=RTOL)
+    assert_close(
+        result.obsm["nsc_covariates_norm"].to_numpy(), expected["covariates_norm"], rtol=RTOL
+    )
 
 
 @pytest.mark.parametrize(
     "bounds",
     [
-        {"min_gene_cells": 50, "min_gene_cell_fraction": 0.02, "min_cell_counts": 500,
-         "min_cell_genes": 40},
+        {
+            "min_gene_cells": 50,
+            "min_gene_cell_fraction": 0.02,
+            "min_cell_counts": 500,
+            "min_cell_genes": 40,
+        },
         {"min_gene_counts": 400, "min_cell_gene_fraction": 0.5},
         {"min_gene_cell_fraction": 0.6, "min_cell_counts": 300, "min_cell_genes": 25},
     ],
@@ -120,11 +164,22 @@ def test_recipe_agrees_with_reference(make_counts):
 def test_qc_reads_agrees_with_reference(make_counts, bounds):
     counts = make_counts(400, 90, seed=8, mean_total=800.0)
     cells, genes = nsc.pp.qc_reads(counts_adata(counts), **bounds, inplace=False)
-    b = {"min_gene_counts": 0, "min_gene_cells": 0, "min_gene_cell_fraction": 0,
-         "min_cell_counts": 0, "min_cell_genes": 0, "min_cell_gene_fraction": 0} | bounds
+    b = {
+        "min_gene_counts": 0,
+        "min_gene_cells": 0,
+        "min_gene_cell_fraction": 0,
+        "min_cell_counts": 0,
+        "min_cell_genes": 0,
+        "min_cell_gene_fraction": 0,
+    } | bounds
     ref_genes, ref_cells = ref.qc_reads(
-        counts.T, b["min_gene_counts"], b["min_gene_cells"], b["min_gene_cell_fraction"],
-        b["min_cell_counts"], b["min_cell_genes"], b["min_cell_gene_fraction"],
+        counts.T,
+        b["min_gene_counts"],
+        b["min_gene_cells"],
+        b["min_gene_cell_fraction"],
+        b["min_cell_counts"],
+        b["min_cell_genes"],
+        b["min_cell_gene_fraction"],
     )
     np.testing.assert_array_equal(np.flatnonzero(cells), ref_cells)
     np.testing.assert_array_equal(np.flatnonzero(genes), ref_genes)
@@ -158,9 +213,9 @@ def test_papalexi_agrees_with_reference(shared_data):
     assert result.n_vars == adata.n_vars
     assert_close(result.layers["lcpm"], expected["lcpm"][keep], rtol=RTOL)
     assert_close(result.var["nsc_scale"].to_numpy(), expected["scale"], rtol=RTOL)
-    assert_close(result.obsm["nsc_covariates"].to_numpy(), expected["covariates"][keep],
-                 rtol=RTOL)
+    assert_close(result.obsm["nsc_covariates"].to_numpy(), expected["covariates"][keep], rtol=RTOL)
     assert_close(result.obs["nsc_weight"].to_numpy(), expected["weights"][keep], rtol=RTOL)
     assert_close(result.layers["normalisr"], expected["normalized"], rtol=RTOL)
-    assert_close(result.obsm["nsc_covariates_norm"].to_numpy(), expected["covariates_norm"],
-                 rtol=RTOL)
+    assert_close(
+        result.obsm["nsc_covariates_norm"].to_numpy(), expected["covariates_norm"], rtol=RTOL
+    )

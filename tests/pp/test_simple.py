@@ -16,11 +16,13 @@ import normalisr_sc as nsc
 from ._helpers import FORMATS, as_format, assert_unchanged, dense
 
 #: Every gene has a zero, so min-max of the sparse matrix stays sparse.
-HAND = np.array([
-    [1, 3, 0],
-    [2, 0, 2],
-    [0, 5, 5],
-])
+HAND = np.array(
+    [
+        [1, 3, 0],
+        [2, 0, 2],
+        [0, 5, 5],
+    ]
+)
 
 
 def adata_of(matrix) -> AnnData:
@@ -42,11 +44,13 @@ def test_cpm_by_hand(fmt):
     adata = adata_of(as_format(HAND, fmt))
     run_quietly(nsc.pp.cpm, adata)
     result = adata.layers["cpm"]
-    expected = np.array([
-        [250_000.0, 750_000.0, 0.0],
-        [500_000.0, 0.0, 500_000.0],
-        [0.0, 500_000.0, 500_000.0],
-    ])
+    expected = np.array(
+        [
+            [250_000.0, 750_000.0, 0.0],
+            [500_000.0, 0.0, 500_000.0],
+            [0.0, 500_000.0, 500_000.0],
+        ]
+    )
     np.testing.assert_array_equal(dense(result), expected)
     assert result.dtype == np.float64
     if fmt == "dense":
@@ -65,10 +69,14 @@ def test_cpm_target_sum_key_and_layer():
     assert "cpm" not in adata.layers
     result = adata.layers["per10k"]
     np.testing.assert_allclose(np.asarray(result.sum(axis=1)).ravel(), 1e4, rtol=1e-15)
-    np.testing.assert_allclose(result.toarray(), HAND / HAND.sum(axis=1, keepdims=True) * 1e4,
-                               rtol=1e-15)
-    assert adata.uns["normalisr"]["cpm"] == {"layer": "counts", "key_added": "per10k",
-                                             "target_sum": 1e4}
+    np.testing.assert_allclose(
+        result.toarray(), HAND / HAND.sum(axis=1, keepdims=True) * 1e4, rtol=1e-15
+    )
+    assert adata.uns["normalisr"]["cpm"] == {
+        "layer": "counts",
+        "key_added": "per10k",
+        "target_sum": 1e4,
+    }
 
 
 def test_cpm_does_not_touch_input():
@@ -86,8 +94,9 @@ def test_cpm_on_view():
     view = parent[3:]
     nsc.pp.cpm(view)
     assert not view.is_view
-    np.testing.assert_allclose(view.layers["cpm"].toarray(),
-                               HAND / HAND.sum(axis=1, keepdims=True) * 1e6, rtol=1e-15)
+    np.testing.assert_allclose(
+        view.layers["cpm"].toarray(), HAND / HAND.sum(axis=1, keepdims=True) * 1e6, rtol=1e-15
+    )
     assert_unchanged(before, parent)
 
 
@@ -99,11 +108,13 @@ def test_minmax_by_hand(fmt):
     adata = adata_of(as_format(HAND, fmt))
     run_quietly(nsc.pp.minmax, adata)
     result = adata.layers["minmax"]
-    expected = np.array([
-        [0.5, 0.6, 0.0],
-        [1.0, 0.0, 0.4],
-        [0.0, 1.0, 1.0],
-    ])
+    expected = np.array(
+        [
+            [0.5, 0.6, 0.0],
+            [1.0, 0.0, 0.4],
+            [0.0, 1.0, 1.0],
+        ]
+    )
     np.testing.assert_allclose(dense(result), expected, rtol=1e-15, atol=1e-15)
     assert result.dtype == np.float64
     if fmt != "dense":
@@ -113,11 +124,16 @@ def test_minmax_by_hand(fmt):
 def test_minmax_feature_range_dense():
     adata = adata_of(HAND.astype(float))
     nsc.pp.minmax(adata, feature_range=(-1, 1))
-    np.testing.assert_allclose(adata.layers["minmax"], [
-        [0.0, 0.2, -1.0],
-        [1.0, -1.0, -0.2],
-        [-1.0, 1.0, 1.0],
-    ], rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(
+        adata.layers["minmax"],
+        [
+            [0.0, 0.2, -1.0],
+            [1.0, -1.0, -0.2],
+            [-1.0, 1.0, 1.0],
+        ],
+        rtol=1e-15,
+        atol=1e-15,
+    )
     assert adata.uns["normalisr"]["minmax"]["feature_range"] == [-1.0, 1.0]
 
 
@@ -191,7 +207,11 @@ def test_minmax_after_normalize_of_lcpm(counts_adata):
 
 matrices = st.builds(
     lambda seed, n_cells, n_genes, density: sparse.random(
-        n_cells, n_genes, density=density, random_state=seed, format="csr",
+        n_cells,
+        n_genes,
+        density=density,
+        random_state=seed,
+        format="csr",
         data_rvs=lambda n: np.random.default_rng(seed).integers(1, 1000, n).astype(float),
     ),
     seed=st.integers(0, 2**16),
@@ -202,8 +222,11 @@ matrices = st.builds(
 
 
 @settings(max_examples=30, deadline=None)
-@given(matrix=matrices, fmt=st.sampled_from(["csr", "csc"]),
-       target_sum=st.sampled_from([1.0, 1e4, 1e6, 123.456]))
+@given(
+    matrix=matrices,
+    fmt=st.sampled_from(["csr", "csc"]),
+    target_sum=st.sampled_from([1.0, 1e4, 1e6, 123.456]),
+)
 def test_cpm_sparse_equals_dense(matrix, fmt, target_sum):
     matrix = matrix.tolil()
     matrix[:, 0] = 1.0  # no empty cell
@@ -218,8 +241,12 @@ def test_cpm_sparse_equals_dense(matrix, fmt, target_sum):
 
 
 @settings(max_examples=30, deadline=None)
-@given(matrix=matrices, fmt=st.sampled_from(["csr", "csc"]),
-       high=st.sampled_from([1.0, 2.5, 1e3]), data=st.data())
+@given(
+    matrix=matrices,
+    fmt=st.sampled_from(["csr", "csc"]),
+    high=st.sampled_from([1.0, 2.5, 1e3]),
+    data=st.data(),
+)
 def test_minmax_sparse_equals_dense(matrix, fmt, high, data):
     matrix = as_format(matrix.toarray(), fmt)
     sparse_adata, dense_adata = adata_of(matrix), adata_of(matrix.toarray())

@@ -40,13 +40,15 @@ def assert_same_normalisation(streamed: ad.AnnData, expected: ad.AnnData) -> Non
     np.testing.assert_allclose(streamed.var["nsc_scale"], expected.var["nsc_scale"], rtol=1e-12)
     for key in ("nsc_covariates", "nsc_covariates_norm"):
         np.testing.assert_allclose(streamed.obsm[key], expected.obsm[key], rtol=1e-10)
-    np.testing.assert_allclose(streamed.varm["nsc_normvar"], expected.varm["nsc_normvar"],
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        streamed.varm["nsc_normvar"], expected.varm["nsc_normvar"], rtol=1e-8, atol=1e-12
+    )
 
 
 def test_chunked_normalize_equals_in_memory(screen, in_memory):
-    streamed = nsc.pp.normalize(screen, covariates=["batch"], chunked=True, chunk_size=CHUNK,
-                                copy=True)
+    streamed = nsc.pp.normalize(
+        screen, covariates=["batch"], chunked=True, chunk_size=CHUNK, copy=True
+    )
     assert_same_normalisation(streamed, in_memory)
     # The counts the user passed are untouched and still in memory.
     assert sparse.issparse(screen.X)
@@ -73,15 +75,18 @@ def test_backed_counts_need_copy_and_stay_on_disk(screen, in_memory, tmp_path):
 
 
 def test_streamed_results_survive_h5ad_round_trip(screen, in_memory, tmp_path):
-    streamed = nsc.pp.normalize(screen, covariates=["batch"], chunked=True, chunk_size=CHUNK,
-                                copy=True)
+    streamed = nsc.pp.normalize(
+        screen, covariates=["batch"], chunked=True, chunk_size=CHUNK, copy=True
+    )
     path = tmp_path / "normalised.h5ad"
     streamed.write_h5ad(path)
     back = ad.read_h5ad(path)
-    np.testing.assert_allclose(back.layers["normalisr"], in_memory.layers["normalisr"],
-                               rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(back.varm["nsc_normvar"], in_memory.varm["nsc_normvar"],
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        back.layers["normalisr"], in_memory.layers["normalisr"], rtol=1e-8, atol=1e-10
+    )
+    np.testing.assert_allclose(
+        back.varm["nsc_normvar"], in_memory.varm["nsc_normvar"], rtol=1e-8, atol=1e-12
+    )
 
 
 def test_chunked_steps_equal_in_memory_steps(in_memory):
@@ -89,13 +94,15 @@ def test_chunked_steps_equal_in_memory_steps(in_memory):
     nsc.pp.compute_var(adata, chunked=True, chunk_size=CHUNK, key_added="weight_streamed")
     expected = adata.copy()
     nsc.pp.compute_var(expected, key_added="weight_streamed")
-    np.testing.assert_allclose(adata.obs["weight_streamed"], expected.obs["weight_streamed"],
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        adata.obs["weight_streamed"], expected.obs["weight_streamed"], rtol=1e-10
+    )
     nsc.pp.normvar(adata, chunked=True, chunk_size=CHUNK, key_added="streamed", dtype="float32")
     nsc.pp.normvar(expected, key_added="streamed", dtype="float32")
     assert adata.layers["streamed"].dtype == np.float32
-    np.testing.assert_allclose(adata.layers["streamed"].compute(), expected.layers["streamed"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        adata.layers["streamed"].compute(), expected.layers["streamed"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_chunked_false_refuses_dask_counts(screen):
@@ -128,8 +135,14 @@ def test_streamed_recipe_never_holds_a_dense_matrix():
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        nsc.pp.normalize(adata, covariates=["batch"], qc=None, remove_outliers=False,
-                         chunked=True, chunk_size=250)
+        nsc.pp.normalize(
+            adata,
+            covariates=["batch"],
+            qc=None,
+            remove_outliers=False,
+            chunked=True,
+            chunk_size=250,
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -155,8 +168,11 @@ def test_counts_in_a_zarr_store_are_streamed(screen, in_memory, tmp_path):
 
     screen.write_zarr(tmp_path / "screen.zarr")
     store = zarr.open_group(tmp_path / "screen.zarr", mode="r")
-    adata = ad.AnnData(X=read_elem_lazy(store["X"], chunks=(300, screen.n_vars)),
-                       obs=read_elem(store["obs"]), var=read_elem(store["var"]))
+    adata = ad.AnnData(
+        X=read_elem_lazy(store["X"], chunks=(300, screen.n_vars)),
+        obs=read_elem(store["obs"]),
+        var=read_elem(store["var"]),
+    )
     nsc.pp.normalize(adata, covariates=["batch"], chunk_size=CHUNK)
     assert isinstance(adata.X, da.Array)
     assert_same_normalisation(adata, in_memory)

@@ -19,8 +19,9 @@ from ._helpers import (
 )
 
 
-def explicit_weights(expression: np.ndarray, cov: np.ndarray, *, stepmax: int = 1,
-                     eps: float = 1e-6) -> tuple[np.ndarray, int]:
+def explicit_weights(
+    expression: np.ndarray, cov: np.ndarray, *, stepmax: int = 1, eps: float = 1e-6
+) -> tuple[np.ndarray, int]:
     """METHOD 5 written out with np.linalg.lstsq; cells x genes, cells x covariates."""
     n = expression.shape[0]
     design = np.column_stack([cov, np.ones(n)])
@@ -43,8 +44,14 @@ def explicit_weights(expression: np.ndarray, cov: np.ndarray, *, stepmax: int = 
     return weights / weights.min(), steps
 
 
-def explicit_normvar(expression: np.ndarray, cov: np.ndarray, weights: np.ndarray,
-                     factor: np.ndarray, *, keepvar: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def explicit_normvar(
+    expression: np.ndarray,
+    cov: np.ndarray,
+    weights: np.ndarray,
+    factor: np.ndarray,
+    *,
+    keepvar: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """METHOD 7 written out gene by gene with np.linalg.pinv."""
     out = np.empty_like(expression, dtype=np.float64)
     for gene in range(expression.shape[1]):
@@ -184,8 +191,11 @@ def test_normvar_keepvar_keeps_variance_scale(weighted):
     result = adata.layers["normalisr"]
     # After rescaling by (sd / rms) ** f, genes with f = 1 keep their SD exactly.
     full = factor == 1
-    np.testing.assert_allclose(np.sqrt((result[:, full] ** 2).mean(axis=0)),
-                               weighted_expression[:, full].std(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(
+        np.sqrt((result[:, full] ** 2).mean(axis=0)),
+        weighted_expression[:, full].std(axis=0),
+        rtol=1e-10,
+    )
     # Residuals are orthogonal to the weighted covariates of each gene.
     cov = adata.obsm["nsc_covariates"].to_numpy()
     for gene in range(0, adata.n_vars, 7):
@@ -209,8 +219,12 @@ def test_normvar_float32(weighted):
     reference = weighted.copy()
     nsc.pp.normvar(reference)
     assert adata.layers["normalisr"].dtype == np.float32
-    np.testing.assert_allclose(adata.layers["normalisr"], reference.layers["normalisr"],
-                               rtol=1e-5, atol=1e-5 * np.abs(reference.layers["normalisr"]).max())
+    np.testing.assert_allclose(
+        adata.layers["normalisr"],
+        reference.layers["normalisr"],
+        rtol=1e-5,
+        atol=1e-5 * np.abs(reference.layers["normalisr"]).max(),
+    )
 
 
 def test_normvar_dtype_follows_float32_lcpm(make_counts):
@@ -221,9 +235,12 @@ def test_normvar_dtype_follows_float32_lcpm(make_counts):
     nsc.pp.normvar(adata)
     assert adata.layers["normalisr"].dtype == np.float32
     expression = adata.layers["lcpm"].astype(np.float64)
-    expected, _ = explicit_normvar(expression, adata.obsm["nsc_covariates"].to_numpy(),
-                                   adata.obs["nsc_weight"].to_numpy(),
-                                   adata.var["nsc_scale"].to_numpy())
+    expected, _ = explicit_normvar(
+        expression,
+        adata.obsm["nsc_covariates"].to_numpy(),
+        adata.obs["nsc_weight"].to_numpy(),
+        adata.var["nsc_scale"].to_numpy(),
+    )
     assert_close(adata.layers["normalisr"], expected, rtol=1e-5)
     assert np.isfinite(adata.layers["normalisr"]).all()
 
@@ -234,8 +251,9 @@ def test_normvar_key_added_and_keys(weighted):
     adata.var["f2"] = adata.var["nsc_scale"] / 2
     nsc.pp.normvar(adata, key_added="norm2", weights_key="w2", scale_key="f2")
     assert "normalisr" not in adata.layers
-    expected, expected_cov = explicit_normvar(*_arrays(adata), adata.obs["w2"].to_numpy(),
-                                              adata.var["f2"].to_numpy())
+    expected, expected_cov = explicit_normvar(
+        *_arrays(adata), adata.obs["w2"].to_numpy(), adata.var["f2"].to_numpy()
+    )
     assert_close(adata.layers["norm2"], expected, rtol=1e-9)
     assert_close(adata.obsm["nsc_covariates_norm"].to_numpy(), expected_cov)
 
@@ -249,8 +267,9 @@ def test_normvar_on_view(weighted):
     nsc.pp.normvar(copy)
     assert not view.is_view
     np.testing.assert_array_equal(view.layers["normalisr"], copy.layers["normalisr"])
-    pd.testing.assert_frame_equal(view.obsm["nsc_covariates_norm"],
-                                  copy.obsm["nsc_covariates_norm"])
+    pd.testing.assert_frame_equal(
+        view.obsm["nsc_covariates_norm"], copy.obsm["nsc_covariates_norm"]
+    )
     assert_unchanged(before, weighted)
 
 
@@ -266,8 +285,9 @@ def test_normvar_on_view(weighted):
     block=st.sampled_from([1, 7, 13]),
     stepmax=st.integers(1, 3),
 )
-def test_variance_block_size_invariant(make_counts, seed, n_cells, n_genes, mean_total, block,
-                                       stepmax):
+def test_variance_block_size_invariant(
+    make_counts, seed, n_cells, n_genes, mean_total, block, stepmax
+):
     """Block size of the streaming kernels does not change weights or normalised values.
 
     To 1e-8 of the magnitude (the bar of the reference agreement), not to machine
@@ -291,8 +311,7 @@ def test_variance_block_size_invariant(make_counts, seed, n_cells, n_genes, mean
     with block_size(block):
         nsc.pp.compute_var(small, stepmax=stepmax)
         nsc.pp.normvar(small)
-    assert_close(small.obs["nsc_weight"].to_numpy(), adata.obs["nsc_weight"].to_numpy(),
-                 rtol=1e-8)
+    assert_close(small.obs["nsc_weight"].to_numpy(), adata.obs["nsc_weight"].to_numpy(), rtol=1e-8)
     assert_close(small.layers["normalisr"], adata.layers["normalisr"], rtol=1e-8)
     assert np.isfinite(adata.layers["normalisr"]).all()
     assert (adata.obs["nsc_weight"] >= 1).all()
@@ -312,6 +331,7 @@ def test_variance_block_size_realistic(weighted):
     with block_size(7):
         nsc.pp.compute_var(adata)
         nsc.pp.normvar(adata)
-    assert_close(adata.obs["nsc_weight"].to_numpy(), reference.obs["nsc_weight"].to_numpy(),
-                 rtol=1e-10)
+    assert_close(
+        adata.obs["nsc_weight"].to_numpy(), reference.obs["nsc_weight"].to_numpy(), rtol=1e-10
+    )
     assert_close(adata.layers["normalisr"], reference.layers["normalisr"], rtol=1e-10)

@@ -14,12 +14,14 @@ def normalised_arrays(
     """Random normalised expression (cells x genes) and covariates with an intercept."""
     rng = np.random.default_rng(seed)
     weights = rng.uniform(0.5, 2.0, n_cells)
-    covariates = np.column_stack([
-        rng.normal(size=n_cells) * weights,
-        rng.normal(size=n_cells) * weights,
-        rng.integers(0, 2, n_cells).astype(np.float64),
-        weights,
-    ])
+    covariates = np.column_stack(
+        [
+            rng.normal(size=n_cells) * weights,
+            rng.normal(size=n_cells) * weights,
+            rng.integers(0, 2, n_cells).astype(np.float64),
+            weights,
+        ]
+    )
     expression = rng.normal(size=(n_cells, n_genes)) + covariates @ rng.normal(size=(4, n_genes))
     return expression, covariates
 
@@ -94,8 +96,10 @@ def simulate_screen(
     names = [f"g{j}" for j in range(n_guides)]
     adata = AnnData(
         X=sparse.csr_matrix(counts.astype(np.int32)),
-        obs=pd.DataFrame({"batch": pd.Categorical(np.where(batch == 1, "b2", "b1"))},
-                         index=[f"cell{i}" for i in range(n_cells)]),
+        obs=pd.DataFrame(
+            {"batch": pd.Categorical(np.where(batch == 1, "b2", "b1"))},
+            index=[f"cell{i}" for i in range(n_cells)],
+        ),
         var=pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)]),
     )
     adata.obsm["guides"] = guides

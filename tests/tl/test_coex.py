@@ -45,8 +45,9 @@ def test_coex_matches_normalisr(adata, reference):
     np.testing.assert_allclose(ours_log10p, -np.log10(pvals[off]), rtol=AGREEMENT_RTOL)
     np.testing.assert_allclose(adata.varp["nsc_coex_pvals"][off], pvals[off], rtol=AGREEMENT_RTOL)
     r = dot / np.sqrt(np.outer(var, var))
-    np.testing.assert_allclose(adata.varp["nsc_coex_r"][off], r[off], rtol=AGREEMENT_RTOL,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        adata.varp["nsc_coex_r"][off], r[off], rtol=AGREEMENT_RTOL, atol=1e-12
+    )
     np.testing.assert_allclose(adata.var["nsc_coex_var"], var, rtol=AGREEMENT_RTOL)
     assert (np.diag(adata.varp["nsc_coex_pvals"]) == 1).all()
     assert (np.diag(adata.varp["nsc_coex_r"]) == 1).all()
@@ -66,8 +67,9 @@ def test_coex_subset_is_the_block_of_the_full_matrix(adata):
         assert sparse.issparse(stored)
         assert stored.shape == (adata.n_vars, adata.n_vars)
         assert stored.nnz <= index.size**2
-        np.testing.assert_allclose(stored[index][:, index].toarray(),
-                                   matrix[np.ix_(index, index)], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(
+            stored[index][:, index].toarray(), matrix[np.ix_(index, index)], rtol=1e-10, atol=1e-13
+        )
     variance = adata.var["sub_var"].to_numpy()
     assert np.isnan(np.delete(variance, index)).all()
     np.testing.assert_allclose(variance[index], adata.var["nsc_coex_var"].to_numpy()[index])
@@ -99,23 +101,28 @@ def test_binnet_on_a_subset_keeps_gene_positions(adata):
 
 
 def test_binnet_per_row_is_benjamini_hochberg():
-    pvals = np.array([
-        [1.0, 0.01, 0.04, 0.5],
-        [0.01, 1.0, 0.03, 0.2],
-        [0.04, 0.03, 1.0, 0.02],
-        [0.5, 0.2, 0.02, 1.0],
-    ])
+    pvals = np.array(
+        [
+            [1.0, 0.01, 0.04, 0.5],
+            [0.01, 1.0, 0.03, 0.2],
+            [0.04, 0.03, 1.0, 0.02],
+            [0.5, 0.2, 0.02, 1.0],
+        ]
+    )
     adata = ad.AnnData(np.zeros((2, 4)))
     adata.varp["x_pvals"] = pvals
     nsc.tl.binnet(adata, qcut=0.05, key="x")
     # row 0: p (0.01, 0.04, 0.5) -> q (0.03, 0.06, 0.5); row 2: (0.04, 0.03, 0.02) -> all
     # 0.04; row 3: (0.5, 0.2, 0.02) -> (0.5, 0.3, 0.06): the net is asymmetric.
-    expected = np.array([
-        [0, 1, 0, 0],
-        [1, 0, 1, 0],
-        [1, 1, 0, 1],
-        [0, 0, 0, 0],
-    ], dtype=bool)
+    expected = np.array(
+        [
+            [0, 1, 0, 0],
+            [1, 0, 1, 0],
+            [1, 1, 0, 1],
+            [0, 0, 0, 0],
+        ],
+        dtype=bool,
+    )
     np.testing.assert_array_equal(adata.varp["x_net"].toarray(), expected)
 
 
@@ -128,24 +135,28 @@ def test_coex_results_survive_h5ad(adata, tmp_path):
     back = ad.read_h5ad(path)
     np.testing.assert_array_equal(back.varp["nsc_coex_log10p"], adata.varp["nsc_coex_log10p"])
     np.testing.assert_array_equal(back.varp["sub_r"].toarray(), adata.varp["sub_r"].toarray())
-    np.testing.assert_array_equal(back.varp["nsc_coex_net"].toarray(),
-                                  adata.varp["nsc_coex_net"].toarray())
+    np.testing.assert_array_equal(
+        back.varp["nsc_coex_net"].toarray(), adata.varp["nsc_coex_net"].toarray()
+    )
     assert back.uns["nsc_coex"]["binnet"]["qcut"] == 0.05
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda a: nsc.tl.coex(a, genes=["gene0", "nope"]), "not in adata.var_names"),
-    (lambda a: nsc.tl.coex(a, genes=["gene0"]), "at least 2 genes"),
-    (lambda a: nsc.tl.coex(a, genes=["gene0", "gene0", "gene1"]), "more than once"),
-    (lambda a: nsc.tl.coex(a, layer="missing"), r"nsc\.pp\.normvar"),
-    (lambda a: nsc.tl.coex(a, dimreduce=1000), "degrees of freedom"),
-    (lambda a: nsc.tl.binnet(a), r"nsc\.tl\.coex"),
-    (lambda a: nsc.tl.binnet(a, qcut=1.5), "qcut"),
-    (lambda a: nsc.tl.binnet(a, qcut="0.05"), "qcut"),
-    (lambda a: nsc.tl.coex(a, key_added="normalisr"), "record"),
-    (lambda a: nsc.tl.coex(a, key_added=""), "key_added"),
-    (lambda a: nsc.tl.coex(a, dtype="bogus"), "dtype"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda a: nsc.tl.coex(a, genes=["gene0", "nope"]), "not in adata.var_names"),
+        (lambda a: nsc.tl.coex(a, genes=["gene0"]), "at least 2 genes"),
+        (lambda a: nsc.tl.coex(a, genes=["gene0", "gene0", "gene1"]), "more than once"),
+        (lambda a: nsc.tl.coex(a, layer="missing"), r"nsc\.pp\.normvar"),
+        (lambda a: nsc.tl.coex(a, dimreduce=1000), "degrees of freedom"),
+        (lambda a: nsc.tl.binnet(a), r"nsc\.tl\.coex"),
+        (lambda a: nsc.tl.binnet(a, qcut=1.5), "qcut"),
+        (lambda a: nsc.tl.binnet(a, qcut="0.05"), "qcut"),
+        (lambda a: nsc.tl.coex(a, key_added="normalisr"), "record"),
+        (lambda a: nsc.tl.coex(a, key_added=""), "key_added"),
+        (lambda a: nsc.tl.coex(a, dtype="bogus"), "dtype"),
+    ],
+)
 def test_bad_input_leaves_adata_unchanged(adata, call, match):
     before = adata.copy()
     with pytest.raises(ValueError, match=match):

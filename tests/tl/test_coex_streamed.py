@@ -42,9 +42,13 @@ def dask_adata(arrays):
 
 def assert_results_close(ours, reference, key: str = "nsc_coex", rtol: float = STREAMED_RTOL):
     for name in MATRICES:
-        np.testing.assert_allclose(dense(ours.varp[f"{key}_{name}"]),
-                                   dense(reference.varp[f"{key}_{name}"]),
-                                   rtol=rtol, atol=rtol * 1e-2, err_msg=name)
+        np.testing.assert_allclose(
+            dense(ours.varp[f"{key}_{name}"]),
+            dense(reference.varp[f"{key}_{name}"]),
+            rtol=rtol,
+            atol=rtol * 1e-2,
+            err_msg=name,
+        )
     np.testing.assert_allclose(ours.var[f"{key}_var"], reference.var[f"{key}_var"], rtol=rtol)
     assert ours.uns[key]["df"] == reference.uns[key]["df"]
     assert ours.uns[key]["n_cells"] == reference.uns[key]["n_cells"]
@@ -179,17 +183,20 @@ def test_pvalue_network_is_per_row_benjamini_hochberg():
         np.testing.assert_array_equal(net, expected)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"store": "edges"}, "store must be one of"),
-    ({"dtype": np.int32}, "float32 or float64"),
-    ({"dtype": "float16"}, "float32 or float64"),
-    ({"dtype": "no such type"}, "float32 or float64"),
-    ({"qcut": 0.01}, "store='network' only"),
-    ({"store": "network", "qcut": 1.0}, "qcut"),
-    ({"store": "network", "qcut": 0.0}, "qcut"),
-    ({"store": "network", "qcut": 1e-300}, "empty"),
-    ({"chunk_size": 0}, "chunk_size"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"store": "edges"}, "store must be one of"),
+        ({"dtype": np.int32}, "float32 or float64"),
+        ({"dtype": "float16"}, "float32 or float64"),
+        ({"dtype": "no such type"}, "float32 or float64"),
+        ({"qcut": 0.01}, "store='network' only"),
+        ({"store": "network", "qcut": 1.0}, "qcut"),
+        ({"store": "network", "qcut": 0.0}, "qcut"),
+        ({"store": "network", "qcut": 1e-300}, "empty"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+)
 def test_bad_input_leaves_adata_unchanged(adata, kwargs, match):
     before = adata.copy()
     with pytest.raises(ValueError, match=match):

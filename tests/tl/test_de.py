@@ -34,8 +34,9 @@ def _reference_de(groups, expression, covariates, design):
     return nr.de(np.asarray(groups.T), expression.T, covariates.T, single=SINGLE[design], nth=1)
 
 
-@pytest.mark.parametrize(("design", "per_cell"),
-                         [("case_control", 0.3), ("low_moi", 0.3), ("high_moi", 5.0)])
+@pytest.mark.parametrize(
+    ("design", "per_cell"), [("case_control", 0.3), ("low_moi", 0.3), ("high_moi", 5.0)]
+)
 def test_de_matches_normalisr(arrays, design, per_cell):
     expression, covariates = arrays
     groups = random_guides(expression.shape[0], 8, per_cell, seed=2).toarray()
@@ -148,9 +149,10 @@ def test_huge_effect_keeps_its_log10p(arrays):
     assert np.isfinite(result.neg_log10_pvals[0, 0])
 
 
-@pytest.mark.parametrize(("design", "per_cell", "n_cells"),
-                         [("case_control", 6.0, 1200), ("low_moi", 0.8, 2500),
-                          ("high_moi", 6.0, 1200)])
+@pytest.mark.parametrize(
+    ("design", "per_cell", "n_cells"),
+    [("case_control", 6.0, 1200), ("low_moi", 0.8, 2500), ("high_moi", 6.0, 1200)],
+)
 def test_simulated_screen_calibrated_and_powered(design, per_cell, n_cells):
     adata = simulate_screen(n_cells=n_cells, per_cell=per_cell, seed=11)
     nsc.pp.normalize(adata, covariates=["batch"], qc=None)
@@ -223,20 +225,23 @@ def _drop(where, key):
     return lambda adata: getattr(adata, where).pop(key)
 
 
-@pytest.mark.parametrize(("mutate", "kwargs", "match"), [
-    (_singleton_level, {"groups": ["solo"]}, "fewer than min_cells=2"),
-    (_group_everywhere, {"groupby": "all"}, "every cell"),
-    (None, {"design": "low_moi"}, "reference="),
-    (_drop("layers", "normalisr"), {}, r"nsc\.pp\.normvar"),
-    (_drop("obsm", "nsc_covariates_norm"), {}, r"nsc\.pp\.normvar"),
-    (None, {"groupby": "nope"}, "neither"),
-    (None, {"reference": "zzz"}, "not found"),
-    (None, {"groups": ["a"], "reference": "a"}, "both tested"),
-    (None, {"design": "other"}, "design"),
-    (None, {"dimreduce": -1}, "dimreduce"),
-    (None, {"dimreduce": 500}, "degrees of freedom"),
-    (_counts_not_indicators, {"groupby": "bad"}, "0/1"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "match"),
+    [
+        (_singleton_level, {"groups": ["solo"]}, "fewer than min_cells=2"),
+        (_group_everywhere, {"groupby": "all"}, "every cell"),
+        (None, {"design": "low_moi"}, "reference="),
+        (_drop("layers", "normalisr"), {}, r"nsc\.pp\.normvar"),
+        (_drop("obsm", "nsc_covariates_norm"), {}, r"nsc\.pp\.normvar"),
+        (None, {"groupby": "nope"}, "neither"),
+        (None, {"reference": "zzz"}, "not found"),
+        (None, {"groups": ["a"], "reference": "a"}, "both tested"),
+        (None, {"design": "other"}, "design"),
+        (None, {"dimreduce": -1}, "dimreduce"),
+        (None, {"dimreduce": 500}, "degrees of freedom"),
+        (_counts_not_indicators, {"groupby": "bad"}, "0/1"),
+    ],
+)
 def test_bad_input_leaves_adata_unchanged(small_adata, mutate, kwargs, match):
     if mutate is not None:
         mutate(small_adata)
@@ -289,10 +294,14 @@ def test_papalexi_positive_controls(papalexi):
     tested = [g for g, n in counts.items() if n >= 2 and g != "non-targeting"]
     nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting", groups=tested)
     pairs = adata.uns["pc_pairs"]
-    pvals = [adata.varm["nsc_de_pvals"].loc[gene, group]
-             for gene, group in zip(pairs["response_id"], pairs["grna_group"], strict=True)]
-    logfc = [adata.varm["nsc_de_logfc"].loc[gene, group]
-             for gene, group in zip(pairs["response_id"], pairs["grna_group"], strict=True)]
+    pvals = [
+        adata.varm["nsc_de_pvals"].loc[gene, group]
+        for gene, group in zip(pairs["response_id"], pairs["grna_group"], strict=True)
+    ]
+    logfc = [
+        adata.varm["nsc_de_logfc"].loc[gene, group]
+        for gene, group in zip(pairs["response_id"], pairs["grna_group"], strict=True)
+    ]
     assert len(pvals) == 9
     assert (np.array(pvals) < 1e-10).all()
     assert (np.array(logfc) < 0).all()
@@ -309,8 +318,13 @@ def test_papalexi_non_targeting_calibrated(papalexi):
     # Each non-targeting guide against the cells of all other non-targeting guides.
     pvals = []
     for guide in nt:
-        nsc.tl.de(cells, "guide", design="low_moi", groups=[guide],
-                  reference=[g for g in names if g != guide])
+        nsc.tl.de(
+            cells,
+            "guide",
+            design="low_moi",
+            groups=[guide],
+            reference=[g for g in names if g != guide],
+        )
         pvals.append(cells.varm["nsc_de_pvals"][guide].to_numpy())
     pvals = np.concatenate(pvals)
     inflation = np.median(stats.chi2.isf(pvals, 1)) / stats.chi2.ppf(0.5, 1)
@@ -351,7 +365,8 @@ def test_pbmc_random_split_is_uniform(pbmc):
 def test_sparse_and_dense_group_matrices_agree(small_adata):
     dense = small_adata.obsm["guides"].toarray()
     small_adata.obsm["guides_dense"] = pd.DataFrame(
-        dense, index=small_adata.obs_names, columns=["0", "1", "2", "3"])
+        dense, index=small_adata.obs_names, columns=["0", "1", "2", "3"]
+    )
     nsc.tl.de(small_adata, "guides", design="low_moi", key_added="s")
     nsc.tl.de(small_adata, "guides_dense", design="low_moi", key_added="d")
     pd.testing.assert_frame_equal(small_adata.varm["s_log10p"], small_adata.varm["d_log10p"])

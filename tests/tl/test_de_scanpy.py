@@ -53,8 +53,9 @@ def test_rank_genes_groups_df_reads_our_results(tested):
 
 def test_scanpy_plots_read_our_results(tested, tmp_path):
     adata = tested.copy()
-    axes = sc.pl.rank_genes_groups_dotplot(adata, key="nsc_de", n_genes=3, show=False,
-                                           dendrogram=False)
+    axes = sc.pl.rank_genes_groups_dotplot(
+        adata, key="nsc_de", n_genes=3, show=False, dendrogram=False
+    )
     labels = [t.get_text() for t in axes["mainplot_ax"].get_xticklabels()]
     names = adata.uns["nsc_de"]["names"]
     assert labels == [*names["control"][:3], *names["case"][:3]]
@@ -69,8 +70,10 @@ def test_layout_survives_h5ad_and_rerun(tested, tmp_path):
     path = tmp_path / "de.h5ad"
     tested.write_h5ad(path)
     back = ad.read_h5ad(path)
-    pd.testing.assert_frame_equal(sc.get.rank_genes_groups_df(back, "case", key="nsc_de"),
-                                  sc.get.rank_genes_groups_df(tested, "case", key="nsc_de"))
+    pd.testing.assert_frame_equal(
+        sc.get.rank_genes_groups_df(back, "case", key="nsc_de"),
+        sc.get.rank_genes_groups_df(tested, "case", key="nsc_de"),
+    )
     assert owned(back, "uns", "nsc_de")
     nsc.tl.de(back, "group", reference="control", n_genes=5, rankby_abs=True)
     assert len(back.uns["nsc_de"]["names"]) == 5

@@ -38,8 +38,9 @@ def _assert_same_de(streamed, expected, key="nsc_de"):
         np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-10, atol=1e-14)
     for entry in ("df", "n_cells", "n_cells_test"):
         np.testing.assert_array_equal(streamed.uns[key][entry], expected.uns[key][entry])
-    np.testing.assert_allclose(streamed.uns[key]["var_group"], expected.uns[key]["var_group"],
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        streamed.uns[key]["var_group"], expected.uns[key]["var_group"], rtol=1e-10
+    )
 
 
 @pytest.fixture(scope="module", params=list(KERNELS))
@@ -110,8 +111,9 @@ def test_results_do_not_depend_on_step_size(design, monkeypatch):
     ranged = KERNELS[design](groups, expression, covariates, block_cells=128, effect=effect)
     assert not whole.tested[4]
     for name in ("neg_log10_pvals", "gamma", "var_y", "var_x", "logfc"):
-        np.testing.assert_allclose(getattr(ranged, name), getattr(whole, name),
-                                   rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(
+            getattr(ranged, name), getattr(whole, name), rtol=1e-10, atol=1e-14
+        )
 
 
 def _gram(eigenvalues: np.ndarray, seed: int) -> np.ndarray:
@@ -119,11 +121,14 @@ def _gram(eigenvalues: np.ndarray, seed: int) -> np.ndarray:
     return (basis * eigenvalues) @ basis.T
 
 
-@pytest.mark.parametrize(("eigenvalues", "rank"), [
-    (np.linspace(0.5, 3.0, 40), 40),  # well conditioned: the Cholesky inverse
-    (np.r_[np.zeros(3), np.linspace(0.5, 3.0, 37)], 37),  # singular
-    (np.r_[1e-11, np.linspace(0.5, 3.0, 39)], 39),  # invertible, but below the rank cutoff
-])
+@pytest.mark.parametrize(
+    ("eigenvalues", "rank"),
+    [
+        (np.linspace(0.5, 3.0, 40), 40),  # well conditioned: the Cholesky inverse
+        (np.r_[np.zeros(3), np.linspace(0.5, 3.0, 37)], 37),  # singular
+        (np.r_[1e-11, np.linspace(0.5, 3.0, 39)], 39),  # invertible, but below the rank cutoff
+    ],
+)
 def test_large_gram_inverse_is_the_pseudo_inverse(eigenvalues, rank):
     gram = _gram(eigenvalues, seed=rank)
     pinv, found = pinv_gram(gram)

@@ -64,8 +64,14 @@ def pbmc_three(shared_data):
 @pytest.mark.parametrize("design", ["case_control", "low_moi"])
 def test_reference_equals_the_explicit_two_group_subset(pbmc_three, design):
     adata = pbmc_three.copy()
-    nsc.tl.de(adata, "seurat_cell_type", design=design, groups=["B"],
-              reference="CD14+ Mono", key_added="ref")
+    nsc.tl.de(
+        adata,
+        "seurat_cell_type",
+        design=design,
+        groups=["B"],
+        reference="CD14+ Mono",
+        key_added="ref",
+    )
     labels = adata.obs["seurat_cell_type"]
     pair = adata[labels.isin(["B", "CD14+ Mono"]).to_numpy()].copy()
     nsc.tl.de(pair, "seurat_cell_type", groups=["B"], key_added="pair")
@@ -100,8 +106,7 @@ def test_missing_labels_are_left_out_and_logged(pbmc_three, caplog):
 
 def test_high_moi_reference_is_the_baseline_of_the_joint_regression(pbmc_three):
     adata = pbmc_three.copy()
-    nsc.tl.de(adata, "seurat_cell_type", design="high_moi", reference="CD14+ Mono",
-              key_added="hm")
+    nsc.tl.de(adata, "seurat_cell_type", design="high_moi", reference="CD14+ Mono", key_added="hm")
     labels = adata.obs["seurat_cell_type"]
     used = labels.notna().to_numpy()
     assert list(adata.varm["hm_logfc"].columns) == ["B", "NK"]
@@ -146,8 +151,9 @@ def test_logfc_of_top_genes_is_the_adjusted_difference_of_mean_log_cpm(pbmc_thre
 def test_planted_fold_changes_are_recovered():
     # Many genes, none dominating the library: the planted changes barely shift the
     # other genes' proportions.
-    adata = nsc.datasets.simulate(n_cells=3000, n_genes=1000, de_fraction=0.03,
-                                  mean_total_counts=20_000, seed=5)
+    adata = nsc.datasets.simulate(
+        n_cells=3000, n_genes=1000, de_fraction=0.03, mean_total_counts=20_000, seed=5
+    )
     mean_counts = pd.Series(np.asarray(adata.X.mean(axis=0)).ravel(), index=adata.var_names)
     nsc.pp.normalize(adata, covariates=["batch"], qc=None)
     nsc.tl.de(adata, "group", reference="control", n_genes=0)
@@ -169,11 +175,11 @@ def test_weights_far_from_one_change_gamma_not_logfc():
     weights = rng.uniform(1.0, 6.0, n_cells)
     group = (np.arange(n_cells) % 2).astype(float)
     raw = np.column_stack([rng.normal(size=n_cells), np.ones(n_cells)])
-    log_cpm = (1.5 * group[:, None] + raw[:, :1] * 0.3
-               + rng.normal(0.0, 0.2, (n_cells, n_genes)))
+    log_cpm = 1.5 * group[:, None] + raw[:, :1] * 0.3 + rng.normal(0.0, 0.2, (n_cells, n_genes))
     # The normalised scale multiplies cells by their weights (METHOD 7, f = 1).
-    adata = normalised_adata(log_cpm * weights[:, None], raw * weights[:, None],
-                             log_cpm=log_cpm, raw_covariates=raw)
+    adata = normalised_adata(
+        log_cpm * weights[:, None], raw * weights[:, None], log_cpm=log_cpm, raw_covariates=raw
+    )
     adata.obs["g"] = pd.Categorical(np.where(group == 1, "case", "control"))
     nsc.tl.de(adata, "g", groups=["case"], reference="control")
     np.testing.assert_allclose(adata.varm["nsc_de_logfc"]["case"], 1.5, rtol=0.03)
@@ -219,8 +225,9 @@ def test_case_control_reference_with_several_groups_per_cell(caplog):
     expression, covariates = normalised_arrays(400, 10, seed=2)
     adata = normalised_adata(expression, covariates)
     guides = random_guides(400, 4, 1.0, seed=3).toarray()
-    adata.obsm["guides"] = pd.DataFrame(guides, index=adata.obs_names,
-                                        columns=["g0", "g1", "g2", "ctrl"])
+    adata.obsm["guides"] = pd.DataFrame(
+        guides, index=adata.obs_names, columns=["g0", "g1", "g2", "ctrl"]
+    )
     with caplog.at_level(logging.WARNING, logger="normalisr_sc"):
         nsc.tl.de(adata, "guides", reference="ctrl", groups=["g0"])
     others = guides[:, :3].sum(axis=1)
@@ -230,9 +237,11 @@ def test_case_control_reference_with_several_groups_per_cell(caplog):
     ctrl = (guides[:, 3] == 1) & (others == 0)
     assert adata.uns["nsc_de"]["n_cells_test"][0] == (g0 | ctrl).sum()
     genes = np.arange(10)
-    expected = _lstsq_coefficient(guides[g0 | ctrl, 0],
-                                  np.column_stack([covariates[g0 | ctrl], np.ones((g0 | ctrl).sum())]),
-                                  adata.layers["lcpm"][g0 | ctrl][:, genes])
+    expected = _lstsq_coefficient(
+        guides[g0 | ctrl, 0],
+        np.column_stack([covariates[g0 | ctrl], np.ones((g0 | ctrl).sum())]),
+        adata.layers["lcpm"][g0 | ctrl][:, genes],
+    )
     np.testing.assert_allclose(adata.varm["nsc_de_logfc"]["g0"], expected, rtol=1e-9)
 
 
@@ -242,8 +251,12 @@ def test_lazy_log_cpm_streams_both_layers(labelled):
     labelled.layers["lcpm"] = da.from_array(labelled.layers["lcpm"], chunks=(70, -1))
     nsc.tl.de(labelled, "cluster", reference="ref", chunk_size=50)
     for suffix in COMPARED:
-        np.testing.assert_allclose(labelled.varm[f"nsc_de_{suffix}"],
-                                   expected.varm[f"nsc_de_{suffix}"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(
+            labelled.varm[f"nsc_de_{suffix}"],
+            expected.varm[f"nsc_de_{suffix}"],
+            rtol=1e-10,
+            atol=1e-13,
+        )
 
 
 def _drop_lcpm(adata):
@@ -258,20 +271,23 @@ def _user_result(adata):
     adata.uns["nsc_de"] = {"mine": 1}
 
 
-@pytest.mark.parametrize(("mutate", "kwargs", "match"), [
-    (_drop_lcpm, {}, r"layers\['lcpm'\] not found.*`logfc_layer=`"),
-    (_drop_raw_covariates, {}, r"`logfc_covariates=`"),
-    (_user_result, {}, "was not written by normalisr_sc"),
-    (None, {"reference": ["ref", "ref"]}, "more than once"),
-    (None, {"groups": ["a", "a"], "reference": "ref"}, "more than once"),
-    (None, {"min_cells": 0}, "`min_cells`"),
-    (None, {"min_cells": 2.5}, "`min_cells`"),
-    (None, {"chunked": "yes"}, "`chunked`"),
-    (None, {"logfc_layer": 3}, "`logfc_layer`"),
-    (None, {"key_added": ""}, "`key_added`"),
-    (None, {"groupby": 1}, "`groupby`"),
-    (None, {"reference": "ref", "min_cells": 1000}, "no group is carried"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "match"),
+    [
+        (_drop_lcpm, {}, r"layers\['lcpm'\] not found.*`logfc_layer=`"),
+        (_drop_raw_covariates, {}, r"`logfc_covariates=`"),
+        (_user_result, {}, "was not written by normalisr_sc"),
+        (None, {"reference": ["ref", "ref"]}, "more than once"),
+        (None, {"groups": ["a", "a"], "reference": "ref"}, "more than once"),
+        (None, {"min_cells": 0}, "`min_cells`"),
+        (None, {"min_cells": 2.5}, "`min_cells`"),
+        (None, {"chunked": "yes"}, "`chunked`"),
+        (None, {"logfc_layer": 3}, "`logfc_layer`"),
+        (None, {"key_added": ""}, "`key_added`"),
+        (None, {"groupby": 1}, "`groupby`"),
+        (None, {"reference": "ref", "min_cells": 1000}, "no group is carried"),
+    ],
+)
 def test_bad_input_leaves_adata_unchanged(labelled, mutate, kwargs, match):
     if mutate is not None:
         mutate(labelled)

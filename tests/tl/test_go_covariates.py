@@ -44,9 +44,28 @@ is_a: GO:0000001 ! root process
 """
 
 
-def _gaf_line(entrez: int, symbol: str, term: str, evidence: str = "IDA", qualifier: str = "involved_in") -> str:
-    fields = ["NCBIGene", str(entrez), symbol, qualifier, term, "PMID:1", evidence, "", "P",
-              "", "", "protein", "taxon:9606", "20220101", "test", "", ""]
+def _gaf_line(
+    entrez: int, symbol: str, term: str, evidence: str = "IDA", qualifier: str = "involved_in"
+) -> str:
+    fields = [
+        "NCBIGene",
+        str(entrez),
+        symbol,
+        qualifier,
+        term,
+        "PMID:1",
+        evidence,
+        "",
+        "P",
+        "",
+        "",
+        "protein",
+        "taxon:9606",
+        "20220101",
+        "test",
+        "",
+        "",
+    ]
     return "\t".join(fields)
 
 
@@ -69,8 +88,10 @@ def go_files(tmp_path):
         stream.write("\n".join(lines) + "\n")
     gene2go = tmp_path / "gene2go"
     header = "#tax_id\tGeneID\tGO_ID\tEvidence\tQualifier\tGO_term\tPubMed\tCategory"
-    body = [f"9606\t{e}\t{t}\t{ev}\t{q.split('|')[0]}\tx\t1\tProcess"
-            for e, _, t, ev, q in _annotation_lines()]
+    body = [
+        f"9606\t{e}\t{t}\t{ev}\t{q.split('|')[0]}\tx\t1\tProcess"
+        for e, _, t, ev, q in _annotation_lines()
+    ]
     gene2go.write_text("\n".join([header, *body]) + "\n")
     return obo, gaf, gene2go
 
@@ -105,7 +126,12 @@ def test_gotop_finds_planted_term_with_exact_fisher(hub_adata, go_files):
     table = result["enrichment"].set_index("term")
     # Propagated: G0..G9 are in GO:0000002 (8 via the child term); G30 (IEP) and G31 (NOT) are not.
     row = table.loc["GO:0000002"]
-    assert (row.study_count, row.study_size, row.population_count, row.population_size) == (10, 10, 10, 40)
+    assert (row.study_count, row.study_size, row.population_count, row.population_size) == (
+        10,
+        10,
+        10,
+        40,
+    )
     expected = stats.fisher_exact([[10, 0], [0, 30]]).pvalue
     np.testing.assert_allclose(row.pval, expected, rtol=1e-10)
     child = table.loc["GO:0000003"]
@@ -247,8 +273,12 @@ def test_pccovt_agrees_with_reference(normalized):
     programme = np.outer(rng.normal(size=normalized.n_obs), rng.uniform(0.5, 1.5, len(genes)))
     normalized.layers["normalisr"][:, 10:40] += programme
     covariates = normalized.obsm["nsc_covariates_norm"]
-    expected = ref.pccovt(normalized.layers["normalisr"].T, covariates.to_numpy().T,
-                          np.array(normalized.var_names), genes)[-1]
+    expected = ref.pccovt(
+        normalized.layers["normalisr"].T,
+        covariates.to_numpy().T,
+        np.array(normalized.var_names),
+        genes,
+    )[-1]
     nsc.tl.pccovt(normalized, genes)
     ours = normalized.obsm["nsc_covariates_norm"]["pc_covariate_1"].to_numpy()
     sign = np.sign(ours @ expected)
@@ -290,8 +320,9 @@ def pbmc_monocytes(shared_data):
 
     adata = ad.read_h5ad(shared_data / "pbmc3k_raw.h5ad")
     adata = adata[adata.obs["seurat_cell_type"] == "CD14+ Mono"].copy()
-    nsc.pp.normalize(adata, qc={"min_gene_cells": 50, "min_cell_counts": 500,
-                                "min_cell_genes": 100})
+    nsc.pp.normalize(
+        adata, qc={"min_gene_cells": 50, "min_cell_counts": 500, "min_cell_genes": 100}
+    )
     return adata
 
 
@@ -446,8 +477,15 @@ def test_pccovt_conditioning_is_exact_on_an_ill_conditioned_design(normalized):
 
 def _module_data():
     """A simulated data set whose planted module genes are G0..G9 of the tiny ontology."""
-    adata = nsc.datasets.simulate(n_cells=600, n_genes=N_GENES, n_modules=1, module_size=10,
-                                  module_strength=0.6, de_fraction=0, seed=2)
+    adata = nsc.datasets.simulate(
+        n_cells=600,
+        n_genes=N_GENES,
+        n_modules=1,
+        module_size=10,
+        module_strength=0.6,
+        de_fraction=0,
+        seed=2,
+    )
     module = adata.uns["simulation"]["modules"]["module1"]
     others = [g for g in adata.var_names if g not in module]
     names = {g: f"G{i}" for i, g in enumerate(module)}

@@ -37,8 +37,7 @@ def test_accuracy_against_truth(simulated, fitted):
     params = fitted.params
     assert (params["status"] == "fitted").all()
     assert params["converged"].all()
-    np.testing.assert_array_equal(params["n_assigned"],
-                                  np.diff(assigned.tocsc().indptr))
+    np.testing.assert_array_equal(params["n_assigned"], np.diff(assigned.tocsc().indptr))
     # the mixture explains the data better than the background alone, for every guide
     assert (params["loglik"] > params["loglik_background"]).all()
 
@@ -59,8 +58,7 @@ def test_posteriors_at_nonzero_counts_only(simulated, fitted):
 def test_better_than_any_fixed_threshold_at_low_background():
     # low background (3 UMIs per cell spread over 200 guides) and weakly captured guides
     # (median 10 UMIs): a fixed UMI threshold either misses carriers or takes background
-    counts, truth = simulate_guide_counts(10_000, 200, background=3, present_median=10,
-                                          seed=7)
+    counts, truth = simulate_guide_counts(10_000, 200, background=3, present_median=10, seed=7)
     ours = exact_match(assign_mixture(counts).assigned, truth)
     rule = {t: exact_match(counts >= t, truth) for t in range(1, 11)}
     assert ours > rule[5] + 0.1  # the default threshold of assign_guides
@@ -101,8 +99,10 @@ def test_independent_of_block_size_and_dense_equals_sparse(simulated):
     counts, _ = simulated
     counts = counts[:3_000]
     whole = assign_mixture(counts, posterior=True)
-    for other in (assign_mixture(counts, posterior=True, block_size=7),
-                  assign_mixture(counts.toarray(), posterior=True, block_size=1_000)):
+    for other in (
+        assign_mixture(counts, posterior=True, block_size=7),
+        assign_mixture(counts.toarray(), posterior=True, block_size=1_000),
+    ):
         assert (whole.assigned != other.assigned).nnz == 0
         np.testing.assert_array_equal(whole.posterior.toarray(), other.posterior.toarray())
         for key in whole.params:
@@ -125,16 +125,23 @@ def test_input_left_unchanged_and_explicit_zeros(simulated):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"threshold": 1.0}, "threshold"), ({"threshold": 0}, "threshold"),
-     ({"tol": 0}, "tol"), ({"max_iter": 0}, "max_iter"), ({"min_sd": -1}, "min_sd")],
+    [
+        ({"threshold": 1.0}, "threshold"),
+        ({"threshold": 0}, "threshold"),
+        ({"tol": 0}, "tol"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"min_sd": -1}, "min_sd"),
+    ],
 )
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         assign_mixture(np.ones((3, 2)), **kwargs)
 
 
-@pytest.mark.parametrize("bad", [np.array([[1.5, 0], [0, 2]]), np.array([[-1, 0], [0, 2]]),
-                                 np.array([[np.nan, 0], [0, 2]])])
+@pytest.mark.parametrize(
+    "bad",
+    [np.array([[1.5, 0], [0, 2]]), np.array([[-1, 0], [0, 2]]), np.array([[np.nan, 0], [0, 2]])],
+)
 def test_non_count_input_refused(bad):
     with pytest.raises(ValueError, match="non-negative integers"):
         assign_mixture(bad)

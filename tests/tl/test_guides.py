@@ -11,13 +11,15 @@ from scipy import sparse
 import normalisr_sc as nsc
 from pp._helpers import assert_unchanged
 
-COUNTS = np.array([
-    [0, 7, 2, 0],
-    [3, 3, 0, 9],
-    [0, 0, 0, 0],
-    [6, 0, 5, 1],
-    [1, 0, 0, 0],
-])
+COUNTS = np.array(
+    [
+        [0, 7, 2, 0],
+        [3, 3, 0, 9],
+        [0, 0, 0, 0],
+        [6, 0, 5, 1],
+        [1, 0, 0, 0],
+    ]
+)
 NAMES = ["A1", "A2", "B1", "NT1"]
 TARGETS = pd.DataFrame({"grna_id": NAMES, "grna_group": ["A", "A", "B", "non-targeting"]})
 
@@ -45,8 +47,14 @@ def test_max_assignment(adata):
 
 
 def test_threshold_assignment_pooled_by_target(adata):
-    nsc.tl.assign_guides(adata, mode="threshold", threshold=5, guide_names=NAMES,
-                         groups="grna_group", key_added="targets")
+    nsc.tl.assign_guides(
+        adata,
+        mode="threshold",
+        threshold=5,
+        guide_names=NAMES,
+        groups="grna_group",
+        key_added="targets",
+    )
     assert adata.uns["targets"]["names"] == ["A", "B", "non-targeting"]
     expected = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)
     np.testing.assert_array_equal(adata.obsm["targets"].toarray(), expected)
@@ -58,26 +66,30 @@ def test_assignment_feeds_de_and_survives_h5ad(adata, tmp_path):
     path = tmp_path / "guides.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
-    np.testing.assert_array_equal(back.obsm["nsc_guides"].toarray(),
-                                  adata.obsm["nsc_guides"].toarray())
+    np.testing.assert_array_equal(
+        back.obsm["nsc_guides"].toarray(), adata.obsm["nsc_guides"].toarray()
+    )
     assert list(back.uns["nsc_guides"]["names"]) == ["A", "B", "non-targeting"]
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"obsm_key": "missing"}, "not found"),
-    ({"mode": "median"}, "mode"),
-    ({"mode": "threshold", "threshold": 0}, "threshold"),
-    ({"guide_names": ["a", "b"]}, "2 guide names"),
-    ({"guide_names": "absent"}, "not an adata.uns key"),
-    ({"guide_names": "grna_ids", "groups": {"x": "y"}}, "no guide name"),
-    ({"groups": pd.DataFrame({"only": NAMES})}, "two columns"),
-    # Positional columns and a mapping by name: the error names the missing argument.
-    ({"groups": "grna_group"}, r"`guide_names=`.*guide_names='grna_ids'"),
-    ({"guide_names": ["A1", "A1", "B1", "NT1"]}, "more than once"),
-    ({"threshold": -1, "mode": "threshold"}, "`threshold`"),
-    ({"groups": 3}, "`groups`"),
-    ({"key_added": ""}, "`key_added`"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"obsm_key": "missing"}, "not found"),
+        ({"mode": "median"}, "mode"),
+        ({"mode": "threshold", "threshold": 0}, "threshold"),
+        ({"guide_names": ["a", "b"]}, "2 guide names"),
+        ({"guide_names": "absent"}, "not an adata.uns key"),
+        ({"guide_names": "grna_ids", "groups": {"x": "y"}}, "no guide name"),
+        ({"groups": pd.DataFrame({"only": NAMES})}, "two columns"),
+        # Positional columns and a mapping by name: the error names the missing argument.
+        ({"groups": "grna_group"}, r"`guide_names=`.*guide_names='grna_ids'"),
+        ({"guide_names": ["A1", "A1", "B1", "NT1"]}, "more than once"),
+        ({"threshold": -1, "mode": "threshold"}, "`threshold`"),
+        ({"groups": 3}, "`groups`"),
+        ({"key_added": ""}, "`key_added`"),
+    ],
+)
 def test_bad_input_leaves_adata_unchanged(adata, kwargs, match):
     before = adata.copy()
     with pytest.raises(ValueError, match=match):
@@ -138,8 +150,7 @@ def test_mixture_mode_finds_the_carried_guides_and_stores_its_fit():
 def test_mixture_beats_a_fixed_threshold_at_low_background():
     from normalisr_sc._core._guide_mixture import simulate_guide_counts
 
-    counts, truth = simulate_guide_counts(4000, 30, background=3.0, present_median=10.0,
-                                          seed=7)
+    counts, truth = simulate_guide_counts(4000, 30, background=3.0, present_median=10.0, seed=7)
     exact = {}
     for mode in ("mixture", "threshold"):
         adata = ad.AnnData(np.zeros((4000, 1)))
@@ -152,8 +163,9 @@ def test_mixture_beats_a_fixed_threshold_at_low_background():
 def test_guide_counts_are_read_not_changed():
     adata = ad.AnnData(np.zeros((2, 1)))
     # Two stored entries for cell 0, guide 1 (legal in scipy): read as their sum, 1 + 1.
-    counts = sparse.csr_matrix((np.array([1.0, 1.0, 1.0]), np.array([1, 1, 0]),
-                                np.array([0, 2, 3])), shape=(2, 2))
+    counts = sparse.csr_matrix(
+        (np.array([1.0, 1.0, 1.0]), np.array([1, 1, 0]), np.array([0, 2, 3])), shape=(2, 2)
+    )
     adata.obsm["grna_counts"] = counts
     data, indices = counts.data.copy(), counts.indices.copy()
     nsc.tl.assign_guides(adata)
@@ -162,13 +174,16 @@ def test_guide_counts_are_read_not_changed():
     np.testing.assert_array_equal(counts.indices, indices)
 
 
-@pytest.mark.parametrize(("counts", "kwargs", "match"), [
-    (np.zeros((5, 0)), {}, "no guide column"),
-    (COUNTS.astype(complex), {}, "real guide UMI counts"),
-    (COUNTS + 0.5, {"mode": "mixture"}, "integer UMI counts"),
-    (COUNTS, {"mode": "mixture", "min_posterior": 1.0}, "min_posterior"),
-    (COUNTS, {"mode": "mixture", "posterior": "yes"}, "posterior"),
-])
+@pytest.mark.parametrize(
+    ("counts", "kwargs", "match"),
+    [
+        (np.zeros((5, 0)), {}, "no guide column"),
+        (COUNTS.astype(complex), {}, "real guide UMI counts"),
+        (COUNTS + 0.5, {"mode": "mixture"}, "integer UMI counts"),
+        (COUNTS, {"mode": "mixture", "min_posterior": 1.0}, "min_posterior"),
+        (COUNTS, {"mode": "mixture", "posterior": "yes"}, "posterior"),
+    ],
+)
 def test_bad_counts_and_mixture_options_are_refused(counts, kwargs, match):
     adata = ad.AnnData(np.zeros((5, 2)))
     adata.obsm["grna_counts"] = counts

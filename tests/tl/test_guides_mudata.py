@@ -28,11 +28,15 @@ def _screen(papalexi: ad.AnnData, guide_mod: str = "grna", drop: int = 500):
     guides = ad.AnnData(
         X=sparse.csr_matrix(papalexi.obsm["grna_counts"])[order],
         obs=pd.DataFrame(index=papalexi.obs_names[order]),
-        var=pd.DataFrame({"target_gene_name": targets.reindex(guide_names).to_numpy()},
-                         index=guide_names),
+        var=pd.DataFrame(
+            {"target_gene_name": targets.reindex(guide_names).to_numpy()}, index=guide_names
+        ),
     )
-    rna = ad.AnnData(X=papalexi.X.copy(), obs=papalexi.obs[["bio_rep"]].copy(),
-                     var=pd.DataFrame(index=papalexi.var_names))
+    rna = ad.AnnData(
+        X=papalexi.X.copy(),
+        obs=papalexi.obs[["bio_rep"]].copy(),
+        var=pd.DataFrame(index=papalexi.var_names),
+    )
     return mudata.MuData({"rna": rna, guide_mod: guides})
 
 
@@ -46,8 +50,9 @@ def test_mudata_assignment_equals_the_anndata_path(papalexi, guide_mod):
     nsc.tl.assign_guides(reference, guide_names="grna_ids", groups="grna_group")
     assert rna.uns["nsc_guides"]["names"] == reference.uns["nsc_guides"]["names"]
     kept = papalexi.n_obs - 500
-    np.testing.assert_array_equal(rna.obsm["nsc_guides"][:kept].toarray(),
-                                  reference.obsm["nsc_guides"][:kept].toarray())
+    np.testing.assert_array_equal(
+        rna.obsm["nsc_guides"][:kept].toarray(), reference.obsm["nsc_guides"][:kept].toarray()
+    )
     assert rna.obsm["nsc_guides"][kept:].nnz == 0  # absent from the guide modality
     np.testing.assert_array_equal(mdata[guide_mod].X.toarray(), guide_counts.toarray())
 

@@ -143,7 +143,8 @@ def _finish(
         gamma[rows] = xy / xx
         one_minus_r2 = 1.0 - gamma[rows] * xy / yy
         pvals[rows], neg_log10[rows] = association_pvalues(
-            one_minus_r2, np.maximum(df[rows], 1)[:, None])
+            one_minus_r2, np.maximum(df[rows], 1)[:, None]
+        )
         var_x[rows] = np.where(tested[rows], xx[:, 0] / n_cells[rows], np.nan)
         var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)
 
@@ -177,9 +178,7 @@ def _with_intercept(covariates: np.ndarray) -> np.ndarray:
     return covariates if constant.any() else _with_ones(covariates)
 
 
-def _residualize(
-    pinv: np.ndarray, cx: np.ndarray, cy: np.ndarray
-) -> np.ndarray:
+def _residualize(pinv: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
     """``cx' P cy`` batched over the leading axis of ``pinv`` (k, k) or (m, k, k)."""
     return np.einsum("...ki,...kl,...lj->...ij", cx, pinv, cy, optimize=True)
 
@@ -191,8 +190,9 @@ def _add_group_products(out: np.ndarray, groups: sparse.csr_matrix, y: np.ndarra
         out[:, genes] += by_cell @ y[:, genes]
 
 
-def _add_products(out: np.ndarray, groups: sparse.csr_matrix, covariates: np.ndarray,
-                  y: np.ndarray) -> None:
+def _add_products(
+    out: np.ndarray, groups: sparse.csr_matrix, covariates: np.ndarray, y: np.ndarray
+) -> None:
     """``out += [groups, covariates]' y`` (groups first)."""
     n_groups = groups.shape[1]
     _add_group_products(out[:n_groups], groups, y)
@@ -212,8 +212,15 @@ class _ProductSums:
         self.yy = np.zeros(n_genes)
         self.raw_cross = np.zeros((n_groups + n_raw, n_genes)) if n_raw else None
 
-    def add(self, rows: slice, block: np.ndarray, groups: sparse.csr_matrix,
-            covariates: np.ndarray, used: np.ndarray, *effect: np.ndarray) -> None:
+    def add(
+        self,
+        rows: slice,
+        block: np.ndarray,
+        groups: sparse.csr_matrix,
+        covariates: np.ndarray,
+        used: np.ndarray,
+        *effect: np.ndarray,
+    ) -> None:
         y = dense_block(block)
         subset = not used.all()
         if subset:
@@ -263,12 +270,20 @@ def _product_sums(
     effect: Effect | None = None,
 ) -> _ProductSums:
     n_raw = 0 if effect is None else effect.covariates.shape[1]
-    new_sums = partial(_ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1],
-                       n_raw)
+    new_sums = partial(
+        _ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1], n_raw
+    )
     row_data = (groups, covariates, used) + (() if effect is None else (effect.covariates,))
     beside = () if effect is None else (effect.expression,)
-    sums = accumulate(new_sums, expression, row_data, block_cells=block_cells,
-                      progress=progress, desc="de: accumulating", beside=beside)
+    sums = accumulate(
+        new_sums,
+        expression,
+        row_data,
+        block_cells=block_cells,
+        progress=progress,
+        desc="de: accumulating",
+        beside=beside,
+    )
     _check_finite(sums.yy)
     if sums.raw_cross is not None:
         _check_finite(sums.raw_cross.sum(axis=0), "log CPM")
@@ -345,11 +360,11 @@ def case_control(
     n_in = np.asarray((groups != 0).sum(axis=0)).ravel()
     tested = (n_in > 0) & (n_in < n_cells)
     cells_used = np.full(n_groups, n_cells)
-    result = _finish(terms, n_groups, n_genes, cells_used,
-                     cells_used - 1 - int(rank) - dimreduce, tested)
+    result = _finish(
+        terms, n_groups, n_genes, cells_used, cells_used - 1 - int(rank) - dimreduce, tested
+    )
     if effect is not None:
-        result.logfc = _coefficients_on_all(groups, effect.covariates[used], sums.raw_cross,
-                                            tested)
+        result.logfc = _coefficients_on_all(groups, effect.covariates[used], sums.raw_cross, tested)
     return result
 
 
@@ -379,8 +394,10 @@ def _class_weights(label: np.ndarray, covariates: np.ndarray, n_class: int) -> s
     n_ext = covariates.shape[1] + 1
     starts = np.concatenate([[0], np.cumsum(used)])
     columns = (label[used, None] * n_ext + np.arange(n_ext)).ravel()
-    return sparse.csr_matrix((_with_ones(covariates[used]).ravel(), columns, starts * n_ext),
-                             shape=(n_cells, n_class * n_ext))
+    return sparse.csr_matrix(
+        (_with_ones(covariates[used]).ravel(), columns, starts * n_ext),
+        shape=(n_cells, n_class * n_ext),
+    )
 
 
 class _ClassSums:
@@ -396,8 +413,14 @@ class _ClassSums:
         self.yy = np.zeros((n_class, n_genes))
         self.raw_cross = np.zeros((n_class * (n_raw + 1), n_genes)) if n_raw else None
 
-    def add(self, rows: slice, block: np.ndarray, label: np.ndarray,
-            covariates: np.ndarray, *effect: np.ndarray) -> None:
+    def add(
+        self,
+        rows: slice,
+        block: np.ndarray,
+        label: np.ndarray,
+        covariates: np.ndarray,
+        *effect: np.ndarray,
+    ) -> None:
         # Sparse products whose rows are the cells: a cell's covariates and 1 (or just 1)
         # sit in the columns of its class, none for unused cells. No BLAS: thousands of
         # tiny per-class products thread badly on a busy machine.
@@ -407,14 +430,16 @@ class _ClassSums:
         _add_group_products(self.cross, _class_weights(label, covariates, n_class), y)
         used = label >= 0
         starts = np.concatenate([[0], np.cumsum(used)])
-        members = sparse.csr_matrix((np.ones(starts[-1]), label[used], starts),
-                                    shape=(n_cells, n_class))
+        members = sparse.csr_matrix(
+            (np.ones(starts[-1]), label[used], starts), shape=(n_cells, n_class)
+        )
         for cells in row_slices(n_cells, _step(y.shape[1])):
             _add_group_products(self.yy, members[cells], np.square(y[cells]))
         if effect:
             raw_covariates, log_cpm = effect
-            _add_group_products(self.raw_cross, _class_weights(label, raw_covariates, n_class),
-                                dense_block(log_cpm))
+            _add_group_products(
+                self.raw_cross, _class_weights(label, raw_covariates, n_class), dense_block(log_cpm)
+            )
 
     def merge(self, other: _ClassSums) -> _ClassSums:
         self.cross += other.cross
@@ -424,23 +449,27 @@ class _ClassSums:
         return self
 
 
-def _class_grams(label: np.ndarray, covariates: np.ndarray,
-                 n_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _class_grams(
+    label: np.ndarray, covariates: np.ndarray, n_class: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per class: ``C'C`` (n_class, k, k), the covariate sums ``1'C`` and the size."""
     # With a column of ones appended to the covariates, the Gram matrix of each class
     # holds the covariate sums and the class size too.
     n_cov = covariates.shape[1]
     used = np.flatnonzero(label >= 0)
     ext = _with_ones(covariates[used])
-    members = sparse.csr_matrix((np.ones(used.size), (label[used], np.arange(used.size))),
-                                shape=(n_class, used.size))
-    ext_gram = (members @ (ext[:, :, None] * ext[:, None, :]).reshape(used.size, -1)
-                ).reshape(n_class, n_cov + 1, n_cov + 1)
+    members = sparse.csr_matrix(
+        (np.ones(used.size), (label[used], np.arange(used.size))), shape=(n_class, used.size)
+    )
+    ext_gram = (members @ (ext[:, :, None] * ext[:, None, :]).reshape(used.size, -1)).reshape(
+        n_class, n_cov + 1, n_cov + 1
+    )
     return ext_gram[:, :n_cov, :n_cov], ext_gram[:, n_cov, :n_cov], ext_gram[:, n_cov, n_cov]
 
 
-def _class_coefficients(label: np.ndarray, covariates: np.ndarray, raw_cross: np.ndarray,
-                        tested: np.ndarray) -> np.ndarray:
+def _class_coefficients(
+    label: np.ndarray, covariates: np.ndarray, raw_cross: np.ndarray, tested: np.ndarray
+) -> np.ndarray:
     """Coefficient of class ``j`` (against class 0, with the covariates) from class sums."""
     n_class = tested.size + 1
     n_cov = covariates.shape[1]
@@ -448,7 +477,9 @@ def _class_coefficients(label: np.ndarray, covariates: np.ndarray, raw_cross: np
     cc, c_sum, class_size = _class_grams(label, covariates, n_class)
     ones = np.ones((n_class, 1, 1))
     # The model of group j on classes 0 and j: [x, C, 1] (the ones as a covariate).
-    ext_cc = np.block([[cc, c_sum[:, :, None]], [c_sum[:, None, :], class_size[:, None, None] * ones]])
+    ext_cc = np.block(
+        [[cc, c_sum[:, :, None]], [c_sum[:, None, :], class_size[:, None, None] * ones]]
+    )
     pinv, _ = pinv_psd(ext_cc[0] + ext_cc[1:])
     cx = np.concatenate([c_sum[1:], class_size[1:, None]], axis=1)[:, :, None]
     raw_xx = class_size[1:]
@@ -459,8 +490,7 @@ def _class_coefficients(label: np.ndarray, covariates: np.ndarray, raw_cross: np
     for rows in row_slices(tested.size, _step(n_genes * (n_cov + 1))):
         group_cy = cross[0] + cross[1:][rows]
         xy = cross[1:][rows, n_cov] - _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
-        out[rows] = np.where(ok[rows, None], xy / np.where(ok[rows], xx[rows], 1.0)[:, None],
-                             0.0)
+        out[rows] = np.where(ok[rows, None], xy / np.where(ok[rows], xx[rows], 1.0)[:, None], 0.0)
     return out
 
 
@@ -491,10 +521,15 @@ def class_design(
     n_class = n_groups + 1
     n_raw = 0 if effect is None else effect.covariates.shape[1]
     row_data = (label, covariates) + (() if effect is None else (effect.covariates,))
-    sums = accumulate(partial(_ClassSums, n_class, n_cov, n_genes, n_raw), expression,
-                      row_data, block_cells=block_cells, progress=progress,
-                      desc="de: accumulating",
-                      beside=() if effect is None else (effect.expression,))
+    sums = accumulate(
+        partial(_ClassSums, n_class, n_cov, n_genes, n_raw),
+        expression,
+        row_data,
+        block_cells=block_cells,
+        progress=progress,
+        desc="de: accumulating",
+        beside=() if effect is None else (effect.expression,),
+    )
     _check_finite(sums.yy.sum(axis=0))
     if sums.raw_cross is not None:
         _check_finite(sums.raw_cross.sum(axis=0), "log CPM")
@@ -513,8 +548,9 @@ def class_design(
     def terms(rows: slice) -> tuple[np.ndarray, ...]:
         group_cy = cy[0] + cy[1:][rows]
         group_yy = sums.yy[0] + sums.yy[1:][rows]
-        res_yy = group_yy - np.einsum("mkg,mkl,mlg->mg", group_cy, pinv[rows], group_cy,
-                                      optimize=True)
+        res_yy = group_yy - np.einsum(
+            "mkg,mkl,mlg->mg", group_cy, pinv[rows], group_cy, optimize=True
+        )
         res_xy = y_sum[1:][rows] - _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
         return xx[rows, None], raw_xx[rows, None], res_yy, group_yy, res_xy
 
@@ -547,8 +583,16 @@ def low_moi(
     groups = _as_csr(groups)
     label = exclusive_class(groups)
     label[~_used_cells(cells, groups.shape[0])] = -1
-    return class_design(label, groups.shape[1], expression, covariates, dimreduce=dimreduce,
-                        block_cells=block_cells, progress=progress, effect=effect)
+    return class_design(
+        label,
+        groups.shape[1],
+        expression,
+        covariates,
+        dimreduce=dimreduce,
+        block_cells=block_cells,
+        progress=progress,
+        effect=effect,
+    )
 
 
 def _joint_fit(
@@ -566,10 +610,12 @@ def _joint_fit(
     n_active = active.shape[1]
     n_genes = cross.shape[1]
     xc = np.asarray(active.T @ covariates)
-    gram = np.block([
-        [(active.T @ active).toarray(), xc],
-        [xc.T, covariates.T @ covariates],
-    ])
+    gram = np.block(
+        [
+            [(active.T @ active).toarray(), xc],
+            [xc.T, covariates.T @ covariates],
+        ]
+    )
     # Equilibrate so that rank decisions do not depend on the scale of the columns.
     diag = np.diag(gram).copy()
     scale = np.divide(1.0, np.sqrt(diag), out=np.zeros_like(diag), where=diag > 0)
@@ -641,8 +687,7 @@ def high_moi(
     sums = _product_sums(active, expression, covariates, used, block_cells, progress, effect)
     yy = sums.yy
     active_used = active[used]
-    fit, estimable, pinv_diag, rss, rank = _joint_fit(active_used, covariates[used],
-                                                      sums.cross, yy)
+    fit, estimable, pinv_diag, rss, rank = _joint_fit(active_used, covariates[used], sums.cross, yy)
     coef = np.zeros((n_groups, n_genes))
     coef[in_model] = fit
     del fit
@@ -676,8 +721,9 @@ def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
     n_valid = (~np.isnan(ranked)).sum(axis=-1, keepdims=True)
     position = np.arange(1, ranked.shape[-1] + 1)
     adjusted = ranked * n_valid / position
-    adjusted = np.minimum.accumulate(np.nan_to_num(adjusted, nan=np.inf)[..., ::-1],
-                                     axis=-1)[..., ::-1]
+    adjusted = np.minimum.accumulate(np.nan_to_num(adjusted, nan=np.inf)[..., ::-1], axis=-1)[
+        ..., ::-1
+    ]
     adjusted = np.where(np.isnan(ranked), np.nan, np.minimum(adjusted, 1.0))
     out = np.empty_like(adjusted)
     np.put_along_axis(out, order, adjusted, axis=-1)

@@ -70,8 +70,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def _shared_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                shape: tuple[int, int]) -> sparse.csr_matrix:
+def _shared_csr(
+    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]
+) -> sparse.csr_matrix:
     """A canonical CSR block around read-only views of ``data`` and ``indices``."""
     block = sparse.csr_matrix(shape, dtype=data.dtype)
     # Assigned, not passed to the constructor, which copies views of much larger arrays.
@@ -110,8 +111,12 @@ def row_block(matrix: ArrayLike, rows: slice) -> np.ndarray | sparse.csr_matrix:
     first, last, _ = rows.indices(matrix.shape[0])
     last = max(first, last)
     start, stop = matrix.indptr[first], matrix.indptr[last]
-    block = _shared_csr(matrix.data[start:stop], matrix.indices[start:stop],
-                        matrix.indptr[first:last + 1] - start, (last - first, matrix.shape[1]))
+    block = _shared_csr(
+        matrix.data[start:stop],
+        matrix.indices[start:stop],
+        matrix.indptr[first : last + 1] - start,
+        (last - first, matrix.shape[1]),
+    )
     return block if is_canonical(block) else materialize(canonical(block))
 
 

@@ -51,8 +51,9 @@ class GramSums:
         self.cc = np.zeros((n_covariates, n_covariates))
         self.n_cells = 0
 
-    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix, covariates: np.ndarray
-            ) -> None:
+    def add(
+        self, rows: slice, block: np.ndarray | sparse.csr_matrix, covariates: np.ndarray
+    ) -> None:
         y = dense_block(block)
         self.gram = dsyrk(1.0, y.T, beta=1.0, c=self.gram, trans=0, lower=0, overwrite_c=1)
         # Genes first: OpenBLAS threads C'Y badly.
@@ -105,8 +106,12 @@ def coex_stats(
     or dask) and remove the ``covariates`` from it."""
     n_covariates = covariates.shape[1]
     sums = accumulate(
-        partial(GramSums, expression.shape[1], n_covariates), expression, (covariates,),
-        block_cells=block_cells, progress=progress, desc="coex: Gram matrix",
+        partial(GramSums, expression.shape[1], n_covariates),
+        expression,
+        (covariates,),
+        block_cells=block_cells,
+        progress=progress,
+        desc="coex: Gram matrix",
     )
     pinv, rank = pinv_psd(sums.cc)
     df = sums.n_cells - 1 - int(rank) - dimreduce
@@ -142,8 +147,9 @@ def _in_bands(
     work: Callable[[slice], object], n_genes: int, band_rows: int, progress: Progress, desc: str
 ) -> list:
     """``work(rows)`` for consecutive bands of ``band_rows`` genes, in parallel threads."""
-    bands = [slice(start, min(start + band_rows, n_genes))
-             for start in range(0, n_genes, band_rows)]
+    bands = [
+        slice(start, min(start + band_rows, n_genes)) for start in range(0, n_genes, band_rows)
+    ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(progress(pool.map(work, bands), len(bands), desc))
 
@@ -208,8 +214,11 @@ def bh_edges(rows: np.ndarray, pvals: np.ndarray, n_tests: int, qcut: float) -> 
 
 
 def _band_edges(
-    rows: slice, candidates: np.ndarray, pvals: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    n_tests: int, qcut: float,
+    rows: slice,
+    candidates: np.ndarray,
+    pvals: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_tests: int,
+    qcut: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Edges ``(row, column)`` of one band of rows, from a mask of candidates (diagonal
     excluded) and the p-values of the candidates at given positions in the band."""
@@ -266,6 +275,7 @@ def pvalue_network(
         band = np.asarray(pvals[rows], dtype=np.float64)
         candidates = band <= limit
         candidates[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = False
-        pieces.append(_band_edges(rows, candidates, lambda i, j, band=band: band[i, j],
-                                  n_genes - 1, qcut))
+        pieces.append(
+            _band_edges(rows, candidates, lambda i, j, band=band: band[i, j], n_genes - 1, qcut)
+        )
     return _joined(pieces)

@@ -114,8 +114,9 @@ def validate_counts(
     ``source`` names the matrix in the message (e.g. ``"adata.X"``).
     """
     check_count_dtype(counts.dtype, source=source)
-    accumulate(CountCheck, counts, block_cells=block_cells, progress=progress,
-               desc="checking counts").raise_if_invalid(source)
+    accumulate(
+        CountCheck, counts, block_cells=block_cells, progress=progress, desc="checking counts"
+    ).raise_if_invalid(source)
 
 
 def _block_rows(block: sparse.csr_matrix) -> np.ndarray:
@@ -156,15 +157,21 @@ class ReadSums:
         self.gene_cells = np.zeros(keep_genes.size)
         self.cells = PerCell(2)
 
-    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix,
-            cell_weights: np.ndarray) -> None:
+    def add(
+        self, rows: slice, block: np.ndarray | sparse.csr_matrix, cell_weights: np.ndarray
+    ) -> None:
         detected = block != 0
         self.gene_counts += np.asarray(cell_weights @ block).ravel()
         self.gene_cells += np.asarray(cell_weights @ detected).ravel()
-        self.cells.add(rows, np.column_stack([
-            np.asarray(block @ self.gene_weights).ravel(),
-            np.asarray(detected @ self.gene_weights).ravel(),
-        ]))
+        self.cells.add(
+            rows,
+            np.column_stack(
+                [
+                    np.asarray(block @ self.gene_weights).ravel(),
+                    np.asarray(detected @ self.gene_weights).ravel(),
+                ]
+            ),
+        )
 
     def merge(self, other: ReadSums) -> ReadSums:
         self.gene_counts += other.gene_counts
@@ -191,9 +198,14 @@ def filter_reads(
     rounds = 0
     while True:
         rounds += 1
-        sums = accumulate(partial(ReadSums, keep_genes), counts,
-                          (keep_cells.astype(np.float64),), block_cells=block_cells,
-                          progress=progress, desc=f"read-count QC, round {rounds}")
+        sums = accumulate(
+            partial(ReadSums, keep_genes),
+            counts,
+            (keep_cells.astype(np.float64),),
+            block_cells=block_cells,
+            progress=progress,
+            desc=f"read-count QC, round {rounds}",
+        )
         cell_counts, cell_genes = sums.cells.values().T
         n_kept_cells, n_kept_genes = keep_cells.sum(), keep_genes.sum()
         genes_pass = (
@@ -215,8 +227,9 @@ def filter_reads(
         keep_cells, keep_genes = new_cells, new_genes
 
 
-def _table(function: Callable[[np.ndarray], np.ndarray], counts: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _table(
+    function: Callable[[np.ndarray], np.ndarray], counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Values of ``function`` at the distinct counts, and each count's index into them."""
     if counts.dtype.kind not in "iu":
         counts = counts.astype(np.int64)
@@ -295,8 +308,7 @@ def lcpm_block(
     return out
 
 
-def lcpm_chunk(block: ArrayLike, total: float, float_type: DTypeLike = np.float64
-               ) -> np.ndarray:
+def lcpm_chunk(block: ArrayLike, total: float, float_type: DTypeLike = np.float64) -> np.ndarray:
     """:func:`lcpm_block` of one chunk of a dask array of counts, as ``float_type``.
 
     Mapped over the chunks of the counts to make a lazily computed log CPM layer.
@@ -335,8 +347,9 @@ class GeneStatistics:
         self.detected += detected
         self.total += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
         # An empty cell adds nothing (and is refused later): weight 0, not 1 / 0.
-        inverse = np.divide(1.0, cell_totals, out=np.zeros_like(cell_totals),
-                            where=cell_totals != 0)
+        inverse = np.divide(
+            1.0, cell_totals, out=np.zeros_like(cell_totals), where=cell_totals != 0
+        )
         self.proportion_sum += np.asarray(inverse @ block).ravel()
 
     def merge(self, other: GeneStatistics) -> GeneStatistics:

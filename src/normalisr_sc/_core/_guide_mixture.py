@@ -160,8 +160,9 @@ def _interval(alpha: np.ndarray, beta: np.ndarray):
         ra = np.exp(log_phi_a - log_p)
         rb = np.exp(log_phi_b - log_p)
         m1 = ra - rb
-        m2 = np.where(np.isfinite(alpha), alpha * ra, 0.0) - np.where(np.isfinite(beta),
-                                                                     beta * rb, 0.0)
+        m2 = np.where(np.isfinite(alpha), alpha * ra, 0.0) - np.where(
+            np.isfinite(beta), beta * rb, 0.0
+        )
     return log_p, m1, m2
 
 
@@ -180,8 +181,9 @@ def _collect(counts: ArrayLike, block_size: int):
         if not sparse.issparse(block):
             block = sparse.csr_matrix(block)
         data = np.asarray(block.data, dtype=np.float64)
-        if data.size and (not np.isfinite(data).all() or data.min() < 0
-                          or (data != np.round(data)).any()):
+        if data.size and (
+            not np.isfinite(data).all() or data.min() < 0 or (data != np.round(data)).any()
+        ):
             msg = "guide counts must be non-negative integers (UMI counts)."
             raise ValueError(msg)
         kept = data != 0  # explicit zeros of the sparse input are not counts
@@ -197,15 +199,26 @@ def _collect(counts: ArrayLike, block_size: int):
     top = int(values.max()) + 1 if values.size else 1
     codes = indices * top + values
     unique, inverse, weight = np.unique(codes, return_inverse=True, return_counts=True)
-    return (unique // top, unique % top, weight.astype(np.float64), indptr, indices,
-            inverse.ravel())
+    return (
+        unique // top,
+        unique % top,
+        weight.astype(np.float64),
+        indptr,
+        indices,
+        inverse.ravel(),
+    )
 
 
 def _nb_logpmf(k, gammaln_k, mean, size):
     """Negative-binomial log-probabilities (mean ``mean``, size ``size``) of counts ``k``."""
     log_rm = np.log(size + mean)
-    return (gammaln(k + size) - gammaln(size) - gammaln_k
-            + size * (np.log(size) - log_rm) + k * (np.log(mean) - log_rm))
+    return (
+        gammaln(k + size)
+        - gammaln(size)
+        - gammaln_k
+        + size * (np.log(size) - log_rm)
+        + k * (np.log(mean) - log_rm)
+    )
 
 
 def _present_terms(k, mu, sd):
@@ -227,10 +240,21 @@ def _size_step(g, w0, kk, mean, size):
     keep = w0 > _NEGLIGIBLE
     g, w0, kk = g[keep], w0[keep], kk[keep]
     m = mean[g]
-    score = (digamma(kk + size) - digamma(size) + np.log(size) - np.log(size + m) + 1
-             - (kk + size) / (size + m))
-    curv = (polygamma(1, kk + size) - polygamma(1, size) + 1 / size - 1 / (size + m)
-            - (m - kk) / (size + m) ** 2)
+    score = (
+        digamma(kk + size)
+        - digamma(size)
+        + np.log(size)
+        - np.log(size + m)
+        + 1
+        - (kk + size) / (size + m)
+    )
+    curv = (
+        polygamma(1, kk + size)
+        - polygamma(1, size)
+        + 1 / size
+        - 1 / (size + m)
+        - (m - kk) / (size + m) ** 2
+    )
     d1 = float(np.dot(w0, score)) * size
     d2 = float(np.dot(w0, curv)) * size * size + d1
     step = -d1 / d2 if d2 < 0 else float(np.sign(d1))
@@ -267,8 +291,7 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd):
         w0 = w - w1
         n1 = np.bincount(g, w1, n_guides)
         n0 = np.bincount(g, w0, n_guides)
-        lam = np.maximum(np.bincount(g, w0 * kk, n_guides) / np.maximum(n0, 1e-300),
-                         _MIN_RATE)
+        lam = np.maximum(np.bincount(g, w0 * kk, n_guides) / np.maximum(n0, 1e-300), _MIN_RATE)
         if move_size:
             size = _size_step(g, w0, kk, lam, size)
         pi = n1 / n_cells
@@ -280,8 +303,7 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd):
         sd = np.where(empty, 1.0, np.sqrt(np.maximum(var, min_sd * min_sd)))
         return pi, lam, size, mu, sd
 
-    pi, lam, size, mu, sd = m_step(guide, weight, k, r1, log_k, log_k * log_k,
-                                   _START_SIZE, True)
+    pi, lam, size, mu, sd = m_step(guide, weight, k, r1, log_k, log_k * log_k, _START_SIZE, True)
 
     def e_step(g, kk, gk):
         with np.errstate(divide="ignore"):
@@ -308,12 +330,14 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd):
         mg, s = mu[g], sd[g]
         ex = np.where(post > 0, mg + s * m1, 0.0)
         ex2 = np.where(post > 0, mg * mg + 2 * mg * s * m1 + s * s * (1 + m2), 0.0)
-        new_pi, new_lam, new_size, new_mu, new_sd = m_step(g, w, kk, post, ex, ex2, size,
-                                                           size_moving)
+        new_pi, new_lam, new_size, new_mu, new_sd = m_step(
+            g, w, kk, post, ex, ex2, size, size_moving
+        )
         done = active & (np.abs(new_ll - loglik) <= tol * np.abs(new_ll)) & (not size_moving)
-        pi, lam, mu, sd = (np.where(active, a, b) for a, b in
-                           zip((new_pi, new_lam, new_mu, new_sd), (pi, lam, mu, sd),
-                               strict=True))
+        pi, lam, mu, sd = (
+            np.where(active, a, b)
+            for a, b in zip((new_pi, new_lam, new_mu, new_sd), (pi, lam, mu, sd), strict=True)
+        )
         if size_moving:
             size_moving = bool(abs(np.log(new_size / size)) > _SIZE_TOL)
             size = new_size
@@ -328,10 +352,16 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd):
     # final posteriors and log-likelihood at the returned parameters
     total, post, _, _ = e_step(guide, k, gammaln_k)
     loglik = np.bincount(guide, weight * total, n_guides)
-    return post, {"pi": pi, "background_mean": lam,
-                  "background_size": np.full(n_guides, size),
-                  "log_mean": mu, "log_sd": sd, "loglik": loglik, "n_iter": n_iter,
-                  "converged": converged}
+    return post, {
+        "pi": pi,
+        "background_mean": lam,
+        "background_size": np.full(n_guides, size),
+        "log_mean": mu,
+        "log_sd": sd,
+        "loglik": loglik,
+        "n_iter": n_iter,
+        "converged": converged,
+    }
 
 
 def assign_mixture(
@@ -377,8 +407,10 @@ def assign_mixture(
         msg = f"threshold must be a probability in (0, 1), got {threshold!r}."
         raise ValueError(msg)
     if not (tol > 0 and max_iter >= 1 and min_sd > 0):
-        msg = (f"tol and min_sd must be positive and max_iter at least 1, got tol={tol!r}, "
-               f"max_iter={max_iter!r}, min_sd={min_sd!r}.")
+        msg = (
+            f"tol and min_sd must be positive and max_iter at least 1, got tol={tol!r}, "
+            f"max_iter={max_iter!r}, min_sd={min_sd!r}."
+        )
         raise ValueError(msg)
     n_cells, n_guides = counts.shape
     guide, k, weight, indptr, indices, inverse = _collect(counts, block_size)
@@ -389,22 +421,31 @@ def assign_mixture(
     all_k = np.concatenate([k, np.zeros(n_guides)]).astype(np.float64)
     all_w = np.concatenate([weight, zeros])
     order = np.argsort(all_guide, kind="stable")
-    post, params = _fit(all_guide[order], all_k[order], all_w[order], n_cells, n_guides,
-                        tol=tol, max_iter=max_iter, min_sd=min_sd)
+    post, params = _fit(
+        all_guide[order],
+        all_k[order],
+        all_w[order],
+        n_cells,
+        n_guides,
+        tol=tol,
+        max_iter=max_iter,
+        min_sd=min_sd,
+    )
     unsorted = np.empty_like(post)
     unsorted[order] = post
-    post_nonzero, post_zero = unsorted[: guide.size], unsorted[guide.size:]
+    post_nonzero, post_zero = unsorted[: guide.size], unsorted[guide.size :]
 
     # separation: BIC of the mixture against the background alone (its mean count, the
     # shared size), and the present component above the background
     size = params["background_size"][0] if n_guides else _START_SIZE
     lam0 = np.maximum(np.bincount(guide, weight * k, n_guides) / n_cells, _MIN_RATE)
-    null = (np.bincount(guide, weight * _nb_logpmf(k, gammaln(k + 1.0), lam0[guide], size),
-                        n_guides)
-            + zeros * _nb_logpmf(0.0, 0.0, lam0, size))
+    null = np.bincount(
+        guide, weight * _nb_logpmf(k, gammaln(k + 1.0), lam0[guide], size), n_guides
+    ) + zeros * _nb_logpmf(0.0, 0.0, lam0, size)
     gain = 2 * (params["loglik"] - null)
     separable = (gain > _EXTRA_PARAMETERS * np.log(n_cells)) & (
-        np.exp(params["log_mean"]) > params["background_mean"])
+        np.exp(params["log_mean"]) > params["background_mean"]
+    )
     status = np.where(n_nonzero == 0, "empty", np.where(separable, "fitted", "not_separable"))
     keep = separable[guide]
     post_nonzero = np.where(keep, post_nonzero, 0.0)
@@ -425,9 +466,14 @@ def assign_mixture(
     if posterior:
         post_matrix = sparse.csr_matrix((values, indices.copy(), indptr.copy()), shape=shape)
         post_matrix.eliminate_zeros()
-    params.update(loglik_background=null, posterior_at_zero=post_zero,
-                  n_nonzero=n_nonzero.astype(np.int64), n_assigned=n_assigned,
-                  min_assigned_count=smallest, status=status)
+    params.update(
+        loglik_background=null,
+        posterior_at_zero=post_zero,
+        n_nonzero=n_nonzero.astype(np.int64),
+        n_assigned=n_assigned,
+        min_assigned_count=smallest,
+        status=status,
+    )
     return GuideMixture(assigned=assigned, posterior=post_matrix, params=params)
 
 
@@ -463,14 +509,16 @@ def simulate_guide_counts(
         Cells x guides CSR boolean: the guides each cell carries.
     """
     rng = np.random.default_rng(seed)
-    kind = rng.choice(3, size=n_cells, p=[fraction_none, 1 - fraction_none - fraction_two,
-                                          fraction_two])
+    kind = rng.choice(
+        3, size=n_cells, p=[fraction_none, 1 - fraction_none - fraction_two, fraction_two]
+    )
     first = rng.integers(0, n_guides, n_cells)
     second = (first + 1 + rng.integers(0, max(n_guides - 1, 1), n_cells)) % n_guides
     rows = np.concatenate([np.flatnonzero(kind >= 1), np.flatnonzero(kind == 2)])
     cols = np.concatenate([first[kind >= 1], second[kind == 2]])
-    truth = sparse.csr_matrix((np.ones(rows.size, dtype=bool), (rows, cols)),
-                              shape=(n_cells, n_guides))
+    truth = sparse.csr_matrix(
+        (np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n_cells, n_guides)
+    )
     log_median = np.log(present_median) + guide_spread * rng.standard_normal(n_guides)
     present = np.round(np.exp(log_median[cols] + present_sd * rng.standard_normal(cols.size)))
     if background_dispersion > 0:
@@ -483,9 +531,12 @@ def simulate_guide_counts(
     bg_cols = rng.choice(n_guides, size=int(events.sum()), p=weights / weights.sum())
     bg_rows = np.repeat(np.arange(n_cells), events)
     counts = sparse.csr_matrix(
-        (np.concatenate([present, np.ones(bg_rows.size)]),
-         (np.concatenate([rows, bg_rows]), np.concatenate([cols, bg_cols]))),
-        shape=(n_cells, n_guides))
+        (
+            np.concatenate([present, np.ones(bg_rows.size)]),
+            (np.concatenate([rows, bg_rows]), np.concatenate([cols, bg_cols])),
+        ),
+        shape=(n_cells, n_guides),
+    )
     counts.sum_duplicates()
     counts.eliminate_zeros()
     return counts.astype(np.int64), truth

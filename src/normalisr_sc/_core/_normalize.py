@@ -41,8 +41,11 @@ def standardize_covariates(
     Raises ``ValueError`` naming any constant column.
     """
     covariates = np.array(covariates, dtype=np.float64)
-    constant = [name for name, column in zip(names, covariates.T, strict=True)
-                if (column == column[0]).all()]
+    constant = [
+        name
+        for name, column in zip(names, covariates.T, strict=True)
+        if (column == column[0]).all()
+    ]
     if constant:
         msg = (
             f"covariate(s) {constant} are constant across cells and carry no information; "
@@ -96,8 +99,9 @@ class _ResidualMoments:
         self.coefficients = coefficients
         self.moments = ColumnMoments(coefficients.shape[1])
 
-    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
-            cell_scale: np.ndarray) -> None:
+    def add(
+        self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
+    ) -> None:
         residual = _scaled_residual(block, covariates, self.coefficients, cell_scale)
         self.moments.update(residual, overwrite=True)
 
@@ -115,13 +119,13 @@ class _LogRmsPerCell:
         spread = moments.std
         informative = spread > 0
         # Genes without spread are left out: their standardised residual is set to 0.
-        self.inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread),
-                                        where=informative)
+        self.inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread), where=informative)
         self.n_informative = int(informative.sum())
         self.log_rms = PerCell()
 
-    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
-            cell_scale: np.ndarray) -> None:
+    def add(
+        self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
+    ) -> None:
         standardized = _scaled_residual(block, covariates, self.coefficients, cell_scale)
         standardized -= self.mean
         standardized *= self.inverse_spread
@@ -152,15 +156,21 @@ def _log_rms_standardized_residuals(
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
     # (Y / s)' (C / s) = Y' (C / s^2): the expression block is used as it is.
-    cross = stream(partial(_CrossProducts, n_genes, covariates.shape[1]),
-                   row_data=(scaled_cov / cell_scale[:, None],),
-                   desc="variance fit: regression").cross
+    cross = stream(
+        partial(_CrossProducts, n_genes, covariates.shape[1]),
+        row_data=(scaled_cov / cell_scale[:, None],),
+        desc="variance fit: regression",
+    ).cross
     coefficients = pinv @ cross.T
     side = (covariates, cell_scale)
-    moments = stream(partial(_ResidualMoments, coefficients), row_data=side,
-                     desc="variance fit: residual spread").moments
-    return stream(partial(_LogRmsPerCell, coefficients, moments), row_data=side,
-                  desc="variance fit: per-cell spread").log_rms.values()
+    moments = stream(
+        partial(_ResidualMoments, coefficients), row_data=side, desc="variance fit: residual spread"
+    ).moments
+    return stream(
+        partial(_LogRmsPerCell, coefficients, moments),
+        row_data=side,
+        desc="variance fit: per-cell spread",
+    ).log_rms.values()
 
 
 def cell_weights(
@@ -277,8 +287,9 @@ class _WeightedRegression:
     ``w ** scale`` are kept there for the second pass, which then needs no ``exp``.
     """
 
-    def __init__(self, scale: np.ndarray, n_cov: int,
-                 weights_out: np.ndarray | None = None) -> None:
+    def __init__(
+        self, scale: np.ndarray, n_cov: int, weights_out: np.ndarray | None = None
+    ) -> None:
         n_genes = scale.size
         self.scale, self.weights_out = scale, weights_out
         # Gram matrices are symmetric: only the upper triangle is accumulated.
@@ -287,18 +298,21 @@ class _WeightedRegression:
         self.cross = np.zeros((n_genes, n_cov))
         self.before = ColumnMoments(n_genes)
 
-    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
-            log_weights: np.ndarray) -> None:
+    def add(
+        self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
+    ) -> None:
         block = dense_block(block)
         kept = self.weights_out is not None
-        weight = np.multiply.outer(log_weights, self.scale,
-                                   out=self.weights_out[rows] if kept else None)
+        weight = np.multiply.outer(
+            log_weights, self.scale, out=self.weights_out[rows] if kept else None
+        )
         np.exp(weight, out=weight)
         weighted = block * weight
         # Unless kept, ``weight`` is reused for w^2 and then y w^2: one block-sized array fewer.
         squared_weight = np.multiply(weight, weight, out=None if kept else weight)
-        self.gram_upper += squared_weight.T @ (covariates[:, self.upper[0]]
-                                               * covariates[:, self.upper[1]])
+        self.gram_upper += squared_weight.T @ (
+            covariates[:, self.upper[0]] * covariates[:, self.upper[1]]
+        )
         twice_weighted = np.multiply(squared_weight, block, out=squared_weight)
         self.cross += twice_weighted.T @ covariates
         self.before.update(weighted, overwrite=True)
@@ -326,21 +340,26 @@ class _NormalisedSquares:
     ``weights_in_out``, ``out`` holds the gene weights of :class:`_WeightedRegression`.
     """
 
-    def __init__(self, coefficients: np.ndarray, scale: np.ndarray,
-                 out: np.ndarray | None = None, weights_in_out: bool = False) -> None:
+    def __init__(
+        self,
+        coefficients: np.ndarray,
+        scale: np.ndarray,
+        out: np.ndarray | None = None,
+        weights_in_out: bool = False,
+    ) -> None:
         self.coefficients, self.scale = coefficients, scale
         self.out, self.weights_in_out = out, weights_in_out
         self.sum_squares = np.zeros(scale.size)
 
-    def add(self, rows: slice, block: np.ndarray, covariates: np.ndarray,
-            log_weights: np.ndarray) -> None:
+    def add(
+        self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
+    ) -> None:
         if self.weights_in_out:
             residual = covariates @ self.coefficients.T
             np.subtract(dense_block(block), residual, out=residual)
             values = np.multiply(self.out[rows], residual, out=self.out[rows])
         else:
-            values = normalised_block(block, covariates, log_weights, self.coefficients,
-                                      self.scale)
+            values = normalised_block(block, covariates, log_weights, self.coefficients, self.scale)
         self.sum_squares += np.einsum("ij,ij->j", values, values)
         if self.out is not None and not self.weights_in_out:
             self.out[rows] = values
@@ -376,23 +395,32 @@ def fit_normalisation(
     """
     n_cov = covariates.shape[1]
     log_weights = np.log(weights)
-    stream = partial(accumulate, matrix=expression, row_data=(covariates, log_weights),
-                     block_cells=block_cells, progress=progress)
+    stream = partial(
+        accumulate,
+        matrix=expression,
+        row_data=(covariates, log_weights),
+        block_cells=block_cells,
+        progress=progress,
+    )
     # In memory, the float64 output holds the gene weights between the two passes.
     keep_weights = out is not None and out.dtype == np.float64
-    regression = stream(partial(_WeightedRegression, scale, n_cov,
-                                out if keep_weights else None),
-                        desc="normvar: weighted regression")
+    regression = stream(
+        partial(_WeightedRegression, scale, n_cov, out if keep_weights else None),
+        desc="normvar: weighted regression",
+    )
     coefficients = regression.coefficients()
     factor = np.ones_like(scale)
     if keepvar or out is not None:
-        squares = stream(partial(_NormalisedSquares, coefficients, scale, out, keep_weights),
-                         desc="normvar: residuals")
+        squares = stream(
+            partial(_NormalisedSquares, coefficients, scale, out, keep_weights),
+            desc="normvar: residuals",
+        )
         if keepvar:
             rms_after = np.sqrt(squares.sum_squares / expression.shape[0])
             sd_before = regression.before.std
-            ratio = np.divide(sd_before, rms_after, out=np.ones_like(rms_after),
-                              where=rms_after > 0)
+            ratio = np.divide(
+                sd_before, rms_after, out=np.ones_like(rms_after), where=rms_after > 0
+            )
             factor = ratio**scale
     return NormalisationFit(coefficients, scale, factor)
 
@@ -403,4 +431,3 @@ def normalize_covariates(covariates: np.ndarray, weights: np.ndarray) -> np.ndar
     normalized = covariates.copy()
     normalized[:, weighted] *= weights[:, None]
     return normalized
-

@@ -112,13 +112,16 @@ def accumulate(
     """
     _check_beside(matrix, beside)
     if is_dask(matrix):
-        return _accumulate_dask(new_sums, matrix, row_data, block_cells, progress, desc,
-                                beside)
+        return _accumulate_dask(new_sums, matrix, row_data, block_cells, progress, desc, beside)
     sums = new_sums()
     blocks = list(row_slices(matrix.shape[0], block_cells))
     for rows in progress(blocks, len(blocks), desc):
-        sums.add(rows, row_block(matrix, rows), *(data[rows] for data in row_data),
-                 *(row_block(other, rows) for other in beside))
+        sums.add(
+            rows,
+            row_block(matrix, rows),
+            *(data[rows] for data in row_data),
+            *(row_block(other, rows) for other in beside),
+        )
     return sums
 
 
@@ -126,18 +129,22 @@ def _check_beside(matrix: ArrayLike, beside: Sequence[ArrayLike]) -> None:
     for other in beside:
         if other.shape[0] != matrix.shape[0] or is_dask(other) != is_dask(matrix):
             msg = (
-                "matrices read in one pass need the same cells and must all be dask arrays "
-                "or none."
+                "matrices read in one pass need the same cells and must all be dask arrays or none."
             )
             raise ValueError(msg)
 
 
-def _sums_of_block(new_sums: Callable[[], S], rows: slice, block: ArrayLike, n_beside: int,
-                   *row_data) -> S:
+def _sums_of_block(
+    new_sums: Callable[[], S], rows: slice, block: ArrayLike, n_beside: int, *row_data
+) -> S:
     sums = new_sums()
     n_data = len(row_data) - n_beside
-    sums.add(rows, materialize(block), *row_data[:n_data],
-             *(materialize(other) for other in row_data[n_data:]))
+    sums.add(
+        rows,
+        materialize(block),
+        *row_data[:n_data],
+        *(materialize(other) for other in row_data[n_data:]),
+    )
     return sums
 
 
@@ -160,12 +167,16 @@ def _accumulate_dask(
     others = [other.rechunk((matrix.chunks[0], -1)).to_delayed()[:, 0] for other in beside]
     leaves = [
         delayed(_sums_of_block)(
-            new_sums, slice(start, stop), block, len(beside),
-            *(data[start:stop] for data in row_data), *(other[i] for other in others)
+            new_sums,
+            slice(start, stop),
+            block,
+            len(beside),
+            *(data[start:stop] for data in row_data),
+            *(other[i] for other in others),
         )
-        for i, (start, stop, block) in enumerate(zip(
-            starts[:-1], starts[1:], matrix.to_delayed()[:, 0], strict=True
-        ))
+        for i, (start, stop, block) in enumerate(
+            zip(starts[:-1], starts[1:], matrix.to_delayed()[:, 0], strict=True)
+        )
     ]
     if not leaves:
         return new_sums()

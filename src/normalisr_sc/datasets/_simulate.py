@@ -34,8 +34,10 @@ def _guides(
     """
     groups = [f"target{t:03d}" for t in range(n_targets) for _ in range(guides_per_target)]
     groups += [NON_TARGETING] * n_non_targeting
-    guide_ids = [f"{g}_g{i % guides_per_target + 1}" if g != NON_TARGETING else f"NT_g{i}"
-                 for i, g in enumerate(groups)]
+    guide_ids = [
+        f"{g}_g{i % guides_per_target + 1}" if g != NON_TARGETING else f"NT_g{i}"
+        for i, g in enumerate(groups)
+    ]
     n_guides = len(groups)
     carried = np.zeros((n_cells, n_guides), dtype=bool)
     if moi is None:
@@ -166,8 +168,11 @@ def simulate(
     log_proportion -= np.log(np.exp(log_proportion).sum())
     batch = rng.integers(n_batches, size=n_cells)
     case = rng.permutation(n_cells) < n_cells // 2
-    log_depth = (np.log(mean_total_counts) + rng.normal(0.0, 0.2, n_batches)[batch]
-                 + rng.normal(0, 0.4, n_cells))
+    log_depth = (
+        np.log(mean_total_counts)
+        + rng.normal(0.0, 0.2, n_batches)[batch]
+        + rng.normal(0, 0.4, n_cells)
+    )
     log_mean = log_proportion + rng.normal(0.0, 0.1, (n_batches, n_genes))[batch]
     log_mean += log_depth[:, None]
 
@@ -179,7 +184,7 @@ def simulate(
     # Modules and targets use disjoint genes among the better expressed ones, so the
     # planted signal is detectable.
     planted = rng.permutation(np.argsort(log_proportion)[::-1][: max(n_planted * 2, 1)])[:n_planted]
-    modules = [planted[m * module_size:(m + 1) * module_size] for m in range(n_modules)]
+    modules = [planted[m * module_size : (m + 1) * module_size] for m in range(n_modules)]
     for genes in modules:
         log_mean[:, genes] += module_strength * rng.normal(size=(n_cells, 1))
     obsm, uns = {}, {}
@@ -188,13 +193,18 @@ def simulate(
         umis, guide_table, carried = _guides(
             rng, n_cells, n_targets, guides_per_target, n_non_targeting, moi, guide_umis=20.0
         )
-        target_genes = planted[n_modules * module_size:]
+        target_genes = planted[n_modules * module_size :]
         group_names = [f"target{t:03d}" for t in range(n_targets)]
         for name, gene in zip(group_names, target_genes, strict=True):
             has_guide = carried[:, (guide_table["grna_group"] == name).to_numpy()].any(axis=1)
             log_mean[has_guide, gene] -= knockdown
-        targets = pd.DataFrame({"grna_group": group_names, "gene": gene_names[target_genes],
-                                "log_fold_change": -knockdown})
+        targets = pd.DataFrame(
+            {
+                "grna_group": group_names,
+                "gene": gene_names[target_genes],
+                "log_fold_change": -knockdown,
+            }
+        )
         cell_names = [f"cell{i:05d}" for i in range(n_cells)]
         obsm["grna_counts"] = pd.DataFrame(
             umis.toarray(), index=cell_names, columns=guide_table["grna_id"].to_numpy()
@@ -206,8 +216,9 @@ def simulate(
     counts = sparse.csr_matrix(rng.poisson(rate).astype(np.int32))
     obs = pd.DataFrame(
         {
-            "group": pd.Categorical(np.where(case, "case", "control"),
-                                    categories=["control", "case"]),
+            "group": pd.Categorical(
+                np.where(case, "case", "control"), categories=["control", "case"]
+            ),
             "batch": pd.Categorical([f"b{b + 1}" for b in batch]),
         },
         index=[f"cell{i:05d}" for i in range(n_cells)],
@@ -222,13 +233,20 @@ def simulate(
         "targets": targets,
         **uns,
         "params": {
-            "n_batches": n_batches, "de_fraction": de_fraction,
-            "de_log_fold_change": de_log_fold_change, "n_modules": n_modules,
-            "module_size": module_size, "module_strength": module_strength,
-            "n_targets": n_targets, "guides_per_target": guides_per_target,
-            "n_non_targeting": n_non_targeting, "moi": "low" if moi is None else moi,
-            "knockdown": knockdown, "dispersion": dispersion,
-            "mean_total_counts": mean_total_counts, "seed": seed,
+            "n_batches": n_batches,
+            "de_fraction": de_fraction,
+            "de_log_fold_change": de_log_fold_change,
+            "n_modules": n_modules,
+            "module_size": module_size,
+            "module_strength": module_strength,
+            "n_targets": n_targets,
+            "guides_per_target": guides_per_target,
+            "n_non_targeting": n_non_targeting,
+            "moi": "low" if moi is None else moi,
+            "knockdown": knockdown,
+            "dispersion": dispersion,
+            "mean_total_counts": mean_total_counts,
+            "seed": seed,
         },
     }
     return adata

@@ -77,19 +77,26 @@ def de_df(
 
     log10p = values("log10p")
     n_genes = adata.n_vars
-    table = pd.DataFrame({
-        "group": pd.Categorical(np.repeat(chosen, n_genes), categories=chosen),
-        "gene": np.tile(np.asarray(adata.var_names), len(chosen)),
-        "pval": values("pvals").ravel(),
-        "log10p": log10p.ravel(),
-        "qval": bh_qvalues(values("pvals"), axis=1).ravel(),
-        "logfc": values("logfc").ravel(),
-        "log2fc": values("logfc").ravel() / np.log(2.0),
-        "gamma": values("gamma").ravel(),
-        "var": values("var").ravel(),
-    })
-    order = np.lexsort((-np.abs(table["logfc"].to_numpy()), -table["log10p"].to_numpy(),
-                        table["group"].cat.codes.to_numpy()))
+    table = pd.DataFrame(
+        {
+            "group": pd.Categorical(np.repeat(chosen, n_genes), categories=chosen),
+            "gene": np.tile(np.asarray(adata.var_names), len(chosen)),
+            "pval": values("pvals").ravel(),
+            "log10p": log10p.ravel(),
+            "qval": bh_qvalues(values("pvals"), axis=1).ravel(),
+            "logfc": values("logfc").ravel(),
+            "log2fc": values("logfc").ravel() / np.log(2.0),
+            "gamma": values("gamma").ravel(),
+            "var": values("var").ravel(),
+        }
+    )
+    order = np.lexsort(
+        (
+            -np.abs(table["logfc"].to_numpy()),
+            -table["log10p"].to_numpy(),
+            table["group"].cat.codes.to_numpy(),
+        )
+    )
     table = table.iloc[order]
     if pval_cutoff is not None:
         table = table[table["qval"] <= pval_cutoff]
@@ -130,14 +137,16 @@ def coex_df(
     _, r = coex_block(adata, key, "r")
     first, second = np.triu_indices(index.size, 1)
     pair_p = pvals[first, second]
-    table = pd.DataFrame({
-        "gene1": np.asarray(adata.var_names)[index[first]],
-        "gene2": np.asarray(adata.var_names)[index[second]],
-        "r": r[first, second],
-        "pval": pair_p,
-        "log10p": log10p[first, second],
-        "qval": bh_qvalues(pair_p),
-    })
+    table = pd.DataFrame(
+        {
+            "gene1": np.asarray(adata.var_names)[index[first]],
+            "gene2": np.asarray(adata.var_names)[index[second]],
+            "r": r[first, second],
+            "pval": pair_p,
+            "log10p": log10p[first, second],
+            "qval": bh_qvalues(pair_p),
+        }
+    )
     table = table.iloc[np.argsort(-table["log10p"].to_numpy(), kind="stable")]
     if qval_cutoff is not None:
         table = table[table["qval"] <= qval_cutoff]

@@ -31,7 +31,9 @@ def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarra
         table = adata.varm[f"{key}_log10p"]
         if group is not None:
             if group not in table.columns:
-                msg = f"group {group!r} not in the results of {key!r}; groups: {list(table.columns)}."
+                msg = (
+                    f"group {group!r} not in the results of {key!r}; groups: {list(table.columns)}."
+                )
                 raise ValueError(msg)
             table = table[[group]]
         values = table.to_numpy(dtype=float).ravel()
@@ -55,8 +57,18 @@ BAND = 0.95
 #: The QQ plot's axes reach this far beyond the largest expected value.
 QQ_MARGIN = 1.1
 #: Colours of the series of a QQ plot, one per group.
-SERIES_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-                 "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")
+SERIES_COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "black",
+)
 
 
 def _as_groups(group: str | Sequence[str] | None) -> list[str | None]:
@@ -120,10 +132,17 @@ def qq(
     n_max = max(obs.size for obs in series.values())
     rank = np.arange(1, n_max + 1)
     expected_all = -np.log10((rank - 0.5) / n_max)
-    low, high = stats.beta.ppf([(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None],
-                               n_max - rank[:, None] + 1).T
-    ax.fill_between(expected_all, -np.log10(high), -np.log10(low), color="0.85",
-                    label=f"{BAND:.0%} band (null)", zorder=0)
+    low, high = stats.beta.ppf(
+        [(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None], n_max - rank[:, None] + 1
+    ).T
+    ax.fill_between(
+        expected_all,
+        -np.log10(high),
+        -np.log10(low),
+        color="0.85",
+        label=f"{BAND:.0%} band (null)",
+        zorder=0,
+    )
     ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", zorder=1)
     ax.nsc_qq = {}
     for index, (name, observed) in enumerate(series.items()):
@@ -131,11 +150,25 @@ def qq(
         color = SERIES_COLORS[index % len(SERIES_COLORS)]
         label = f"{name if name else 'all tests'} ($\\lambda$ = {inflation(observed):.2f})"
         inside = observed <= top
-        ax.scatter(expected[inside], observed[inside], s=6, color=color, rasterized=True,
-                   label=label, zorder=2)
+        ax.scatter(
+            expected[inside],
+            observed[inside],
+            s=6,
+            color=color,
+            rasterized=True,
+            label=label,
+            zorder=2,
+        )
         if (~inside).any():
-            ax.scatter(expected[~inside], np.full((~inside).sum(), top), s=18, marker="^",
-                       color=color, zorder=3, label=f"{(~inside).sum()} beyond the axis")
+            ax.scatter(
+                expected[~inside],
+                np.full((~inside).sum(), top),
+                s=18,
+                marker="^",
+                color=color,
+                zorder=3,
+                label=f"{(~inside).sum()} beyond the axis",
+            )
         ax.nsc_qq[label] = (expected, observed)
     ax.set_xlim(0, top)
     ax.set_ylim(0, top * 1.03)
@@ -220,19 +253,24 @@ def volcano(
         for i in np.flatnonzero(significant)[np.argsort(-y[significant], kind="stable")][:n_labels]
     ]
     if texts:
-        adjust_text(texts, x=x, y=y, ax=ax,
-                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+        adjust_text(
+            texts, x=x, y=y, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5}
+        )
     ax.axvline(0, color="grey", linewidth=0.8)
     for edge in (-fc_cut, fc_cut) if fc_cut > 0 else ():
         ax.axvline(edge, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("$\\log_2$ fold change" if log2 else "log fold change (natural log)")
     ax.set_ylabel("$-\\log_{10} p$")
     n_up, n_down = int((significant & (x > 0)).sum()), int((significant & (x < 0)).sum())
-    ax.legend(handles=[
-        Line2D([], [], marker="o", linestyle="", color="tab:red", label=f"up ({n_up})"),
-        Line2D([], [], marker="o", linestyle="", color="tab:blue", label=f"down ({n_down})"),
-        Line2D([], [], marker="o", linestyle="", color="lightgrey", label=f"q > {qcut:g}"),
-    ], frameon=False, fontsize=7)
+    ax.legend(
+        handles=[
+            Line2D([], [], marker="o", linestyle="", color="tab:red", label=f"up ({n_up})"),
+            Line2D([], [], marker="o", linestyle="", color="tab:blue", label=f"down ({n_down})"),
+            Line2D([], [], marker="o", linestyle="", color="lightgrey", label=f"q > {qcut:g}"),
+        ],
+        frameon=False,
+        fontsize=7,
+    )
     record = adata.uns.get(key, {})
     reference = list(np.atleast_1d(record.get("reference", []))) if hasattr(record, "get") else []
     baseline = "rest" if record.get("design", "case_control") == "case_control" else "no group"

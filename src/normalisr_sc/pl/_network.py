@@ -29,8 +29,17 @@ LABEL_ALL_UP_TO = 30
 DEFAULT_HUB_LABELS = 15
 #: Modules coloured individually; smaller ones are drawn grey.
 MAX_MODULES = 9
-_MODULE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown",
-                  "tab:pink", "tab:olive", "tab:cyan", "gold")
+_MODULE_COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "gold",
+)
 
 
 def _modules(graph, seed: int) -> list[list[str]]:
@@ -132,37 +141,76 @@ def coex_network(
     positions = nx.spring_layout(graph, seed=seed)
     ax = new_axes(ax, figsize=(7, 6.5))
     ring = ["tab:red" if node in highlighted else "white" for node in nodes]
-    drawn = nx.draw_networkx_nodes(graph, positions, ax=ax, nodelist=nodes, node_size=sizes,
-                                   node_color=colors, edgecolors=ring, linewidths=1.2)
+    drawn = nx.draw_networkx_nodes(
+        graph,
+        positions,
+        ax=ax,
+        nodelist=nodes,
+        node_size=sizes,
+        node_color=colors,
+        edgecolors=ring,
+        linewidths=1.2,
+    )
     drawn.set_zorder(2)
     # Nodes first, so that they are the first collection; the edges are drawn below them.
     edges = nx.draw_networkx_edges(graph, positions, ax=ax, alpha=0.15, width=0.5)
     if edges is not None and not isinstance(edges, list):
         edges.set_zorder(1)
     texts = [
-        ax.text(*positions[gene], gene, fontsize=7, zorder=3,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        ax.text(
+            *positions[gene],
+            gene,
+            fontsize=7,
+            zorder=3,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+        )
         for gene in labelled
     ]
     if texts:
         # Labels pushed apart and linked to their nodes, so none hides another.
         adjust_text(texts, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
     handles = [
-        Line2D([], [], marker="o", linestyle="", color=_MODULE_COLORS[i],
-               label=f"module {i + 1} ({len(module)} genes)")
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            color=_MODULE_COLORS[i],
+            label=f"module {i + 1} ({len(module)} genes)",
+        )
         for i, module in enumerate(modules[:MAX_MODULES])
     ]
     if len(module_of) < len(nodes):
-        handles.append(Line2D([], [], marker="o", linestyle="", color="lightgrey",
-                              label="other genes"))
+        handles.append(
+            Line2D([], [], marker="o", linestyle="", color="lightgrey", label="other genes")
+        )
     if highlighted & set(nodes):
         what = "GO principal genes (gotop)" if from_gotop else "highlighted genes"
-        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
-                              markeredgecolor="tab:red", label=what))
-    handles.append(Line2D([], [], marker="o", linestyle="", color="grey", markersize=3,
-                          label="size: number of edges"))
-    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.0, 1.0))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markerfacecolor="white",
+                markeredgecolor="tab:red",
+                label=what,
+            )
+        )
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            color="grey",
+            markersize=3,
+            label="size: number of edges",
+        )
+    )
+    ax.legend(
+        handles=handles, frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0)
+    )
     ax.nsc_edges = sorted(tuple(sorted(edge)) for edge in graph.edges)
     ax.nsc_modules = modules
     ax.nsc_labels = labelled

@@ -53,17 +53,33 @@ def weights(
     check_plot_args(ax, show, save)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
     require(adata, "obsm", "nsc_cov", "nsc.pp.lcpm")
-    log_total = finite_values(adata.obsm["nsc_cov"]["log_total_counts"],
-                              "adata.obsm['nsc_cov']['log_total_counts']")
+    log_total = finite_values(
+        adata.obsm["nsc_cov"]["log_total_counts"], "adata.obsm['nsc_cov']['log_total_counts']"
+    )
     weight = finite_values(adata.obs[weights_key], f"adata.obs[{weights_key!r}]")
-    outlier = (adata.obs[outlier_key].to_numpy(dtype=bool) if outlier_key in adata.obs
-               else np.zeros(adata.n_obs, dtype=bool))
+    outlier = (
+        adata.obs[outlier_key].to_numpy(dtype=bool)
+        if outlier_key in adata.obs
+        else np.zeros(adata.n_obs, dtype=bool)
+    )
     ax = new_axes(ax)
-    ax.scatter(log_total[~outlier], weight[~outlier], s=4, alpha=0.5, color="tab:blue",
-               label="cells", rasterized=True)
+    ax.scatter(
+        log_total[~outlier],
+        weight[~outlier],
+        s=4,
+        alpha=0.5,
+        color="tab:blue",
+        label="cells",
+        rasterized=True,
+    )
     if outlier.any():
-        ax.scatter(log_total[outlier], weight[outlier], s=10, color="tab:red",
-                   label=f"outliers ({outlier.sum()})")
+        ax.scatter(
+            log_total[outlier],
+            weight[outlier],
+            s=10,
+            color="tab:red",
+            label=f"outliers ({outlier.sum()})",
+        )
     ax.set_xlabel("log total counts")
     ax.set_ylabel("variance weight")
     ax.legend(frameon=False)

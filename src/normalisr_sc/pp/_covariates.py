@@ -26,8 +26,9 @@ def _obs_covariate(adata: AnnData, column: str) -> pd.DataFrame:
     """One ``obs`` column as covariate columns: numeric as is, categorical one-hot."""
     values = complete_obs_column(adata, column, "using it as a covariate")
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        numbers = numeric_values(values, f"adata.obs[{column!r}]",
-                                 "fix those values or drop those cells first.")
+        numbers = numeric_values(
+            values, f"adata.obs[{column!r}]", "fix those values or drop those cells first."
+        )
         return pd.DataFrame({column: numbers}, index=adata.obs_names)
     categories = values.astype("category").cat.remove_unused_categories()
     if len(categories.cat.categories) < 2:
@@ -110,10 +111,18 @@ def normcov(
     normalized = standardize_covariates(raw.to_numpy(dtype=np.float64), names, intercept=intercept)
     if intercept:
         names.append(INTERCEPT)
-    store(adata, "normcov", {
-        "covariates": columns, "intercept": intercept, "summary": summary,
-        "key_added": key_added, "columns": names,
-    }, obsm={key_added: pd.DataFrame(normalized, index=adata.obs_names, columns=names)})
+    store(
+        adata,
+        "normcov",
+        {
+            "covariates": columns,
+            "intercept": intercept,
+            "summary": summary,
+            "key_added": key_added,
+            "columns": names,
+        },
+        obsm={key_added: pd.DataFrame(normalized, index=adata.obs_names, columns=names)},
+    )
 
 
 def _refuse_clashes(names: list[str], columns: list[str], intercept: bool) -> None:

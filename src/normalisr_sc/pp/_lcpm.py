@@ -45,8 +45,13 @@ def _summarise_counts(
     """
     source = matrix_name(layer)
     check_count_dtype(counts.dtype, source=source)
-    summaries = accumulate(partial(CountSummaries, adata.n_vars), counts,
-                           block_cells=block_cells, progress=progress, desc=desc)
+    summaries = accumulate(
+        partial(CountSummaries, adata.n_vars),
+        counts,
+        block_cells=block_cells,
+        progress=progress,
+        desc=desc,
+    )
     summaries.check.raise_if_invalid(source)
     totals, zeros = summaries.cells.values().T
     if (totals == 0).any():
@@ -169,17 +174,32 @@ def lcpm(
     total = float(totals.sum())
     scale = scaling_factor_values(gene_stats)
     if streamed:
-        log_cpm = counts.map_blocks(lcpm_chunk, total=total, float_type=dtype, dtype=dtype,
-                                    meta=np.empty((0, 0), dtype=dtype))
+        log_cpm = counts.map_blocks(
+            lcpm_chunk,
+            total=total,
+            float_type=dtype,
+            dtype=dtype,
+            meta=np.empty((0, 0), dtype=dtype),
+        )
     else:
         log_cpm = _lcpm_in_memory(counts, total, varscale, seed, dtype, size)
-    cov = pd.DataFrame(summary_covariates(totals, zeros), index=adata.obs_names,
-                       columns=list(SUMMARY_COLUMNS))
+    cov = pd.DataFrame(
+        summary_covariates(totals, zeros), index=adata.obs_names, columns=list(SUMMARY_COLUMNS)
+    )
     store(
-        adata, "lcpm",
-        {"layer": layer, "key_added": key_added, "varscale": varscale, "seed": seed,
-         "dtype": dtype.name, "total_counts": total},
-        layers={key_added: log_cpm}, obsm={COV_KEY: cov}, var={SCALE_KEY: scale},
+        adata,
+        "lcpm",
+        {
+            "layer": layer,
+            "key_added": key_added,
+            "varscale": varscale,
+            "seed": seed,
+            "dtype": dtype.name,
+            "total_counts": total,
+        },
+        layers={key_added: log_cpm},
+        obsm={COV_KEY: cov},
+        var={SCALE_KEY: scale},
     )
     logger.info("lcpm: wrote adata.layers[%r] (%d cells x %d genes)", key_added, *adata.shape)
 
@@ -240,10 +260,18 @@ def scaling_factor(
     scale = scaling_factor_values(gene_stats, variable, zero_at=zero_at, one_at=one_at)
     if not inplace:
         return scale
-    store(adata, "scaling_factor", {
-        "variable": variable, "zero_at": zero_at, "one_at": one_at, "layer": layer,
-        "key_added": key_added,
-    }, var={key_added: scale})
+    store(
+        adata,
+        "scaling_factor",
+        {
+            "variable": variable,
+            "zero_at": zero_at,
+            "one_at": one_at,
+            "layer": layer,
+            "key_added": key_added,
+        },
+        var={key_added: scale},
+    )
     return None
 
 

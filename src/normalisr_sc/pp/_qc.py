@@ -47,25 +47,33 @@ SCALED_BOUNDS = ("min_cell_counts", "min_cell_genes")
 LATER_ROUNDS = "later_rounds"
 
 
-def scaled_bounds(bounds: Mapping[str, float], n_genes: int,
-                  transcriptome_genes: int | None) -> dict[str, float]:
+def scaled_bounds(
+    bounds: Mapping[str, float], n_genes: int, transcriptome_genes: int | None
+) -> dict[str, float]:
     """``bounds`` with the cell count and cell gene bounds scaled to ``n_genes``.
 
     The bounds are meant for a whole transcriptome of ``transcriptome_genes`` genes and
     multiplied by ``min(1, n_genes / transcriptome_genes)``; ``None`` keeps them as given.
     """
     factor = 1.0 if transcriptome_genes is None else min(1.0, n_genes / transcriptome_genes)
-    return {name: (value * factor if name in SCALED_BOUNDS else value)
-            for name, value in bounds.items()}
+    return {
+        name: (value * factor if name in SCALED_BOUNDS else value) for name, value in bounds.items()
+    }
 
 
-def _first_round_failures(counts, bounds: ReadBounds, size: int
-                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _first_round_failures(
+    counts, bounds: ReadBounds, size: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per bound, the cells and genes failing it on the input matrix (one pass)."""
     n_cells, n_genes = counts.shape
-    sums = accumulate(partial(ReadSums, np.ones(n_genes, dtype=bool)), counts,
-                      (np.ones(n_cells),), block_cells=size, progress=progress,
-                      desc="read-count QC summary")
+    sums = accumulate(
+        partial(ReadSums, np.ones(n_genes, dtype=bool)),
+        counts,
+        (np.ones(n_cells),),
+        block_cells=size,
+        progress=progress,
+        desc="read-count QC summary",
+    )
     cell_counts, cell_genes = sums.cells.values().T
     cells = {
         "min_cell_counts": cell_counts < bounds.min_cell_counts,
@@ -80,11 +88,13 @@ def _first_round_failures(counts, bounds: ReadBounds, size: int
     return cells, genes
 
 
-def _removed_by(failures: Mapping[str, np.ndarray], kept: np.ndarray,
-                bounds: ReadBounds) -> dict[str, int]:
+def _removed_by(
+    failures: Mapping[str, np.ndarray], kept: np.ndarray, bounds: ReadBounds
+) -> dict[str, int]:
     """Removed items per active bound (on the input), and those removed in later rounds."""
-    removed = {name: int(fails.sum()) for name, fails in failures.items()
-               if getattr(bounds, name) > 0}
+    removed = {
+        name: int(fails.sum()) for name, fails in failures.items() if getattr(bounds, name) > 0
+    }
     explained = np.zeros(kept.size, dtype=bool)
     for fails in failures.values():
         explained |= fails
@@ -92,11 +102,14 @@ def _removed_by(failures: Mapping[str, np.ndarray], kept: np.ndarray,
     return removed
 
 
-def _read_summary(counts, bounds: ReadBounds, cells: np.ndarray, genes: np.ndarray,
-                  size: int) -> dict[str, Any]:
+def _read_summary(
+    counts, bounds: ReadBounds, cells: np.ndarray, genes: np.ndarray, size: int
+) -> dict[str, Any]:
     summary: dict[str, Any] = {
-        "n_cells_in": int(cells.size), "n_genes_in": int(genes.size),
-        "n_cells_kept": int(cells.sum()), "n_genes_kept": int(genes.sum()),
+        "n_cells_in": int(cells.size),
+        "n_genes_in": int(genes.size),
+        "n_cells_kept": int(cells.sum()),
+        "n_genes_kept": int(genes.sum()),
         "bounds": {name: float(value) for name, value in vars(bounds).items()},
     }
     if cells.all() and genes.all():
@@ -117,16 +130,25 @@ def _warn_reads(summary: Mapping[str, Any], parameter: str) -> None:
             continue
         removed = summary[f"{axis}_removed"]
         bounds = summary["bounds"]
-        parts = [f"{removed[name]:,} below {name}={bounds[name]:g} ({what})"
-                 for name, what in names.items() if removed.get(name)]
+        parts = [
+            f"{removed[name]:,} below {name}={bounds[name]:g} ({what})"
+            for name, what in names.items()
+            if removed.get(name)
+        ]
         if removed.get(LATER_ROUNDS):
-            parts.append(f"{removed[LATER_ROUNDS]:,} in later rounds, after other "
-                         "cells or genes went")
+            parts.append(
+                f"{removed[LATER_ROUNDS]:,} in later rounds, after other cells or genes went"
+            )
         culprits = [name for name in names if removed.get(name)] or list(names)
         logger.warning(
             "read-count QC removed %s of %s %s (%.1f%%): %s. To keep more, lower %s%s.",
-            f"{n_in - n_kept:,}", f"{n_in:,}", axis, 100 * (n_in - n_kept) / n_in,
-            "; ".join(parts), " or ".join(f"`{name}`" for name in culprits), parameter,
+            f"{n_in - n_kept:,}",
+            f"{n_in:,}",
+            axis,
+            100 * (n_in - n_kept) / n_in,
+            "; ".join(parts),
+            " or ".join(f"`{name}`" for name in culprits),
+            parameter,
         )
 
 
@@ -156,7 +178,9 @@ def format_qc_summary(summary: Mapping) -> str:
     >>> print(nsc.pp.format_qc_summary(adata.uns["normalisr"]["qc_summary"]))
     """
     if not isinstance(summary, Mapping):
-        msg = f"`summary` must be a mapping (adata.uns['normalisr']['qc_summary']), got {summary!r}."
+        msg = (
+            f"`summary` must be a mapping (adata.uns['normalisr']['qc_summary']), got {summary!r}."
+        )
         raise ValueError(msg)
     lines = []
     for axis in ("cells", "genes"):
@@ -170,8 +194,10 @@ def format_qc_summary(summary: Mapping) -> str:
         removed = summary.get(f"{axis}_removed", {})
         for name, what in names.items():
             if name in removed:
-                lines.append(f"  {axis} below {name}={float(bounds.get(name, np.nan)):g} "
-                             f"({what}): {int(removed[name]):,}")
+                lines.append(
+                    f"  {axis} below {name}={float(bounds.get(name, np.nan)):g} "
+                    f"({what}): {int(removed[name]):,}"
+                )
         if int(removed.get(LATER_ROUNDS, 0)):
             lines.append(f"  {axis} removed in later rounds: {int(removed[LATER_ROUNDS]):,}")
     if "outliers_removed" in summary:
@@ -252,14 +278,18 @@ def qc_reads(
     ...                 min_cell_counts=500, min_cell_genes=100)
     """
     given = {
-        "min_gene_counts": min_gene_counts, "min_gene_cells": min_gene_cells,
-        "min_gene_cell_fraction": min_gene_cell_fraction, "min_cell_counts": min_cell_counts,
-        "min_cell_genes": min_cell_genes, "min_cell_gene_fraction": min_cell_gene_fraction,
+        "min_gene_counts": min_gene_counts,
+        "min_gene_cells": min_gene_cells,
+        "min_gene_cell_fraction": min_gene_cell_fraction,
+        "min_cell_counts": min_cell_counts,
+        "min_cell_genes": min_cell_genes,
+        "min_cell_gene_fraction": min_cell_gene_fraction,
     }
     for name, value in given.items():
         check_number(name, value, minimum=0, maximum=1 if name.endswith("fraction") else None)
-    transcriptome_genes = check_int("transcriptome_genes", transcriptome_genes, minimum=1,
-                                    allow_none=True)
+    transcriptome_genes = check_int(
+        "transcriptome_genes", transcriptome_genes, minimum=1, allow_none=True
+    )
     check_str("layer", layer, allow_none=True)
     check_bool("inplace", inplace)
     check_bool("chunked", chunked, allow_none=True)
@@ -272,10 +302,13 @@ def qc_reads(
             "`adata[cells, genes].to_memory()`."
         )
         raise ValueError(msg)
-    bounds = ReadBounds(**scaled_bounds(
-        {name: float(value) for name, value in given.items()}, adata.n_vars,
-        transcriptome_genes,
-    ))
+    bounds = ReadBounds(
+        **scaled_bounds(
+            {name: float(value) for name, value in given.items()},
+            adata.n_vars,
+            transcriptome_genes,
+        )
+    )
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     validate_counts(counts, source=matrix_name(layer), block_cells=size, progress=progress)
     cells, genes, rounds = filter_reads(counts, bounds, block_cells=size, progress=progress)
@@ -289,13 +322,21 @@ def qc_reads(
     summary = _read_summary(counts, bounds, cells, genes, size)
     logger.info(
         "qc_reads: removed %d/%d genes and %d/%d cells in %d rounds",
-        (~genes).sum(), genes.size, (~cells).sum(), cells.size, rounds,
+        (~genes).sum(),
+        genes.size,
+        (~cells).sum(),
+        cells.size,
+        rounds,
     )
     _warn_reads(summary, " (in nsc.pp.normalize: the `qc=` mapping; `qc=None` skips QC)")
     if not inplace:
         return cells, genes
-    params = {**summary["bounds"], "transcriptome_genes": transcriptome_genes,
-              "layer": layer, "rounds": rounds}
+    params = {
+        **summary["bounds"],
+        "transcriptome_genes": transcriptome_genes,
+        "layer": layer,
+        "rounds": rounds,
+    }
     with subsetting(adata):
         # One copy for cells and genes at once (anndata copies per call), lazy for a dask X.
         adata._init_as_actual(adata[cells, genes].copy())
@@ -368,14 +409,26 @@ def qc_outlier(
         logger.warning(
             "variance-outlier QC removed %s of %s cells (%.1f%%) at pcut=%g; to keep more, "
             "lower `pcut` (or pass remove_outliers=False to nsc.pp.normalize).",
-            f"{n_outliers:,}", f"{outliers.size:,}", 100 * outliers.mean(), pcut,
+            f"{n_outliers:,}",
+            f"{outliers.size:,}",
+            100 * outliers.mean(),
+            pcut,
         )
-    params = {"pcut": pcut, "outrate": outrate, "n_outliers": n_outliers,
-              "key_added": key_added, "iterations": iterations, "removed": inplace}
+    params = {
+        "pcut": pcut,
+        "outrate": outrate,
+        "n_outliers": n_outliers,
+        "key_added": key_added,
+        "iterations": iterations,
+        "removed": inplace,
+    }
     summary = _current_summary(adata)
     if summary.get("n_cells_kept") != adata.n_obs:  # no read-count QC of these cells
-        summary = {"n_cells_in": adata.n_obs, "n_genes_in": adata.n_vars,
-                   "n_genes_kept": adata.n_vars}
+        summary = {
+            "n_cells_in": adata.n_obs,
+            "n_genes_in": adata.n_vars,
+            "n_genes_kept": adata.n_vars,
+        }
     summary["outliers_removed"] = n_outliers if inplace else 0
     summary["n_cells_kept"] = adata.n_obs - summary["outliers_removed"]
     flags = outliers

@@ -27,16 +27,25 @@ if TYPE_CHECKING:
 #: Read-count QC bounds of the Normalisr paper's recipe (METHOD 1), with the cell bounds
 #: (500 counts, 100 genes) meant for a whole transcriptome of 20,000 genes and scaled
 #: down in proportion on fewer genes (a panel, a subset).
-DEFAULT_QC = MappingProxyType({
-    "min_gene_cells": 50,
-    "min_gene_cell_fraction": 0.02,
-    "min_cell_counts": 500,
-    "min_cell_genes": 100,
-    "transcriptome_genes": 20_000,
-})
+DEFAULT_QC = MappingProxyType(
+    {
+        "min_gene_cells": 50,
+        "min_gene_cell_fraction": 0.02,
+        "min_cell_counts": 500,
+        "min_cell_genes": 100,
+        "transcriptome_genes": 20_000,
+    }
+)
 #: Keys a ``qc`` mapping may hold (keyword arguments of :func:`qc_reads`).
-QC_KEYS = ("min_gene_counts", "min_gene_cells", "min_gene_cell_fraction", "min_cell_counts",
-           "min_cell_genes", "min_cell_gene_fraction", "transcriptome_genes")
+QC_KEYS = (
+    "min_gene_counts",
+    "min_gene_cells",
+    "min_gene_cell_fraction",
+    "min_cell_counts",
+    "min_cell_genes",
+    "min_cell_gene_fraction",
+    "transcriptome_genes",
+)
 
 #: Column of the working object's obs/var holding positions in the user's AnnData.
 _POSITION = "_nsc_position"
@@ -56,17 +65,25 @@ def _drop_cells(work: AnnData, keep: np.ndarray, block_rows: int) -> AnnData:
     """
     lcpm_layer = work.layers["lcpm"]
     return AnnData(
-        obs=work.obs[keep], var=work.var, uns=work.uns,
+        obs=work.obs[keep],
+        var=work.var,
+        uns=work.uns,
         obsm={key: value[keep] for key, value in work.obsm.items()},
-        layers={"lcpm": lcpm_layer[keep] if is_dask(lcpm_layer)
-                else compact_rows(lcpm_layer, keep, block_rows)},
+        layers={
+            "lcpm": lcpm_layer[keep]
+            if is_dask(lcpm_layer)
+            else compact_rows(lcpm_layer, keep, block_rows)
+        },
     )
 
 
 def _detached(adata: AnnData, counts) -> AnnData:
     """An in-memory copy of a backed ``adata`` whose X is ``counts``, read lazily from disk."""
     return AnnData(
-        X=counts, obs=adata.obs.copy(), var=adata.var.copy(), uns=deepcopy(dict(adata.uns)),
+        X=counts,
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        uns=deepcopy(dict(adata.uns)),
         obsm={key: value.copy() for key, value in adata.obsm.items()},
         varm={key: value.copy() for key, value in adata.varm.items()},
     )
@@ -82,8 +99,9 @@ def _validated_qc(qc: Mapping[str, float] | None) -> dict[str, float] | None:
         if name == "transcriptome_genes":
             check_int(f"qc[{name!r}]", value, minimum=1, allow_none=True)
         else:
-            check_number(f"qc[{name!r}]", value, minimum=0,
-                         maximum=1 if name.endswith("fraction") else None)
+            check_number(
+                f"qc[{name!r}]", value, minimum=0, maximum=1 if name.endswith("fraction") else None
+            )
     return qc
 
 
@@ -105,8 +123,10 @@ def _results(work: AnnData) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for container, names in keys.items():
         source = getattr(work, container)
-        values = {key: (source[key].to_numpy() if container in ("obs", "var") else source[key])
-                  for key in names}
+        values = {
+            key: (source[key].to_numpy() if container in ("obs", "var") else source[key])
+            for key in names
+        }
         if values:
             results[container] = values
     return results
@@ -115,8 +135,9 @@ def _results(work: AnnData) -> dict[str, dict]:
 def _summary(work: AnnData, n_cells: int, n_genes: int, n_outliers: int | None) -> dict:
     """The QC summary of the whole recipe, in terms of the user's cells and genes."""
     summary = dict(work.uns[RECORD].get(SUMMARY, {}))
-    summary.update(n_cells_in=n_cells, n_genes_in=n_genes, n_genes_kept=work.n_vars,
-                   n_cells_kept=work.n_obs)
+    summary.update(
+        n_cells_in=n_cells, n_genes_in=n_genes, n_genes_kept=work.n_vars, n_cells_kept=work.n_obs
+    )
     if n_outliers is not None:
         summary["outliers_removed"] = n_outliers
     return summary
@@ -229,8 +250,7 @@ def normalize(
     # carries each cell's and gene's position for the way back to ``adata``.
     obs = adata.obs[columns].set_axis(_unique_names(adata.obs_names))
     obs[_POSITION] = np.arange(adata.n_obs)
-    var = pd.DataFrame({_POSITION: np.arange(adata.n_vars)},
-                       index=_unique_names(adata.var_names))
+    var = pd.DataFrame({_POSITION: np.arange(adata.n_vars)}, index=_unique_names(adata.var_names))
     work = AnnData(X=counts, obs=obs, var=var)
     if qc is not None:
         qc_reads(work, **qc, chunk_size=size)
@@ -247,14 +267,19 @@ def normalize(
             logger.warning(
                 "normalize removed %s of %s cells (%.1f%%) as variance outliers; pass "
                 "remove_outliers=False to keep them.",
-                f"{n_outliers:,}", f"{outliers.size:,}", 100 * outliers.mean(),
+                f"{n_outliers:,}",
+                f"{outliers.size:,}",
+                100 * outliers.mean(),
             )
         with subsetting(work):
             work._init_as_actual(_drop_cells(work, ~outliers, size))
     normvar(work, keepvar=keepvar, chunk_size=size)
 
-    steps = {step: dict(params) for step, params in work.uns[RECORD].items()
-             if isinstance(params, Mapping) and step not in (WRITTEN, SUMMARY)}
+    steps = {
+        step: dict(params)
+        for step, params in work.uns[RECORD].items()
+        if isinstance(params, Mapping) and step not in (WRITTEN, SUMMARY)
+    }
     if remove_outliers:
         steps["qc_outlier"]["removed"] = True
     summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)

@@ -148,8 +148,9 @@ def cpm(
     target_sum = check_number("target_sum", target_sum, minimum=0, min_open=True)
     check_chunking(chunked, chunk_size)
     check_writable(adata, {"layers": [key_added]})
-    counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
-                                what="counts", keep_format=True)
+    counts, size = input_matrix(
+        adata, layer, chunked=chunked, chunk_size=chunk_size, what="counts", keep_format=True
+    )
     source = matrix_name(layer)
     if is_dask(counts):
         sums = accumulate(_RowTotals, counts, block_cells=size, progress=progress, desc="cpm")
@@ -172,13 +173,24 @@ def cpm(
         import dask.array as da
 
         result = da.blockwise(
-            _cpm_chunk, "ij", counts, "ij", da.from_array(factor, chunks=(counts.chunks[0],)),
-            "i", concatenate=True, dtype=np.float64, meta=_result_meta(counts),
+            _cpm_chunk,
+            "ij",
+            counts,
+            "ij",
+            da.from_array(factor, chunks=(counts.chunks[0],)),
+            "i",
+            concatenate=True,
+            dtype=np.float64,
+            meta=_result_meta(counts),
         )
     else:
         result = _scaled(counts, factor, axis=0)
-    store(adata, "cpm", {"layer": layer, "key_added": key_added, "target_sum": target_sum},
-          layers={key_added: result})
+    store(
+        adata,
+        "cpm",
+        {"layer": layer, "key_added": key_added, "target_sum": target_sum},
+        layers={key_added: result},
+    )
     logger.info("cpm: wrote adata.layers[%r]", key_added)
 
 
@@ -192,8 +204,11 @@ def _feature_range(value) -> tuple[float, float]:
         msg = f"`feature_range` must be {accepted}, got {value!r}."
         raise ValueError(msg)
     for end in (low, high):
-        if isinstance(end, bool | np.bool_) or not isinstance(end, int | float | np.number) \
-                or not np.isfinite(end):
+        if (
+            isinstance(end, bool | np.bool_)
+            or not isinstance(end, int | float | np.number)
+            or not np.isfinite(end)
+        ):
             msg = f"`feature_range` must be {accepted}, got {value!r}."
             raise ValueError(msg)
     if not low < high:
@@ -241,11 +256,26 @@ def minmax(
     low, high = _feature_range(feature_range)
     check_chunking(chunked, chunk_size)
     check_writable(adata, {"layers": [key_added]})
-    matrix, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
-                                what="the values to scale", keep_format=True)
+    matrix, size = input_matrix(
+        adata,
+        layer,
+        chunked=chunked,
+        chunk_size=chunk_size,
+        what="the values to scale",
+        keep_format=True,
+    )
     streamed = is_dask(matrix)
-    span = accumulate(lambda: _ColumnRange(matrix.shape[1]), matrix, block_cells=size,
-                      progress=progress, desc="minmax") if streamed else None
+    span = (
+        accumulate(
+            lambda: _ColumnRange(matrix.shape[1]),
+            matrix,
+            block_cells=size,
+            progress=progress,
+            desc="minmax",
+        )
+        if streamed
+        else None
+    )
     if span is None:
         span = _ColumnRange(matrix.shape[1])
         span.add(slice(0, matrix.shape[0]), matrix)
@@ -255,8 +285,11 @@ def minmax(
     is_sparse = sparse.issparse(matrix) or sparse.issparse(getattr(matrix, "_meta", None))
     stays_sparse = is_sparse and low == 0 and not lowest.any()
     if is_sparse and not stays_sparse:
-        reason = ("feature_range starts at a non-zero value" if low != 0
-                  else "some genes have a non-zero minimum")
+        reason = (
+            "feature_range starts at a non-zero value"
+            if low != 0
+            else "some genes have a non-zero minimum"
+        )
         msg = (
             f"min-max scaling of a sparse matrix must densify because {reason}: its zero "
             "entries become non-zero. Use feature_range=(0, high) on non-negative data with "
@@ -265,8 +298,13 @@ def minmax(
         warnings.warn(msg, UserWarning, stacklevel=2)
     if streamed:
         result = matrix.map_blocks(
-            _minmax_chunk, lowest=lowest, factor=factor, low=low, stays_sparse=stays_sparse,
-            dtype=np.float64, meta=_result_meta(matrix, stays_sparse),
+            _minmax_chunk,
+            lowest=lowest,
+            factor=factor,
+            low=low,
+            stays_sparse=stays_sparse,
+            dtype=np.float64,
+            meta=_result_meta(matrix, stays_sparse),
         )
     elif stays_sparse:
         # (x - 0) * factor + 0 of the dense formula is exactly x * factor.
@@ -274,5 +312,9 @@ def minmax(
     else:
         dense = matrix.toarray() if sparse.issparse(matrix) else matrix
         result = (np.asarray(dense, dtype=np.float64) - lowest) * factor + low
-    store(adata, "minmax", {"layer": layer, "key_added": key_added,
-                            "feature_range": [low, high]}, layers={key_added: result})
+    store(
+        adata,
+        "minmax",
+        {"layer": layer, "key_added": key_added, "feature_range": [low, high]},
+        layers={key_added: result},
+    )

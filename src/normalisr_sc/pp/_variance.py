@@ -55,32 +55,48 @@ def _expression_and_covariates(
             "needed (and the method is meant for hundreds of cells)."
         )
         raise ValueError(msg)
-    expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
-                                    what="log CPM")
+    expression, size = input_matrix(
+        adata, layer, chunked=chunked, chunk_size=chunk_size, what="log CPM"
+    )
     return expression, size, covariates
 
 
 def _normalised_chunk(
-    block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray,
-    coefficients: np.ndarray, scale: np.ndarray, factor: np.ndarray, out_dtype: np.dtype,
+    block: np.ndarray,
+    covariates: np.ndarray,
+    log_weights: np.ndarray,
+    coefficients: np.ndarray,
+    scale: np.ndarray,
+    factor: np.ndarray,
+    out_dtype: np.dtype,
 ) -> np.ndarray:
     values = normalised_block(block, covariates, log_weights, coefficients, scale, factor)
     return values.astype(out_dtype, copy=False)
 
 
-def lazy_normalised(expression, covariates: np.ndarray, weights: np.ndarray,
-                    fit: NormalisationFit, dtype: np.dtype):
+def lazy_normalised(
+    expression, covariates: np.ndarray, weights: np.ndarray, fit: NormalisationFit, dtype: np.dtype
+):
     """The normalised expression as a dask array computed block by block from ``expression``."""
     import dask.array as da
 
     rows = expression.chunks[0]
     return da.blockwise(
-        _normalised_chunk, "ij",
-        expression, "ij",
-        da.from_array(covariates, chunks=(rows, -1)), "ik",
-        da.from_array(np.log(weights), chunks=(rows,)), "i",
-        concatenate=True, dtype=dtype, meta=np.empty((0, 0), dtype=dtype),
-        coefficients=fit.coefficients, scale=fit.scale, factor=fit.factor, out_dtype=dtype,
+        _normalised_chunk,
+        "ij",
+        expression,
+        "ij",
+        da.from_array(covariates, chunks=(rows, -1)),
+        "ik",
+        da.from_array(np.log(weights), chunks=(rows,)),
+        "i",
+        concatenate=True,
+        dtype=dtype,
+        meta=np.empty((0, 0), dtype=dtype),
+        coefficients=fit.coefficients,
+        scale=fit.scale,
+        factor=fit.factor,
+        out_dtype=dtype,
     )
 
 
@@ -133,18 +149,33 @@ def compute_var(
         adata, layer, covariates_key, chunked, chunk_size
     )
     weights, steps, change = cell_weights(
-        expression, covariates.to_numpy(dtype=np.float64),
-        stepmax=stepmax, eps=eps, block_cells=size, progress=progress,
+        expression,
+        covariates.to_numpy(dtype=np.float64),
+        stepmax=stepmax,
+        eps=eps,
+        block_cells=size,
+        progress=progress,
     )
     if not (np.isfinite(weights).all() and (weights > 0).all()):
         msg = "the cell variance fit gave non-finite weights; check covariates and QC."
         raise ValueError(msg)
-    store(adata, "compute_var", {
-        "stepmax": stepmax, "eps": eps, "layer": layer, "covariates_key": covariates_key,
-        "key_added": key_added, "steps": steps, "max_relative_change": change,
-    }, obs={key_added: weights})
-    logger.info("compute_var: weights in [%.3g, %.3g] after %d step(s)",
-                weights.min(), weights.max(), steps)
+    store(
+        adata,
+        "compute_var",
+        {
+            "stepmax": stepmax,
+            "eps": eps,
+            "layer": layer,
+            "covariates_key": covariates_key,
+            "key_added": key_added,
+            "steps": steps,
+            "max_relative_change": change,
+        },
+        obs={key_added: weights},
+    )
+    logger.info(
+        "compute_var: weights in [%.3g, %.3g] after %d step(s)", weights.min(), weights.max(), steps
+    )
 
 
 def normvar(
@@ -205,12 +236,16 @@ def normvar(
     (covariate coefficients, then the rescaling factor).
     """
     check_bool("keepvar", keepvar)
-    for name, value in (("key_added", key_added), ("weights_key", weights_key),
-                        ("scale_key", scale_key)):
+    for name, value in (
+        ("key_added", key_added),
+        ("weights_key", weights_key),
+        ("scale_key", scale_key),
+    ):
         check_str(name, value)
     dtype = float_dtype("dtype", dtype, allow_none=True)
-    check_writable(adata, {"layers": [key_added], "varm": [NORMVAR_KEY],
-                           "obsm": [COVARIATES_NORM_KEY]})
+    check_writable(
+        adata, {"layers": [key_added], "varm": [NORMVAR_KEY], "obsm": [COVARIATES_NORM_KEY]}
+    )
     expression, size, covariates = _expression_and_covariates(
         adata, layer, covariates_key, chunked, chunk_size
     )
@@ -229,26 +264,46 @@ def normvar(
         dtype = expression.dtype if expression.dtype.name in FLOAT_TYPES else np.dtype(np.float64)
     cov = covariates.to_numpy(dtype=np.float64)
     if is_dask(expression):
-        fit = fit_normalisation(expression, cov, weights, scale, keepvar=keepvar,
-                                block_cells=size, progress=progress)
+        fit = fit_normalisation(
+            expression, cov, weights, scale, keepvar=keepvar, block_cells=size, progress=progress
+        )
         out = lazy_normalised(expression, cov, weights, fit, dtype)
     else:
         out = np.empty(adata.shape, dtype=dtype)
-        fit = fit_normalisation(expression, cov, weights, scale, keepvar=keepvar,
-                                block_cells=size, progress=progress, out=out)
+        fit = fit_normalisation(
+            expression,
+            cov,
+            weights,
+            scale,
+            keepvar=keepvar,
+            block_cells=size,
+            progress=progress,
+            out=out,
+        )
         for rows in row_slices(adata.n_obs, size):
             out[rows] *= fit.factor
     fitted = pd.DataFrame(
-        np.column_stack([fit.coefficients, fit.factor]), index=adata.var_names,
+        np.column_stack([fit.coefficients, fit.factor]),
+        index=adata.var_names,
         columns=[*map(str, covariates.columns), "factor"],
     )
     covariates_norm = pd.DataFrame(
         normalize_covariates(cov, weights), index=adata.obs_names, columns=covariates.columns
     )
-    store(adata, "normvar", {
-        "keepvar": keepvar, "key_added": key_added, "layer": layer,
-        "covariates_key": covariates_key, "weights_key": weights_key, "scale_key": scale_key,
-        "dtype": dtype.name,
-    }, layers={key_added: out}, varm={NORMVAR_KEY: fitted},
-        obsm={COVARIATES_NORM_KEY: covariates_norm})
+    store(
+        adata,
+        "normvar",
+        {
+            "keepvar": keepvar,
+            "key_added": key_added,
+            "layer": layer,
+            "covariates_key": covariates_key,
+            "weights_key": weights_key,
+            "scale_key": scale_key,
+            "dtype": dtype.name,
+        },
+        layers={key_added: out},
+        varm={NORMVAR_KEY: fitted},
+        obsm={COVARIATES_NORM_KEY: covariates_norm},
+    )
     logger.info("normvar: wrote adata.layers[%r]", key_added)

@@ -96,13 +96,13 @@ def _block_matrix(n_vars: int, index: np.ndarray, block: np.ndarray) -> sparse.c
     return matrix
 
 
-def _network_matrix(n_vars: int, index: np.ndarray | None, rows: np.ndarray,
-                    cols: np.ndarray) -> sparse.csr_matrix:
+def _network_matrix(
+    n_vars: int, index: np.ndarray | None, rows: np.ndarray, cols: np.ndarray
+) -> sparse.csr_matrix:
     """The boolean ``n_vars`` square CSR network with edges ``(rows, cols)`` among ``index``."""
     if index is not None:
         rows, cols = index[rows], index[cols]
-    return sparse.csr_matrix((np.ones(rows.size, dtype=bool), (rows, cols)),
-                             shape=(n_vars, n_vars))
+    return sparse.csr_matrix((np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n_vars, n_vars))
 
 
 def _check_not_empty(n_edges: int, qcut: float) -> None:
@@ -214,29 +214,36 @@ def coex(
     check_dimreduce(dimreduce)
     dtype = _output_dtype(dtype)
     qcut = _check_store(store, qcut)
-    check_writable(adata, {
-        "var": [f"{key_added}_var"], "uns": [key_added],
-        "varp": [f"{key_added}_{name}" for name in (*COEX_MATRICES, "net")],
-    })
+    check_writable(
+        adata,
+        {
+            "var": [f"{key_added}_var"],
+            "uns": [key_added],
+            "varp": [f"{key_added}_{name}" for name in (*COEX_MATRICES, "net")],
+        },
+    )
     expression, size, covariates = normalised_inputs(
         adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
     )
     index = _gene_index(adata, genes)
     if index is not None:
         expression = expression[:, index] if is_dask(expression) else _Columns(expression, index)
-    stats = coex_stats(expression, covariates, dimreduce=int(dimreduce), block_cells=size,
-                       progress=progress)
+    stats = coex_stats(
+        expression, covariates, dimreduce=int(dimreduce), block_cells=size, progress=progress
+    )
     n_genes, n_cells, df = stats.inv_sd.size, stats.n_cells, stats.df
     variance = stats.var
     if index is not None:
         variance = np.full(adata.n_vars, np.nan)
         variance[index] = stats.var
     if qcut is None:
-        matrices = dict(zip(COEX_MATRICES, coex_matrices(stats, dtype=dtype, progress=progress),
-                            strict=True))
+        matrices = dict(
+            zip(COEX_MATRICES, coex_matrices(stats, dtype=dtype, progress=progress), strict=True)
+        )
         if index is not None:
-            matrices = {name: _block_matrix(adata.n_vars, index, block)
-                        for name, block in matrices.items()}
+            matrices = {
+                name: _block_matrix(adata.n_vars, index, block) for name, block in matrices.items()
+            }
         stale = [f"{key_added}_net"]
     else:
         rows, cols = coex_network(stats, qcut=qcut, progress=progress)
@@ -244,15 +251,22 @@ def coex(
         matrices = {"net": _network_matrix(adata.n_vars, index, rows, cols)}
         stale = [f"{key_added}_{name}" for name in COEX_MATRICES]
     record = {
-        "n_cells": n_cells, "df": df, "layer": layer, "covariates_key": covariates_key,
-        "dimreduce": int(dimreduce), "store": store, "dtype": dtype.name,
+        "n_cells": n_cells,
+        "df": df,
+        "layer": layer,
+        "covariates_key": covariates_key,
+        "dimreduce": int(dimreduce),
+        "store": store,
+        "dtype": dtype.name,
     }
     if index is not None:
         record["genes"] = list(adata.var_names[index])
     if qcut is not None:
         record["binnet"] = _network_record(matrices["net"], qcut)
     store_results(
-        adata, "coex", {"key_added": key_added, "store": store, "dtype": dtype.name},
+        adata,
+        "coex",
+        {"key_added": key_added, "store": store, "dtype": dtype.name},
         drop={"varp": stale},
         var={f"{key_added}_var": variance},
         varp={f"{key_added}_{name}": matrix for name, matrix in matrices.items()},
@@ -338,14 +352,12 @@ def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None
         raise ValueError(msg)
     index, pvals = coex_block(adata, key, "pvals")
     if not np.isfinite(pvals).all():
-        msg = (
-            f"adata.varp[{key + '_pvals'!r}] holds NaN or infinite p-values; rerun "
-            "`nsc.tl.coex`."
-        )
+        msg = f"adata.varp[{key + '_pvals'!r}] holds NaN or infinite p-values; rerun `nsc.tl.coex`."
         raise ValueError(msg)
     rows, cols = pvalue_network(pvals, qcut=qcut)
     _check_not_empty(rows.size, qcut)
     net = _network_matrix(adata.n_vars, index, rows, cols)
     record = {**adata.uns.get(key, {}), "binnet": _network_record(net, qcut)}
-    store_results(adata, "binnet", {"key": key, "qcut": qcut},
-                  varp={f"{key}_net": net}, uns={key: record})
+    store_results(
+        adata, "binnet", {"key": key, "qcut": qcut}, varp={f"{key}_net": net}, uns={key: record}
+    )

@@ -42,8 +42,7 @@ LISTED = 10
 RANK_ALL_UP_TO = 100
 
 
-def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray,
-            df: np.ndarray) -> np.ndarray:
+def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray, df: np.ndarray) -> np.ndarray:
     """Signed t statistics of the tests: ``t = gamma sqrt(var_x / var_y) sqrt(df / (1 - R^2))``.
 
     With ``R^2 = gamma^2 var_x / var_y`` (residual variances over the same cells).
@@ -52,14 +51,14 @@ def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray,
         ratio = np.where(var_y > 0, var_x / var_y, 0.0)
         r2 = np.clip(gamma**2 * ratio, 0.0, 1.0)
         t = gamma * np.sqrt(ratio) * np.sqrt(df / (1.0 - r2))
-    return np.nan_to_num(t, nan=0.0, posinf=np.finfo(np.float32).max,
-                         neginf=-np.finfo(np.float32).max)
+    return np.nan_to_num(
+        t, nan=0.0, posinf=np.finfo(np.float32).max, neginf=-np.finfo(np.float32).max
+    )
 
 
 def _records(columns: dict[str, np.ndarray], dtype: str) -> np.recarray:
     """One field per group (in order), as scanpy's ``rank_genes_groups`` stores them."""
-    return np.rec.fromarrays(list(columns.values()),
-                             dtype=[(name, dtype) for name in columns])
+    return np.rec.fromarrays(list(columns.values()), dtype=[(name, dtype) for name in columns])
 
 
 def rank_genes_layout(
@@ -85,8 +84,9 @@ def rank_genes_layout(
     gene_names = np.asarray(genes, dtype=object)
     for j, name in enumerate(names):
         log10p, logfc = result["log10p"][:, j], result["logfc"][:, j]
-        scores = _scores(result["gamma"][:, j], result["var"][:, j],
-                         result["var_group"][j], result["df"][j])
+        scores = _scores(
+            result["gamma"][:, j], result["var"][:, j], result["var_group"][j], result["df"][j]
+        )
         rank = log10p if rankby_abs else np.sign(scores) * log10p
         order = np.lexsort((-np.abs(logfc), -rank))[:n_genes]
         pvals = result["pvals"][:, j]
@@ -95,8 +95,13 @@ def rank_genes_layout(
         fields["logfoldchanges"][name] = logfc[order] / np.log(2.0)
         fields["pvals"][name] = pvals[order]
         fields["pvals_adj"][name] = bh_qvalues(pvals)[order]
-    dtypes = {"names": "O", "scores": "float32", "logfoldchanges": "float32",
-              "pvals": "float64", "pvals_adj": "float64"}
+    dtypes = {
+        "names": "O",
+        "scores": "float32",
+        "logfoldchanges": "float32",
+        "pvals": "float64",
+        "pvals_adj": "float64",
+    }
     return {key: _records(columns, dtypes[key]) for key, columns in fields.items()}
 
 
@@ -129,7 +134,9 @@ def _plan(group_set: Groups, design: Design) -> _Plan:
                 logger.warning(
                     "de: %d cells carry several non-reference groups; with `reference=` the "
                     "case-control test of a group compares its cells with the reference "
-                    "cells, so these cells are left out of every test.", several)
+                    "cells, so these cells are left out of every test.",
+                    several,
+                )
             # Cells carrying no group are the baseline only if they carry a reference group.
             label[(label == 0) & ~group_set.in_reference] = -1
         label[~cells] = -1
@@ -141,8 +148,9 @@ def _plan(group_set: Groups, design: Design) -> _Plan:
     return _Plan("all" if design == "case_control" else "joint", cells, None, carrying, used)
 
 
-def _tested_groups(group_set: Groups, plan: _Plan, design: Design,
-                   min_cells: int) -> tuple[np.ndarray, list[str]]:
+def _tested_groups(
+    group_set: Groups, plan: _Plan, design: Design, min_cells: int
+) -> tuple[np.ndarray, list[str]]:
     """The groups to test (positions) and the names of the groups skipped as too small."""
     names = np.array(group_set.names, dtype=object)
     tested = group_set.tested
@@ -160,8 +168,12 @@ def _tested_groups(group_set: Groups, plan: _Plan, design: Design,
     if skipped:
         logger.warning(
             "de: %d group(s) carried%s by fewer than min_cells=%d cells are not tested: %s%s",
-            len(skipped), alone, min_cells, ", ".join(skipped[:LISTED]),
-            " ..." if len(skipped) > LISTED else "")
+            len(skipped),
+            alone,
+            min_cells,
+            ", ".join(skipped[:LISTED]),
+            " ..." if len(skipped) > LISTED else "",
+        )
     tested = tested[plan.carrying[tested] >= min_cells]
     if not tested.size:
         msg = (
@@ -171,31 +183,45 @@ def _tested_groups(group_set: Groups, plan: _Plan, design: Design,
         raise ValueError(msg)
     if plan.kind == "classes" and plan.used[0] == plan.carrying[0]:
         if design == "case_control":
-            msg = (f"no used cell carries the reference group(s) {group_set.reference}; "
-                   "nothing to compare with.")
+            msg = (
+                f"no used cell carries the reference group(s) {group_set.reference}; "
+                "nothing to compare with."
+            )
         else:
-            msg = ("no used cell is without a group, so the tests have no baseline: name "
-                   "the baseline group(s) with `reference=`.")
+            msg = (
+                "no used cell is without a group, so the tests have no baseline: name "
+                "the baseline group(s) with `reference=`."
+            )
         raise ValueError(msg)
     everywhere = names[tested[plan.carrying[tested] == plan.used[tested]]]
     if everywhere.size:
-        msg = (f"group(s) {list(everywhere[:LISTED])} are present in every cell of their "
-               "test; a constant indicator cannot be tested.")
+        msg = (
+            f"group(s) {list(everywhere[:LISTED])} are present in every cell of their "
+            "test; a constant indicator cannot be tested."
+        )
         raise ValueError(msg)
     return tested, skipped
 
 
-def _run(plan: _Plan, matrix: sparse.csr_matrix, tested: np.ndarray, expression: object,
-         covariates: np.ndarray, effect: object, dimreduce: int, size: int):
+def _run(
+    plan: _Plan,
+    matrix: sparse.csr_matrix,
+    tested: np.ndarray,
+    expression: object,
+    covariates: np.ndarray,
+    effect: object,
+    dimreduce: int,
+    size: int,
+):
     """The kernel's result and the rows of it holding the tested groups."""
-    options = {"dimreduce": dimreduce, "block_cells": size, "progress": progress,
-               "effect": effect}
+    options = {"dimreduce": dimreduce, "block_cells": size, "progress": progress, "effect": effect}
     if plan.kind == "classes":
         result = class_design(plan.label, matrix.shape[1], expression, covariates, **options)
         return result, tested
     if plan.kind == "all":
-        result = case_control(matrix[:, tested], expression, covariates, cells=plan.cells,
-                              **options)
+        result = case_control(
+            matrix[:, tested], expression, covariates, cells=plan.cells, **options
+        )
         return result, np.arange(tested.size)
     return high_moi(matrix, expression, covariates, cells=plan.cells, **options), tested
 
@@ -359,32 +385,48 @@ def de(
     reference = as_names("reference", reference)
     groups = as_names("groups", groups)
     min_cells = check_int("min_cells", min_cells, minimum=1)
-    for name, value in (("layer", layer), ("covariates_key", covariates_key),
-                        ("logfc_layer", logfc_layer), ("logfc_covariates", logfc_covariates),
-                        ("key_added", key_added)):
+    for name, value in (
+        ("layer", layer),
+        ("covariates_key", covariates_key),
+        ("logfc_layer", logfc_layer),
+        ("logfc_covariates", logfc_covariates),
+        ("key_added", key_added),
+    ):
         check_str(name, value)
     n_genes = check_int("n_genes", n_genes, minimum=0, allow_none=True)
     check_bool("rankby_abs", rankby_abs)
     dimreduce = check_dimreduce(dimreduce)
     check_bool("chunked", chunked, allow_none=True)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
-    check_writable(adata, {"varm": [f"{key_added}_{suffix}" for suffix in RESULTS],
-                           "uns": [key_added]})
+    check_writable(
+        adata, {"varm": [f"{key_added}_{suffix}" for suffix in RESULTS], "uns": [key_added]}
+    )
     expression, size, covariates = normalised_inputs(
         adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
     )
-    expression, effect = effect_inputs(adata, expression, layer, covariates_key, logfc_layer,
-                                       logfc_covariates, chunked=chunked,
-                                       chunk_size=chunk_size)
+    expression, effect = effect_inputs(
+        adata,
+        expression,
+        layer,
+        covariates_key,
+        logfc_layer,
+        logfc_covariates,
+        chunked=chunked,
+        chunk_size=chunk_size,
+    )
     group_set = read_groups(adata, groupby, reference, groups)
     unlabelled = int((~group_set.labelled).sum())
     if unlabelled:
-        logger.warning("de: %d cells with a missing label in adata.obs[%r] are left out of "
-                       "the test.", unlabelled, groupby)
+        logger.warning(
+            "de: %d cells with a missing label in adata.obs[%r] are left out of the test.",
+            unlabelled,
+            groupby,
+        )
     plan = _plan(group_set, design)
     tested, skipped = _tested_groups(group_set, plan, design, min_cells)
-    result, rows = _run(plan, group_set.matrix, tested, expression, covariates, effect,
-                        dimreduce, size)
+    result, rows = _run(
+        plan, group_set.matrix, tested, expression, covariates, effect, dimreduce, size
+    )
     names = [group_set.names[i] for i in tested]
     if rows.size == result.pvals.shape[0] and (np.diff(rows) == 1).all():
         rows = slice(None)  # selects the results without copying them
@@ -397,10 +439,18 @@ def de(
         msg = "internal error: the cells used by the tests were miscounted."
         raise AssertionError(msg)
     params = {
-        "groupby": groupby, "design": design, "reference": reference, "groups": groups,
-        "min_cells": min_cells, "layer": layer, "covariates_key": covariates_key,
-        "logfc_layer": logfc_layer, "logfc_covariates": logfc_covariates,
-        "key_added": key_added, "n_genes": n_genes, "rankby_abs": rankby_abs,
+        "groupby": groupby,
+        "design": design,
+        "reference": reference,
+        "groups": groups,
+        "min_cells": min_cells,
+        "layer": layer,
+        "covariates_key": covariates_key,
+        "logfc_layer": logfc_layer,
+        "logfc_covariates": logfc_covariates,
+        "key_added": key_added,
+        "n_genes": n_genes,
+        "rankby_abs": rankby_abs,
         "dimreduce": dimreduce,
     }
     record = {
@@ -424,24 +474,45 @@ def de(
     if n_genes is None:
         n_genes = adata.n_vars if len(names) <= RANK_ALL_UP_TO else RANK_ALL_UP_TO
     if n_genes:
-        columns = {"log10p": result.neg_log10_pvals, "pvals": result.pvals,
-                   "logfc": result.logfc, "gamma": result.gamma, "var": result.var_y}
-        record.update(rank_genes_layout(
-            adata.var_names, names, {k: v[rows].T for k, v in columns.items()}
-            | {"var_group": result.var_x[rows], "df": result.df[rows]},
-            min(n_genes, adata.n_vars), rankby_abs=rankby_abs))
+        columns = {
+            "log10p": result.neg_log10_pvals,
+            "pvals": result.pvals,
+            "logfc": result.logfc,
+            "gamma": result.gamma,
+            "var": result.var_y,
+        }
+        record.update(
+            rank_genes_layout(
+                adata.var_names,
+                names,
+                {k: v[rows].T for k, v in columns.items()}
+                | {"var_group": result.var_x[rows], "df": result.df[rows]},
+                min(n_genes, adata.n_vars),
+                rankby_abs=rankby_abs,
+            )
+        )
         record["params"] = {
             "groupby": groupby,
-            "reference": reference[0] if len(reference) == 1 else
-            (",".join(reference) if reference else "rest"),
-            "method": "normalisr_sc", "use_raw": False, "layer": layer,
-            "corr_method": "benjamini-hochberg", "design": design, "n_genes": int(n_genes), "rankby_abs": rankby_abs,
-            "min_cells": min_cells, "logfc_layer": logfc_layer,
-            "logfc_covariates": logfc_covariates, "covariates_key": covariates_key,
+            "reference": reference[0]
+            if len(reference) == 1
+            else (",".join(reference) if reference else "rest"),
+            "method": "normalisr_sc",
+            "use_raw": False,
+            "layer": layer,
+            "corr_method": "benjamini-hochberg",
+            "design": design,
+            "n_genes": int(n_genes),
+            "rankby_abs": rankby_abs,
+            "min_cells": min_cells,
+            "logfc_layer": logfc_layer,
+            "logfc_covariates": logfc_covariates,
+            "covariates_key": covariates_key,
             "dimreduce": dimreduce,
         }
     store(
-        adata, "de", params,
+        adata,
+        "de",
+        params,
         varm={
             f"{key_added}_pvals": frame(result.pvals),
             f"{key_added}_log10p": frame(result.neg_log10_pvals),
@@ -451,5 +522,6 @@ def de(
         },
         uns={key_added: record},
     )
-    logger.info("de (%s): %d groups x %d genes tested on %s", design, len(names), adata.n_vars,
-                groupby)
+    logger.info(
+        "de (%s): %d groups x %d genes tested on %s", design, len(names), adata.n_vars, groupby
+    )

@@ -40,8 +40,11 @@ def _network(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, np.ndarray]:
     require(adata, "varp", net_key, "nsc.tl.binnet")
     net = sparse.csr_matrix(adata.varp[net_key], dtype=bool)
     genes = adata.uns.get(key, {}).get("genes")
-    covered = (np.arange(adata.n_vars) if genes is None
-               else adata.var_names.get_indexer(np.asarray(genes, dtype=str)))
+    covered = (
+        np.arange(adata.n_vars)
+        if genes is None
+        else adata.var_names.get_indexer(np.asarray(genes, dtype=str))
+    )
     return net, covered
 
 
@@ -58,9 +61,7 @@ def _principal_genes(net: sparse.csr_matrix, covered: np.ndarray, n_principal: i
     return covered[degree >= cut]
 
 
-def _annotation_keys(
-    adata: AnnData, gene_id: str | Mapping[str, str], annotations
-) -> pd.Series:
+def _annotation_keys(adata: AnnData, gene_id: str | Mapping[str, str], annotations) -> pd.Series:
     """Annotation gene id of each data gene (NaN when unknown), and a helpful error if none."""
     if isinstance(gene_id, Mapping):
         keys = pd.Series([gene_id.get(g) for g in adata.var_names], index=adata.var_names)
@@ -111,14 +112,22 @@ def _check_go_params(n_principal: int, min_genes: int, pcut: float, evidence, ge
     check_int("n_principal", n_principal, minimum=2)
     check_int("min_genes", min_genes, minimum=1)
     check_number("pcut", pcut, minimum=0, maximum=1, min_open=True)
-    if (isinstance(evidence, str | bytes) or not hasattr(evidence, "__iter__")
-            or not evidence or not all(isinstance(e, str) for e in evidence)):
-        msg = (f"`evidence` must be a non-empty collection of GO evidence codes such as "
-               f"{sorted(DEFAULT_EVIDENCE)[:4]}, got {evidence!r}.")
+    if (
+        isinstance(evidence, str | bytes)
+        or not hasattr(evidence, "__iter__")
+        or not evidence
+        or not all(isinstance(e, str) for e in evidence)
+    ):
+        msg = (
+            f"`evidence` must be a non-empty collection of GO evidence codes such as "
+            f"{sorted(DEFAULT_EVIDENCE)[:4]}, got {evidence!r}."
+        )
         raise ValueError(msg)
     if not isinstance(gene_id, str | Mapping):
-        msg = (f"`gene_id` must be 'symbol', an adata.var column name or a mapping of "
-               f"var_names to annotation ids, got {gene_id!r}.")
+        msg = (
+            f"`gene_id` must be 'symbol', an adata.var column name or a mapping of "
+            f"var_names to annotation ids, got {gene_id!r}."
+        )
         raise ValueError(msg)
 
 
@@ -207,9 +216,15 @@ def gotop(
     table = enrichment(principal, population, gene_terms, dag)
     enriched = table[(table["odds_ratio"] > 1) & (table["study_count"] >= min_genes)]
     best = float(enriched["pval_bonferroni"].min()) if len(enriched) else float("nan")
-    params = {"n_principal": int(n_principal), "min_genes": int(min_genes),
-              "pcut": float(pcut), "key": key, "go_obo": str(go_obo),
-              "annotations": str(annotations), "evidence": sorted(evidence)}
+    params = {
+        "n_principal": int(n_principal),
+        "min_genes": int(min_genes),
+        "pcut": float(pcut),
+        "key": key,
+        "go_obo": str(go_obo),
+        "annotations": str(annotations),
+        "evidence": sorted(evidence),
+    }
     result = {
         "principal_genes": list(principal),
         "enrichment": table,
@@ -221,8 +236,9 @@ def gotop(
         result["no_top_term"] = (
             f"no GO term with odds ratio > 1 and at least {min_genes} of the "
             f"{principal.size} principal genes has a Bonferroni p-value below "
-            f"pcut={pcut:g} (best: {best:.3g})" if len(enriched) else
-            f"no GO term has odds ratio > 1 with at least {min_genes} of the "
+            f"pcut={pcut:g} (best: {best:.3g})"
+            if len(enriched)
+            else f"no GO term has odds ratio > 1 with at least {min_genes} of the "
             f"{principal.size} principal genes"
         )
         logger.warning("gotop: %s; no top term.", result["no_top_term"])
@@ -232,8 +248,12 @@ def gotop(
         result["top_term_name"] = top["name"]
         result["top_term_pval_bonferroni"] = float(top["pval_bonferroni"])
         result["top_term_genes"] = [g for g, terms in gene_terms.items() if top["term"] in terms]
-        logger.info("gotop: top term %s (%s), Bonferroni p=%.3g", top["term"], top["name"],
-                    top["pval_bonferroni"])
+        logger.info(
+            "gotop: top term %s (%s), Bonferroni p=%.3g",
+            top["term"],
+            top["name"],
+            top["pval_bonferroni"],
+        )
     store(adata, "gotop", params, uns={key_added: result})
 
 
@@ -311,8 +331,10 @@ def pccovt(
         msg = f"pccovt needs at least 2 genes, got {len(genes)}."
         raise ValueError(msg)
     if not adata.var_names.is_unique:
-        msg = ("adata.var_names are not unique, so `genes` cannot name genes; call "
-               "`adata.var_names_make_unique()` first.")
+        msg = (
+            "adata.var_names are not unique, so `genes` cannot name genes; call "
+            "`adata.var_names_make_unique()` first."
+        )
         raise ValueError(msg)
     index = gene_positions(adata, genes)
     covariates = covariate_frame(adata, covariates_key)
@@ -322,13 +344,18 @@ def pccovt(
         raise ValueError(msg)
     check_writable(adata, {"obsm": [covariates_key], "uns": ["nsc_pccovt"]})
     covariate_values = covariates.to_numpy(dtype=np.float64)
-    _finite_or_fail(covariate_values, f"adata.obsm[{covariates_key!r}]",
-                    "rerun nsc.pp.normvar or fix those covariates")
+    _finite_or_fail(
+        covariate_values,
+        f"adata.obsm[{covariates_key!r}]",
+        "rerun nsc.pp.normvar or fix those covariates",
+    )
     matrix = get_matrix(adata, layer)
-    expression = np.vstack([dense_block(matrix[rows])[:, index]
-                            for rows in row_slices(adata.n_obs, chunk_cells(None))])
-    _finite_or_fail(expression, f"adata.layers[{layer!r}] (the {len(genes)} genes)",
-                    "rerun nsc.pp.normvar")
+    expression = np.vstack(
+        [dense_block(matrix[rows])[:, index] for rows in row_slices(adata.n_obs, chunk_cells(None))]
+    )
+    _finite_or_fail(
+        expression, f"adata.layers[{layer!r}] (the {len(genes)} genes)", "rerun nsc.pp.normvar"
+    )
     expression = expression.astype(np.float64)
     scale = np.abs(expression).max(axis=0)
     if condition_on_covariates:
@@ -345,22 +372,40 @@ def pccovt(
         )
         raise ValueError(msg)
     if constant.any():
-        logger.warning("pccovt: %d of %d genes with constant expression are left out: %s",
-                       int(constant.sum()), len(genes),
-                       ", ".join(np.asarray(genes)[constant][:10]))
+        logger.warning(
+            "pccovt: %d of %d genes with constant expression are left out: %s",
+            int(constant.sum()),
+            len(genes),
+            ", ".join(np.asarray(genes)[constant][:10]),
+        )
         expression = expression[:, ~constant]
     scores, explained = top_principal_component(expression)
     records = dict(adata.uns.get("nsc_pccovt", {}))
     records[name] = {
-        "genes": genes, "condition_on_covariates": condition_on_covariates,
-        "explained_variance_ratio": explained, "layer": layer,
+        "genes": genes,
+        "condition_on_covariates": condition_on_covariates,
+        "explained_variance_ratio": explained,
+        "layer": layer,
     }
-    params = {"name": name, "condition_on_covariates": condition_on_covariates,
-              "layer": layer, "covariates_key": covariates_key}
-    store(adata, "pccovt", params, obsm={covariates_key: covariates.assign(**{name: scores})},
-          uns={"nsc_pccovt": records})
-    logger.info("pccovt: added covariate %r from %d genes (%.1f%% variance)",
-                name, len(genes), 100 * explained)
+    params = {
+        "name": name,
+        "condition_on_covariates": condition_on_covariates,
+        "layer": layer,
+        "covariates_key": covariates_key,
+    }
+    store(
+        adata,
+        "pccovt",
+        params,
+        obsm={covariates_key: covariates.assign(**{name: scores})},
+        uns={"nsc_pccovt": records},
+    )
+    logger.info(
+        "pccovt: added covariate %r from %d genes (%.1f%% variance)",
+        name,
+        len(genes),
+        100 * explained,
+    )
 
 
 def _changed(work: AnnData, adata: AnnData) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -374,10 +419,13 @@ def _changed(work: AnnData, adata: AnnData) -> tuple[dict[str, dict], dict[str, 
             if after[container][key] != before.get(container, {}).get(key):
                 value = source[key]
                 results.setdefault(container, {})[key] = (
-                    value.to_numpy() if container in ("obs", "var") else value)
+                    value.to_numpy() if container in ("obs", "var") else value
+                )
     steps = {
-        step: dict(params) for step, params in work.uns[RECORD].items()
-        if isinstance(params, Mapping) and step != WRITTEN
+        step: dict(params)
+        for step, params in work.uns[RECORD].items()
+        if isinstance(params, Mapping)
+        and step != WRITTEN
         and fingerprint(params) != fingerprint(adata.uns.get(RECORD, {}).get(step, {}))
     }
     return results, steps
@@ -456,15 +504,19 @@ def coex_peel(
     _evidence_annotations(annotations, evidence)
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
-    check_writable(adata, {
-        "obsm": [covariates_key],
-        "varp": [f"{key}_net", *(f"{key}_net_round{r}" for r in range(1, int(rounds) + 1))],
-        "uns": [key, "nsc_gotop", "nsc_pccovt", "nsc_coex_peel"],
-    })
+    check_writable(
+        adata,
+        {
+            "obsm": [covariates_key],
+            "varp": [f"{key}_net", *(f"{key}_net_round{r}" for r in range(1, int(rounds) + 1))],
+            "uns": [key, "nsc_gotop", "nsc_pccovt", "nsc_coex_peel"],
+        },
+    )
     # The rounds run on an AnnData sharing only the (read-only) expression with ``adata``,
     # so that a failure in any round leaves ``adata`` as it was.
     work = AnnData(
-        obs=pd.DataFrame(index=adata.obs_names), var=adata.var.copy(),
+        obs=pd.DataFrame(index=adata.obs_names),
+        var=adata.var.copy(),
         layers={layer: adata.layers[layer]},
         obsm={covariates_key: covariate_frame(adata, covariates_key).copy()},
         uns=copy.deepcopy(dict(adata.uns)),
@@ -475,31 +527,67 @@ def coex_peel(
         coex(work, layer=layer, genes=genes, covariates_key=covariates_key, key_added=key)
         binnet(work, qcut=qcut, key=key)
         store(work, varp={f"{key}_net_round{round_number}": work.varp[f"{key}_net"].copy()})
-        gotop(work, go_obo, annotations, n_principal=n_principal, min_genes=min_genes,
-              pcut=pcut, evidence=evidence, gene_id=gene_id, key=key)
+        gotop(
+            work,
+            go_obo,
+            annotations,
+            n_principal=n_principal,
+            min_genes=min_genes,
+            pcut=pcut,
+            evidence=evidence,
+            gene_id=gene_id,
+            key=key,
+        )
         found = work.uns["nsc_gotop"]
         if "top_term" not in found:
             stopped = f"round {round_number}: {found['no_top_term']}"
             logger.warning("coex_peel stopped in %s.", stopped)
             break
         top = found["enrichment"].set_index("term").loc[found["top_term"]]
-        peeled.append({
-            "round": round_number, "term": found["top_term"], "name": top["name"],
-            "pval": top["pval"], "pval_bonferroni": top["pval_bonferroni"],
-            "odds_ratio": top["odds_ratio"], "n_genes": len(found["top_term_genes"]),
-            "n_edges": int(work.varp[f"{key}_net"].nnz),
-        })
-        pccovt(work, found["top_term_genes"], name=f"go_round{round_number}",
-               layer=layer, covariates_key=covariates_key)
+        peeled.append(
+            {
+                "round": round_number,
+                "term": found["top_term"],
+                "name": top["name"],
+                "pval": top["pval"],
+                "pval_bonferroni": top["pval_bonferroni"],
+                "odds_ratio": top["odds_ratio"],
+                "n_genes": len(found["top_term_genes"]),
+                "n_edges": int(work.varp[f"{key}_net"].nnz),
+            }
+        )
+        pccovt(
+            work,
+            found["top_term_genes"],
+            name=f"go_round{round_number}",
+            layer=layer,
+            covariates_key=covariates_key,
+        )
     else:
         coex(work, layer=layer, genes=genes, covariates_key=covariates_key, key_added=key)
         binnet(work, qcut=qcut, key=key)
-    params = {"rounds": int(rounds), "qcut": float(qcut), "n_principal": int(n_principal),
-              "min_genes": int(min_genes), "pcut": float(pcut), "key": key}
+    params = {
+        "rounds": int(rounds),
+        "qcut": float(qcut),
+        "n_principal": int(n_principal),
+        "min_genes": int(min_genes),
+        "pcut": float(pcut),
+        "key": key,
+    }
     summary = {
-        "terms": pd.DataFrame(peeled, columns=["round", "term", "name", "pval",
-                                               "pval_bonferroni", "odds_ratio", "n_genes",
-                                               "n_edges"]),
+        "terms": pd.DataFrame(
+            peeled,
+            columns=[
+                "round",
+                "term",
+                "name",
+                "pval",
+                "pval_bonferroni",
+                "odds_ratio",
+                "n_genes",
+                "n_edges",
+            ],
+        ),
         "stopped": stopped,
         "params": params,
     }

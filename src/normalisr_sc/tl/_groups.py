@@ -10,7 +10,6 @@ import pandas as pd
 from scipy import sparse
 
 if TYPE_CHECKING:
-
     from anndata import AnnData
 
 #: ``adata.uns[obsm_key][NAMES]`` names the columns of a sparse or array group matrix.
@@ -124,9 +123,13 @@ def read_groups(
     if not keep:
         msg = f"every group of {groupby!r} is a reference group; nothing is left to test."
         raise ValueError(msg)
-    tested = (np.array([kept_names.index(g) for g in chosen], dtype=np.int64) if chosen
-              else np.arange(len(kept_names)))
+    tested = (
+        np.array([kept_names.index(g) for g in chosen], dtype=np.int64)
+        if chosen
+        else np.arange(len(kept_names))
+    )
     dropped = [i for i, name in enumerate(names) if name in reference]
     in_reference = np.asarray(matrix[:, dropped].sum(axis=1)).ravel() > 0
-    return Groups(matrix[:, keep].tocsr(), kept_names, tested, reference, labelled,
-                  in_reference, bool(chosen))
+    return Groups(
+        matrix[:, keep].tocsr(), kept_names, tested, reference, labelled, in_reference, bool(chosen)
+    )

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 GuideMap = Mapping[str, str] | pd.Series | pd.DataFrame | str
 
 
-def _guide_names(adata: AnnData, obsm_key: str, guide_names: Sequence[str] | str | None,
-                 n_guides: int) -> list[str]:
+def _guide_names(
+    adata: AnnData, obsm_key: str, guide_names: Sequence[str] | str | None, n_guides: int
+) -> list[str]:
     if guide_names is None:
         return obsm_group_names(adata, obsm_key)
     if isinstance(guide_names, str):
@@ -40,14 +41,17 @@ def _guide_names(adata: AnnData, obsm_key: str, guide_names: Sequence[str] | str
     return names
 
 
-def _name_hint(adata: AnnData, obsm_key: str, guide_names: object, n_guides: int,
-               mapping: dict[str, str]) -> str:
+def _name_hint(
+    adata: AnnData, obsm_key: str, guide_names: object, n_guides: int, mapping: dict[str, str]
+) -> str:
     """What to pass when no guide name is in the mapping: ``guide_names=`` and its candidates."""
     if guide_names is not None:
         return "check that `guide_names=` names the guide columns as the mapping does."
     candidates = [
-        key for key, value in adata.uns.items()
-        if isinstance(value, list | np.ndarray | pd.Index) and np.asarray(value).size == n_guides
+        key
+        for key, value in adata.uns.items()
+        if isinstance(value, list | np.ndarray | pd.Index)
+        and np.asarray(value).size == n_guides
         and any(str(v) in mapping for v in np.asarray(value).ravel())
     ]
     example = repr(candidates[0]) if candidates else "'grna_ids'"
@@ -88,8 +92,10 @@ def _mudata_counts(mdata: MuData, rna_mod: str, guide_mod: str | None):
     if guide_mod is None:
         found = [m for m in GUIDE_MODALITIES if m in mdata.mod]
         if len(found) != 1:
-            msg = (f"cannot tell the guide-count modality of the MuData among {modalities}; "
-                   "pass `guide_mod=`.")
+            msg = (
+                f"cannot tell the guide-count modality of the MuData among {modalities}; "
+                "pass `guide_mod=`."
+            )
             raise ValueError(msg)
         guide_mod = found[0]
     for name, role in ((rna_mod, "rna_mod"), (guide_mod, "guide_mod")):
@@ -100,8 +106,10 @@ def _mudata_counts(mdata: MuData, rna_mod: str, guide_mod: str | None):
     where = f"mdata[{guide_mod!r}].X"
     for modality, name in ((rna, rna_mod), (guides, guide_mod)):
         if not modality.obs_names.is_unique:
-            msg = (f"the cell names of mdata[{name!r}] are not unique, so cells cannot be "
-                   "matched between modalities.")
+            msg = (
+                f"the cell names of mdata[{name!r}] are not unique, so cells cannot be "
+                "matched between modalities."
+            )
             raise ValueError(msg)
     source = guides.X
     if source is None or np.dtype(source.dtype).kind not in "biuf":
@@ -110,17 +118,25 @@ def _mudata_counts(mdata: MuData, rna_mod: str, guide_mod: str | None):
     position = guides.obs_names.get_indexer(rna.obs_names)
     present = np.flatnonzero(position >= 0)
     if present.size == 0:
-        msg = (f"no cell of mdata[{rna_mod!r}] is in mdata[{guide_mod!r}]: the cell names "
-               "do not match.")
+        msg = (
+            f"no cell of mdata[{rna_mod!r}] is in mdata[{guide_mod!r}]: the cell names "
+            "do not match."
+        )
         raise ValueError(msg)
     if present.size < rna.n_obs:
-        logger.warning("assign_guides: %d of %d cells of mdata[%r] are absent from "
-                       "mdata[%r] and carry no guide.", rna.n_obs - present.size,
-                       rna.n_obs, rna_mod, guide_mod)
+        logger.warning(
+            "assign_guides: %d of %d cells of mdata[%r] are absent from "
+            "mdata[%r] and carry no guide.",
+            rna.n_obs - present.size,
+            rna.n_obs,
+            rna_mod,
+            guide_mod,
+        )
     # The guide counts of each expression cell (zero rows for absent cells), by a
     # selection product: the guide modality's matrix is read, never reordered in place.
-    select = sparse.csr_matrix((np.ones(present.size), (present, position[present])),
-                               shape=(rna.n_obs, guides.n_obs))
+    select = sparse.csr_matrix(
+        (np.ones(present.size), (present, position[present])), shape=(rna.n_obs, guides.n_obs)
+    )
     counts = select @ sparse.csr_matrix(source, dtype=np.float64)
     return rna, counts, where, guides.var
 
@@ -233,16 +249,19 @@ def assign_guides(
     check_str("obsm_key", obsm_key)
     check_choice("mode", mode, ("max", "threshold", "mixture"))
     threshold = check_number("threshold", threshold, minimum=0, min_open=True)
-    min_posterior = check_number("min_posterior", min_posterior, minimum=0, maximum=1,
-                                 min_open=True, max_open=True)
+    min_posterior = check_number(
+        "min_posterior", min_posterior, minimum=0, maximum=1, min_open=True, max_open=True
+    )
     check_bool("posterior", posterior)
     posterior_key = f"{key_added}_posterior"
     check_str("key_added", key_added)
     if not (guide_names is None or isinstance(guide_names, str)):
         as_names("guide_names", guide_names)
     if groups is not None and not isinstance(groups, str | Mapping | pd.Series | pd.DataFrame):
-        msg = ("`groups` must be a guide -> group mapping (dict, Series, two-column "
-               f"DataFrame) or the adata.uns key of one, got {type(groups).__name__}.")
+        msg = (
+            "`groups` must be a guide -> group mapping (dict, Series, two-column "
+            f"DataFrame) or the adata.uns key of one, got {type(groups).__name__}."
+        )
         raise ValueError(msg)
     check_str("rna_mod", rna_mod)
     check_str("guide_mod", guide_mod, allow_none=True)
@@ -253,22 +272,29 @@ def assign_guides(
             msg = f"adata.obsm[{obsm_key!r}] not found; available keys: {list(adata.obsm)}."
             raise ValueError(msg)
         raw, where, guide_var = adata.obsm[obsm_key], f"adata.obsm[{obsm_key!r}]", None
-    check_writable(adata, {"obsm": [key_added, *([posterior_key] if posterior else [])],
-                           "uns": [key_added]})
+    check_writable(
+        adata, {"obsm": [key_added, *([posterior_key] if posterior else [])], "uns": [key_added]}
+    )
     counts = _canonical_counts(raw, where)
     if mode == "mixture" and (counts.data != np.round(counts.data)).any():
-        msg = (f"mode='mixture' needs integer UMI counts; {where} holds non-integer "
-               "values. Pass the raw guide UMI counts.")
+        msg = (
+            f"mode='mixture' needs integer UMI counts; {where} holds non-integer "
+            "values. Pass the raw guide UMI counts."
+        )
         raise ValueError(msg)
     if guide_var is None:
         names = _guide_names(adata, obsm_key, guide_names, counts.shape[1])
     else:
-        names = ([str(n) for n in guide_var.index] if guide_names is None
-                 else _guide_names(adata, obsm_key, guide_names, counts.shape[1]))
+        names = (
+            [str(n) for n in guide_var.index]
+            if guide_names is None
+            else _guide_names(adata, obsm_key, guide_names, counts.shape[1])
+        )
     if guide_var is not None and isinstance(groups, str) and groups in guide_var.columns:
         targets = guide_var[groups]
-        mapping = {str(g): str(t) for g, t in zip(guide_var.index, targets, strict=True)
-                   if pd.notna(t)}
+        mapping = {
+            str(g): str(t) for g, t in zip(guide_var.index, targets, strict=True) if pd.notna(t)
+        }
     else:
         mapping = None if groups is None else _guide_to_group(adata, groups)
 
@@ -287,9 +313,13 @@ def assign_guides(
         mixture = pd.DataFrame(fit.params, index=pd.Index(names, name="guide"))
         unfitted = mixture.index[mixture["status"] != "fitted"]
         if len(unfitted):
-            logger.warning("assign_guides: %d of %d guides get no cell (no count, or no "
-                           "component above the background): %s", len(unfitted),
-                           len(names), list(unfitted[:5]))
+            logger.warning(
+                "assign_guides: %d of %d guides get no cell (no count, or no "
+                "component above the background): %s",
+                len(unfitted),
+                len(names),
+                list(unfitted[:5]),
+            )
     columns = names
     if mapping is not None:
         known = [i for i, name in enumerate(names) if name in mapping]
@@ -305,10 +335,14 @@ def assign_guides(
         )
         assigned = sparse.csr_matrix((assigned.astype(np.float64) @ pool) > 0)
     assigned = assigned.astype(bool)
-    params = {"obsm_key": obsm_key, "mode": mode, "key_added": key_added,
-              "pooled": mapping is not None,
-              **({"threshold": threshold} if mode == "threshold" else {}),
-              **({"min_posterior": min_posterior} if mode == "mixture" else {})}
+    params = {
+        "obsm_key": obsm_key,
+        "mode": mode,
+        "key_added": key_added,
+        "pooled": mapping is not None,
+        **({"threshold": threshold} if mode == "threshold" else {}),
+        **({"min_posterior": min_posterior} if mode == "mixture" else {}),
+    }
     obsm = {key_added: assigned}
     uns = {NAMES: list(columns), **params}
     if mode == "mixture":
@@ -316,8 +350,10 @@ def assign_guides(
         if posterior:
             obsm[posterior_key] = fit.posterior
     stale = [] if mode == "mixture" and posterior else [posterior_key]
-    store(adata, "assign_guides", params, drop={"obsm": stale}, obsm=obsm,
-          uns={key_added: uns})
-    logger.info("assign_guides: %d cells carry at least one of %d %s",
-                int((np.diff(assigned.indptr) > 0).sum()), len(columns),
-                "groups" if mapping else "guides")
+    store(adata, "assign_guides", params, drop={"obsm": stale}, obsm=obsm, uns={key_added: uns})
+    logger.info(
+        "assign_guides: %d cells carry at least one of %d %s",
+        int((np.diff(assigned.indptr) > 0).sum()),
+        len(columns),
+        "groups" if mapping else "guides",
+    )

@@ -48,8 +48,9 @@ def normalised_inputs(
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
     covariates = _covariate_array(adata, covariates_key, "nsc.pp.normcov")
-    expression, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size,
-                                    what="normalised expression")
+    expression, size = input_matrix(
+        adata, layer, chunked=chunked, chunk_size=chunk_size, what="normalised expression"
+    )
     return expression, size, covariates
 
 
@@ -82,10 +83,15 @@ def effect_inputs(
             )
             raise ValueError(msg)
     covariates = _covariate_array(adata, logfc_covariates, "nsc.pp.normcov")
-    log_cpm, _ = input_matrix(adata, logfc_layer, chunk_size=chunk_size,
-                              chunked=True if is_dask(expression) else chunked,
-                              what="log CPM")
+    log_cpm, _ = input_matrix(
+        adata,
+        logfc_layer,
+        chunk_size=chunk_size,
+        chunked=True if is_dask(expression) else chunked,
+        what="log CPM",
+    )
     if is_dask(log_cpm) and not is_dask(expression):
-        expression, _ = input_matrix(adata, layer, chunked=True, chunk_size=chunk_size,
-                                     what="normalised expression")
+        expression, _ = input_matrix(
+            adata, layer, chunked=True, chunk_size=chunk_size, what="normalised expression"
+        )
     return expression, Effect(log_cpm, covariates)
