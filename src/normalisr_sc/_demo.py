@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import datasets, get, pl, pp, tl
+from ._core._pvalues import genomic_inflation
 from .datasets._simulate import NON_TARGETING
-from .pl._association import inflation
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -53,7 +53,7 @@ def score_screen(adata: AnnData, qval_cutoff: float = 0.1) -> ScreenScore:
     return ScreenScore(
         n_null=len(null),
         null_fraction_below_005=float((null["pval"] < 0.05).mean()),
-        null_inflation=inflation(null_log10p),
+        null_inflation=genomic_inflation(null_log10p),
         n_planted=len(planted),
         n_recovered=len(recovered),
     )

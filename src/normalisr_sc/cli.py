@@ -470,7 +470,8 @@ def _plain(value: Any) -> str:
 
 
 def _report_results(adata: AnnData, key: str) -> list[str]:
-    from .pl._association import _neg_log10_pvalues, inflation
+    from ._core._pvalues import genomic_inflation
+    from .pl._association import _neg_log10_pvalues
 
     if f"{key}_log10p" not in adata.varm and f"{key}_log10p" not in adata.varp:
         return []
@@ -478,7 +479,7 @@ def _report_results(adata: AnnData, key: str) -> list[str]:
     if observed.size == 0:
         return [f"{key}: no finite p-value"]
     lines = [
-        f"{key}: {observed.size:,} tests, genomic inflation (lambda) = {inflation(observed):.3f}"
+        f"{key}: {observed.size:,} tests, genomic inflation (lambda) = {genomic_inflation(observed):.3f}"
     ]
     if key == "nsc_de" and f"{key}_pvals" in adata.varm:
         table = de_table(adata, key)

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 import normalisr_sc as nsc
-from normalisr_sc.pl._association import inflation
+from normalisr_sc._core._pvalues import genomic_inflation as inflation
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from scipy import sparse
 
 import normalisr_sc as nsc
-from normalisr_sc._core._association import bh_qvalues
+from normalisr_sc._core._pvalues import bh_qvalues
 from normalisr_sc._core._coex import pvalue_network
 from pp._helpers import assert_unchanged, dense
 

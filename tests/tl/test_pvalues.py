@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from normalisr_sc._core._association import bh_qvalues
+from normalisr_sc._core._pvalues import bh_qvalues
 from normalisr_sc._core._pvalues import association_pvalues
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from ._blocks import dense_block, row_slices
+from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
 from ._linalg import pinv_gram, pinv_psd
 from ._pvalues import association_pvalues
 from ._reduce import accumulate, no_progress
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     #: ``terms(rows)``: residual sums of the predictors ``rows`` (see :func:`_finish`).
     Terms = Callable[[slice], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
-#: A residual sum of squares below this fraction of the raw sum of squares is zero.
-ZERO_VARIANCE_RTOL = 1e-9
 #: A group is estimable in the joint regression when the projector onto the range of
 #: the Gram matrix keeps its unit vector up to this tolerance.
 ESTIMABLE_TOL = 1e-6
@@ -85,27 +84,6 @@ class AssociationResult:
     logfc: np.ndarray | None = None
 
 
-def _check_df(df: np.ndarray, tested: np.ndarray) -> None:
-    if (df[tested] < 1).any():
-        worst = int(df[tested].min())
-        msg = (
-            f"too few cells for the degrees of freedom: a test has {worst} residual degrees "
-            "of freedom (cells - 1 - covariate rank - dimreduce); at least 1 is needed. Use "
-            "more cells, fewer covariates or a smaller `dimreduce`."
-        )
-        raise ValueError(msg)
-
-
-def _check_finite(sums: np.ndarray, what: str = "normalised expression") -> None:
-    if not np.isfinite(sums).all():
-        rerun = "nsc.pp.lcpm" if what == "log CPM" else "nsc.pp.normvar"
-        msg = (
-            f"the {what} contains NaN or infinite values; association tests need "
-            f"finite {what} (rerun `{rerun}`)."
-        )
-        raise ValueError(msg)
-
-
 def _step(n_columns: int) -> int:
     """Rows per step over a matrix of ``n_columns`` columns (``CHUNK_ELEMENTS`` a step)."""
     return max(1, CHUNK_ELEMENTS // max(1, n_columns))
@@ -127,7 +105,7 @@ def _finish(
     the residual sums of products ``xy`` (r, g). A residual sum of squares counts as
     zero against its raw one.
     """
-    _check_df(df, tested)
+    check_df(df, tested)
     shape = (n_predictors, n_genes)
     pvals, neg_log10, gamma, var_y = (np.empty(shape) for _ in range(4))
     var_x = np.empty(n_predictors)
@@ -284,9 +262,9 @@ def _product_sums(
         desc="de: accumulating",
         beside=beside,
     )
-    _check_finite(sums.yy)
+    check_finite_sums(sums.yy)
     if sums.raw_cross is not None:
-        _check_finite(sums.raw_cross.sum(axis=0), "log CPM")
+        check_finite_sums(sums.raw_cross.sum(axis=0), "log CPM")
     return sums
 
 
@@ -530,9 +508,9 @@ def class_design(
         desc="de: accumulating",
         beside=() if effect is None else (effect.expression,),
     )
-    _check_finite(sums.yy.sum(axis=0))
+    check_finite_sums(sums.yy.sum(axis=0))
     if sums.raw_cross is not None:
-        _check_finite(sums.raw_cross.sum(axis=0), "log CPM")
+        check_finite_sums(sums.raw_cross.sum(axis=0), "log CPM")
     # The expression-covariate products with the ones hold the expression sums.
     cc, c_sum, class_size = _class_grams(label, covariates, n_class)
     cross = sums.cross.reshape(n_class, n_cov + 1, n_genes)
@@ -711,20 +689,3 @@ def high_moi(
     result = _finish(terms, n_groups, n_genes, cells_used, df, tested)
     result.logfc = logfc
     return result
-
-
-def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Benjamini-Hochberg q-values along ``axis`` (NaN entries are ignored)."""
-    pvals = np.moveaxis(np.asarray(pvals, dtype=np.float64), axis, -1)
-    order = np.argsort(pvals, axis=-1, kind="stable")
-    ranked = np.take_along_axis(pvals, order, axis=-1)
-    n_valid = (~np.isnan(ranked)).sum(axis=-1, keepdims=True)
-    position = np.arange(1, ranked.shape[-1] + 1)
-    adjusted = ranked * n_valid / position
-    adjusted = np.minimum.accumulate(np.nan_to_num(adjusted, nan=np.inf)[..., ::-1], axis=-1)[
-        ..., ::-1
-    ]
-    adjusted = np.where(np.isnan(ranked), np.nan, np.minimum(adjusted, 1.0))
-    out = np.empty_like(adjusted)
-    np.put_along_axis(out, order, adjusted, axis=-1)
-    return np.moveaxis(out, -1, axis)

@@ -21,8 +21,8 @@ import numpy as np
 from scipy.linalg.blas import dgemm, dsyrk
 from scipy.special import betaincinv
 
-from ._association import ZERO_VARIANCE_RTOL, _check_df, _check_finite
 from ._blocks import dense_block
+from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
 from ._linalg import pinv_psd
 from ._pvalues import association_pvalues
 from ._reduce import accumulate, no_progress
@@ -115,9 +115,9 @@ def coex_stats(
     )
     pinv, rank = pinv_psd(sums.cc)
     df = sums.n_cells - 1 - int(rank) - dimreduce
-    _check_df(np.array([df]), np.array([True]))
+    check_df(np.array([df]), np.array([True]))
     raw = np.diag(sums.gram).copy()
-    _check_finite(raw)
+    check_finite_sums(raw)
     # In place: dot = Y'Y - (C'Y)' (C'C)^+ C'Y; only its upper triangle is read later.
     dot = dgemm(-1.0, sums.cy, pinv @ sums.cy, beta=1.0, c=sums.gram, trans_a=1, overwrite_c=1)
     res = np.diag(dot).copy()
@@ -197,7 +197,7 @@ def bh_edges(rows: np.ndarray, pvals: np.ndarray, n_tests: int, qcut: float) -> 
     candidates of a row must include every entry with ``p <= qcut * (1 + BH_SLACK)``.
     An entry is an edge where its BH q-value over its whole row is at most ``qcut``: by
     the step-up rule, where it ranks at or before the last entry of its row with
-    ``p * n_tests / rank <= qcut`` -- the arithmetic of :func:`~._association.bh_qvalues`,
+    ``p * n_tests / rank <= qcut`` -- the arithmetic of :func:`~._pvalues.bh_qvalues`,
     so that the two agree exactly.
     """
     edges = np.zeros(rows.size, dtype=bool)

@@ -12,6 +12,7 @@ reaches 0 when it is below the smallest subnormal float.
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 from scipy.special import betainc, betaln
 
 #: Linear p-values below this are recomputed in log space.
@@ -84,3 +85,30 @@ def association_pvalues(
         neg_log10[positive] = -log_p / np.log(10.0)
         neg_log10[tiny & (x == 0)] = np.inf
     return p, neg_log10
+
+
+def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Benjamini-Hochberg q-values along ``axis`` (NaN entries are ignored)."""
+    pvals = np.moveaxis(np.asarray(pvals, dtype=np.float64), axis, -1)
+    order = np.argsort(pvals, axis=-1, kind="stable")
+    ranked = np.take_along_axis(pvals, order, axis=-1)
+    n_valid = (~np.isnan(ranked)).sum(axis=-1, keepdims=True)
+    position = np.arange(1, ranked.shape[-1] + 1)
+    adjusted = ranked * n_valid / position
+    adjusted = np.minimum.accumulate(np.nan_to_num(adjusted, nan=np.inf)[..., ::-1], axis=-1)[
+        ..., ::-1
+    ]
+    adjusted = np.where(np.isnan(ranked), np.nan, np.minimum(adjusted, 1.0))
+    out = np.empty_like(adjusted)
+    np.put_along_axis(out, order, adjusted, axis=-1)
+    return np.moveaxis(out, -1, axis)
+
+
+#: Median of the chi-square distribution with 1 degree of freedom.
+CHI2_MEDIAN = float(stats.chi2.ppf(0.5, 1))
+
+
+def genomic_inflation(neg_log10_p: np.ndarray) -> float:
+    """Genomic inflation: median chi-square (1 df) of the p-values over its null median."""
+    chi2 = stats.chi2.isf(10.0 ** -np.asarray(neg_log10_p), 1)
+    return float(np.median(chi2) / CHI2_MEDIAN)

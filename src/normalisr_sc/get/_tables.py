@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._association import bh_qvalues
+from .._core._pvalues import bh_qvalues
+from .._readers import coex_block
 from .._utils import require
 from .._validate import as_names, check_number, check_str
-from ..tl._coex import coex_block
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

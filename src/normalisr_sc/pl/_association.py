@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from .._core._association import bh_qvalues
+from .._core._pvalues import bh_qvalues, genomic_inflation
 from .._docs import doc_params
+from .._readers import coex_block
 from .._utils import require
 from .._validate import as_names, check_bool, check_int, check_number, check_str
-from ..tl._coex import coex_block
 from ._utils import check_plot_args, doc_show_save_ax, finish, finite_values, new_axes
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 #: Median of the chi-square distribution with one degree of freedom.
-CHI2_MEDIAN = stats.chi2.ppf(0.5, 1)
 
 
 def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarray:
@@ -44,12 +43,6 @@ def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarra
         msg = f"no results under key {key!r}; run `nsc.tl.de` or `nsc.tl.coex` first."
         raise ValueError(msg)
     return finite_values(values, f"the -log10 p-values under key {key!r}")
-
-
-def inflation(neg_log10_p: np.ndarray) -> float:
-    """Genomic inflation: median chi-square (1 df) of the p-values over its null median."""
-    chi2 = stats.chi2.isf(10.0 ** -np.asarray(neg_log10_p), 1)
-    return float(np.median(chi2) / CHI2_MEDIAN)
 
 
 #: Coverage of the band of the uniform order statistics drawn in the QQ plot.
@@ -148,7 +141,7 @@ def qq(
     for index, (name, observed) in enumerate(series.items()):
         expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / observed.size)
         color = SERIES_COLORS[index % len(SERIES_COLORS)]
-        label = f"{name if name else 'all tests'} ($\\lambda$ = {inflation(observed):.2f})"
+        label = f"{name if name else 'all tests'} ($\\lambda$ = {genomic_inflation(observed):.2f})"
         inside = observed <= top
         ax.scatter(
             expected[inside],

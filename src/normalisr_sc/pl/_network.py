@@ -10,9 +10,9 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from .._docs import doc_params
+from .._readers import coex_block
 from .._utils import gene_positions, require
 from .._validate import as_names, check_int, check_str
-from ..tl._coex import coex_block
 from ._utils import check_plot_args, doc_show_save_ax, finish, new_axes
 
 if TYPE_CHECKING:

@@ -12,9 +12,10 @@ from .._core._coex import coex_matrices, coex_network, coex_stats, pvalue_networ
 from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
+from .._readers import coex_block, network_only
 from .._store import check_writable
 from .._store import store as store_results
-from .._utils import gene_positions, logger, require
+from .._utils import gene_positions, logger
 from .._validate import as_names, check_number, check_str
 from ._inputs import check_dimreduce, normalised_inputs
 
@@ -275,36 +276,6 @@ def coex(
     logger.info("coex: %d genes, %d cells, df=%d", n_genes, n_cells, df)
 
 
-def _network_only(adata: AnnData, key: str) -> float | None:
-    """The ``qcut`` of a :func:`coex` run under ``key`` that stored only the network."""
-    record = adata.uns.get(key, {})
-    if record.get("store") != "network":
-        return None
-    return record["binnet"]["qcut"]
-
-
-def coex_block(adata: AnnData, key: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the genes covered by :func:`coex` and the dense block of one matrix."""
-    varp_key = f"{key}_{name}"
-    if _network_only(adata, key) is not None:
-        msg = (
-            f"`nsc.tl.coex(..., store='network')` stored only the binary network "
-            f"adata.varp[{key + '_net'!r}] under key {key!r}, not adata.varp[{varp_key!r}]; "
-            "rerun `nsc.tl.coex` with store='all' (and dtype='float32' to halve its memory)."
-        )
-        raise ValueError(msg)
-    require(adata, "varp", varp_key, "nsc.tl.coex")
-    matrix = adata.varp[varp_key]
-    genes = adata.uns.get(key, {}).get("genes")
-    if genes is None:
-        return np.arange(adata.n_vars), np.asarray(matrix)
-    index = adata.var_names.get_indexer(np.asarray(genes, dtype=str))
-    if (index < 0).any():
-        msg = f"adata.uns[{key!r}]['genes'] names genes absent from adata; rerun `nsc.tl.coex`."
-        raise ValueError(msg)
-    return index, sparse.csr_matrix(matrix)[index][:, index].toarray()
-
-
 def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None:
     """Binarise the co-expression p-values into a network (METHOD 9).
 
@@ -339,7 +310,7 @@ def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None
     check_str("key", key)
     _check_qcut(qcut)
     check_writable(adata, {"varp": [f"{key}_net"], "uns": [key]})
-    stored_qcut = _network_only(adata, key)
+    stored_qcut = network_only(adata, key)
     if stored_qcut == qcut:
         logger.info("binnet: %r already holds the network at qcut=%g", key, qcut)
         return

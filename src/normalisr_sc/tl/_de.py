@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 
 from .._core._association import (
-    bh_qvalues,
     case_control,
     class_design,
     exclusive_class,
     high_moi,
 )
+from .._core._pvalues import bh_qvalues
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
