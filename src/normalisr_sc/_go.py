@@ -122,7 +122,7 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 @contextlib.contextmanager
 def _plain_file(path: Path, what: str) -> Iterator[str]:
-    """A plain-text path for goatools, which cannot read gzip: decompress to a temp file."""
+    """Yield a plain-text path for goatools, which cannot read gzip (decompressed to a temp)."""
     if path.suffix != ".gz":
         yield str(path)
         return
@@ -143,7 +143,7 @@ def _head(path: Path, what: str, n_lines: int = 50) -> list[str]:
 
 
 def read_godag(path: str | os.PathLike) -> GODag:
-    """The GO DAG of an OBO file (plain or .gz), parsed once per session."""
+    """Read the GO DAG of an OBO file (plain or .gz), parsed once per session."""
     from goatools.obo_parser import GODag
 
     what = "GO OBO"

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def network_only(adata: AnnData, key: str) -> float | None:
-    """The ``qcut`` of a :func:`coex` run under ``key`` that stored only the network."""
+    """Return the ``qcut`` of a :func:`coex` run under ``key`` that stored only the network."""
     record = adata.uns.get(key, {})
     if record.get("store") != "network":
         return None
@@ -22,7 +22,7 @@ def network_only(adata: AnnData, key: str) -> float | None:
 
 
 def coex_block(adata: AnnData, key: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the genes covered by :func:`coex` and the dense block of one matrix."""
+    """Return the indices of the genes covered by :func:`coex` and the dense block of one matrix."""
     varp_key = f"{key}_{name}"
     if network_only(adata, key) is not None:
         msg = (

@@ -87,7 +87,7 @@ def _feed(digest: hashlib._Hash, value: Any) -> None:
 
 
 def fingerprint(value: Any) -> str:
-    """A short hex digest identifying ``value`` (the same after an h5ad round trip)."""
+    """Return a short hex digest identifying ``value`` (the same after an h5ad round trip)."""
     digest = hashlib.blake2b(digest_size=12)
     _feed(digest, value)
     return digest.hexdigest()

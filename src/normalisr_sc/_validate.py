@@ -110,7 +110,7 @@ def check_str(name: str, value: Any, *, allow_none: bool = False) -> None:
 
 
 def as_names(name: str, value: Any, *, allow_none: bool = True) -> list[str]:
-    """A string or a sequence of strings as a list of unique strings (``None``: empty)."""
+    """Return a string or a sequence of strings as a list of unique strings (``None``: empty)."""
     if value is None and allow_none:
         return []
     if isinstance(value, str):
@@ -129,7 +129,7 @@ def as_names(name: str, value: Any, *, allow_none: bool = True) -> list[str]:
 
 
 def check_keys(name: str, value: Any, allowed: Sequence[str]) -> None:
-    """A mapping whose keys are all among ``allowed`` (e.g. keyword arguments passed on)."""
+    """Check a mapping whose keys are all among ``allowed`` (e.g. keyword arguments passed on)."""
     if not hasattr(value, "keys"):
         _fail(name, f"a mapping with keys among {list(allowed)}", value)
     unknown = [k for k in value if k not in allowed]

@@ -490,7 +490,7 @@ def simulate_guide_counts(
     fraction_none: float = 0.05,
     seed: int = 0,
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """Generated guide UMI counts with known guide carriers (for tests and benchmarks).
+    """Generate guide UMI counts with known guide carriers (for tests and benchmarks).
 
     Each cell carries no guide (``fraction_none``), two distinct guides
     (``fraction_two``) or one, chosen uniformly. A carried guide has a log-normal count:

@@ -126,9 +126,11 @@ def normcov(
 
 
 def _refuse_clashes(names: list[str], columns: list[str], intercept: bool) -> None:
-    """Refuse covariate column names that repeat (e.g. an obs column named like a summary
-    covariate or ``'intercept'``): h5ad cannot store them and the fit could not tell them
-    apart."""
+    """Refuse covariate column names that repeat.
+
+    E.g. an obs column named like a summary covariate or ``'intercept'``: h5ad cannot store
+    them and the fit could not tell them apart.
+    """
     taken = [*names, *([INTERCEPT] if intercept else [])]
     clashes = sorted({name for name in taken if taken.count(name) > 1})
     if clashes:

@@ -91,7 +91,7 @@ def _first_round_failures(
 def _removed_by(
     failures: Mapping[str, np.ndarray], kept: np.ndarray, bounds: ReadBounds
 ) -> dict[str, int]:
-    """Removed items per active bound (on the input), and those removed in later rounds."""
+    """Count the removed items per active bound (on the input), and those removed later."""
     removed = {
         name: int(fails.sum()) for name, fails in failures.items() if getattr(bounds, name) > 0
     }
@@ -123,7 +123,7 @@ def _read_summary(
 
 
 def _warn_reads(summary: Mapping[str, Any], parameter: str) -> None:
-    """A WARNING for each axis of which more than :data:`WARN_FRACTION` went."""
+    """Log a WARNING for each axis of which more than :data:`WARN_FRACTION` went."""
     for axis, names in (("cells", CELL_BOUNDS), ("genes", GENE_BOUNDS)):
         n_in, n_kept = summary[f"n_{axis}_in"], summary[f"n_{axis}_kept"]
         if n_in == 0 or (n_in - n_kept) <= WARN_FRACTION * n_in:
@@ -159,7 +159,7 @@ def _current_summary(adata: AnnData) -> dict[str, Any]:
 
 
 def format_qc_summary(summary: Mapping) -> str:
-    """What quality control removed, as plain text (one line per criterion).
+    """Format what quality control removed as plain text (one line per criterion).
 
     Parameters
     ----------

@@ -35,7 +35,7 @@ PathLike = str | os.PathLike
 
 
 def _network(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """The binary network of ``key`` and the indices of the genes it covers."""
+    """Return the binary network of ``key`` and the indices of the genes it covers."""
     net_key = f"{key}_net"
     require(adata, "varp", net_key, "nsc.tl.binnet")
     net = sparse.csr_matrix(adata.varp[net_key], dtype=bool)
@@ -49,7 +49,7 @@ def _network(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, np.ndarray]:
 
 
 def _principal_genes(net: sparse.csr_matrix, covered: np.ndarray, n_principal: int) -> np.ndarray:
-    """Indices of the ``n_principal`` genes with most edges, ties at the cut kept."""
+    """Return the indices of the ``n_principal`` genes with most edges, ties at the cut kept."""
     degree = np.asarray((net + net.T).astype(bool).sum(axis=1)).ravel()[covered]
     cut = np.sort(degree)[::-1][n_principal - 1]
     if cut == 0:
@@ -96,7 +96,7 @@ def _annotation_keys(adata: AnnData, gene_id: str | Mapping[str, str], annotatio
 
 
 def _evidence_annotations(annotations: str | os.PathLike, evidence: Collection[str]):
-    """The annotations kept by the evidence filter, refusing a filter that keeps none."""
+    """Read the annotations kept by the evidence filter, refusing a filter that keeps none."""
     annotation = read_annotations(annotations, evidence=evidence)
     if not annotation.gene_to_terms:
         msg = (
@@ -409,7 +409,7 @@ def pccovt(
 
 
 def _changed(work: AnnData, adata: AnnData) -> tuple[dict[str, dict], dict[str, dict]]:
-    """What the rounds stored in ``work`` that ``adata`` does not hold: results, steps."""
+    """Return what the rounds stored in ``work`` that ``adata`` does not hold: results, steps."""
     before = adata.uns.get(RECORD, {}).get(WRITTEN, {})
     after = work.uns[RECORD].get(WRITTEN, {})
     results: dict[str, dict] = {}

@@ -87,7 +87,7 @@ def read_groups(
     reference: list[str],
     groups: list[str],
 ) -> Groups:
-    """Indicators of the non-reference groups of ``groupby``, validated.
+    """Build the indicators of the non-reference groups of ``groupby``, validated.
 
     ``groupby`` is an ``obs`` column (one indicator per level; cells with a missing
     value are not labelled) or an ``obsm`` key (a 0/1 matrix, every cell labelled).

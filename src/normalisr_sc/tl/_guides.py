@@ -44,7 +44,7 @@ def _guide_names(
 def _name_hint(
     adata: AnnData, obsm_key: str, guide_names: object, n_guides: int, mapping: dict[str, str]
 ) -> str:
-    """What to pass when no guide name is in the mapping: ``guide_names=`` and its candidates."""
+    """Say what to pass when no guide name is in the mapping: ``guide_names=``, candidates."""
     if guide_names is not None:
         return "check that `guide_names=` names the guide columns as the mapping does."
     candidates = [
@@ -86,8 +86,10 @@ def _is_mudata(data: object) -> bool:
 
 
 def _mudata_counts(mdata: MuData, rna_mod: str, guide_mod: str | None):
-    """The expression modality, its cells' guide counts (matched by name), where they
-    came from, and the guide modality's ``var``."""
+    """Return the expression modality and its cells' guide counts (matched by name).
+
+    Also where the counts came from, and the guide modality's ``var``.
+    """
     modalities = list(mdata.mod)
     if guide_mod is None:
         found = [m for m in GUIDE_MODALITIES if m in mdata.mod]
