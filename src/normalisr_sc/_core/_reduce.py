@@ -15,7 +15,9 @@ Both give the same sums up to the order of floating-point additions.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import dask
@@ -23,6 +25,7 @@ import numpy as np
 from dask import delayed
 from dask.callbacks import Callback
 from scipy import sparse
+from threadpoolctl import ThreadpoolController
 
 from ._blocks import materialize, row_block, row_slices
 
@@ -32,6 +35,53 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
     Progress = Callable[[Iterable, int, str], Iterable]
+
+
+def thread_count(n_jobs: int | None = None) -> int:
+    """Return ``n_jobs``, or ``nsc.settings.n_jobs`` when it is None.
+
+    The one place where the kernels read the package's thread setting.
+    """
+    if n_jobs is None:
+        from .._settings import settings
+
+        return settings.n_jobs
+    if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs < 1:
+        msg = f"n_jobs must be a positive number of threads, got {n_jobs!r}."
+        raise ValueError(msg)
+    return int(n_jobs)
+
+
+@contextmanager
+def limit_threads(n_jobs: int | None = None) -> Iterator[int]:
+    """Limit the BLAS and OpenMP thread pools to ``n_jobs`` threads inside the block.
+
+    ``n_jobs`` defaults to ``nsc.settings.n_jobs`` (:func:`thread_count`); the block
+    receives the number of threads, to size its own thread pools with. The limits are
+    those of threadpoolctl (process-wide while the block runs, restored after it).
+
+    Examples
+    --------
+    >>> with limit_threads() as n_jobs:  # doctest: +SKIP
+    ...     with ThreadPoolExecutor(max_workers=n_jobs) as pool: ...
+    """
+    threads = thread_count(n_jobs)
+    with _controller().limit(limits=threads):
+        yield threads
+
+
+_CONTROLLER: list = []
+
+
+def _controller() -> ThreadpoolController:
+    """threadpoolctl's view of the loaded thread pools, found again after new imports.
+
+    Finding the pools takes about 10 ms; the view is kept while no module is imported
+    (an import may load a new BLAS or OpenMP library).
+    """
+    if not _CONTROLLER or _CONTROLLER[0] != len(sys.modules):
+        _CONTROLLER[:] = [len(sys.modules), ThreadpoolController()]
+    return _CONTROLLER[1]
 
 
 class BlockSums(Protocol):
@@ -89,6 +139,7 @@ def accumulate(
     progress: Progress = no_progress,
     desc: str = "",
     beside: Sequence[ArrayLike] = (),
+    n_jobs: int | None = None,
 ) -> S:
     """Sum the statistics ``new_sums()`` over all cells of ``matrix``, block by block.
 
@@ -109,10 +160,15 @@ def accumulate(
         More cells x genes matrices read in the same pass, block by block with
         ``matrix`` (all dask arrays when ``matrix`` is one, else none); each block
         receives their blocks after its rows of ``row_data``.
+    n_jobs
+        Threads of the local dask scheduler (default ``nsc.settings.n_jobs``); a
+        ``dask.distributed`` cluster uses its own workers.
     """
     _check_beside(matrix, beside)
     if is_dask(matrix):
-        return _accumulate_dask(new_sums, matrix, row_data, block_cells, progress, desc, beside)
+        return _accumulate_dask(
+            new_sums, matrix, row_data, block_cells, progress, desc, beside, thread_count(n_jobs)
+        )
     sums = new_sums()
     blocks = list(row_slices(matrix.shape[0], block_cells))
     for rows in progress(blocks, len(blocks), desc):
@@ -160,6 +216,7 @@ def _accumulate_dask(
     progress: Progress,
     desc: str,
     beside: Sequence[ArrayLike] = (),
+    n_jobs: int = 1,
 ) -> S:
     matrix = matrix.rechunk((block_cells, -1))
     starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
@@ -193,9 +250,15 @@ def _accumulate_dask(
         total = delayed(_merge)(total, leaf)
     leaf_keys = {leaf.key for leaf in leaves}
     with _Advance(leaf_keys, done):
-        (result,) = dask.compute(total)
+        (result,) = dask.compute(total, **_local_workers(n_jobs))
     deque(done, maxlen=0)  # exhausting the bar closes it
     return result
+
+
+def _local_workers(n_jobs: int) -> dict:
+    """``num_workers`` for the local threaded scheduler, unless another one is configured."""
+    default = dask.config.get("scheduler", None) in (None, "threads", "threading")
+    return {"num_workers": n_jobs} if default else {}
 
 
 def _merge_as_completed(client, leaves: list, done: Iterator) -> S:
