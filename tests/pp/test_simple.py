@@ -76,6 +76,7 @@ def test_cpm_target_sum_key_and_layer():
         "layer": "counts",
         "key_added": "per10k",
         "target_sum": 1e4,
+        "dtype": "float64",
     }
 
 

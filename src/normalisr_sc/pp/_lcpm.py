@@ -94,7 +94,7 @@ def lcpm(
     key_added: str = "lcpm",
     varscale: float = 0.0,
     seed: int | None = None,
-    dtype: DTypeLike = np.float64,
+    dtype: DTypeLike = "float64",
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> None:
@@ -129,7 +129,9 @@ def lcpm(
     seed
         Seed of the resampling.
     dtype
-        Float type of the stored layer (computation is float64 throughout).
+        Float type of the stored layer, ``'float64'`` (default) or ``'float32'`` (half
+        the memory). Computation is float64 throughout, block by block; each value is
+        rounded once, when stored.
     {doc_chunked_counts}
 
     Returns

@@ -14,7 +14,7 @@ from anndata import AnnData
 from .._core._blocks import compact_rows
 from .._core._reduce import is_dask
 from .._store import RECORD, WRITTEN, check_writable, owned_keys, store, subsetting
-from .._utils import ensure_actual, input_matrix, logger, obs_columns
+from .._utils import ensure_actual, float_dtype, input_matrix, logger, obs_columns
 from .._validate import as_names, check_bool, check_int, check_keys, check_number, check_str
 from ._covariates import normcov
 from ._lcpm import lcpm
@@ -23,6 +23,8 @@ from ._variance import compute_var, normvar
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from numpy.typing import DTypeLike
 
 #: Read-count QC bounds of the Normalisr paper's recipe (METHOD 1), with the cell bounds
 #: (500 counts, 100 genes) meant for a whole transcriptome of 20,000 genes and scaled
@@ -87,6 +89,11 @@ def _detached(adata: AnnData, counts) -> AnnData:
         obsm={key: value.copy() for key, value in adata.obsm.items()},
         varm={key: value.copy() for key, value in adata.varm.items()},
     )
+
+
+def _as_dtype(matrix, dtype: np.dtype):
+    """Return a dense in-memory or dask layer as ``dtype`` (lazily for dask)."""
+    return matrix.astype(dtype) if is_dask(matrix) else np.asarray(matrix, dtype=dtype)
 
 
 def _validated_qc(qc: Mapping[str, float] | None) -> dict[str, float] | None:
@@ -154,6 +161,7 @@ def normalize(
     keepvar: bool = True,
     chunked: bool | None = None,
     chunk_size: int | None = None,
+    dtype: DTypeLike = "float64",
     copy: bool = False,
 ) -> AnnData | None:
     """Run the Normalisr normalisation from raw counts to test-ready expression.
@@ -206,6 +214,13 @@ def normalize(
         Cells per block; default ``nsc.settings.block_cells``. Memory grows linearly
         with it: a few dense float64 blocks of ``chunk_size`` x genes are alive at once
         per dask thread.
+    dtype
+        Float type of the two stored cells x genes layers, ``'float64'`` (default) or
+        ``'float32'`` (half the memory and h5ad size). Every computation runs in float64
+        whatever ``dtype``: the log CPM the later steps read stays float64 during the
+        recipe and each layer is rounded once, when stored, so a float32 layer is the
+        float64 result rounded to float32 (relative error at most 6e-8). Covariates,
+        weights and fitted parameters are float64 either way.
     copy
         Return a new AnnData instead of changing ``adata``. Required for a backed
         ``adata`` (which cannot be subset in place); the copy is in memory except its
@@ -235,6 +250,7 @@ def normalize(
     check_bool("keepvar", keepvar)
     check_bool("chunked", chunked, allow_none=True)
     check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
+    dtype = float_dtype("dtype", dtype)
     check_bool("copy", copy)
     writes = _writes(remove_outliers)
     if not copy:
@@ -273,7 +289,7 @@ def normalize(
             )
         with subsetting(work):
             work._init_as_actual(_drop_cells(work, ~outliers, size))
-    normvar(work, keepvar=keepvar, chunk_size=size)
+    normvar(work, keepvar=keepvar, dtype=dtype, chunk_size=size)
 
     steps = {
         step: dict(params)
@@ -284,6 +300,13 @@ def normalize(
         steps["qc_outlier"]["removed"] = True
     summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)
     results = _results(work)
+    if dtype != np.float64:
+        # normvar read the float64 log CPM; its stored copy is rounded only now.
+        log_cpm = results["layers"].pop("lcpm")
+        del work.layers["lcpm"]
+        results["layers"]["lcpm"] = _as_dtype(log_cpm, dtype)
+        del log_cpm
+        steps["lcpm"]["dtype"] = dtype.name
     if copy:
         adata = _detached(adata, counts) if adata.isbacked else adata.copy()
     check_writable(adata, {container: list(values) for container, values in results.items()})

@@ -13,12 +13,13 @@ from .._core._reduce import PerCell, accumulate, is_dask
 from .._docs import doc_params
 from .._progress import progress
 from .._store import check_writable, store
-from .._utils import input_matrix, logger, matrix_name
+from .._utils import float_dtype, input_matrix, logger, matrix_name
 from .._validate import check_number, check_str
 from ._lcpm import check_chunking
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from numpy.typing import DTypeLike
 
 _CHUNKED = """\
 chunked
@@ -28,6 +29,11 @@ chunked
         backed. Results are the same either way.
     chunk_size
         Cells per block; default ``nsc.settings.block_cells``."""
+
+_DTYPE = """\
+dtype
+        Float type of the stored layer, ``'float64'`` (default) or ``'float32'``. The
+        values are computed in float64 and rounded once, when stored."""
 
 
 def _stored_index(matrix: sparse.spmatrix, axis: int) -> np.ndarray:
@@ -79,44 +85,60 @@ class _ColumnRange:
         return self
 
 
-def _scaled(block, factor: np.ndarray, axis: int):
-    """``block`` (float64) with row (``axis=0``) or column (``axis=1``) ``i`` times ``factor[i]``.
+def _scaled(block, factor: np.ndarray, axis: int, dtype: DTypeLike = np.float64):
+    """``block`` with row (``axis=0``) or column (``axis=1``) ``i`` times ``factor[i]``.
 
-    Sparse blocks stay sparse; the values are new arrays.
+    Computed in float64 and returned as ``dtype``. Sparse blocks stay sparse; the values
+    are new arrays.
     """
     if sparse.issparse(block):
         result = block.astype(np.float64, copy=True)
         result.data *= factor[_stored_index(result, axis=axis)]
-        return result
+        return result.astype(dtype, copy=False)
     shape = (-1, 1) if axis == 0 else (1, -1)
-    return np.asarray(block, dtype=np.float64) * factor.reshape(shape)
+    scaled = np.asarray(block, dtype=np.float64) * factor.reshape(shape)
+    return scaled.astype(dtype, copy=False)
 
 
-def _cpm_chunk(block, factor: np.ndarray):
-    return _scaled(materialize(block), factor, axis=0)
+def _shifted(dense, lowest: np.ndarray, factor: np.ndarray, low: float, dtype: np.dtype):
+    """``(dense - lowest) * factor + low`` computed in float64, returned as ``dtype``."""
+    values = (np.asarray(dense, dtype=np.float64) - lowest) * factor + low
+    return values.astype(dtype, copy=False)
 
 
-def _minmax_chunk(block, lowest: np.ndarray, factor: np.ndarray, low: float, stays_sparse: bool):
+def _cpm_chunk(block, factor: np.ndarray, dtype_out: np.dtype):
+    return _scaled(materialize(block), factor, axis=0, dtype=dtype_out)
+
+
+def _minmax_chunk(
+    block,
+    lowest: np.ndarray,
+    factor: np.ndarray,
+    low: float,
+    stays_sparse: bool,
+    dtype_out: np.dtype,
+):
     block = materialize(block)
     if stays_sparse:
-        return _scaled(block, factor, axis=1)
+        return _scaled(block, factor, axis=1, dtype=dtype_out)
     dense = block.toarray() if sparse.issparse(block) else block
-    return (np.asarray(dense, dtype=np.float64) - lowest) * factor + low
+    return _shifted(dense, lowest, factor, low, dtype_out)
 
 
-def _result_meta(matrix, stays_sparse: bool = True):
+def _result_meta(matrix, dtype: np.dtype, stays_sparse: bool = True):
     if stays_sparse and sparse.issparse(getattr(matrix, "_meta", None)):
-        return sparse.csr_matrix((0, 0), dtype=np.float64)
-    return np.empty((0, 0), dtype=np.float64)
+        return sparse.csr_matrix((0, 0), dtype=dtype)
+    return np.empty((0, 0), dtype=dtype)
 
 
-@doc_params(doc_chunked=_CHUNKED.format(what="the counts"))
+@doc_params(doc_chunked=_CHUNKED.format(what="the counts"), doc_dtype=_DTYPE)
 def cpm(
     adata: AnnData,
     *,
     layer: str | None = None,
     key_added: str = "cpm",
     target_sum: float = 1e6,
+    dtype: DTypeLike = "float64",
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> None:
@@ -136,16 +158,18 @@ def cpm(
         Layer receiving the result.
     target_sum
         Total of each cell after scaling.
+    {doc_dtype}
     {doc_chunked}
 
     Returns
     -------
-    Nothing; sets ``adata.layers[key_added]`` (float64, same format as the input; a lazy
-    dask array when streamed).
+    Nothing; sets ``adata.layers[key_added]`` (``dtype``, same format as the input; a
+    lazy dask array when streamed).
     """
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)
     target_sum = check_number("target_sum", target_sum, minimum=0, min_open=True)
+    dtype = float_dtype("dtype", dtype)
     check_chunking(chunked, chunk_size)
     check_writable(adata, {"layers": [key_added]})
     counts, size = input_matrix(
@@ -180,15 +204,16 @@ def cpm(
             da.from_array(factor, chunks=(counts.chunks[0],)),
             "i",
             concatenate=True,
-            dtype=np.float64,
-            meta=_result_meta(counts),
+            dtype=dtype,
+            meta=_result_meta(counts, dtype),
+            dtype_out=dtype,
         )
     else:
-        result = _scaled(counts, factor, axis=0)
+        result = _scaled(counts, factor, axis=0, dtype=dtype)
     store(
         adata,
         "cpm",
-        {"layer": layer, "key_added": key_added, "target_sum": target_sum},
+        {"layer": layer, "key_added": key_added, "target_sum": target_sum, "dtype": dtype.name},
         layers={key_added: result},
     )
     logger.info("cpm: wrote adata.layers[%r]", key_added)
@@ -217,13 +242,14 @@ def _feature_range(value) -> tuple[float, float]:
     return float(low), float(high)
 
 
-@doc_params(doc_chunked=_CHUNKED.format(what="``layer``"))
+@doc_params(doc_chunked=_CHUNKED.format(what="``layer``"), doc_dtype=_DTYPE)
 def minmax(
     adata: AnnData,
     *,
     layer: str | None = None,
     key_added: str = "minmax",
     feature_range: tuple[float, float] = (0.0, 1.0),
+    dtype: DTypeLike = "float64",
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> None:
@@ -245,15 +271,18 @@ def minmax(
         Layer receiving the result.
     feature_range
         ``(low, high)`` with ``low < high``.
+    {doc_dtype}
     {doc_chunked}
 
     Returns
     -------
-    Nothing; sets ``adata.layers[key_added]`` (float64; a lazy dask array when streamed).
+    Nothing; sets ``adata.layers[key_added]`` (``dtype``; a lazy dask array when
+    streamed).
     """
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)
     low, high = _feature_range(feature_range)
+    dtype = float_dtype("dtype", dtype)
     check_chunking(chunked, chunk_size)
     check_writable(adata, {"layers": [key_added]})
     matrix, size = input_matrix(
@@ -303,18 +332,24 @@ def minmax(
             factor=factor,
             low=low,
             stays_sparse=stays_sparse,
-            dtype=np.float64,
-            meta=_result_meta(matrix, stays_sparse),
+            dtype_out=dtype,
+            dtype=dtype,
+            meta=_result_meta(matrix, dtype, stays_sparse),
         )
     elif stays_sparse:
         # (x - 0) * factor + 0 of the dense formula is exactly x * factor.
-        result = _scaled(matrix, factor, axis=1)
+        result = _scaled(matrix, factor, axis=1, dtype=dtype)
     else:
         dense = matrix.toarray() if sparse.issparse(matrix) else matrix
-        result = (np.asarray(dense, dtype=np.float64) - lowest) * factor + low
+        result = _shifted(dense, lowest, factor, low, dtype)
     store(
         adata,
         "minmax",
-        {"layer": layer, "key_added": key_added, "feature_range": [low, high]},
+        {
+            "layer": layer,
+            "key_added": key_added,
+            "feature_range": [low, high],
+            "dtype": dtype.name,
+        },
         layers={key_added: result},
     )

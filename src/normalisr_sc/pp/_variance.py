@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._blocks import row_slices
+from .._core._blocks import row_block, row_slices
 from .._core._normalize import (
     NormalisationFit,
     cell_weights,
@@ -219,7 +219,10 @@ def normvar(
     scale_key
         ``adata.var`` column of the gene scaling factors.
     dtype
-        Float type of the stored layer; defaults to that of ``layer``.
+        Float type of the stored layer, ``'float32'`` or ``'float64'``; ``None``
+        (default) takes that of ``layer`` (float64 unless ``layer`` is float32). The
+        fit and the normalised values are computed in float64 (a float32 ``layer`` is
+        read as float64 block by block) and rounded once, when stored.
     chunked
         Stream ``layer`` as a dask array in blocks of ``chunk_size`` cells and store the
         result as a lazy dask array, recomputed block by block from ``layer`` and the
@@ -268,7 +271,7 @@ def normvar(
             expression, cov, weights, scale, keepvar=keepvar, block_cells=size, progress=progress
         )
         out = lazy_normalised(expression, cov, weights, fit, dtype)
-    else:
+    elif dtype == np.float64:
         out = np.empty(adata.shape, dtype=dtype)
         fit = fit_normalisation(
             expression,
@@ -282,6 +285,23 @@ def normvar(
         )
         for rows in row_slices(adata.n_obs, size):
             out[rows] *= fit.factor
+    else:
+        # Narrower storage: the fit's passes keep nothing, then each block is computed
+        # whole in float64 (factor included) and rounded once, as the streamed path does.
+        fit = fit_normalisation(
+            expression, cov, weights, scale, keepvar=keepvar, block_cells=size, progress=progress
+        )
+        out = np.empty(adata.shape, dtype=dtype)
+        log_weights = np.log(weights)
+        for rows in row_slices(adata.n_obs, size):
+            out[rows] = normalised_block(
+                row_block(expression, rows),
+                cov[rows],
+                log_weights[rows],
+                fit.coefficients,
+                fit.scale,
+                fit.factor,
+            )
     fitted = pd.DataFrame(
         np.column_stack([fit.coefficients, fit.factor]),
         index=adata.var_names,
