@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from .._core._association import (
     case_control,
@@ -14,12 +15,20 @@ from .._core._association import (
     exclusive_class,
     high_moi,
 )
+from .._core._pair_qc import family_qvalues, locate_pairs, nonzero_counts, qc_pass, read_pairs
 from .._core._pvalues import bh_qvalues
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
-from .._utils import logger
-from .._validate import as_names, check_bool, check_choice, check_int, check_str
+from .._utils import input_matrix, logger
+from .._validate import (
+    as_names,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+)
 from ._groups import read_groups
 from ._inputs import check_dimreduce, effect_inputs, normalised_inputs
 
@@ -27,7 +36,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
-    from scipy import sparse
 
     from ._groups import Groups
 
@@ -35,6 +43,12 @@ Design = Literal["case_control", "low_moi", "high_moi"]
 DESIGNS = ("case_control", "low_moi", "high_moi")
 #: Suffixes of the ``adata.varm`` results, genes x tested groups each.
 RESULTS = ("pvals", "log10p", "logfc", "gamma", "var")
+#: Default ``min_nonzero`` of each design (SCEPTRE's bound in the screen designs; no pair
+#: QC in case-control DE, where a marker gene silent in one cell type is a strong and
+#: reliable difference, not a pair without information).
+MIN_NONZERO = {"low_moi": 7, "high_moi": 7, "case_control": 0}
+#: Suffixes of the ``adata.varm`` pair QC counts (genes x tested groups, int32).
+PAIR_QC = ("n_nonzero_group", "n_nonzero_control")
 #: Names of groups listed in a message or a warning.
 LISTED = 10
 #: With ``n_genes=None``, scanpy's layout holds every gene for up to this many groups,
@@ -70,31 +84,35 @@ def rank_genes_layout(
     rankby_abs: bool = False,
 ) -> dict[str, np.recarray]:
     """scanpy's ``rank_genes_groups`` arrays: per group its top ``n_genes`` genes, with t
-    scores, log2 fold changes, p-values and Benjamini-Hochberg adjusted p-values (over
-    all genes of the group).
+    scores, log2 fold changes, p-values and adjusted p-values.
 
     Genes are ranked as scanpy ranks them, by their signed score: the most significant
     up-regulated gene first, the most significant down-regulated gene last; with
     ``rankby_abs``, by significance whatever the sign. Significance is ``-log10 p``
     (exact beyond float underflow, where t scores saturate), ties broken by ``|logfc|``.
     ``result`` holds genes x groups arrays ``log10p``, ``pvals``, ``logfc``, ``gamma``
-    and ``var``, and per group ``var_group`` and ``df``.
+    and ``var``, and per group ``var_group`` and ``df``; optionally ``qvals``, the
+    adjusted p-values (NaN for pairs outside the multiple-testing family: excluded by
+    the pair QC, or not among the chosen pairs), whose NaN pairs are ranked after all
+    others. Without ``qvals``, Benjamini-Hochberg over all genes of each group.
     """
     fields = {key: {} for key in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")}
     gene_names = np.asarray(genes, dtype=object)
+    qvals = result.get("qvals")
+    if qvals is None:
+        qvals = bh_qvalues(result["pvals"], axis=0)
     for j, name in enumerate(names):
         log10p, logfc = result["log10p"][:, j], result["logfc"][:, j]
         scores = _scores(
             result["gamma"][:, j], result["var"][:, j], result["var_group"][j], result["df"][j]
         )
         rank = log10p if rankby_abs else np.sign(scores) * log10p
-        order = np.lexsort((-np.abs(logfc), -rank))[:n_genes]
-        pvals = result["pvals"][:, j]
+        order = np.lexsort((-np.abs(logfc), -rank, np.isnan(qvals[:, j])))[:n_genes]
         fields["names"][name] = gene_names[order]
         fields["scores"][name] = scores[order]
         fields["logfoldchanges"][name] = logfc[order] / np.log(2.0)
-        fields["pvals"][name] = pvals[order]
-        fields["pvals_adj"][name] = bh_qvalues(pvals)[order]
+        fields["pvals"][name] = result["pvals"][:, j][order]
+        fields["pvals_adj"][name] = qvals[:, j][order]
     dtypes = {
         "names": "O",
         "scores": "float32",
@@ -159,7 +177,8 @@ def _tested_groups(
     if few.size and group_set.explicit:
         listed = [f"{names[i]} ({plan.carrying[i]})" for i in few[:LISTED]]
         msg = (
-            f"group(s) {listed} requested with `groups=` are carried{alone} by fewer than "
+            f"group(s) {listed} requested with `groups=` (or named in `pairs=` or "
+            f"`positive_controls=`) are carried{alone} by fewer than "
             f"min_cells={min_cells} cells in their test; leave them out of `groups=`, merge "
             "them, or lower `min_cells=`."
         )
@@ -226,6 +245,136 @@ def _run(
     return high_moi(matrix, expression, covariates, cells=plan.cells, **options), tested
 
 
+def _pair_counts(
+    plan: _Plan, matrix: sparse.csr_matrix, tested: np.ndarray, counts: object, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per tested group and gene: cells with a nonzero count among the group's cells
+    and among the control cells of its test (groups x genes each).
+
+    ONE sparse product of a cells x sets indicator with the counts' nonzero pattern:
+    with classes, the sets are the baseline class and the classes of the tested groups
+    (the control cells are the baseline); otherwise the tested groups on the used cells
+    and the used cells themselves (the control cells are the used cells without the
+    group).
+    """
+    n_cells = matrix.shape[0]
+    k = tested.size
+    if plan.kind == "classes":
+        column = np.full(matrix.shape[1] + 1, -1, dtype=np.int64)
+        column[0] = 0
+        column[tested + 1] = np.arange(1, k + 1)
+        which = np.where(plan.label >= 0, column[np.maximum(plan.label, 0)], -1)
+        cells = np.flatnonzero(which >= 0)
+        indicators = sparse.csr_matrix(
+            (np.ones(cells.size, dtype=np.int32), (cells, which[cells])), shape=(n_cells, k + 1)
+        )
+    else:
+        used = plan.cells.astype(np.int32)
+        indicators = sparse.hstack(
+            [
+                sparse.diags(used, dtype=np.int32) @ matrix[:, tested],
+                sparse.csr_matrix(used[:, None]),
+            ],
+            format="csr",
+            dtype=np.int32,
+        )
+    found = nonzero_counts(
+        indicators, counts, block_cells=size, progress=progress, what="the counts layer"
+    )
+    sizes = np.asarray(indicators.sum(axis=0)).ravel()
+    if plan.kind == "classes":
+        own, control = sizes[1:], plan.used[tested] - sizes[1:]
+        n_group, n_control = found[1:], np.broadcast_to(found[0], (k, found.shape[1]))
+    else:
+        own, control = sizes[:k], sizes[k] - sizes[:k]
+        n_group, n_control = found[:k], found[k] - found[:k]
+    if not (
+        np.array_equal(own, plan.carrying[tested])
+        and np.array_equal(own + control, plan.used[tested])
+    ):  # pragma: no cover - a bug
+        msg = "internal error: the cells of the pair QC differ from the cells of the tests."
+        raise AssertionError(msg)
+    return n_group, np.ascontiguousarray(n_control)
+
+
+def _pair_frame(groups: np.ndarray, genes: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"group": groups.astype(str), "gene": genes.astype(str)})
+
+
+def _positive_controls(
+    table: pd.DataFrame,
+    column: np.ndarray,
+    row: np.ndarray,
+    values: dict[str, np.ndarray],
+    passing: np.ndarray,
+    qcut: float,
+) -> pd.DataFrame:
+    """The recovery report of the positive controls (genes x groups arrays in ``values``).
+
+    ``rank`` is the gene's position in its group when the group's genes passing the
+    pair QC come first, each part from most to least significant (ties: larger
+    ``|logfc|``): 1 is the most significant gene of the group.
+    """
+    pvals = values["pvals"][row, column]
+    ok = passing[row, column]
+    ranks = np.empty(row.size, dtype=np.int64)
+    for j in np.unique(column):
+        order = np.lexsort(
+            (-np.abs(values["logfc"][:, j]), -values["log10p"][:, j], ~passing[:, j])
+        )
+        position = np.empty(order.size, dtype=np.int64)
+        position[order] = np.arange(1, order.size + 1)
+        ranks[column == j] = position[row[column == j]]
+    qvals = family_qvalues(pvals, ok, axis=None)
+    report = table.copy()
+    report["pval"] = pvals
+    report["log10p"] = values["log10p"][row, column]
+    report["qval"] = qvals
+    report["logfc"] = values["logfc"][row, column]
+    report["log2fc"] = report["logfc"] / np.log(2.0)
+    report["rank"] = ranks
+    for suffix in PAIR_QC:
+        if suffix in values:
+            report[suffix] = values[suffix][row, column]
+    report["qc_pass"] = ok
+    report["recovered"] = ok & (np.nan_to_num(qvals, nan=2.0) <= qcut)
+    return report.reset_index(drop=True)
+
+
+def _log_positive_controls(report: pd.DataFrame, qcut: float) -> None:
+    found = int(report["recovered"].sum())
+    logger.info(
+        "de: positive controls: %d of %d recovered at q <= %g (q over the positive "
+        "controls; worst rank %d, largest p %.3g)",
+        found,
+        len(report),
+        qcut,
+        int(report["rank"].max()),
+        float(report["pval"].max()),
+    )
+    missed = report[~report["recovered"]]
+    if len(missed):
+        why = [
+            f"{g}:{n} (" + ("excluded by the pair QC" if not ok else f"q={q:.3g}, rank {r}") + ")"
+            for g, n, ok, q, r in zip(
+                missed["group"],
+                missed["gene"],
+                missed["qc_pass"],
+                missed["qval"],
+                missed["rank"],
+                strict=True,
+            )
+        ]
+        logger.warning(
+            "de: %d of %d positive control(s) not recovered at q <= %g: %s%s",
+            len(missed),
+            len(report),
+            qcut,
+            ", ".join(why[:LISTED]),
+            " ..." if len(why) > LISTED else "",
+        )
+
+
 @doc_params(doc_chunked_layer=doc_chunked_layer)
 def de(
     adata: AnnData,
@@ -243,6 +392,11 @@ def de(
     n_genes: int | None = None,
     rankby_abs: bool = False,
     dimreduce: int = 0,
+    counts_layer: str | None = None,
+    min_nonzero: int | None = None,
+    pairs: pd.DataFrame | Sequence[tuple[str, str]] | None = None,
+    positive_controls: pd.DataFrame | Sequence[tuple[str, str]] | None = None,
+    qcut: float = 0.05,
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> None:
@@ -396,11 +550,28 @@ def de(
     n_genes = check_int("n_genes", n_genes, minimum=0, allow_none=True)
     check_bool("rankby_abs", rankby_abs)
     dimreduce = check_dimreduce(dimreduce)
+    check_str("counts_layer", counts_layer, allow_none=True)
+    min_nonzero = check_int("min_nonzero", min_nonzero, minimum=0, allow_none=True)
+    if min_nonzero is None:
+        min_nonzero = MIN_NONZERO.get(design, 0)
+    qcut = check_number("qcut", qcut, minimum=0, maximum=1, min_open=True)
     check_bool("chunked", chunked, allow_none=True)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
-    check_writable(
-        adata, {"varm": [f"{key_added}_{suffix}" for suffix in RESULTS], "uns": [key_added]}
+    chosen = None if pairs is None else read_pairs("pairs", pairs)
+    controls = (
+        None if positive_controls is None else read_pairs("positive_controls", positive_controls)
     )
+    qc_keys = [f"{key_added}_{suffix}" for suffix in PAIR_QC]
+    check_writable(
+        adata,
+        {
+            "varm": [f"{key_added}_{suffix}" for suffix in RESULTS]
+            + (qc_keys if min_nonzero else []),
+            "uns": [key_added],
+        },
+    )
+    if not min_nonzero:
+        check_writable(adata, {"varm": [k for k in qc_keys if k in adata.varm]})
     expression, size, covariates = normalised_inputs(
         adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
     )
@@ -414,7 +585,36 @@ def de(
         chunked=chunked,
         chunk_size=chunk_size,
     )
+    counts = None
+    if min_nonzero:
+        if counts_layer is not None and counts_layer not in adata.layers:
+            msg = (
+                f"counts_layer={counts_layer!r} is not among the layers {list(adata.layers)}; "
+                "name the layer of raw counts (None: adata.X), or pass `min_nonzero=0` to "
+                "skip the pair QC."
+            )
+            raise ValueError(msg)
+        counts, _ = input_matrix(
+            adata, counts_layer, chunked=chunked, chunk_size=chunk_size, what="raw UMI counts"
+        )
     group_set = read_groups(adata, groupby, reference, groups)
+    located = {}
+    for name, table in (("pairs", chosen), ("positive_controls", controls)):
+        if table is not None:
+            located[name] = locate_pairs(
+                name, *table, group_set.names, list(map(str, adata.var_names)), reference=reference
+            )
+    needed = sorted({int(i) for where in located.values() for i in where[0]})
+    if groups:
+        outside = [group_set.names[i] for i in needed if i not in set(group_set.tested)]
+        if outside:
+            msg = (
+                f"group(s) {outside[:LISTED]} of `pairs=`/`positive_controls=` are not "
+                "among `groups=`; add them to `groups=` or leave `groups=` out."
+            )
+            raise ValueError(msg)
+    elif chosen is not None:
+        group_set = replace(group_set, tested=np.array(needed, dtype=np.int64), explicit=True)
     unlabelled = int((~group_set.labelled).sum())
     if unlabelled:
         logger.warning(
@@ -424,6 +624,18 @@ def de(
         )
     plan = _plan(group_set, design)
     tested, skipped = _tested_groups(group_set, plan, design, min_cells)
+    untested = sorted(set(needed) - set(tested.tolist()))
+    if untested:
+        msg = (
+            f"positive control group(s) {[group_set.names[i] for i in untested][:LISTED]} "
+            f"are carried by fewer than min_cells={min_cells} cells in their test, so "
+            "they are not tested; leave them out of `positive_controls=` or lower "
+            "`min_cells=`."
+        )
+        raise ValueError(msg)
+    pair_qc = None
+    if counts is not None:
+        pair_qc = _pair_counts(plan, group_set.matrix, tested, counts, size)
     result, rows = _run(
         plan, group_set.matrix, tested, expression, covariates, effect, dimreduce, size
     )
@@ -438,6 +650,41 @@ def de(
     if not np.array_equal(n_cells_test, plan.used[tested]):  # pragma: no cover - a bug
         msg = "internal error: the cells used by the tests were miscounted."
         raise AssertionError(msg)
+
+    # The multiple-testing family: the pairs passing the pair QC (and among `pairs=`).
+    column_of = np.full(len(group_set.names), -1, dtype=np.int64)
+    column_of[tested] = np.arange(tested.size)
+    pvals = result.pvals[rows].T
+    family = np.ones(pvals.shape, dtype=bool)
+    n_excluded = np.zeros(len(names), dtype=np.int64)
+    if pair_qc is not None:
+        family = qc_pass(pair_qc[0], pair_qc[1], min_nonzero).T
+        n_excluded = (~family).sum(axis=0)
+    if chosen is not None:
+        in_pairs = np.zeros(pvals.shape, dtype=bool)
+        group_pos, gene_pos = located["pairs"]
+        in_pairs[gene_pos, column_of[group_pos]] = True
+        family &= in_pairs
+    qvals = family_qvalues(pvals, family, axis=None if chosen is not None else 0)
+    total_excluded = int(n_excluded.sum())
+    if total_excluded:
+        logger.warning(
+            "de: %d of %d (group, gene) pairs have fewer than min_nonzero=%d cells with a "
+            "nonzero count among the cells of the group or among its control cells; they "
+            "are excluded from the q-values (their p-values are kept; `nsc.get.de_df` "
+            "lists them with qc_pass=False).",
+            total_excluded,
+            pvals.size,
+            min_nonzero,
+        )
+    if chosen is not None:
+        chosen_excluded = int(len(chosen[0]) - family.sum())
+        if chosen_excluded:
+            logger.warning(
+                "de: %d of the %d chosen pairs are excluded by the pair QC.",
+                chosen_excluded,
+                len(chosen[0]),
+            )
     params = {
         "groupby": groupby,
         "design": design,
@@ -452,6 +699,11 @@ def de(
         "n_genes": n_genes,
         "rankby_abs": rankby_abs,
         "dimreduce": dimreduce,
+        "counts_layer": counts_layer,
+        "min_nonzero": min_nonzero,
+        "n_pairs": None if chosen is None else len(chosen[0]),
+        "n_positive_controls": None if controls is None else len(controls[0]),
+        "qcut": qcut,
     }
     record = {
         "design": design,
@@ -470,7 +722,45 @@ def de(
         "logfc_layer": logfc_layer,
         "logfc_covariates": logfc_covariates,
         "dimreduce": dimreduce,
+        "min_nonzero": min_nonzero,
+        "n_excluded": n_excluded,
     }
+    if counts_layer is not None and pair_qc is not None:
+        record["counts_layer"] = counts_layer
+    if chosen is not None:
+        record["pairs"] = _pair_frame(*chosen)
+    varm = {
+        f"{key_added}_pvals": frame(result.pvals),
+        f"{key_added}_log10p": frame(result.neg_log10_pvals),
+        f"{key_added}_logfc": frame(result.logfc),
+        f"{key_added}_gamma": frame(result.gamma),
+        f"{key_added}_var": frame(result.var_y),
+    }
+    if pair_qc is not None:
+        for suffix, values in zip(PAIR_QC, pair_qc, strict=True):
+            varm[f"{key_added}_{suffix}"] = pd.DataFrame(
+                values.T.astype(np.int32), index=adata.var_names.copy(), columns=names
+            )
+    if controls is not None:
+        group_pos, gene_pos = located["positive_controls"]
+        report = _positive_controls(
+            _pair_frame(*controls),
+            column_of[group_pos],
+            gene_pos,
+            {
+                "pvals": pvals,
+                "log10p": result.neg_log10_pvals[rows].T,
+                "logfc": result.logfc[rows].T,
+            }
+            | ({} if pair_qc is None else dict(zip(PAIR_QC, (v.T for v in pair_qc), strict=True))),
+            np.ones(pvals.shape, dtype=bool)
+            if pair_qc is None
+            else qc_pass(pair_qc[0], pair_qc[1], min_nonzero).T,
+            qcut,
+        )
+        record["positive_controls"] = report
+        record["qcut"] = qcut
+        _log_positive_controls(report, qcut)
     if n_genes is None:
         n_genes = adata.n_vars if len(names) <= RANK_ALL_UP_TO else RANK_ALL_UP_TO
     if n_genes:
@@ -486,7 +776,7 @@ def de(
                 adata.var_names,
                 names,
                 {k: v[rows].T for k, v in columns.items()}
-                | {"var_group": result.var_x[rows], "df": result.df[rows]},
+                | {"var_group": result.var_x[rows], "df": result.df[rows], "qvals": qvals},
                 min(n_genes, adata.n_vars),
                 rankby_abs=rankby_abs,
             )
@@ -504,6 +794,7 @@ def de(
             "n_genes": int(n_genes),
             "rankby_abs": rankby_abs,
             "min_cells": min_cells,
+            "min_nonzero": min_nonzero,
             "logfc_layer": logfc_layer,
             "logfc_covariates": logfc_covariates,
             "covariates_key": covariates_key,
@@ -513,14 +804,9 @@ def de(
         adata,
         "de",
         params,
-        varm={
-            f"{key_added}_pvals": frame(result.pvals),
-            f"{key_added}_log10p": frame(result.neg_log10_pvals),
-            f"{key_added}_logfc": frame(result.logfc),
-            f"{key_added}_gamma": frame(result.gamma),
-            f"{key_added}_var": frame(result.var_y),
-        },
+        varm=varm,
         uns={key_added: record},
+        drop={"varm": [] if pair_qc is not None else qc_keys},
     )
     logger.info(
         "de (%s): %d groups x %d genes tested on %s", design, len(names), adata.n_vars, groupby

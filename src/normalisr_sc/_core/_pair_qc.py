@@ -1,0 +1,270 @@
+"""Per-pair effective sample size of the association tests (issue 13, section 3).
+
+A (group, gene) pair whose gene is detected in almost none of the cells carrying the
+group, or of the cells it is compared with, cannot be tested reliably. The number of
+cells with a nonzero count of every gene in every set of cells is ONE sparse product,
+``indicators' @ (counts != 0)`` (sets x genes), of the cells x sets 0/1 indicator
+matrix with the nonzero pattern of the raw counts, accumulated one block of cells at a
+time by :func:`~._reduce.accumulate` (a loop in memory or on disk, a dask graph for a
+dask array).
+
+Also here, shared by every layer: the q-values of a family of pairs (the pairs passing
+QC, optionally restricted to chosen pairs) and the reading of a table of chosen pairs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+from ._blocks import materialize
+from ._pvalues import bh_qvalues
+from ._reduce import accumulate, no_progress
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike
+
+    from ._reduce import Progress
+
+#: Column names of a table of pairs: ours first, then SCEPTRE's (``grna_group``,
+#: ``response_id``, as in Papalexi's ``uns['pc_pairs']``).
+PAIR_COLUMNS = (("group", "gene"), ("grna_group", "response_id"))
+#: Names listed in an error message.
+LISTED = 10
+#: What a ``(group, gene)`` pair of a list of pairs may be.
+_PAIR_TYPES = (tuple, list, np.ndarray)
+
+
+def _pattern(block: np.ndarray | sparse.csr_matrix) -> sparse.csr_matrix:
+    """The nonzero pattern of a block as an int32 CSR matrix of ones (explicit zeros dropped)."""
+    if sparse.issparse(block):
+        nonzero = block.data != 0
+        pattern = sparse.csr_matrix(
+            (nonzero.astype(np.int32), block.indices, block.indptr), shape=block.shape
+        )
+        if not nonzero.all():
+            pattern.eliminate_zeros()  # on the pattern's own copy of the data
+        return pattern
+    return sparse.csr_matrix(np.asarray(block) != 0, dtype=np.int32)
+
+
+class _NonzeroSums:
+    """Per set of cells and gene: the number of cells with a nonzero count.
+
+    ``negative`` records whether any block held a negative value (not counts).
+    """
+
+    def __init__(self, n_sets: int, n_genes: int) -> None:
+        self.counts = np.zeros((n_sets, n_genes), dtype=np.int64)
+        self.negative = False
+
+    def add(self, rows: slice, block, indicators: sparse.csr_matrix) -> None:
+        values = block.data if sparse.issparse(block) else np.asarray(block)
+        if values.size and values.min() < 0:
+            self.negative = True
+        product = (sparse.csr_matrix(indicators, dtype=np.int32).T @ _pattern(block)).tocoo()
+        # A canonical sparse product holds each (set, gene) once: no repeated index.
+        self.counts[product.row, product.col] += product.data
+
+    def merge(self, other: _NonzeroSums) -> _NonzeroSums:
+        self.counts += other.counts
+        self.negative |= other.negative
+        return self
+
+
+def nonzero_counts(
+    indicators: ArrayLike,
+    counts: ArrayLike,
+    *,
+    block_cells: int,
+    progress: Progress = no_progress,
+    what: str = "the counts",
+) -> np.ndarray:
+    """Cells with a nonzero count of each gene in each set of cells.
+
+    Parameters
+    ----------
+    indicators
+        Cells x sets 0/1 matrix (dense or sparse): which cells belong to each set.
+    counts
+        Cells x genes raw counts (numpy, scipy sparse, h5py/backed or dask), read one
+        block of ``block_cells`` cells at a time.
+    block_cells
+        Cells per block.
+    progress
+        Progress display (see :mod:`normalisr_sc._progress`).
+    what
+        Name of ``counts`` in the error raised when it holds negative values.
+
+    Returns
+    -------
+    Sets x genes int64 array: ``indicators' @ (counts != 0)``.
+    """
+    indicators = sparse.csr_matrix(indicators)
+    if indicators.shape[0] != counts.shape[0]:
+        msg = (
+            f"the indicators cover {indicators.shape[0]} cells and the counts "
+            f"{counts.shape[0]}; they must be the same cells."
+        )
+        raise ValueError(msg)
+    if indicators.nnz and not np.isin(indicators.data, (0, 1)).all():
+        msg = "the set indicators must be 0/1."
+        raise ValueError(msg)
+    sums = accumulate(
+        partial(_NonzeroSums, indicators.shape[1], counts.shape[1]),
+        counts,
+        (indicators,),
+        block_cells=block_cells,
+        progress=progress,
+        desc="de: pair QC",
+    )
+    if sums.negative:
+        msg = (
+            f"{what} hold negative values, so they are not raw counts; the pair QC counts "
+            "the cells with a nonzero count of each gene: name the layer of raw counts."
+        )
+        raise ValueError(msg)
+    return sums.counts
+
+
+def dense_nonzero_counts(indicators: ArrayLike, counts: ArrayLike) -> np.ndarray:
+    """:func:`nonzero_counts` in one dense product (a reference for small data)."""
+    block = materialize(counts)
+    dense = block.toarray() if sparse.issparse(block) else np.asarray(block)
+    groups = indicators.toarray() if sparse.issparse(indicators) else np.asarray(indicators)
+    return (groups.T.astype(np.int64) @ (dense != 0).astype(np.int64)).astype(np.int64)
+
+
+def qc_pass(n_group: np.ndarray, n_control: np.ndarray, min_nonzero: int) -> np.ndarray:
+    """Pairs with at least ``min_nonzero`` expressing cells among both sets of cells."""
+    return (np.asarray(n_group) >= min_nonzero) & (np.asarray(n_control) >= min_nonzero)
+
+
+def family_qvalues(
+    pvals: np.ndarray, family: np.ndarray | None = None, *, axis: int | None = 0
+) -> np.ndarray:
+    """Benjamini-Hochberg q-values over the pairs of ``family``; NaN outside it.
+
+    ``axis`` is the axis of the hypotheses of one family (0: the genes of each group
+    of a genes x groups array); ``None`` makes all entries one family.
+    """
+    pvals = np.asarray(pvals, dtype=np.float64)
+    masked = pvals if family is None else np.where(family, pvals, np.nan)
+    if axis is None:
+        return bh_qvalues(masked.ravel()).reshape(masked.shape)
+    return bh_qvalues(masked, axis=axis)
+
+
+def read_pairs(name: str, value: object) -> tuple[np.ndarray, np.ndarray]:
+    """Groups and genes (object arrays of str) of a table of (group, gene) pairs.
+
+    ``value`` is a DataFrame with columns ``group`` and ``gene`` (or SCEPTRE's
+    ``grna_group`` and ``response_id``), or a sequence of ``(group, gene)`` pairs.
+    Missing, empty or repeated pairs are refused with a ValueError naming ``name``.
+    """
+    columns = getattr(value, "columns", None)
+    if columns is not None:
+        present = [str(c) for c in columns]
+        chosen = next((c for c in PAIR_COLUMNS if set(c) <= set(present)), None)
+        if chosen is None:
+            msg = (
+                f"`{name}` must have columns {list(PAIR_COLUMNS[0])} (or SCEPTRE's "
+                f"{list(PAIR_COLUMNS[1])}); it has {present[:LISTED]}."
+            )
+            raise ValueError(msg)
+        groups, genes = (np.asarray(value[c], dtype=object) for c in chosen)
+    else:
+        if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+            msg = (
+                f"`{name}` must be a DataFrame with columns 'group' and 'gene' or a list "
+                f"of (group, gene) pairs, got {type(value).__name__}."
+            )
+            raise ValueError(msg)
+        rows = list(value)
+        if not all(
+            isinstance(r, _PAIR_TYPES) and not isinstance(r, str) and len(r) == 2 for r in rows
+        ):
+            msg = f"`{name}`: every pair must be a (group, gene) tuple of two names."
+            raise ValueError(msg)
+        groups = np.array([r[0] for r in rows], dtype=object)
+        genes = np.array([r[1] for r in rows], dtype=object)
+    for values, what in ((groups, "group"), (genes, "gene")):
+        bad = [v for v in values if not _is_name(v)]
+        if bad:
+            msg = f"`{name}` has {len(bad)} missing or non-name {what}(s), e.g. {bad[0]!r}."
+            raise ValueError(msg)
+    groups = np.array([str(g) for g in groups], dtype=object)
+    genes = np.array([str(g) for g in genes], dtype=object)
+    if not groups.size:
+        msg = f"`{name}` holds no pair."
+        raise ValueError(msg)
+    keys = [(g, n) for g, n in zip(groups, genes, strict=True)]
+    seen: set[tuple[str, str]] = set()
+    repeated = []
+    for key in keys:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    if repeated:
+        msg = f"`{name}` lists the pair(s) {repeated[:LISTED]} more than once; give each once."
+        raise ValueError(msg)
+    return groups, genes
+
+
+def _is_name(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float | np.floating) and np.isfinite(value) and value == int(value)
+
+
+def locate_pairs(
+    name: str,
+    groups: np.ndarray,
+    genes: np.ndarray,
+    group_names: Sequence[str],
+    gene_names: Sequence[str],
+    *,
+    reference: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the pairs' groups in ``group_names`` and genes in ``gene_names``.
+
+    Unknown groups or genes (and reference groups, which are not tested) are refused
+    with a ValueError naming them.
+    """
+    group_index = {g: i for i, g in enumerate(group_names)}
+    gene_index = {g: i for i, g in enumerate(gene_names)}
+    in_reference = sorted({g for g in groups if g in set(reference)})
+    if in_reference:
+        msg = (
+            f"`{name}` names the reference group(s) {in_reference[:LISTED]}, which are not "
+            "tested; pair genes with tested groups only."
+        )
+        raise ValueError(msg)
+    unknown_groups = sorted({g for g in groups if g not in group_index})
+    unknown_genes = sorted({g for g in genes if g not in gene_index})
+    if unknown_groups or unknown_genes:
+        parts = []
+        if unknown_groups:
+            parts.append(
+                f"{len(unknown_groups)} unknown group(s) {unknown_groups[:LISTED]} (groups: "
+                f"{list(group_names)[:LISTED]}{' ...' if len(group_names) > LISTED else ''})"
+            )
+        if unknown_genes:
+            parts.append(
+                f"{len(unknown_genes)} gene(s) {unknown_genes[:LISTED]} not in adata.var_names"
+            )
+        msg = f"`{name}` names {' and '.join(parts)}."
+        raise ValueError(msg)
+    return (
+        np.array([group_index[g] for g in groups], dtype=np.int64),
+        np.array([gene_index[g] for g in genes], dtype=np.int64),
+    )
