@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
 
-#: Median of the chi-square distribution with one degree of freedom.
-
 
 def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarray:
     """-log10 p of DE (``varm``) or co-expression (``varp``, distinct pairs) results."""
@@ -49,6 +47,8 @@ def _neg_log10_pvalues(adata: AnnData, key: str, group: str | None) -> np.ndarra
 BAND = 0.95
 #: The QQ plot's axes reach this far beyond the largest expected value.
 QQ_MARGIN = 1.1
+#: A QQ plot with more series than this has its legend beside the axes.
+LEGEND_INSIDE_UP_TO = 4
 #: Colours of the series of a QQ plot, one per group.
 SERIES_COLORS = (
     "tab:blue",
@@ -68,6 +68,77 @@ def _as_groups(group: str | Sequence[str] | None) -> list[str | None]:
     if group is None:
         return [None]
     return as_names("group", group, allow_none=False)
+
+
+def draw_qq(ax: Axes, series: dict[str, np.ndarray], *, clip: bool = True) -> Axes:
+    """Draw a QQ plot of ``-log10`` p-values into ``ax``: one colour per series.
+
+    ``series`` maps a label to its observed ``-log10`` p-values sorted from the largest;
+    the legend gives each label with its inflation factor. Draws the grey 95% band of
+    the uniform order statistics (of the longest series), the diagonal and, with
+    ``clip``, observed values beyond the expected range at the top edge as triangles.
+    Sets ``ax.nsc_qq`` (label with lambda -> ``(expected, observed)``).
+    """
+    top = QQ_MARGIN * max(-np.log10(0.5 / obs.size) for obs in series.values())
+    if not clip:
+        top = max(top, QQ_MARGIN * max(obs[0] for obs in series.values()))
+    n_max = max(obs.size for obs in series.values())
+    rank = np.arange(1, n_max + 1)
+    expected_all = -np.log10((rank - 0.5) / n_max)
+    low, high = stats.beta.ppf(
+        [(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None], n_max - rank[:, None] + 1
+    ).T
+    ax.fill_between(
+        expected_all,
+        -np.log10(high),
+        -np.log10(low),
+        color="0.85",
+        label=f"{BAND:.0%} band (null)",
+        zorder=0,
+    )
+    ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", zorder=1)
+    ax.nsc_qq = {}
+    # Values beyond the axis: one legend entry for all series (their colour tells which).
+    n_beyond = sum(int((observed > top).sum()) for observed in series.values())
+    beyond_label = f"{n_beyond} beyond the axis"
+    if len(series) > 1 and n_beyond:
+        ax.scatter([], [], s=18, marker="^", color="black", label=beyond_label)
+        beyond_label = None
+    for index, (name, observed) in enumerate(series.items()):
+        expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / observed.size)
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        label = f"{name} ($\\lambda$ = {genomic_inflation(observed):.2f})"
+        inside = observed <= top
+        ax.scatter(
+            expected[inside],
+            observed[inside],
+            s=6,
+            color=color,
+            rasterized=True,
+            label=label,
+            zorder=2,
+        )
+        if (~inside).any():
+            ax.scatter(
+                expected[~inside],
+                np.full((~inside).sum(), top),
+                s=18,
+                marker="^",
+                color=color,
+                zorder=3,
+                label=beyond_label,
+            )
+            beyond_label = None
+        ax.nsc_qq[label] = (expected, observed)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top * 1.03)
+    ax.set_xlabel("expected $-\\log_{10} p$")
+    ax.set_ylabel("observed $-\\log_{10} p$")
+    if len(series) > LEGEND_INSIDE_UP_TO:
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(frameon=False, fontsize=7, loc="upper left")
+    return ax
 
 
 @doc_params(doc_show_save_ax=doc_show_save_ax)
@@ -118,56 +189,11 @@ def qq(
             msg = f"no finite p-values under key {key!r}{f' for group {name!r}' if name else ''}."
             raise ValueError(msg)
         series[name] = observed
-    top = QQ_MARGIN * max(-np.log10(0.5 / obs.size) for obs in series.values())
-    if not clip:
-        top = max(top, QQ_MARGIN * max(obs[0] for obs in series.values()))
-    ax = new_axes(ax)
-    n_max = max(obs.size for obs in series.values())
-    rank = np.arange(1, n_max + 1)
-    expected_all = -np.log10((rank - 0.5) / n_max)
-    low, high = stats.beta.ppf(
-        [(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None], n_max - rank[:, None] + 1
-    ).T
-    ax.fill_between(
-        expected_all,
-        -np.log10(high),
-        -np.log10(low),
-        color="0.85",
-        label=f"{BAND:.0%} band (null)",
-        zorder=0,
+    ax = draw_qq(
+        new_axes(ax),
+        {(name if name else "all tests"): observed for name, observed in series.items()},
+        clip=clip,
     )
-    ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", zorder=1)
-    ax.nsc_qq = {}
-    for index, (name, observed) in enumerate(series.items()):
-        expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / observed.size)
-        color = SERIES_COLORS[index % len(SERIES_COLORS)]
-        label = f"{name if name else 'all tests'} ($\\lambda$ = {genomic_inflation(observed):.2f})"
-        inside = observed <= top
-        ax.scatter(
-            expected[inside],
-            observed[inside],
-            s=6,
-            color=color,
-            rasterized=True,
-            label=label,
-            zorder=2,
-        )
-        if (~inside).any():
-            ax.scatter(
-                expected[~inside],
-                np.full((~inside).sum(), top),
-                s=18,
-                marker="^",
-                color=color,
-                zorder=3,
-                label=f"{(~inside).sum()} beyond the axis",
-            )
-        ax.nsc_qq[label] = (expected, observed)
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top * 1.03)
-    ax.set_xlabel("expected $-\\log_{10} p$")
-    ax.set_ylabel("observed $-\\log_{10} p$")
-    ax.legend(frameon=False, fontsize=7, loc="upper left")
     ax.set_title(key + (f" {group}" if isinstance(group, str) else ""))
     return finish(ax, show=show, save=save)
 
