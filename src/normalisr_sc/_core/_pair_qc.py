@@ -67,7 +67,9 @@ class _NonzeroSums:
         values = block.data if sparse.issparse(block) else np.asarray(block)
         if values.size and values.min() < 0:
             self.negative = True
-        product = (sparse.csr_matrix(indicators, dtype=np.int32).T @ _pattern(block)).tocoo()
+        # Sets x cells as CSR: a CSC left factor would convert the (large) pattern to CSC.
+        by_set = sparse.csr_matrix(indicators.T, dtype=np.int32)
+        product = (by_set @ _pattern(block)).tocoo()
         # A canonical sparse product holds each (set, gene) once: no repeated index.
         self.counts[product.row, product.col] += product.data
 
