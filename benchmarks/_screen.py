@@ -307,3 +307,249 @@ def check_planted(adata, key: str = "nsc_de") -> dict:
 
 #: A tiny screen on which a measuring process runs its method once before measuring.
 WARM_UP_SCREEN = replace(QUICK_SCREEN, n_cells=300, n_genes=150, n_groups=10, n_planted=1)
+
+
+# ---------------------------------------------------------------- genome-wide low MOI
+
+#: obs column of the low-MOI screen's perturbation labels, and its baseline label.
+PERTURBATION, NON_TARGETING = "perturbation", "non-targeting"
+
+
+@dataclass(frozen=True)
+class LowMoiScreen:
+    """Parameters of a generated genome-wide low-MOI screen (Replogle et al. 2022 shape).
+
+    Every cell carries exactly one label (``obs['perturbation']``): ``'non-targeting'``
+    with probability ``nt_fraction``, else one of ``n_perturbations`` perturbations drawn
+    uniformly (low MOI: about one guide per cell, cells with several guides filtered
+    out, as in the published screens). Perturbation ``k`` targets a gene; the first
+    ``n_genes`` perturbations target the measured genes (in a random order), the others
+    genes that are not measured. ``n_planted`` of the perturbations targeting well
+    expressed measured genes (top half by mean) are CRISPRi knock-downs: their cells'
+    mean of the target is multiplied by a remaining fraction drawn uniformly in
+    ``knockdown``. Every other (perturbation, gene) pair is null. Counts and depth are
+    those of :class:`Screen` (negative binomial, log-normal depth around
+    ``median_umis``, replicates in ``obs['batch']``).
+    """
+
+    n_cells: int = 1_000_000
+    n_genes: int = 8_000
+    n_perturbations: int = 10_000
+    nt_fraction: float = 0.05
+    median_umis: float = 10_000.0
+    n_batches: int = 2
+    n_planted: int = 500
+    knockdown: tuple[float, float] = (0.1, 0.4)
+    seed: int = 0
+
+    def key(self) -> dict:
+        return {
+            **asdict(self),
+            "design": "low_moi",
+            "version": GENERATOR_VERSION,
+            "block": GENERATION_BLOCK,
+        }
+
+    def path(self, workdir: Path) -> Path:
+        digest = hashlib.sha1(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()
+        return workdir / (
+            f"lowmoi_{self.n_cells}x{self.n_genes}x{self.n_perturbations}_{digest[:10]}.h5ad"
+        )
+
+    def estimated_bytes(self, nonzero_per_cell: float) -> float:
+        """Bytes of X on disk: float32 values and int32 gene indices per nonzero."""
+        return self.n_cells * nonzero_per_cell * 8.0
+
+
+QUICK_LOW_MOI = LowMoiScreen(
+    n_cells=3_000, n_genes=300, n_perturbations=60, nt_fraction=0.2, median_umis=3_000.0,
+    n_planted=6,
+)  # fmt: skip
+
+
+def _low_moi_labels(screen: LowMoiScreen, rng: np.random.Generator) -> np.ndarray:
+    """Label code per cell: 0 is non-targeting, ``k + 1`` is perturbation ``k``."""
+    labels = rng.integers(1, screen.n_perturbations + 1, size=screen.n_cells)
+    labels[rng.random(screen.n_cells) < screen.nt_fraction] = 0
+    return labels
+
+
+def _low_moi_block(
+    screen: LowMoiScreen,
+    genes: dict,
+    depth: np.ndarray,
+    batch: np.ndarray,
+    labels: np.ndarray,
+    effect: dict,
+    rng: np.random.Generator,
+):
+    """NB counts of one block of cells as float32 CSR (the dense block is transient)."""
+    from scipy import sparse
+
+    mean = depth[:, None] * genes["share"] * genes["batch_fold"][batch]
+    cells = np.flatnonzero(effect["target"][labels] >= 0)
+    mean[cells, effect["target"][labels[cells]]] *= effect["fraction"][labels[cells]]
+    size = 1.0 / genes["dispersion"]
+    rate = rng.standard_gamma(np.broadcast_to(size, mean.shape))
+    rate *= mean / size
+    del mean
+    counts = rng.poisson(rate)
+    del rate
+    return sparse.csr_matrix(counts.astype(np.float32))
+
+
+def generate_low_moi(screen: LowMoiScreen, path: Path, *, progress: bool = False) -> dict:
+    """Write the low-MOI ``screen`` to ``path`` block by block; return generation statistics.
+
+    As :func:`generate`: the skeleton with ``AnnData.write_h5ad``, then X appended one
+    block of ``GENERATION_BLOCK`` cells at a time (the whole matrix is never held).
+    """
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from anndata.io import sparse_dataset, write_elem
+
+    start = time.perf_counter()
+    seeds = np.random.SeedSequence(screen.seed).spawn(3)
+    rng_genes, rng_cells, rng_counts = (np.random.default_rng(s) for s in seeds)
+    genes = _gene_parameters(screen, rng_genes)
+    n_measured = min(screen.n_genes, screen.n_perturbations)
+    targets = np.full(screen.n_perturbations, -1)
+    targets[:n_measured] = rng_genes.permutation(screen.n_genes)[:n_measured]
+    expressed = genes["share"] >= np.median(genes["share"])
+    candidates = np.flatnonzero((targets >= 0) & expressed[np.maximum(targets, 0)])
+    planted = np.sort(rng_genes.choice(candidates, screen.n_planted, replace=False))
+    fraction = rng_genes.uniform(*screen.knockdown, screen.n_planted)
+    # per label code (0: non-targeting): the knocked-down gene (-1: none) and its fraction
+    effect = {"target": np.full(screen.n_perturbations + 1, -1), "fraction": np.ones(0)}
+    effect["fraction"] = np.ones(screen.n_perturbations + 1)
+    effect["target"][planted + 1] = targets[planted]
+    effect["fraction"][planted + 1] = fraction
+
+    labels = _low_moi_labels(screen, rng_cells)
+    batch = rng_cells.integers(screen.n_batches, size=screen.n_cells)
+    batch_depth = np.exp(rng_cells.normal(0.0, 0.1, screen.n_batches))
+    depth = screen.median_umis * np.exp(rng_cells.normal(0.0, 0.45, screen.n_cells))
+    depth *= batch_depth[batch]
+
+    gene_names = np.array([f"gene{j:05d}" for j in range(screen.n_genes)])
+    names = np.array(
+        [NON_TARGETING, *(f"P{k:05d}" for k in range(screen.n_perturbations))], dtype=object
+    )
+    target_names = np.array(
+        [gene_names[t] if t >= 0 else f"unmeasured{k:05d}" for k, t in enumerate(targets)],
+        dtype=object,
+    )
+    obs = pd.DataFrame(
+        {
+            COVARIATE: pd.Categorical.from_codes(
+                batch, [f"rep{b + 1}" for b in range(screen.n_batches)]
+            ),
+            PERTURBATION: pd.Categorical.from_codes(labels, names),
+        },
+        index=[f"cell{i:07d}" for i in range(screen.n_cells)],
+    )
+    var = pd.DataFrame({"mean_umis": genes["share"] * screen.median_umis}, index=gene_names)
+    uns = {
+        "simulation": {
+            "params": json.dumps(screen.key(), sort_keys=True),
+            "targets": target_names,
+            "planted_groups": names[planted + 1].astype(str),
+            "planted_genes": gene_names[targets[planted]],
+            "planted_fraction": fraction,
+        },
+    }
+    partial = path.with_suffix(".partial.h5ad")
+    ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(partial)
+    nnz = 0
+    with h5py.File(partial, "a") as file:
+        for first in range(0, screen.n_cells, GENERATION_BLOCK):
+            rows = slice(first, min(first + GENERATION_BLOCK, screen.n_cells))
+            block = _low_moi_block(
+                screen, genes, depth[rows], batch[rows], labels[rows], effect, rng_counts
+            )
+            nnz += block.nnz
+            if first == 0:
+                write_elem(
+                    file, "X", block, dataset_kwargs={"indptr_dtype": np.int64, "chunks": (2**18,)}
+                )
+            else:
+                sparse_dataset(file["X"]).append(block)
+            if progress and (rows.stop // GENERATION_BLOCK) % 50 == 0:
+                print(
+                    f"  generated {rows.stop} cells in {time.perf_counter() - start:.0f}s",
+                    flush=True,
+                )
+    partial.replace(path)
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "bytes": path.stat().st_size,
+        "nnz": nnz,
+        "params": screen.key(),
+    }
+    path.with_suffix(".json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def low_moi_file(screen: LowMoiScreen, workdir: Path, *, progress: bool = False):
+    """The cached h5ad of the low-MOI ``screen`` (generated if missing) and its statistics."""
+    path = screen.path(workdir)
+    stats_path = path.with_suffix(".json")
+    if path.exists() and stats_path.exists():
+        stats = json.loads(stats_path.read_text())
+        if stats["params"] == json.loads(json.dumps(screen.key())):
+            return path, {**stats, "cached": True}
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"generating a low-MOI screen of {screen.n_cells} cells x {screen.n_genes} genes x "
+        f"{screen.n_perturbations} perturbations -> {path}",
+        flush=True,
+    )
+    return path, {**generate_low_moi(screen, path, progress=progress), "cached": False}
+
+
+def load_low_moi(path: str, n_cells: int, chunk_size: int):
+    """The first ``n_cells`` of a low-MOI screen: X lazy from disk (dask, CSR chunks)."""
+    import h5py
+    from anndata import AnnData
+    from anndata.experimental import read_elem_lazy
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as file:
+        obs = read_elem(file["obs"]).iloc[:n_cells].copy()
+        var = read_elem(file["var"])
+        uns = {"simulation": read_elem(file["uns/simulation"])}
+    obs[PERTURBATION] = obs[PERTURBATION].cat.remove_unused_categories()
+    counts = read_elem_lazy(h5py.File(path, "r")["X"], chunks=(chunk_size, var.shape[0]))
+    return AnnData(X=counts[:n_cells], obs=obs, var=var, uns=uns)
+
+
+def low_moi_groups(adata, min_cells: int = MIN_CELLS) -> list[str]:
+    """Perturbations carried by at least ``min_cells`` cells (the tested groups)."""
+    sizes = adata.obs[PERTURBATION].value_counts()
+    return sorted(str(g) for g, n in sizes.items() if n >= min_cells and g != NON_TARGETING)
+
+
+def null_calibration(adata, key: str = "nsc_de", *, sample: int = 2_000_000) -> dict:
+    """Genomic inflation and fraction of p < 0.05 of the null pairs (planted ones left out).
+
+    The inflation is the median chi-square (1 df) of the null p-values over its
+    expectation (0.455), on a random sample of ``sample`` null pairs.
+    """
+    from scipy import stats
+
+    truth = adata.uns["simulation"]
+    pvals = adata.varm[f"{key}_pvals"]
+    null = pvals.to_numpy(dtype=np.float64, copy=True)
+    for g, k in zip(truth["planted_genes"], truth["planted_groups"], strict=True):
+        if g in pvals.index and k in pvals.columns:
+            null[pvals.index.get_loc(g), pvals.columns.get_loc(k)] = np.nan
+    null = null[np.isfinite(null)]
+    rng = np.random.default_rng(0)
+    chosen = null if null.size <= sample else rng.choice(null, sample, replace=False)
+    chi2 = stats.chi2.isf(chosen, 1)
+    return {
+        "null_pairs": int(null.size),
+        "null_lambda": float(np.median(chi2) / stats.chi2.ppf(0.5, 1)),
+        "null_p05_all": float((null < 0.05).mean()),
+    }
