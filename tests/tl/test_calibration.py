@@ -99,7 +99,8 @@ def test_null_screen_is_calibrated(low_moi):
     assert summary.construction == "guides"
     assert summary.design == "low_moi"
     assert summary.n_groups == 6
-    assert summary.n_pairs == 6 * adata.n_vars
+    assert summary.n_pairs + summary.n_excluded == 6 * adata.n_vars
+    assert summary.n_excluded == adata.uns["nsc_calibration"]["n_excluded"]
     assert summary.n_cells == int(_nt_pool(adata).sum())
     assert 0.8 < summary.inflation < 1.2
     assert 0.02 < summary.fraction_below_05 < 0.085
@@ -128,7 +129,7 @@ def test_random_groups_follow_the_discovery_analysis(low_moi):
     assert summary.n_groups == len(tested)
     size = min(int(np.median(adata.uns["nsc_de"]["n_cells"])), summary.n_cells // 2)
     assert (summary.groups["n_cells"] == size).all()
-    assert summary.n_pairs == len(tested) * adata.n_vars
+    assert summary.n_pairs + summary.n_excluded == len(tested) * adata.n_vars
     assert 0.8 < summary.inflation < 1.2
     assert summary.calibrated
     again = adata.copy()
@@ -157,11 +158,16 @@ def test_one_call_equals_one_de_per_group_on_the_nt_cells(low_moi, per_group):
         members = [np.flatnonzero(names == g)[0] for g in group.split("+")]
         carried = np.asarray(sub_guides[:, members].sum(axis=1)).ravel() > 0
         sub.obs["undercover"] = pd.Categorical(np.where(carried, "in", "rest"))
-        nsc.tl.de(sub, "undercover", reference="rest", key_added="one", n_genes=0)
+        nsc.tl.de(sub, "undercover", reference="rest", key_added="one", n_genes=0, min_nonzero=7)
         explicit = sub.varm["one_pvals"]["in"].to_numpy()
+        # The same pair QC as tl.de: the pairs kept are those passing it there.
+        passing = (sub.varm["one_n_nonzero_group"]["in"].to_numpy() >= 7) & (
+            sub.varm["one_n_nonzero_control"]["in"].to_numpy() >= 7
+        )
+        genes = record["gene"][record["group"] == j]
+        np.testing.assert_array_equal(genes, np.flatnonzero(passing))
         ours = record["pvals"][record["group"] == j]
-        np.testing.assert_array_equal(record["gene"][record["group"] == j], np.arange(sub.n_vars))
-        np.testing.assert_allclose(ours, explicit, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(ours, explicit[genes], rtol=1e-10, atol=1e-12)
         assert summary_cells(record, j) == int(carried.sum())
 
 
@@ -186,8 +192,13 @@ def test_high_moi_equals_the_joint_regression_with_nt_columns(high_moi):
     nsc.tl.de(adata, "joint", design="high_moi", reference=NT, key_added="explicit", n_genes=0)
     for j, group in enumerate(record["groups"]):
         explicit = adata.varm["explicit_pvals"][group].to_numpy()
+        passing = (adata.varm["explicit_n_nonzero_group"][group].to_numpy() >= 7) & (
+            adata.varm["explicit_n_nonzero_control"][group].to_numpy() >= 7
+        )
+        genes = record["gene"][record["group"] == j]
+        np.testing.assert_array_equal(genes, np.flatnonzero(passing))
         np.testing.assert_allclose(
-            record["pvals"][record["group"] == j], explicit, rtol=1e-10, atol=1e-12
+            record["pvals"][record["group"] == j], explicit[genes], rtol=1e-10, atol=1e-12
         )
     # The targeting groups' results of that run are those of the discovery run: the NT
     # columns are extra columns of the same joint regression.
@@ -223,10 +234,9 @@ def test_confounded_nt_guides_are_detected(caplog):
 
 def test_subsets_of_pairs(low_moi):
     adata = low_moi.copy()
-    full = nsc.tl.calibration_check(adata, construction="random", n_groups=20, key_added="all")
-    some = nsc.tl.calibration_check(
-        adata, construction="random", n_groups=20, n_pairs=300, key_added="some"
-    )
+    options = {"construction": "random", "n_groups": 20, "min_nonzero": 0}
+    full = nsc.tl.calibration_check(adata, **options, key_added="all")
+    some = nsc.tl.calibration_check(adata, **options, n_pairs=300, key_added="some")
     assert some.n_pairs == 300
     everything = adata.uns["all"]["pvals"]
     index = adata.uns["some"]["group"] * adata.n_vars + adata.uns["some"]["gene"]
@@ -234,12 +244,16 @@ def test_subsets_of_pairs(low_moi):
     discovery = nsc.tl.calibration_check(
         adata, construction="random", n_groups=20, n_pairs="discovery", key_added="disc"
     )
-    assert discovery.n_pairs == len(adata.uns["nsc_de"]["groups"]) * adata.n_vars < full.n_pairs
+    # As many as the discovery analysis' family: its pairs passing its pair QC.
+    in_family = (adata.varm["nsc_de_n_nonzero_group"].to_numpy() >= 7) & (
+        adata.varm["nsc_de_n_nonzero_control"].to_numpy() >= 7
+    )
+    assert discovery.n_pairs == int(in_family.sum()) < full.n_pairs
     # Fewer NT pairs than the discovery analysis has: all of them.
     few = nsc.tl.calibration_check(
         adata, guides="guide_ids", nt_guides="grna_group", n_pairs="discovery", key_added="few"
     )
-    assert few.n_pairs == 6 * adata.n_vars
+    assert few.n_pairs + few.n_excluded == 6 * adata.n_vars
 
 
 def test_rerun_and_h5ad_round_trip(low_moi, tmp_path):
@@ -294,6 +308,9 @@ BAD = [
     ({"key_added": "normalisr"}, "normalisr_sc's record"),
     ({"key_added": "grna_group"}, "was not written by normalisr_sc"),
     ({"layer": "missing"}, "missing"),
+    ({"min_nonzero": -1}, "`min_nonzero` must be"),
+    ({"counts_layer": "raw"}, "counts_layer='raw' is not among the layers"),
+    ({"min_nonzero": 100_000}, "every NT pair has fewer than"),
 ]
 
 
@@ -352,7 +369,7 @@ def test_papalexi_is_calibrated(papalexi, kwargs):
     n_genes = adata.n_vars
     if kwargs.get("guides_per_group") or kwargs.get("construction"):
         # As many NT pairs as the discovery analysis has, no false discovery.
-        assert summary.n_pairs == len(adata.uns["nsc_de"]["groups"]) * n_genes
+        assert summary.n_pairs + summary.n_excluded == len(adata.uns["nsc_de"]["groups"]) * n_genes
         assert summary.n_false_discoveries == 0
     else:
         assert summary.n_groups == 9  # the NT guides carried by NT cells

@@ -25,12 +25,14 @@ import pandas as pd
 from scipy import sparse, stats
 
 from .._core._association import case_control, high_moi
+from .._core._pair_qc import nonzero_counts, qc_pass
 from .._core._pvalues import bh_qvalues, genomic_inflation
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
-from .._utils import logger
+from .._utils import input_matrix, logger
 from .._validate import as_names, check_bool, check_choice, check_int, check_number, check_str
+from ._de import MIN_NONZERO, PAIR_QC
 from ._groups import read_groups
 from ._guides import _guide_to_group
 from ._inputs import check_dimreduce, normalised_inputs
@@ -73,8 +75,9 @@ class Calibration:
     ks_statistic, ks_pvalue
         Kolmogorov-Smirnov distance of the p-values to the uniform distribution, and its
         p-value.
-    n_pairs, n_groups, n_cells
-        NT pairs reported, NT groups tested, NT cells they were drawn from.
+    n_pairs, n_excluded, n_groups, n_cells
+        NT pairs reported, NT pairs excluded by the pair QC, NT groups tested, NT cells
+        they were drawn from.
     qcut
         Q-value cut of ``n_false_discoveries``.
     design, construction
@@ -93,6 +96,7 @@ class Calibration:
     ks_statistic: float
     ks_pvalue: float
     n_pairs: int
+    n_excluded: int
     n_groups: int
     n_cells: int
     qcut: float
@@ -105,7 +109,8 @@ class Calibration:
         verdict = "calibrated" if self.calibrated else "MISCALIBRATED"
         return (
             f"calibration check ({self.design}, NT groups by {self.construction}): "
-            f"{self.n_pairs} NT pairs of {self.n_groups} groups from {self.n_cells} NT cells; "
+            f"{self.n_pairs} NT pairs of {self.n_groups} groups from {self.n_cells} NT cells"
+            f"{f' ({self.n_excluded} excluded by the pair QC)' if self.n_excluded else ''}; "
             f"lambda = {self.inflation:.3f}, {self.fraction_below_05:.1%} below p = 0.05, "
             f"{self.n_false_discoveries} false discoveries at q <= {self.qcut:g}, "
             f"KS distance {self.ks_statistic:.3f}: {verdict}"
@@ -124,7 +129,10 @@ class _Setup:
     dimreduce: int
     min_cells: int
     n_discovery_groups: int | None
+    n_discovery_pairs: int | None
     typical_group_size: int | None
+    min_nonzero: int
+    counts_layer: str | None
 
 
 def _discovery_setup(
@@ -170,6 +178,16 @@ def _discovery_setup(
     n_cells = record.get("n_cells")
     typical = int(np.median(np.asarray(n_cells))) if n_cells is not None and len(n_cells) else None
     groups = record.get("groups")
+    min_nonzero = overrides["min_nonzero"]
+    if min_nonzero is None:
+        min_nonzero = int(record.get("min_nonzero", MIN_NONZERO.get(design, 0)))
+    counts_layer = overrides["counts_layer"] or record.get("counts_layer")
+    n_pairs = None if groups is None else len(groups) * adata.n_vars
+    qc_keys = [f"{key}_{suffix}" for suffix in PAIR_QC]
+    if groups is not None and record.get("min_nonzero") and all(k in adata.varm for k in qc_keys):
+        # The discovery family: its pairs passing its own pair QC.
+        n_group, n_control = (np.asarray(adata.varm[k]) for k in qc_keys)
+        n_pairs = int(qc_pass(n_group, n_control, int(record["min_nonzero"])).sum())
     return _Setup(
         groupby=str(pick("groupby", None)),
         design=design,
@@ -179,7 +197,10 @@ def _discovery_setup(
         dimreduce=int(pick("dimreduce", 0)),
         min_cells=int(pick("min_cells", 2)),
         n_discovery_groups=None if groups is None else len(groups),
+        n_discovery_pairs=n_pairs,
         typical_group_size=typical,
+        min_nonzero=int(min_nonzero),
+        counts_layer=None if counts_layer is None else str(counts_layer),
     )
 
 
@@ -311,6 +332,33 @@ def _random_groups(
     return matrix, [f"random{j + 1:0{width}d}" for j in range(n_groups)]
 
 
+def _pair_qc(
+    adata: AnnData,
+    columns: sparse.csr_matrix,
+    used: np.ndarray,
+    setup: _Setup,
+    block: int,
+    *,
+    chunked: bool | None,
+    chunk_size: int | None,
+) -> np.ndarray:
+    """NT groups x genes: pairs with ``min_nonzero`` expressing cells in the group and
+    in its control cells (the other ``used`` cells), as :func:`normalisr_sc.tl.de` counts."""
+    counts, _ = input_matrix(
+        adata, setup.counts_layer, chunked=chunked, chunk_size=chunk_size, what="raw UMI counts"
+    )
+    k = columns.shape[1]
+    indicators = sparse.hstack(
+        [sparse.csr_matrix(columns.multiply(used[:, None])), sparse.csr_matrix(used[:, None])],
+        format="csr",
+        dtype=np.int32,
+    )
+    found = nonzero_counts(
+        indicators, counts, block_cells=block, progress=progress, what="the counts layer"
+    )
+    return qc_pass(found[:k], found[k] - found[:k], setup.min_nonzero)
+
+
 def _summary_figures(pvals: np.ndarray, neg_log10: np.ndarray, qcut: float) -> dict:
     ks = stats.kstest(pvals, "uniform")
     return {
@@ -343,6 +391,8 @@ def calibration_check(
     covariates_key: str | None = None,
     dimreduce: int | None = None,
     min_cells: int | None = None,
+    min_nonzero: int | None = None,
+    counts_layer: str | None = None,
     key_added: str = "nsc_calibration",
     chunked: bool | None = None,
     chunk_size: int | None = None,
@@ -390,8 +440,14 @@ def calibration_check(
         (control groups stay out of it, as in :func:`normalisr_sc.tl.de`), on the cells
         it used.
 
-    Reported over the NT pairs (every NT group x every gene, or a random subset of
-    ``n_pairs``): the inflation factor ``lambda`` (median chi-square / 0.455), the
+    NT pairs go through the discovery analysis' pair QC: a pair with fewer than
+    ``min_nonzero`` cells with a nonzero count of the gene among the NT group's cells or
+    among its control cells (the other NT cells in low MOI, the other cells of the
+    regression in high MOI) is excluded, as :func:`normalisr_sc.tl.de` excludes such
+    pairs from its q-values.
+
+    Reported over the NT pairs (every NT group x every gene passing the pair QC, or a
+    random subset of ``n_pairs`` of them): the inflation factor ``lambda`` (median chi-square / 0.455), the
     fraction of p-values below 0.05, the number of false discoveries (Benjamini-Hochberg
     q-value over the NT pairs at most ``qcut``) and the Kolmogorov-Smirnov distance to
     the uniform distribution. A WARNING is logged when the tests look miscalibrated:
@@ -430,14 +486,15 @@ def calibration_check(
         carrying a tested group in the discovery analysis, at most half of the NT cells.
     n_pairs
         Report a random subset of this many NT pairs (drawn with ``seed``);
-        ``'discovery'``: as many pairs as the discovery analysis tested (groups x genes),
-        when there are more NT pairs; default all NT pairs.
+        ``'discovery'``: as many pairs as the discovery analysis tested (its pairs
+        passing its pair QC), when there are more NT pairs; default all NT pairs.
     qcut
         Q-value cut at which NT pairs count as false discoveries, in (0, 1].
     seed
         Seed of the random NT groups and of the subset of pairs.
-    groupby, design, layer, covariates_key, dimreduce, min_cells
-        Override the discovery analysis' parameters (see :func:`normalisr_sc.tl.de`).
+    groupby, design, layer, covariates_key, dimreduce, min_cells, min_nonzero, counts_layer
+        Override the discovery analysis' parameters (see :func:`normalisr_sc.tl.de`);
+        ``min_nonzero=0`` turns the pair QC off.
     key_added
         ``adata.uns`` key receiving the check.
     {doc_chunked_layer}
@@ -447,7 +504,7 @@ def calibration_check(
     The summary (:class:`~normalisr_sc.tl.Calibration`; ``print`` it). Sets
     ``adata.uns[key_added]`` with the same figures (``inflation``,
     ``fraction_below_05``, ``n_false_discoveries``, ``ks_statistic``, ``ks_pvalue``,
-    ``n_pairs``, ``n_groups``, ``n_cells``, ``calibrated``), the NT pairs' ``pvals``
+    ``n_pairs``, ``n_excluded``, ``n_groups``, ``n_cells``, ``calibrated``), the NT pairs' ``pvals``
     and ``log10p`` (``-log10 p``, exact beyond underflow) with their ``group``
     (position in ``groups``, the NT group names) and ``gene`` (position in
     ``adata.var_names``), the per-group table ``per_group`` and the parameters used:
@@ -488,6 +545,8 @@ def calibration_check(
     if dimreduce is not None:
         dimreduce = check_dimreduce(dimreduce)
     min_cells = check_int("min_cells", min_cells, minimum=1, allow_none=True)
+    min_nonzero = check_int("min_nonzero", min_nonzero, minimum=0, allow_none=True)
+    check_str("counts_layer", counts_layer, allow_none=True)
     check_str("key_added", key_added)
     check_bool("chunked", chunked, allow_none=True)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
@@ -510,8 +569,17 @@ def calibration_check(
             "covariates_key": covariates_key,
             "dimreduce": dimreduce,
             "min_cells": min_cells,
+            "min_nonzero": min_nonzero,
+            "counts_layer": counts_layer,
         },
     )
+    if setup.counts_layer is not None and setup.counts_layer not in adata.layers:
+        msg = (
+            f"counts_layer={setup.counts_layer!r} is not among the layers "
+            f"{list(adata.layers)}; name the layer of raw counts (None: adata.X), or pass "
+            "`min_nonzero=0` to skip the pair QC."
+        )
+        raise ValueError(msg)
     group_set = read_groups(adata, setup.groupby, setup.control, [])
     in_control = group_set.in_reference & group_set.labelled
     if not in_control.any():
@@ -611,14 +679,27 @@ def calibration_check(
     else:
         result = case_control(columns, expression, covariates, cells=pool, **options)
         rows = slice(None)
-    pvals = result.pvals[rows]
-    neg_log10 = result.neg_log10_pvals[rows]
+    pvals = result.pvals[rows].ravel()
+    neg_log10 = result.neg_log10_pvals[rows].ravel()
     group_index = np.repeat(np.arange(n_nt, dtype=np.int32), adata.n_vars)
     gene_index = np.tile(np.arange(adata.n_vars, dtype=np.int32), n_nt)
-    pvals, neg_log10 = pvals.ravel(), neg_log10.ravel()
-    wanted = n_pairs
-    if n_pairs == "discovery":
-        wanted = (setup.n_discovery_groups or 0) * adata.n_vars
+    n_excluded = 0
+    if setup.min_nonzero:
+        used = group_set.labelled if high else pool
+        passing = _pair_qc(
+            adata, columns, used, setup, block, chunked=chunked, chunk_size=chunk_size
+        ).ravel()
+        n_excluded = int((~passing).sum())
+        if n_excluded == passing.size:
+            msg = (
+                f"every NT pair has fewer than min_nonzero={setup.min_nonzero} cells with a "
+                "nonzero count among the NT group's cells or its control cells; lower "
+                "`min_nonzero=`."
+            )
+            raise ValueError(msg)
+        pvals, neg_log10 = pvals[passing], neg_log10[passing]
+        group_index, gene_index = group_index[passing], gene_index[passing]
+    wanted = setup.n_discovery_pairs if n_pairs == "discovery" else n_pairs
     if wanted is not None and wanted < pvals.size:
         pick = np.sort(np.random.default_rng(seed + 1).choice(pvals.size, wanted, replace=False))
         pvals, neg_log10 = pvals[pick], neg_log10[pick]
@@ -649,6 +730,7 @@ def calibration_check(
     summary = Calibration(
         **figures,
         n_pairs=int(pvals.size),
+        n_excluded=n_excluded,
         n_groups=n_nt,
         n_cells=int(pool.sum()),
         qcut=qcut,
@@ -669,6 +751,8 @@ def calibration_check(
         "covariates_key": setup.covariates_key,
         "dimreduce": setup.dimreduce,
         "min_cells": setup.min_cells,
+        "min_nonzero": setup.min_nonzero,
+        "counts_layer": setup.counts_layer,
         "qcut": qcut,
         "seed": seed,
         "n_pairs": n_pairs,
@@ -680,6 +764,7 @@ def calibration_check(
     record = {
         **figures,
         "n_pairs": summary.n_pairs,
+        "n_excluded": n_excluded,
         "n_groups": n_nt,
         "n_cells": summary.n_cells,
         "calibrated": summary.calibrated,
