@@ -140,7 +140,7 @@ def _discovery_setup(
     key: str | None,
     overrides: dict[str, object],
 ) -> _Setup:
-    """The discovery analysis' parameters (``adata.uns[key]``), overridden where given."""
+    """Read the discovery analysis' parameters (``adata.uns[key]``), overridden where given."""
     record: Mapping = {}
     if key is not None:
         found = adata.uns.get(key)
@@ -210,7 +210,7 @@ def _nt_guides(
     nt_guides: object,
     control: list[str],
 ) -> tuple[sparse.csr_matrix, list[str]]:
-    """The cells x NT guides 0/1 matrix of ``adata.obsm[guides]`` and the NT guide names."""
+    """Return the cells x NT guides 0/1 matrix of ``adata.obsm[guides]`` and the NT guide names."""
     found = read_groups(adata, guides, [], [])
     matrix, names = found.matrix, found.names
     if nt_guides is None:
@@ -342,8 +342,11 @@ def _pair_qc(
     chunked: bool | None,
     chunk_size: int | None,
 ) -> np.ndarray:
-    """NT groups x genes: pairs with ``min_nonzero`` expressing cells in the group and
-    in its control cells (the other ``used`` cells), as :func:`normalisr_sc.tl.de` counts."""
+    """Find the NT pairs passing the pair QC (NT groups x genes, boolean).
+
+    A pair passes with ``min_nonzero`` expressing cells in the group and in its control
+    cells (the other ``used`` cells), counted as :func:`normalisr_sc.tl.de` counts them.
+    """
     counts, _ = input_matrix(
         adata, setup.counts_layer, chunked=chunked, chunk_size=chunk_size, what="raw UMI counts"
     )
