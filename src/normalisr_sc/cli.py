@@ -4,6 +4,9 @@ Every command declares its outputs before it starts: existing ones are refused w
 ``--force`` before any work, and all of them are published together only when the
 command succeeds (:class:`normalisr_sc._io.Outputs`). Errors are one line that speaks
 of commands and options, not of Python functions and parameters (:func:`cli_words`).
+
+The library (numpy, anndata, scanpy, dask...) is imported only when a command runs, so
+``--version`` and ``--help`` answer at once.
 """
 
 from __future__ import annotations
@@ -20,17 +23,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-
-from . import _io, get, pp, tl
 from ._settings import settings
-from ._validate import check_int, check_number
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     import pandas as pd
     from anndata import AnnData
+
+    from . import _io
 
 logger = logging.getLogger("normalisr_sc")
 
@@ -109,7 +110,7 @@ def _option_text(option: str, value: str | None) -> str:
 
 @contextlib.contextmanager
 def speaking_cli(options: Mapping[str, str]) -> Iterator[None]:
-    """The API's errors and log messages in the CLI's words (``options``: parameter -> option).
+    """Speak the CLI's words in the API's errors and log messages (``options``: parameter -> option).
 
     A ValueError is raised again as a :class:`CommandError` with the reworded message.
     """
@@ -136,9 +137,11 @@ def _reworded(check: Callable[..., Any], text: str, **bounds: Any) -> Any:
 
 
 def integer(minimum: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer, at least ``minimum``."""
+    """Return an argparse type: an integer, at least ``minimum``."""
 
     def parse(text: str) -> int:
+        from ._validate import check_int
+
         try:
             value: Any = int(text)
         except ValueError:
@@ -152,9 +155,11 @@ def integer(minimum: int | None = None) -> Callable[[str], int]:
 def number(
     minimum: float | None = None, maximum: float | None = None, *, min_open: bool = False
 ) -> Callable[[str], float]:
-    """An argparse type: a finite number within the bounds."""
+    """Return an argparse type: a finite number within the bounds."""
 
     def parse(text: str) -> float:
+        from ._validate import check_number
+
         try:
             value: Any = float(text)
         except ValueError:
@@ -166,7 +171,7 @@ def number(
 
 
 def suffixed(*suffixes: str) -> Callable[[str], str]:
-    """An argparse type: a file name ending in one of ``suffixes``."""
+    """Return an argparse type: a file name ending in one of ``suffixes``."""
 
     def parse(text: str) -> str:
         if not text.lower().endswith(suffixes):
@@ -210,23 +215,33 @@ QC_OPTIONS = {
 
 
 def _qc_defaults() -> dict[str, Any]:
-    from .pp._recipe import QC_KEYS
+    """Return the bounds of ``nsc.pp.DEFAULT_QC`` (imports the library)."""
+    from .pp import DEFAULT_QC
 
-    return {key: value for key, value in dict(pp.DEFAULT_QC).items() if key in QC_KEYS}
-
-
-def _qc_options() -> dict[str, tuple]:
-    from .pp._recipe import QC_KEYS
-
-    return {key: spec for key, spec in QC_OPTIONS.items() if key in QC_KEYS}
+    return dict(DEFAULT_QC)
 
 
-#: Default of the QC options: not given (the bound of ``pp.DEFAULT_QC`` applies).
-_UNSET = object()
+class _QCDefault:
+    """The default of a QC option: not given, so the bound of ``pp.DEFAULT_QC`` applies.
+
+    Its text (``%(default)s`` of the help) is looked up only when the help is printed.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(
+            _qc_defaults().get(self.key, "none" if self.key == "transcriptome_genes" else "off")
+        )
 
 
 def _qc_given(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in _qc_options() if getattr(args, key) is not _UNSET}
+    return {
+        key: getattr(args, key)
+        for key in QC_OPTIONS
+        if not isinstance(getattr(args, key), _QCDefault)
+    }
 
 
 def _option(name: str) -> str:
@@ -237,6 +252,8 @@ def _option(name: str) -> str:
 
 
 def _input(args: argparse.Namespace) -> AnnData:
+    from . import _io
+
     name = Path(args.input).name.lower()
     tsv = name.endswith((".tsv", ".txt", ".tsv.gz", ".txt.gz"))
     given = [o for o, v in (("--genes", args.genes), ("--cells", args.cells)) if v]
@@ -262,11 +279,15 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
 
 
 def _write(outputs: _io.Outputs, adata: AnnData, target: str) -> None:
+    from . import _io
+
     _io.write_h5ad_to(adata, outputs.path(target))
 
 
 def _write_table(outputs: _io.Outputs, table: pd.DataFrame, target: str | None) -> None:
     if target:
+        from . import _io
+
         _io.write_table_to(table, outputs.path(target), target)
 
 
@@ -286,6 +307,9 @@ def _print_qc_summary(adata: AnnData) -> None:
 
 
 def cmd_qc(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc qc``: read-count QC of the input."""
+    from . import pp
+
     adata = _input(args)
     bounds = {**_qc_defaults(), **_qc_given(args)}
     with speaking_cli({key: _option(key) for key in bounds}):
@@ -295,10 +319,13 @@ def cmd_qc(args: argparse.Namespace, outputs: _io.Outputs) -> None:
 
 
 def cmd_normalize(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc normalize``: the whole normalisation."""
     given = _qc_given(args)
     if args.no_qc and given:
         msg = f"--no-qc skips read-count QC: leave out {', '.join(map(_option, given))}."
         raise CommandError(msg)
+    from . import pp
+
     adata = _input(args)
     qc = None if args.no_qc else {**_qc_defaults(), **given}
     with speaking_cli(
@@ -306,7 +333,8 @@ def cmd_normalize(args: argparse.Namespace, outputs: _io.Outputs) -> None:
             "covariates": "--covariates",
             "chunk_size": "--chunk-size",
             "remove_outliers": "--keep-outliers",
-            **{key: _option(key) for key in _qc_options()},
+            "dtype": "--dtype",
+            **{key: _option(key) for key in QC_OPTIONS},
         }
     ):
         pp.normalize(
@@ -316,13 +344,18 @@ def cmd_normalize(args: argparse.Namespace, outputs: _io.Outputs) -> None:
             remove_outliers=not args.keep_outliers,
             chunked=args.chunk_size is not None,
             chunk_size=args.chunk_size,
+            dtype=args.dtype,
         )
     _print_qc_summary(adata)
     _write(outputs, adata, args.output)
 
 
 def de_table(adata: AnnData, key: str = "nsc_de") -> pd.DataFrame:
-    """The DE table of every group, most significant first (ties: larger |logfc|)."""
+    """Return the DE table of every group, most significant first (ties: larger |logfc|)."""
+    import numpy as np
+
+    from . import get
+
     table = get.de_df(adata, key=key)
     order = np.lexsort(
         (
@@ -364,6 +397,9 @@ def _check_de_options(args: argparse.Namespace) -> None:
 
 
 def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc de``: differential expression, guides assigned first if given."""
+    from . import tl
+
     _check_de_options(args)
     adata = _input(args)
     groupby = args.groupby
@@ -411,6 +447,9 @@ def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
 
 
 def cmd_coex(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc coex``: gene co-expression."""
+    from . import _io, get, tl
+
     genes = None
     if args.gene_list:
         path = Path(args.gene_list)
@@ -428,6 +467,9 @@ def cmd_coex(args: argparse.Namespace, outputs: _io.Outputs) -> None:
 
 
 def cmd_binnet(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc binnet``: the binary co-expression network."""
+    from . import tl
+
     adata = _input(args)
     with speaking_cli({"qcut": "--qcut"}):
         tl.binnet(adata, qcut=args.qcut)
@@ -435,6 +477,9 @@ def cmd_binnet(args: argparse.Namespace, outputs: _io.Outputs) -> None:
 
 
 def cmd_gotop(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc gotop``: GO enrichment of the network's hub genes."""
+    from . import tl
+
     adata = _input(args)
     with speaking_cli(
         {
@@ -442,10 +487,16 @@ def cmd_gotop(args: argparse.Namespace, outputs: _io.Outputs) -> None:
             "annotations": "--annotations",
             "n_principal": "--n-principal",
             "gene_id": "--gene-id",
+            "pcut": "--pcut",
         }
     ):
         tl.gotop(
-            adata, args.obo, args.annotations, n_principal=args.n_principal, gene_id=args.gene_id
+            adata,
+            args.obo,
+            args.annotations,
+            n_principal=args.n_principal,
+            gene_id=args.gene_id,
+            pcut=args.pcut,
         )
     _write_table(outputs, adata.uns["nsc_gotop"]["enrichment"], args.table)
     _write(outputs, adata, args.output)
@@ -456,6 +507,8 @@ REPORT_KEYS = ("nsc_de", "nsc_coex")
 
 
 def _plain(value: Any) -> str:
+    import numpy as np
+
     if isinstance(value, Mapping):
         return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
     if isinstance(value, np.ndarray | list | tuple):
@@ -494,6 +547,7 @@ def _report_results(adata: AnnData, key: str) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc report``: a plain-text summary, optionally QQ plots."""
     import matplotlib as mpl
 
     mpl.use("Agg")
@@ -535,9 +589,11 @@ DEMO_FILES = ("demo.h5ad", "de.tsv.gz", "qq.png", "volcano.png", "weights.png")
 
 
 def cmd_demo(args: argparse.Namespace, outputs: _io.Outputs) -> None:
+    """Run ``normalisr-sc demo``: the pipeline on a generated screen."""
     import matplotlib as mpl
 
     mpl.use("Agg")
+    from . import _io, get
     from ._demo import run_screen, score_screen, write_plots
 
     out = Path(args.out)
@@ -629,15 +685,13 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     def qc_options(sub: argparse.ArgumentParser) -> None:
-        defaults = _qc_defaults()
-        for key, (kind, text) in _qc_options().items():
-            default = defaults.get(key, "off" if key != "transcriptome_genes" else "none")
+        for key, (kind, text) in QC_OPTIONS.items():
             sub.add_argument(
                 _option(key),
                 type=kind,
-                default=_UNSET,
+                default=_QCDefault(key),
                 metavar="N",
-                help=f"{text} (default {default})",
+                help=f"{text} (default %(default)s)",
             )
 
     qc = command(
@@ -672,6 +726,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CELLS",
         help="stream the counts in blocks of this many cells (no dense matrix "
         "held; the output layers are computed block by block when written)",
+    )
+    norm.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="float type of the layers lcpm and normalisr: float32 halves their memory "
+        "and file size; every computation runs in float64 either way (default float64)",
     )
     de = command(
         "de",
@@ -788,6 +849,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="COLUMN",
         help="'symbol' (var_names are symbols) or the var column of gene ids (default symbol)",
     )
+    gotop.add_argument(
+        "--pcut",
+        type=number(0, 1, min_open=True),
+        default=0.05,
+        metavar="P",
+        help="Bonferroni p-value below which the best GO term is declared the top term "
+        "(default 0.05)",
+    )
     gotop.add_argument("--table", type=TABLE, help="also write the enrichment table")
     report = command(
         "report",
@@ -858,6 +927,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("goatools").setLevel(logging.WARNING)
+    from . import _io
+
     progress = settings.progress
     if args.quiet:
         settings.progress = False
