@@ -163,3 +163,23 @@ def test_coex_heatmap_shows_clustered_r(tested, tmp_path):
     with pytest.raises(ValueError, match="outside the co-expression"):
         nsc.pl.coex_heatmap(tested, [*genes[:2], tested.var_names[100]])
     plt.close(ax.figure)
+
+
+def test_qq_values_beyond_the_axis_get_one_legend_entry():
+    screen = nsc.datasets.simulate(
+        n_cells=900, n_genes=60, n_targets=3, knockdown=2.0, n_modules=0, seed=2
+    )
+    nsc.tl.assign_guides(screen, "grna_counts", groups="grna_group")
+    nsc.pp.normalize(screen, covariates="batch", qc=None)
+    nsc.tl.de(screen, "nsc_guides", design="low_moi", reference="non-targeting")
+    groups = list(screen.varm["nsc_de_log10p"].columns)
+    ax = nsc.pl.qq(screen, group=groups, show=False)
+    top = ax.get_xlim()[1]
+    beyond = sum(int((observed > top).sum()) for _, observed in ax.nsc_qq.values())
+    assert beyond >= 3  # the knocked-down target genes
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t for t in texts if "beyond the axis" in t] == [f"{beyond} beyond the axis"]
+    # Every series' triangles sit at the edge, in its own colour.
+    triangles = [c for c in ax.collections if len(c.get_offsets()) and c.get_offsets()[0][1] == top]
+    assert sum(len(c.get_offsets()) for c in triangles) == beyond
+    plt.close(ax.figure)
