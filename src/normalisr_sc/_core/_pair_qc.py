@@ -41,7 +41,7 @@ _PAIR_TYPES = (tuple, list, np.ndarray)
 
 
 def _pattern(block: np.ndarray | sparse.csr_matrix) -> sparse.csr_matrix:
-    """The nonzero pattern of a block as an int32 CSR matrix of ones (explicit zeros dropped)."""
+    """Return the nonzero pattern of a block: int32 CSR ones (explicit zeros dropped)."""
     if sparse.issparse(block):
         nonzero = block.data != 0
         pattern = sparse.csr_matrix(
@@ -163,7 +163,7 @@ def family_qvalues(
 
 
 def read_pairs(name: str, value: object) -> tuple[np.ndarray, np.ndarray]:
-    """Groups and genes (object arrays of str) of a table of (group, gene) pairs.
+    """Return the groups and genes (object arrays of str) of a table of pairs.
 
     ``value`` is a DataFrame with columns ``group`` and ``gene`` (or SCEPTRE's
     ``grna_group`` and ``response_id``), or a sequence of ``(group, gene)`` pairs.

@@ -83,8 +83,9 @@ def rank_genes_layout(
     *,
     rankby_abs: bool = False,
 ) -> dict[str, np.recarray]:
-    """scanpy's ``rank_genes_groups`` arrays: per group its top ``n_genes`` genes, with t
-    scores, log2 fold changes, p-values and adjusted p-values.
+    """Build scanpy's ``rank_genes_groups`` arrays of the top ``n_genes`` of each group.
+
+    Per group: t scores, log2 fold changes, p-values and adjusted p-values.
 
     Genes are ranked as scanpy ranks them, by their signed score: the most significant
     up-regulated gene first, the most significant down-regulated gene last; with
@@ -169,7 +170,7 @@ def _plan(group_set: Groups, design: Design) -> _Plan:
 def _tested_groups(
     group_set: Groups, plan: _Plan, design: Design, min_cells: int
 ) -> tuple[np.ndarray, list[str]]:
-    """The groups to test (positions) and the names of the groups skipped as too small."""
+    """Return the groups to test (positions) and the names of those skipped as too small."""
     names = np.array(group_set.names, dtype=object)
     tested = group_set.tested
     alone = " alone (cells with several groups are not used)" if design == "low_moi" else ""
@@ -232,7 +233,7 @@ def _run(
     dimreduce: int,
     size: int,
 ):
-    """The kernel's result and the rows of it holding the tested groups."""
+    """Run the kernel; return its result and the rows of it holding the tested groups."""
     options = {"dimreduce": dimreduce, "block_cells": size, "progress": progress, "effect": effect}
     if plan.kind == "classes":
         result = class_design(plan.label, matrix.shape[1], expression, covariates, **options)
@@ -248,8 +249,10 @@ def _run(
 def _pair_counts(
     plan: _Plan, matrix: sparse.csr_matrix, tested: np.ndarray, counts: object, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per tested group and gene: cells with a nonzero count among the group's cells
-    and among the control cells of its test (groups x genes each).
+    """Count the cells with a nonzero count among each group's cells and its controls.
+
+    Returns groups x genes arrays (tested groups): the counts among the cells carrying
+    the group in its test, and among the control cells of its test.
 
     ONE sparse product of a cells x sets indicator with the counts' nonzero pattern:
     with classes, the sets are the baseline class and the classes of the tested groups
@@ -309,7 +312,7 @@ def _positive_controls(
     passing: np.ndarray,
     qcut: float,
 ) -> pd.DataFrame:
-    """The recovery report of the positive controls (genes x groups arrays in ``values``).
+    """Report the recovery of the positive controls (genes x groups arrays in ``values``).
 
     ``rank`` is the gene's position in its group when the group's genes passing the
     pair QC come first, each part from most to least significant (ties: larger
@@ -448,6 +451,33 @@ def de(
     which is an error; in the ``high_moi`` design their indicators stay in the
     regression.
 
+    Pair QC (effective sample size, as SCEPTRE's): for every tested (group, gene) pair,
+    the cells with a nonzero raw count of the gene are counted among the cells carrying
+    the group in its test (``n_nonzero_group``) and among the control cells of that
+    test (``n_nonzero_control``): the reference cells with ``reference=`` in
+    ``'case_control'``, the other cells (case-control ``'rest'``), the cells carrying
+    no group in ``'low_moi'``, the cells without the group in ``'high_moi'``. Both are
+    one sparse product of the cells x groups indicators with the nonzero pattern of the
+    counts ``layers[counts_layer]``, read block by block like the expression. A pair
+    with either count below ``min_nonzero`` cannot be tested reliably: it keeps its
+    p-value and effect, but is excluded from the q-values (``pvals_adj`` NaN) and
+    ranked after the other genes of its group in scanpy's layout; a warning counts
+    these pairs and :func:`normalisr_sc.get.de_df` lists them with ``qc_pass=False``.
+
+    Chosen pairs (``pairs=``, e.g. the cis pairs of an enhancer screen): only the groups
+    of the pairs (and of ``positive_controls``) are tested -- the time of a screen
+    scales with its groups, so a cis analysis of a few groups is fast -- every gene of
+    them, as usual, is stored in ``varm``, and the q-values are Benjamini-Hochberg over
+    the chosen pairs passing the pair QC, all groups together, in scanpy's layout (NaN
+    for the other genes, ranked after the pairs) and in
+    :func:`normalisr_sc.get.de_df`, which lists these pairs by default. Positive
+    controls (``positive_controls=``, SCEPTRE's power check) are reported in
+    ``adata.uns[key_added]['positive_controls']`` (and logged): p-value, q-value over
+    the positive controls passing the pair QC, the gene's rank in its group (1: the
+    most significant of the group's genes passing the QC), the pair QC counts and
+    ``recovered`` (passes the QC and q at most ``qcut``); a warning names those not
+    recovered.
+
     Parameters
     ----------
     adata
@@ -492,6 +522,29 @@ def de(
     dimreduce
         Extra degrees of freedom already used up by the expression (e.g. when covariates
         were removed from it beforehand).
+    counts_layer
+        Layer of raw counts for the pair QC; ``None`` reads ``adata.X``, where
+        :func:`normalisr_sc.pp.normalize` leaves the counts it normalised (only their
+        nonzero pattern is used; negative values are an error).
+    min_nonzero
+        Fewest cells with a nonzero count of the gene, among the group's cells and
+        among its control cells, for a pair to enter the q-values; 0 skips the pair QC
+        (no counts read or stored). Default: 7 (SCEPTRE's bound) in the ``'low_moi'``
+        and ``'high_moi'`` designs, 0 in ``'case_control'``, where a marker gene silent
+        in one cell type is a strong and reliable difference rather than a pair without
+        information.
+    pairs
+        Chosen (group, gene) pairs: a DataFrame with columns ``group`` and ``gene`` (or
+        SCEPTRE's ``grna_group`` and ``response_id``) or a list of ``(group, gene)``
+        tuples (see above). Unknown groups or genes, reference groups and repeated
+        pairs are an error naming them; with ``groups=``, the pairs' groups must be
+        among them.
+    positive_controls
+        Pairs expected to be discovered, in the same layout as ``pairs`` (e.g.
+        ``adata.uns['pc_pairs']`` of Papalexi's screen); their recovery is reported (see
+        above). Their groups must be tested.
+    qcut
+        q-value at most which a positive control counts as recovered.
     {doc_chunked_layer}
 
     Returns
@@ -505,18 +558,25 @@ def de(
     - ``adata.varm[key_added + '_gamma']``: the test's coefficient on the normalised
       scale (see above);
     - ``adata.varm[key_added + '_var']``: residual variance of each gene in each test;
+    - ``adata.varm[key_added + '_n_nonzero_group']`` and ``['_n_nonzero_control']``
+      (int32; with ``min_nonzero`` above 0): the pair QC counts (see above);
 
     and ``adata.uns[key_added]`` with ``design``, ``groupby``, ``groups``,
     ``reference``, ``n_cells`` (cells carrying each group in its test), ``n_cells_test``
     (cells used by each test), ``n_cells_unlabelled`` (cells left out for a missing
     label), ``skipped`` (groups not tested for having fewer than ``min_cells`` cells),
     ``df`` (residual degrees of freedom), ``var_group`` (residual variance of each group
-    indicator) and the other parameters. ``adata.uns[key_added]`` also holds scanpy's
+    indicator), ``min_nonzero``, ``n_excluded`` (pairs of each group excluded by the
+    pair QC), ``pairs`` (with ``pairs=``: the chosen pairs, columns ``group`` and
+    ``gene``), ``positive_controls`` (the report, with ``positive_controls=``) and the
+    other parameters. ``adata.uns[key_added]`` also holds scanpy's
     :func:`~scanpy.tl.rank_genes_groups` layout (unless ``n_genes=0``): ``names``,
     ``scores`` (signed t statistics of the tests), ``logfoldchanges`` (``logfc`` in
     log2, as scanpy has it), ``pvals``, ``pvals_adj`` (Benjamini-Hochberg over the genes
-    of each group) as record arrays with one field per group, ordered per group as
-    scanpy orders them (most significant up-regulated gene first; see ``rankby_abs``),
+    of each group passing the pair QC, or over the chosen pairs; NaN for the others) as
+    record arrays with one field per group, ordered per group as scanpy orders them
+    (most significant up-regulated gene first, see ``rankby_abs``; the genes with a NaN
+    ``pvals_adj`` after the others),
     and ``params`` (``groupby``, ``reference`` -- ``'rest'`` without
     one --, ``method``, ``design`` and the other parameters), so that
     :func:`scanpy.get.rank_genes_groups_df` and the ``scanpy.pl.rank_genes_groups_*``
@@ -532,7 +592,15 @@ def de(
 
     >>> nsc.tl.assign_guides(adata, "grna_counts", guide_names="grna_ids",
     ...                      groups="grna_group")
-    >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
+    >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting",
+    ...           positive_controls=adata.uns["pc_pairs"])
+    >>> adata.uns["nsc_de"]["positive_controls"][["group", "gene", "pval", "rank"]]
+
+    A cis screen: only the chosen pairs enter the q-values.
+
+    >>> nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting",
+    ...           pairs=cis_pairs)
+    >>> nsc.get.de_df(adata, pval_cutoff=0.1)
     """
     check_str("groupby", groupby)
     check_choice("design", design, DESIGNS)
