@@ -17,6 +17,7 @@ from ._core._blocks import (
     row_block,
     row_slices,
 )
+from ._core._checks import name_source
 from ._core._reduce import is_dask
 from ._settings import settings
 from ._validate import check_bool
@@ -62,6 +63,7 @@ def input_matrix(
     chunk_size: int | None = None,
     what: str = "raw UMI counts",
     keep_format: bool = False,
+    finite_in_sums: bool = False,
 ) -> tuple[object, int]:
     """The matrix a step reads, and the number of cells per block to read it in: the door in.
 
@@ -83,6 +85,12 @@ def input_matrix(
     is True, or when it is None and the matrix already is a dask array or ``adata`` is
     backed on disk. Otherwise it is returned in memory (CSC converted to CSR unless
     ``keep_format``).
+
+    With ``finite_in_sums`` an in-memory matrix is not checked here: the step's kernel
+    finds NaN and infinity in the sums its pass makes anyway (every cell's squares;
+    :func:`~._core._checks.check_finite_sums`), and names the matrix as it is named here
+    (:func:`~._core._checks.name_source`). Streamed matrices are checked block by block
+    as always.
     """
     check_bool("chunked", chunked, allow_none=True)
     size = chunk_cells(chunk_size)
@@ -103,6 +111,9 @@ def input_matrix(
         in_memory = (
             canonical_copy(matrix, source) if keep_format else canonical_rows(matrix, source)
         )
+        if finite_in_sums:
+            name_source(in_memory, source)
+            return in_memory, size
         return checked_finite(in_memory, source, fix), size
     if backed:
         from anndata.experimental import read_elem_lazy

@@ -15,24 +15,22 @@ are ``x'x' = x.x - (C x)' (C'C)^+ (C x)`` and alike; then
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
-from ._blocks import dense_block, row_slices
+from ._blocks import float_block, row_slices
 from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
-from ._linalg import pinv_gram, pinv_psd
+from ._linalg import add_products, pinv_gram, pinv_psd
 from ._pvalues import association_pvalues
-from ._reduce import accumulate, no_progress
+from ._reduce import accumulate, limit_threads, no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from numpy.typing import ArrayLike
 
     from ._reduce import Progress
@@ -84,6 +82,21 @@ class AssociationResult:
     logfc: np.ndarray | None = None
 
 
+def _with_threads(kernel: Callable) -> Callable:
+    """Run ``kernel`` with ``n_jobs`` threads (default ``nsc.settings.n_jobs``).
+
+    Its own thread pools get ``n_jobs`` threads and the BLAS and OpenMP pools are
+    limited to as many while it runs (:func:`~._reduce.limit_threads`).
+    """
+
+    @wraps(kernel)
+    def run(*args, n_jobs: int | None = None, **kwargs) -> AssociationResult:
+        with limit_threads(n_jobs) as threads:
+            return kernel(*args, n_jobs=threads, **kwargs)
+
+    return run
+
+
 def _step(n_columns: int) -> int:
     """Rows per step over a matrix of ``n_columns`` columns (``CHUNK_ELEMENTS`` a step)."""
     return max(1, CHUNK_ELEMENTS // max(1, n_columns))
@@ -96,6 +109,7 @@ def _finish(
     n_cells: np.ndarray,
     df: np.ndarray,
     tested: np.ndarray,
+    n_jobs: int = 1,
 ) -> AssociationResult:
     """Test statistics of every predictor and gene, a range of predictors at a time.
 
@@ -129,7 +143,7 @@ def _finish(
     # Ranges of predictors in parallel threads (the p-values dominate; numpy and scipy
     # release the GIL), each writing its own rows of the results. All threads together
     # hold about ``CHUNK_ELEMENTS`` elements per temporary, and every thread gets work.
-    threads = os.cpu_count() or 1
+    threads = n_jobs
     step = max(1, min(_step(n_genes) // threads, -(-n_predictors // threads)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(finish_rows, row_slices(n_predictors, step)))
@@ -161,34 +175,65 @@ def _residualize(pinv: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray
     return np.einsum("...ki,...kl,...lj->...ij", cx, pinv, cy, optimize=True)
 
 
-def _add_group_products(out: np.ndarray, groups: sparse.csr_matrix, y: np.ndarray) -> None:
-    """``out += groups' y``, a range of genes at a time (no groups x genes temporary)."""
-    by_cell = groups.T
-    for genes in row_slices(y.shape[1], _step(groups.shape[1])):
-        out[:, genes] += by_cell @ y[:, genes]
+def _masked(used: np.ndarray, groups: sparse.csr_matrix, covariates: np.ndarray):
+    """The groups and covariates with the rows of unused cells zeroed (none if all used)."""
+    if used.all():
+        return groups, covariates
+    weight = used.astype(np.float64)
+    return sparse.csr_matrix(groups.multiply(weight[:, None])), covariates * weight[:, None]
 
 
-def _add_products(
-    out: np.ndarray, groups: sparse.csr_matrix, covariates: np.ndarray, y: np.ndarray
+def _add_cross(
+    out: np.ndarray,
+    squares: np.ndarray,
+    groups: sparse.csr_matrix,
+    covariates: np.ndarray,
+    y: np.ndarray,
+    used: np.ndarray,
+    n_jobs: int,
 ) -> None:
-    """``out += [groups, covariates]' y`` (groups first)."""
+    """``out += [groups, covariates]' y`` and ``squares[0] += used' y**2``, in place.
+
+    The rows of unused cells are zero in ``groups`` and ``covariates`` (:func:`_masked`).
+    Their squares are added with weight 0, which keeps finite values out and carries
+    NaN or infinity in (see :func:`~._checks.check_finite_sums`).
+    """
     n_groups = groups.shape[1]
-    _add_group_products(out[:n_groups], groups, y)
-    # Genes first: OpenBLAS threads ``C'Y`` (few rows, long inner dimension) badly.
-    out[n_groups:] += (y.T @ covariates).T
+    at_zero = np.zeros(y.shape[0], dtype=np.int64)
+    weights = used.astype(np.float64)
+    add_products(
+        out[:n_groups],
+        groups,
+        y,
+        squares=squares,
+        square_rows=at_zero,
+        square_weights=weights,
+        n_jobs=n_jobs,
+    )
+    # Covariates: dense BLAS on float64 blocks, the kernel (float64 sums) on float32 ones.
+    add_products(out[n_groups:], covariates, y, n_jobs=n_jobs, dense=y.dtype == np.float64)
 
 
 class _ProductSums:
     """``A'y`` for the columns of ``A = [groups, covariates]``, and ``y'y``, per gene.
 
     With the fold change's inputs, also ``[groups, raw covariates]'l`` of the log CPM
-    ``l``, read in the same pass. Only the cells of the mask ``used`` are summed.
+    ``l``, read in the same pass. Only the cells of the mask ``used`` are summed (the
+    group and covariate rows of the others are zero). ``lsq`` holds the sum of squares
+    of ``l`` over all cells, which shows NaN and infinity (cells outside the mask with
+    weight 0). One accumulator per pass: adds go into it in place.
     """
 
-    def __init__(self, n_groups: int, n_cov: int, n_genes: int, n_raw: int = 0) -> None:
+    shared = True
+
+    def __init__(
+        self, n_groups: int, n_cov: int, n_genes: int, n_raw: int = 0, n_jobs: int = 1
+    ) -> None:
         self.cross = np.zeros((n_groups + n_cov, n_genes))
-        self.yy = np.zeros(n_genes)
+        self.yy = np.zeros((1, n_genes))
         self.raw_cross = np.zeros((n_groups + n_raw, n_genes)) if n_raw else None
+        self.lsq = np.zeros((1, n_genes)) if n_raw else None
+        self.n_jobs = n_jobs
 
     def add(
         self,
@@ -199,24 +244,19 @@ class _ProductSums:
         used: np.ndarray,
         *effect: np.ndarray,
     ) -> None:
-        y = dense_block(block)
-        subset = not used.all()
-        if subset:
-            y, groups, covariates = y[used], groups[used], covariates[used]
-        _add_products(self.cross, groups, covariates, y)
-        self.yy += np.einsum("ij,ij->j", y, y)
+        y = float_block(block)
+        _add_cross(self.cross, self.yy, groups, covariates, y, used, self.n_jobs)
         if effect:
             raw_covariates, log_cpm = effect
-            log_cpm = dense_block(log_cpm)
-            if subset:
-                raw_covariates, log_cpm = raw_covariates[used], log_cpm[used]
-            _add_products(self.raw_cross, groups, raw_covariates, log_cpm)
+            log_cpm = float_block(log_cpm)
+            _add_cross(self.raw_cross, self.lsq, groups, raw_covariates, log_cpm, used, self.n_jobs)
 
     def merge(self, other: _ProductSums) -> _ProductSums:
         self.cross += other.cross
         self.yy += other.yy
         if self.raw_cross is not None:
             self.raw_cross += other.raw_cross
+            self.lsq += other.lsq
         return self
 
 
@@ -246,12 +286,16 @@ def _product_sums(
     block_cells: int,
     progress: Progress,
     effect: Effect | None = None,
+    n_jobs: int = 1,
 ) -> _ProductSums:
     n_raw = 0 if effect is None else effect.covariates.shape[1]
     new_sums = partial(
-        _ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1], n_raw
+        _ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1], n_raw, n_jobs
     )
-    row_data = (groups, covariates, used) + (() if effect is None else (effect.covariates,))
+    masked_groups, masked_covariates = _masked(used, groups, covariates)
+    row_data = (masked_groups, masked_covariates, used)
+    if effect is not None:
+        row_data += (_masked(used, groups, effect.covariates)[1],)
     beside = () if effect is None else (effect.expression,)
     sums = accumulate(
         new_sums,
@@ -261,10 +305,12 @@ def _product_sums(
         progress=progress,
         desc="de: accumulating",
         beside=beside,
+        n_jobs=n_jobs,
     )
-    check_finite_sums(sums.yy)
+    check_finite_sums(sums.yy, matrix=expression)
     if sums.raw_cross is not None:
-        check_finite_sums(sums.raw_cross.sum(axis=0), "log CPM")
+        check_finite_sums(sums.lsq, "log CPM", effect.expression)
+    sums.yy = sums.yy[0]
     return sums
 
 
@@ -286,6 +332,7 @@ def _coefficients_on_all(
     return out
 
 
+@_with_threads
 def case_control(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -296,6 +343,7 @@ def case_control(
     progress: Progress = no_progress,
     cells: ArrayLike | None = None,
     effect: Effect | None = None,
+    n_jobs: int = 1,
 ) -> AssociationResult:
     """Each group indicator against each gene on all cells (METHOD 8, ``single=0``).
 
@@ -320,7 +368,9 @@ def case_control(
     used = _used_cells(cells, expression.shape[0])
     if effect is not None:
         effect = Effect(effect.expression, _with_intercept(effect.covariates))
-    sums = _product_sums(groups, expression, covariates, used, block_cells, progress, effect)
+    sums = _product_sums(
+        groups, expression, covariates, used, block_cells, progress, effect, n_jobs
+    )
     groups, covariates = groups[used], covariates[used]
     n_cells = int(used.sum())
     pinv, rank = pinv_psd(covariates.T @ covariates)
@@ -339,7 +389,13 @@ def case_control(
     tested = (n_in > 0) & (n_in < n_cells)
     cells_used = np.full(n_groups, n_cells)
     result = _finish(
-        terms, n_groups, n_genes, cells_used, cells_used - 1 - int(rank) - dimreduce, tested
+        terms,
+        n_groups,
+        n_genes,
+        cells_used,
+        cells_used - 1 - int(rank) - dimreduce,
+        tested,
+        n_jobs,
     )
     if effect is not None:
         result.logfc = _coefficients_on_all(groups, effect.covariates[used], sums.raw_cross, tested)
@@ -384,12 +440,21 @@ class _ClassSums:
     The sums of class ``j`` are rows ``j * (k + 1)`` to ``(j + 1) * (k + 1)`` of
     ``cross`` (``k`` covariates and the ones) and row ``j`` of ``yy``; with the fold
     change's inputs, ``raw_cross`` holds ``[C_raw, 1]'l`` of the log CPM ``l`` alike.
+    The squares of the cells of no class (-1) go to the last row of ``yy`` and those of
+    ``l`` to ``lsq``: they show NaN and infinity anywhere in the matrices. One
+    accumulator per pass: adds go into it in place.
     """
 
-    def __init__(self, n_class: int, n_cov: int, n_genes: int, n_raw: int = 0) -> None:
+    shared = True
+
+    def __init__(
+        self, n_class: int, n_cov: int, n_genes: int, n_raw: int = 0, n_jobs: int = 1
+    ) -> None:
         self.cross = np.zeros((n_class * (n_cov + 1), n_genes))
-        self.yy = np.zeros((n_class, n_genes))
+        self.yy = np.zeros((n_class + 1, n_genes))
         self.raw_cross = np.zeros((n_class * (n_raw + 1), n_genes)) if n_raw else None
+        self.lsq = np.zeros((1, n_genes)) if n_raw else None
+        self.n_jobs = n_jobs
 
     def add(
         self,
@@ -399,24 +464,31 @@ class _ClassSums:
         covariates: np.ndarray,
         *effect: np.ndarray,
     ) -> None:
-        # Sparse products whose rows are the cells: a cell's covariates and 1 (or just 1)
-        # sit in the columns of its class, none for unused cells. No BLAS: thousands of
-        # tiny per-class products thread badly on a busy machine.
-        y = dense_block(block)
-        n_cells = y.shape[0]
-        n_class = self.yy.shape[0]
-        _add_group_products(self.cross, _class_weights(label, covariates, n_class), y)
-        used = label >= 0
-        starts = np.concatenate([[0], np.cumsum(used)])
-        members = sparse.csr_matrix(
-            (np.ones(starts[-1]), label[used], starts), shape=(n_cells, n_class)
+        # In-place sparse products whose rows are the cells: a cell's covariates and 1
+        # sit in the columns of its class, none for unused cells (the compiled kernel of
+        # ``add_products``: a cell's entries, then its square, in one read of its row).
+        y = float_block(block)
+        n_class = self.yy.shape[0] - 1
+        ones = np.ones(y.shape[0])
+        add_products(
+            self.cross,
+            _class_weights(label, covariates, n_class),
+            y,
+            squares=self.yy,
+            square_rows=np.where(label >= 0, label, n_class),
+            square_weights=ones,
+            n_jobs=self.n_jobs,
         )
-        for cells in row_slices(n_cells, _step(y.shape[1])):
-            _add_group_products(self.yy, members[cells], np.square(y[cells]))
         if effect:
             raw_covariates, log_cpm = effect
-            _add_group_products(
-                self.raw_cross, _class_weights(label, raw_covariates, n_class), dense_block(log_cpm)
+            add_products(
+                self.raw_cross,
+                _class_weights(label, raw_covariates, n_class),
+                float_block(log_cpm),
+                squares=self.lsq,
+                square_rows=np.zeros(y.shape[0], dtype=np.int64),
+                square_weights=ones,
+                n_jobs=self.n_jobs,
             )
 
     def merge(self, other: _ClassSums) -> _ClassSums:
@@ -424,6 +496,7 @@ class _ClassSums:
         self.yy += other.yy
         if self.raw_cross is not None:
             self.raw_cross += other.raw_cross
+            self.lsq += other.lsq
         return self
 
 
@@ -472,6 +545,7 @@ def _class_coefficients(
     return out
 
 
+@_with_threads
 def class_design(
     label: np.ndarray,
     n_groups: int,
@@ -482,6 +556,7 @@ def class_design(
     block_cells: int,
     progress: Progress = no_progress,
     effect: Effect | None = None,
+    n_jobs: int = 1,
 ) -> AssociationResult:
     """Each class of cells against class 0, on the cells of the two classes only.
 
@@ -500,17 +575,19 @@ def class_design(
     n_raw = 0 if effect is None else effect.covariates.shape[1]
     row_data = (label, covariates) + (() if effect is None else (effect.covariates,))
     sums = accumulate(
-        partial(_ClassSums, n_class, n_cov, n_genes, n_raw),
+        partial(_ClassSums, n_class, n_cov, n_genes, n_raw, n_jobs),
         expression,
         row_data,
         block_cells=block_cells,
         progress=progress,
         desc="de: accumulating",
         beside=() if effect is None else (effect.expression,),
+        n_jobs=n_jobs,
     )
-    check_finite_sums(sums.yy.sum(axis=0))
+    check_finite_sums(sums.yy, matrix=expression)
     if sums.raw_cross is not None:
-        check_finite_sums(sums.raw_cross.sum(axis=0), "log CPM")
+        check_finite_sums(sums.lsq, "log CPM", effect.expression)
+    sums.yy = sums.yy[:n_class]
     # The expression-covariate products with the ones hold the expression sums.
     cc, c_sum, class_size = _class_grams(label, covariates, n_class)
     cross = sums.cross.reshape(n_class, n_cov + 1, n_genes)
@@ -534,12 +611,13 @@ def class_design(
 
     size = (class_size[0] + class_size[1:]).astype(np.int64)
     tested = (class_size[1:] > 0) & (class_size[0] > 0)
-    result = _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
+    result = _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested, n_jobs)
     if effect is not None:
         result.logfc = _class_coefficients(label, effect.covariates, sums.raw_cross, tested)
     return result
 
 
+@_with_threads
 def low_moi(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -550,6 +628,7 @@ def low_moi(
     progress: Progress = no_progress,
     cells: ArrayLike | None = None,
     effect: Effect | None = None,
+    n_jobs: int = 1,
 ) -> AssociationResult:
     """Low-MOI design (METHOD 8, ``single=1``).
 
@@ -570,6 +649,7 @@ def low_moi(
         block_cells=block_cells,
         progress=progress,
         effect=effect,
+        n_jobs=n_jobs,
     )
 
 
@@ -622,6 +702,7 @@ def _joint_fit(
     return coef, estimable, pinv_diag, rss, int(rank)
 
 
+@_with_threads
 def high_moi(
     groups: ArrayLike,
     expression: ArrayLike,
@@ -632,6 +713,7 @@ def high_moi(
     progress: Progress = no_progress,
     cells: ArrayLike | None = None,
     effect: Effect | None = None,
+    n_jobs: int = 1,
 ) -> AssociationResult:
     """High-MOI, competition-aware design (METHOD 8, ``single=4``).
 
@@ -662,7 +744,9 @@ def high_moi(
     active = groups[:, in_model]
     if effect is not None:
         effect = Effect(effect.expression, _with_intercept(effect.covariates))
-    sums = _product_sums(active, expression, covariates, used, block_cells, progress, effect)
+    sums = _product_sums(
+        active, expression, covariates, used, block_cells, progress, effect, n_jobs
+    )
     yy = sums.yy
     active_used = active[used]
     fit, estimable, pinv_diag, rss, rank = _joint_fit(active_used, covariates[used], sums.cross, yy)
@@ -686,6 +770,6 @@ def high_moi(
 
     cells_used = np.full(n_groups, n_cells)
     df = np.full(n_groups, n_cells - rank - dimreduce)
-    result = _finish(terms, n_groups, n_genes, cells_used, df, tested)
+    result = _finish(terms, n_groups, n_genes, cells_used, df, tested, n_jobs)
     result.logfc = logfc
     return result

@@ -128,6 +128,16 @@ def dense_block(block: ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:
     return np.asarray(block, dtype=dtype)
 
 
+def float_block(block: ArrayLike) -> np.ndarray:
+    """One block of rows as a dense float array: float32 stays float32, else float64.
+
+    The kernels sum float32 blocks in float64 without converting them first (no copy).
+    """
+    block = materialize(block)
+    dtype = np.float32 if block.dtype == np.float32 else np.float64
+    return dense_block(block, dtype)
+
+
 def compact_rows(array: np.ndarray, keep: np.ndarray, block_rows: int) -> np.ndarray:
     """The rows of ``array`` where ``keep`` is True, moved to its front in place.
 

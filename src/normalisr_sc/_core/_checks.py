@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
+
+from ._blocks import count_non_finite, row_slices
 
 #: A residual sum of squares below this fraction of the raw sum of squares is zero.
 ZERO_VARIANCE_RTOL = 1e-9
+
+#: Names of the matrices read by the kernels, as the user knows them (``id`` -> (weak
+#: reference, name)); set by the door that hands the matrix over (:func:`name_source`).
+_SOURCES: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def name_source(matrix: object, name: str) -> None:
+    """Record ``name`` (e.g. ``"adata.layers['normalisr']"``) for the messages about ``matrix``.
+
+    A kernel that checks its sums with :func:`check_finite_sums` then names the layer.
+    """
+    key = id(matrix)
+    try:
+        reference = weakref.ref(matrix, lambda _, key=key: _SOURCES.pop(key, None))
+    except TypeError:  # not weakly referenceable: no name recorded
+        return
+    _SOURCES[key] = (reference, name)
+
+
+def source_name(matrix: object, default: str) -> str:
+    """The name recorded for ``matrix`` by :func:`name_source`, else ``default``."""
+    entry = _SOURCES.get(id(matrix))
+    if entry is not None and entry[0]() is matrix:
+        return entry[1]
+    return default
 
 
 def check_df(df: np.ndarray, tested: np.ndarray) -> None:
@@ -19,11 +48,44 @@ def check_df(df: np.ndarray, tested: np.ndarray) -> None:
         raise ValueError(msg)
 
 
-def check_finite_sums(sums: np.ndarray, what: str = "normalised expression") -> None:
-    if not np.isfinite(sums).all():
-        rerun = "nsc.pp.lcpm" if what == "log CPM" else "nsc.pp.normvar"
+def check_finite_sums(
+    sums: np.ndarray, what: str = "normalised expression", matrix: object = None
+) -> None:
+    """Refuse the input ``matrix`` when the sums accumulated over it are not finite.
+
+    The kernels check their inputs through the sums their pass makes anyway: a NaN or an
+    infinity anywhere in the matrix makes the sum of squares of its cells (each a
+    non-negative term, so nothing cancels: ``inf - inf`` is NaN and stays NaN) NaN or
+    infinite. Only then is an in-memory matrix read again, to tell NaN or infinite
+    values from finite values so large that their squares overflow.
+    """
+    if np.isfinite(sums).all():
+        return
+    rerun = "nsc.pp.lcpm" if what == "log CPM" else "nsc.pp.normvar"
+    name = source_name(matrix, f"the {what}")
+    count = _count_non_finite(matrix)
+    if count == 0:
         msg = (
-            f"the {what} contains NaN or infinite values; association tests need "
-            f"finite {what} (rerun `{rerun}`)."
+            f"{name} holds values so large that their sums of squares overflow float64; "
+            f"association tests need the {what} on a usual scale (rerun `{rerun}`)."
         )
         raise ValueError(msg)
+    counted = f" ({count} of them)" if count is not None else ""
+    msg = (
+        f"{name} contains NaN or infinite values{counted}; association tests need "
+        f"finite {what} (rerun `{rerun}`)."
+    )
+    raise ValueError(msg)
+
+
+def _count_non_finite(matrix: object) -> int | None:
+    """Non-finite values of an in-memory matrix, block by block; None if not in memory."""
+    if matrix is None or not hasattr(matrix, "shape") or hasattr(matrix, "compute"):
+        return None
+    if getattr(matrix, "ndim", 0) != 2 or not hasattr(matrix, "__getitem__"):
+        return None
+    if hasattr(matrix, "tocsr"):
+        return count_non_finite(matrix)
+    if not isinstance(matrix, np.ndarray):
+        return None
+    return sum(count_non_finite(matrix[rows]) for rows in row_slices(matrix.shape[0], 4096))

@@ -10,7 +10,6 @@ requested outputs.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +24,7 @@ from ._blocks import dense_block
 from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
 from ._linalg import pinv_psd
 from ._pvalues import association_pvalues
-from ._reduce import accumulate, no_progress
+from ._reduce import accumulate, limit_threads, no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -101,9 +100,28 @@ def coex_stats(
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
+    n_jobs: int | None = None,
 ) -> CoexStats:
     """Accumulate the Gram matrix of ``expression`` (cells x genes: in memory, row-sliceable
-    or dask) and remove the ``covariates`` from it."""
+    or dask) and remove the ``covariates`` from it, with ``n_jobs`` threads (default
+    ``nsc.settings.n_jobs``).
+
+    NaN or infinity anywhere in ``expression`` makes the diagonal of the Gram matrix
+    (each gene's sum of squares) non-finite: it is refused from there
+    (:func:`~._checks.check_finite_sums`).
+    """
+    with limit_threads(n_jobs) as threads:
+        return _coex_stats(expression, covariates, dimreduce, block_cells, progress, threads)
+
+
+def _coex_stats(
+    expression: ArrayLike,
+    covariates: np.ndarray,
+    dimreduce: int,
+    block_cells: int,
+    progress: Progress,
+    n_jobs: int,
+) -> CoexStats:
     n_covariates = covariates.shape[1]
     sums = accumulate(
         partial(GramSums, expression.shape[1], n_covariates),
@@ -112,12 +130,13 @@ def coex_stats(
         block_cells=block_cells,
         progress=progress,
         desc="coex: Gram matrix",
+        n_jobs=n_jobs,
     )
     pinv, rank = pinv_psd(sums.cc)
     df = sums.n_cells - 1 - int(rank) - dimreduce
     check_df(np.array([df]), np.array([True]))
     raw = np.diag(sums.gram).copy()
-    check_finite_sums(raw)
+    check_finite_sums(raw, matrix=expression)
     # In place: dot = Y'Y - (C'Y)' (C'C)^+ C'Y; only its upper triangle is read later.
     dot = dgemm(-1.0, sums.cy, pinv @ sums.cy, beta=1.0, c=sums.gram, trans_a=1, overwrite_c=1)
     res = np.diag(dot).copy()
@@ -144,13 +163,21 @@ def _symmetric_rows(upper: np.ndarray, rows: slice, first_column: int) -> np.nda
 
 
 def _in_bands(
-    work: Callable[[slice], object], n_genes: int, band_rows: int, progress: Progress, desc: str
+    work: Callable[[slice], object],
+    n_genes: int,
+    band_rows: int,
+    progress: Progress,
+    desc: str,
+    n_jobs: int | None = None,
 ) -> list:
-    """``work(rows)`` for consecutive bands of ``band_rows`` genes, in parallel threads."""
+    """``work(rows)`` for consecutive bands of ``band_rows`` genes, in ``n_jobs`` threads.
+
+    ``n_jobs`` defaults to ``nsc.settings.n_jobs``; BLAS is limited to as many threads.
+    """
     bands = [
         slice(start, min(start + band_rows, n_genes)) for start in range(0, n_genes, band_rows)
     ]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with limit_threads(n_jobs) as threads, ThreadPoolExecutor(max_workers=threads) as pool:
         return list(progress(pool.map(work, bands), len(bands), desc))
 
 

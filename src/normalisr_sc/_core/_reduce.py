@@ -8,7 +8,9 @@ accumulator of the same kind. :func:`accumulate` runs it
   or row-sliceable on disk (h5py, backed AnnData), adding into a single accumulator;
 - as a dask graph when the matrix is a dask array: one accumulator per chunk of cells,
   merged into a running total as blocks finish, computed by the active scheduler -- the
-  local threaded one, or a ``dask.distributed`` cluster when a ``Client`` is active.
+  local threaded one, or a ``dask.distributed`` cluster when a ``Client`` is active. An
+  accumulator marked ``shared`` is instead added into in place, one block at a time,
+  on the local scheduler (one accumulator in memory however many blocks are in flight).
 
 Both give the same sums up to the order of floating-point additions.
 """
@@ -16,6 +18,7 @@ Both give the same sums up to the order of floating-point additions.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
@@ -85,7 +88,13 @@ def _controller() -> ThreadpoolController:
 
 
 class BlockSums(Protocol):
-    """Statistics accumulated over blocks of cells."""
+    """Statistics accumulated over blocks of cells.
+
+    An accumulator class with ``shared = True`` promises that its ``add`` is parallel
+    itself: a dask pass on the local scheduler then reads the blocks in parallel and adds
+    them one at a time into ONE accumulator, instead of one accumulator per block merged
+    into a running total (whose memory grows with the blocks in flight).
+    """
 
     def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix, *row_data) -> None:
         """Add the cells ``rows`` (positions in the whole matrix): their ``block`` of the
@@ -222,23 +231,39 @@ def _accumulate_dask(
     starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
     # The other matrices in the same chunks of cells: block i of each goes with block i.
     others = [other.rechunk((matrix.chunks[0], -1)).to_delayed()[:, 0] for other in beside]
-    leaves = [
-        delayed(_sums_of_block)(
-            new_sums,
-            slice(start, stop),
-            block,
-            len(beside),
-            *(data[start:stop] for data in row_data),
-            *(other[i] for other in others),
-        )
+    blocks = [
+        (slice(start, stop), block, [other[i] for other in others])
         for i, (start, stop, block) in enumerate(
             zip(starts[:-1], starts[1:], matrix.to_delayed()[:, 0], strict=True)
         )
     ]
-    if not leaves:
+    if not blocks:
         return new_sums()
-    done = iter(progress(range(len(leaves)), len(leaves), desc))
+    done = iter(progress(range(len(blocks)), len(blocks), desc))
     client = _active_client()
+    sums = new_sums() if client is None else None
+    if sums is not None and getattr(sums, "shared", False):
+        # One accumulator for the whole pass: the blocks are read in parallel and added
+        # into it one at a time (each add uses the threads itself), so that its memory
+        # does not grow with the number of blocks in flight.
+        shared = _Shared(sums)
+        leaves = [
+            delayed(shared.add)(
+                rows, block, len(beside), *(data[rows] for data in row_data), *beside_blocks
+            )
+            for rows, block, beside_blocks in blocks
+        ]
+        with _Advance({leaf.key for leaf in leaves}, done):
+            dask.compute(*leaves, **_local_workers(n_jobs))
+        deque(done, maxlen=0)  # exhausting the bar closes it
+        return sums
+    del sums
+    leaves = [
+        delayed(_sums_of_block)(
+            new_sums, rows, block, len(beside), *(data[rows] for data in row_data), *beside_blocks
+        )
+        for rows, block, beside_blocks in blocks
+    ]
     if client is not None:
         result = _merge_as_completed(client, leaves, done)
         deque(done, maxlen=0)  # exhausting the bar closes it
@@ -253,6 +278,21 @@ def _accumulate_dask(
         (result,) = dask.compute(total, **_local_workers(n_jobs))
     deque(done, maxlen=0)  # exhausting the bar closes it
     return result
+
+
+class _Shared:
+    """One accumulator that the blocks of a dask pass are added into, one at a time."""
+
+    def __init__(self, sums: BlockSums) -> None:
+        self.sums = sums
+        self.lock = threading.Lock()
+
+    def add(self, rows: slice, block: ArrayLike, n_beside: int, *row_data) -> None:
+        n_data = len(row_data) - n_beside
+        block = materialize(block)
+        beside = [materialize(other) for other in row_data[n_data:]]
+        with self.lock:
+            self.sums.add(rows, block, *row_data[:n_data], *beside)
 
 
 def _local_workers(n_jobs: int) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from .._core._blocks import dense_block
+from .._core._checks import name_source
 from .._core._coex import coex_matrices, coex_network, coex_stats, pvalue_network
 from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
@@ -15,7 +16,7 @@ from .._progress import progress
 from .._readers import coex_block, network_only
 from .._store import check_writable
 from .._store import store as store_results
-from .._utils import gene_positions, logger
+from .._utils import gene_positions, logger, matrix_name
 from .._validate import as_names, check_number, check_str
 from ._inputs import check_dimreduce, normalised_inputs
 
@@ -229,6 +230,7 @@ def coex(
     index = _gene_index(adata, genes)
     if index is not None:
         expression = expression[:, index] if is_dask(expression) else _Columns(expression, index)
+        name_source(expression, matrix_name(layer))
     stats = coex_stats(
         expression, covariates, dimreduce=int(dimreduce), block_cells=size, progress=progress
     )

@@ -43,13 +43,20 @@ def normalised_inputs(
     normalised covariates as a float64 array.
 
     The layer is returned as :func:`~normalisr_sc._utils.input_matrix` chooses: a dask
-    array chunked by ``chunk_size`` cells when streamed (``chunked``), else as it is.
+    array chunked by ``chunk_size`` cells when streamed (``chunked``), else as it is. In
+    memory, NaN and infinity are found by the kernel from its sums (every kernel
+    reading this layer checks them with :func:`~.._core._checks.check_finite_sums`).
     """
     require(adata, "layers", layer, "nsc.pp.normvar")
     require(adata, "obsm", covariates_key, "nsc.pp.normvar")
     covariates = _covariate_array(adata, covariates_key, "nsc.pp.normcov")
     expression, size = input_matrix(
-        adata, layer, chunked=chunked, chunk_size=chunk_size, what="normalised expression"
+        adata,
+        layer,
+        chunked=chunked,
+        chunk_size=chunk_size,
+        what="normalised expression",
+        finite_in_sums=True,
     )
     return expression, size, covariates
 
@@ -89,9 +96,15 @@ def effect_inputs(
         chunk_size=chunk_size,
         chunked=True if is_dask(expression) else chunked,
         what="log CPM",
+        finite_in_sums=True,
     )
     if is_dask(log_cpm) and not is_dask(expression):
         expression, _ = input_matrix(
-            adata, layer, chunked=True, chunk_size=chunk_size, what="normalised expression"
+            adata,
+            layer,
+            chunked=True,
+            chunk_size=chunk_size,
+            what="normalised expression",
+            finite_in_sums=True,
         )
     return expression, Effect(log_cpm, covariates)
