@@ -1,8 +1,51 @@
-"""Column means and variances accumulated over blocks of rows."""
+"""Column means and variances accumulated over blocks of rows; a block's work in parts.
+
+A block of cells is the unit the streaming kernels read. In memory, the elementwise work
+on a block (numpy releases the GIL) is shared by threads, each taking a part of its genes
+(:func:`in_parts`) -- or of its cells, for per-cell results -- so that every value is
+computed exactly as by one thread: the parts never add into each other.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from ._reduce import limit_threads
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: Rows or columns of a part. Parts do not depend on the number of threads, so that
+#: every result is the same whatever ``nsc.settings.n_jobs``.
+PART = 1024
+
+
+def parts(n_items: int, size: int = PART) -> list[slice]:
+    """Return contiguous slices of about ``size`` items covering ``range(n_items)``."""
+    n_parts = max(1, round(n_items / size))
+    bounds = np.linspace(0, n_items, n_parts + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
+def in_parts(function: Callable[[slice], object], n_items: int, n_jobs: int) -> None:
+    """Call ``function(part)`` for each of the :func:`parts` of ``range(n_items)``.
+
+    The parts run on up to ``n_jobs`` threads; BLAS and OpenMP pools are then limited to
+    one thread (the parts are the parallelism). Exceptions of a part are raised.
+    """
+    pieces = parts(n_items)
+    threads = min(n_jobs, len(pieces))
+    if threads == 1:
+        for piece in pieces:
+            function(piece)
+        return
+    with limit_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(function, pieces):
+            pass
 
 
 class ColumnMoments:
@@ -22,9 +65,12 @@ class ColumnMoments:
         n_block = block.shape[0]
         if n_block == 0:
             return
-        block_mean = block.mean(axis=0)
-        centred = np.subtract(block, block_mean, out=block if overwrite else None)
-        self._combine(n_block, block_mean, np.einsum("ij,ij->j", centred, centred))
+        self.add_block(n_block, *block_moments(block, overwrite=overwrite))
+
+    def add_block(self, n_rows: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Add a block of ``n_rows`` rows given its column means and centred sums of squares."""
+        if n_rows:
+            self._combine(n_rows, mean, m2)
 
     def merge(self, other: ColumnMoments) -> ColumnMoments:
         """Add the rows summarised by ``other``; returns ``self``."""
@@ -48,3 +94,20 @@ class ColumnMoments:
     def std(self) -> np.ndarray:
         """Population standard deviation (divisor n)."""
         return np.sqrt(self.variance)
+
+
+def block_moments(
+    block: np.ndarray,
+    *,
+    overwrite: bool = False,
+    mean: np.ndarray | None = None,
+    m2: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and centred sums of squares of one block (written to ``mean``, ``m2``).
+
+    ``overwrite`` lets ``block`` serve as scratch space. A column's figures depend on that
+    column only, so a block may be done in parts of its columns.
+    """
+    block_mean = np.mean(block, axis=0, out=mean)
+    centred = np.subtract(block, block_mean, out=block if overwrite else None)
+    return block_mean, np.einsum("ij,ij->j", centred, centred, out=m2)

@@ -17,8 +17,8 @@ from scipy import stats
 
 from ._blocks import dense_block
 from ._linalg import pinv_psd
-from ._moments import ColumnMoments
-from ._reduce import PerCell, accumulate, no_progress
+from ._moments import ColumnMoments, block_moments, in_parts
+from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -92,18 +92,33 @@ class _CrossProducts:
         return self
 
 
+def _block_threads(expression: ArrayLike) -> int:
+    """Threads sharing the work on one block: one when dask already runs blocks in parallel."""
+    return 1 if is_dask(expression) else thread_count()
+
+
 class _ResidualMoments:
     """Per-gene mean and spread of the scaled covariate residuals."""
 
-    def __init__(self, coefficients: np.ndarray) -> None:
-        self.coefficients = coefficients
+    def __init__(self, coefficients: np.ndarray, n_jobs: int = 1) -> None:
+        self.coefficients, self.n_jobs = coefficients, n_jobs
         self.moments = ColumnMoments(coefficients.shape[1])
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
     ) -> None:
-        residual = _scaled_residual(block, covariates, self.coefficients, cell_scale)
-        self.moments.update(residual, overwrite=True)
+        block = dense_block(block)
+        n_genes = block.shape[1]
+        mean, m2 = np.empty(n_genes), np.empty(n_genes)
+
+        def genes(part: slice) -> None:
+            residual = _scaled_residual(
+                block[:, part], covariates, self.coefficients[:, part], cell_scale
+            )
+            block_moments(residual, overwrite=True, mean=mean[part], m2=m2[part])
+
+        in_parts(genes, n_genes, self.n_jobs)
+        self.moments.add_block(block.shape[0], mean, m2)
 
     def merge(self, other: _ResidualMoments) -> _ResidualMoments:
         self.moments.merge(other.moments)
@@ -113,8 +128,8 @@ class _ResidualMoments:
 class _LogRmsPerCell:
     """Per cell: log root-mean-square over genes of the standardised residuals."""
 
-    def __init__(self, coefficients: np.ndarray, moments: ColumnMoments) -> None:
-        self.coefficients = coefficients
+    def __init__(self, coefficients: np.ndarray, moments: ColumnMoments, n_jobs: int = 1) -> None:
+        self.coefficients, self.n_jobs = coefficients, n_jobs
         self.mean = moments.mean
         spread = moments.std
         informative = spread > 0
@@ -126,10 +141,19 @@ class _LogRmsPerCell:
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
     ) -> None:
-        standardized = _scaled_residual(block, covariates, self.coefficients, cell_scale)
-        standardized -= self.mean
-        standardized *= self.inverse_spread
-        mean_square = np.einsum("ij,ij->i", standardized, standardized) / self.n_informative
+        block = dense_block(block)
+        mean_square = np.empty(block.shape[0])
+
+        def cells(part: slice) -> None:
+            standardized = _scaled_residual(
+                block[part], covariates[part], self.coefficients, cell_scale[part]
+            )
+            standardized -= self.mean
+            standardized *= self.inverse_spread
+            np.einsum("ij,ij->i", standardized, standardized, out=mean_square[part])
+
+        in_parts(cells, block.shape[0], self.n_jobs)
+        mean_square /= self.n_informative
         self.log_rms.add(rows, 0.5 * np.log(mean_square))
 
     def merge(self, other: _LogRmsPerCell) -> _LogRmsPerCell:
@@ -152,6 +176,7 @@ def _log_rms_standardized_residuals(
     cells: regression, residual spread per gene, spread per cell.
     """
     n_genes = expression.shape[1]
+    n_jobs = _block_threads(expression)
     scaled_cov = covariates / cell_scale[:, None]
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
@@ -164,10 +189,12 @@ def _log_rms_standardized_residuals(
     coefficients = pinv @ cross.T
     side = (covariates, cell_scale)
     moments = stream(
-        partial(_ResidualMoments, coefficients), row_data=side, desc="variance fit: residual spread"
+        partial(_ResidualMoments, coefficients, n_jobs),
+        row_data=side,
+        desc="variance fit: residual spread",
     ).moments
     return stream(
-        partial(_LogRmsPerCell, coefficients, moments),
+        partial(_LogRmsPerCell, coefficients, moments, n_jobs),
         row_data=side,
         desc="variance fit: per-cell spread",
     ).log_rms.values()
@@ -288,10 +315,14 @@ class _WeightedRegression:
     """
 
     def __init__(
-        self, scale: np.ndarray, n_cov: int, weights_out: np.ndarray | None = None
+        self,
+        scale: np.ndarray,
+        n_cov: int,
+        weights_out: np.ndarray | None = None,
+        n_jobs: int = 1,
     ) -> None:
         n_genes = scale.size
-        self.scale, self.weights_out = scale, weights_out
+        self.scale, self.weights_out, self.n_jobs = scale, weights_out, n_jobs
         # Gram matrices are symmetric: only the upper triangle is accumulated.
         self.upper = np.triu_indices(n_cov)
         self.gram_upper = np.zeros((n_genes, self.upper[0].size))
@@ -303,19 +334,26 @@ class _WeightedRegression:
     ) -> None:
         block = dense_block(block)
         kept = self.weights_out is not None
-        weight = np.multiply.outer(
-            log_weights, self.scale, out=self.weights_out[rows] if kept else None
-        )
-        np.exp(weight, out=weight)
-        weighted = block * weight
-        # Unless kept, ``weight`` is reused for w^2 and then y w^2: one block-sized array fewer.
-        squared_weight = np.multiply(weight, weight, out=None if kept else weight)
-        self.gram_upper += squared_weight.T @ (
-            covariates[:, self.upper[0]] * covariates[:, self.upper[1]]
-        )
-        twice_weighted = np.multiply(squared_weight, block, out=squared_weight)
-        self.cross += twice_weighted.T @ covariates
-        self.before.update(weighted, overwrite=True)
+        products = covariates[:, self.upper[0]] * covariates[:, self.upper[1]]
+        n_genes = block.shape[1]
+        mean, m2 = np.empty(n_genes), np.empty(n_genes)
+
+        def genes(part: slice) -> None:
+            values = block[:, part]
+            weight = np.multiply.outer(
+                log_weights, self.scale[part], out=self.weights_out[rows, part] if kept else None
+            )
+            np.exp(weight, out=weight)
+            weighted = values * weight
+            # Unless kept, ``weight`` is reused for w^2 and then y w^2: one array fewer.
+            squared_weight = np.multiply(weight, weight, out=None if kept else weight)
+            self.gram_upper[part] += squared_weight.T @ products
+            twice_weighted = np.multiply(squared_weight, values, out=squared_weight)
+            self.cross[part] += twice_weighted.T @ covariates
+            block_moments(weighted, overwrite=True, mean=mean[part], m2=m2[part])
+
+        in_parts(genes, n_genes, self.n_jobs)
+        self.before.add_block(block.shape[0], mean, m2)
 
     def merge(self, other: _WeightedRegression) -> _WeightedRegression:
         self.gram_upper += other.gram_upper
@@ -346,23 +384,38 @@ class _NormalisedSquares:
         scale: np.ndarray,
         out: np.ndarray | None = None,
         weights_in_out: bool = False,
+        n_jobs: int = 1,
     ) -> None:
         self.coefficients, self.scale = coefficients, scale
-        self.out, self.weights_in_out = out, weights_in_out
+        self.out, self.weights_in_out, self.n_jobs = out, weights_in_out, n_jobs
         self.sum_squares = np.zeros(scale.size)
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
     ) -> None:
-        if self.weights_in_out:
-            residual = covariates @ self.coefficients.T
-            np.subtract(dense_block(block), residual, out=residual)
-            values = np.multiply(self.out[rows], residual, out=self.out[rows])
-        else:
-            values = normalised_block(block, covariates, log_weights, self.coefficients, self.scale)
-        self.sum_squares += np.einsum("ij,ij->j", values, values)
-        if self.out is not None and not self.weights_in_out:
-            self.out[rows] = values
+        block = dense_block(block)
+        squares = np.empty(block.shape[1])
+
+        def genes(part: slice) -> None:
+            if self.weights_in_out:
+                residual = covariates @ self.coefficients[part].T
+                np.subtract(block[:, part], residual, out=residual)
+                out = self.out[rows, part]
+                values = np.multiply(out, residual, out=out)
+            else:
+                values = normalised_block(
+                    block[:, part],
+                    covariates,
+                    log_weights,
+                    self.coefficients[part],
+                    self.scale[part],
+                )
+            np.einsum("ij,ij->j", values, values, out=squares[part])
+            if self.out is not None and not self.weights_in_out:
+                self.out[rows, part] = values
+
+        in_parts(genes, block.shape[1], self.n_jobs)
+        self.sum_squares += squares
 
     def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:
         self.sum_squares += other.sum_squares
@@ -394,6 +447,7 @@ def fit_normalisation(
     block by block.
     """
     n_cov = covariates.shape[1]
+    n_jobs = _block_threads(expression)
     log_weights = np.log(weights)
     stream = partial(
         accumulate,
@@ -405,14 +459,14 @@ def fit_normalisation(
     # In memory, the float64 output holds the gene weights between the two passes.
     keep_weights = out is not None and out.dtype == np.float64
     regression = stream(
-        partial(_WeightedRegression, scale, n_cov, out if keep_weights else None),
+        partial(_WeightedRegression, scale, n_cov, out if keep_weights else None, n_jobs),
         desc="normvar: weighted regression",
     )
     coefficients = regression.coefficients()
     factor = np.ones_like(scale)
     if keepvar or out is not None:
         squares = stream(
-            partial(_NormalisedSquares, coefficients, scale, out, keep_weights),
+            partial(_NormalisedSquares, coefficients, scale, out, keep_weights, n_jobs),
             desc="normvar: residuals",
         )
         if keepvar:

@@ -19,7 +19,8 @@ from .._core._counts import (
     scaling_factor_values,
     summary_covariates,
 )
-from .._core._reduce import accumulate, is_dask
+from .._core._moments import in_parts
+from .._core._reduce import accumulate, is_dask, thread_count
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
 from .._store import check_writable, store
@@ -76,13 +77,25 @@ def _lcpm_in_memory(
     buffer = None
     if dtype != np.float64:
         buffer = np.empty((min(block_cells, n_cells), n_genes))
+    # Without resampling each cell's values depend on its counts only: parts of a block's
+    # cells are computed on several threads, exactly as by one.
+    n_jobs = 1 if rng is not None else thread_count()
     blocks = row_slices(n_cells, block_cells)
     for rows in progress(blocks, n_blocks(n_cells, block_cells), "lcpm"):
         block = row_block(counts, rows)
         out = log_cpm[rows] if buffer is None else buffer[: block.shape[0]]
-        lcpm_block(block, total, varscale=varscale, rng=rng, out=out)
-        if buffer is not None:
-            log_cpm[rows] = out
+        if rng is None:
+
+            def cells(part: slice, block=block, out=out, rows=rows) -> None:
+                lcpm_block(row_block(block, part), total, out=out[part])
+                if buffer is not None:
+                    log_cpm[rows][part] = out[part]
+
+            in_parts(cells, block.shape[0], n_jobs)
+        else:
+            lcpm_block(block, total, varscale=varscale, rng=rng, out=out)
+            if buffer is not None:
+                log_cpm[rows] = out
     return log_cpm
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .._core._blocks import row_block, row_slices
+from .._core._moments import in_parts
 from .._core._normalize import (
     NormalisationFit,
     cell_weights,
@@ -15,7 +17,7 @@ from .._core._normalize import (
     normalised_block,
     normalize_covariates,
 )
-from .._core._reduce import is_dask
+from .._core._reduce import is_dask, thread_count
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
@@ -59,6 +61,10 @@ def _expression_and_covariates(
         adata, layer, chunked=chunked, chunk_size=chunk_size, what="log CPM"
     )
     return expression, size, covariates
+
+
+def _times(block: np.ndarray, factor: np.ndarray, part: slice) -> None:
+    block[part] *= factor
 
 
 def _normalised_chunk(
@@ -284,7 +290,8 @@ def normvar(
             out=out,
         )
         for rows in row_slices(adata.n_obs, size):
-            out[rows] *= fit.factor
+            block = out[rows]
+            in_parts(partial(_times, block, fit.factor), block.shape[0], thread_count())
     else:
         # Narrower storage: the fit's passes keep nothing, then each block is computed
         # whole in float64 (factor included) and rounded once, as the streamed path does.
@@ -294,14 +301,19 @@ def normvar(
         out = np.empty(adata.shape, dtype=dtype)
         log_weights = np.log(weights)
         for rows in row_slices(adata.n_obs, size):
-            out[rows] = normalised_block(
-                row_block(expression, rows),
-                cov[rows],
-                log_weights[rows],
-                fit.coefficients,
-                fit.scale,
-                fit.factor,
-            )
+
+            def fill(part: slice, start: int = rows.start) -> None:
+                chosen = slice(start + part.start, start + part.stop)
+                out[chosen] = normalised_block(
+                    row_block(expression, chosen),
+                    cov[chosen],
+                    log_weights[chosen],
+                    fit.coefficients,
+                    fit.scale,
+                    fit.factor,
+                )
+
+            in_parts(fill, rows.stop - rows.start, thread_count())
     fitted = pd.DataFrame(
         np.column_stack([fit.coefficients, fit.factor]),
         index=adata.var_names,
