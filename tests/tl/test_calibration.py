@@ -249,9 +249,19 @@ def test_subsets_of_pairs(low_moi):
         adata.varm["nsc_de_n_nonzero_control"].to_numpy() >= 7
     )
     assert discovery.n_pairs == int(in_family.sum()) < full.n_pairs
+    # A discovery analysis of chosen pairs: its family is those pairs passing its QC.
+    chosen = pd.DataFrame({"group": ["target000"] * 30, "gene": list(adata.var_names[:30])})
+    nsc.tl.de(adata, "nsc_guides", design="low_moi", reference=NT, pairs=chosen, key_added="few")
+    passing = (adata.varm["few_n_nonzero_group"]["target000"].to_numpy()[:30] >= 7) & (
+        adata.varm["few_n_nonzero_control"]["target000"].to_numpy()[:30] >= 7
+    )
+    of_pairs = nsc.tl.calibration_check(
+        adata, "few", construction="random", n_groups=20, n_pairs="discovery", key_added="c"
+    )
+    assert of_pairs.n_pairs == int(passing.sum()) > 0
     # Fewer NT pairs than the discovery analysis has: all of them.
     few = nsc.tl.calibration_check(
-        adata, guides="guide_ids", nt_guides="grna_group", n_pairs="discovery", key_added="few"
+        adata, guides="guide_ids", nt_guides="grna_group", n_pairs="discovery", key_added="fw"
     )
     assert few.n_pairs + few.n_excluded == 6 * adata.n_vars
 

@@ -135,6 +135,34 @@ class _Setup:
     counts_layer: str | None
 
 
+def _family_size(adata: AnnData, key: str | None, record: Mapping) -> int | None:
+    """Pairs in the discovery analysis' multiple-testing family.
+
+    Its tested groups x genes, or its chosen pairs (``tl.de(pairs=...)``), each restricted
+    to the pairs passing its pair QC when it ran one.
+    """
+    groups = record.get("groups")
+    if groups is None:
+        return None
+    names = [str(g) for g in np.atleast_1d(groups)]
+    n_genes = adata.n_vars
+    rows = np.repeat(np.arange(n_genes), len(names))
+    columns = np.tile(np.arange(len(names)), n_genes)
+    chosen = record.get("pairs")
+    if isinstance(chosen, pd.DataFrame) and {"group", "gene"} <= set(chosen.columns):
+        rows = adata.var_names.get_indexer(chosen["gene"].astype(str))
+        columns = pd.Index(names).get_indexer(chosen["group"].astype(str))
+        inside = (rows >= 0) & (columns >= 0)
+        rows, columns = rows[inside], columns[inside]
+    qc_keys = [f"{key}_{suffix}" for suffix in PAIR_QC]
+    if record.get("min_nonzero") and all(k in adata.varm for k in qc_keys):
+        n_group, n_control = (np.asarray(adata.varm[k]) for k in qc_keys)
+        if n_group.shape == (n_genes, len(names)):
+            passing = qc_pass(n_group, n_control, int(record["min_nonzero"]))
+            return int(passing[rows, columns].sum())
+    return int(rows.size)
+
+
 def _discovery_setup(
     adata: AnnData,
     key: str | None,
@@ -182,12 +210,7 @@ def _discovery_setup(
     if min_nonzero is None:
         min_nonzero = int(record.get("min_nonzero", MIN_NONZERO.get(design, 0)))
     counts_layer = overrides["counts_layer"] or record.get("counts_layer")
-    n_pairs = None if groups is None else len(groups) * adata.n_vars
-    qc_keys = [f"{key}_{suffix}" for suffix in PAIR_QC]
-    if groups is not None and record.get("min_nonzero") and all(k in adata.varm for k in qc_keys):
-        # The discovery family: its pairs passing its own pair QC.
-        n_group, n_control = (np.asarray(adata.varm[k]) for k in qc_keys)
-        n_pairs = int(qc_pass(n_group, n_control, int(record["min_nonzero"])).sum())
+    n_pairs = _family_size(adata, key, record)
     return _Setup(
         groupby=str(pick("groupby", None)),
         design=design,
