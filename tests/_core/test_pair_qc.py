@@ -53,6 +53,20 @@ def test_in_memory_and_block_by_block(fmt, block_cells):
     np.testing.assert_array_equal(dense_nonzero_counts(indicators, counts), expected)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_extra_set_of_cells_is_a_last_row(lazy):
+    counts, indicators = _data(seed=6)
+    cells = np.random.default_rng(6).random(counts.shape[0]) < 0.7
+    matrix = sparse.csr_matrix(counts)
+    if lazy:
+        matrix = da.from_array(matrix, chunks=(60, -1), asarray=False)
+    found = nonzero_counts(indicators, matrix, block_cells=45, cells=cells)
+    expected = _explicit(counts, np.column_stack([indicators, cells]))
+    np.testing.assert_array_equal(found, expected)
+    with pytest.raises(ValueError, match="cell mask"):
+        nonzero_counts(indicators, counts, block_cells=45, cells=cells[1:])
+
+
 def test_explicit_zeros_and_dense_indicators():
     counts, indicators = _data(seed=1)
     matrix = sparse.csr_matrix(counts)

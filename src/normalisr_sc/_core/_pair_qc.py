@@ -59,19 +59,25 @@ class _NonzeroSums:
     ``negative`` records whether any block held a negative value (not counts).
     """
 
-    def __init__(self, n_sets: int, n_genes: int) -> None:
-        self.counts = np.zeros((n_sets, n_genes), dtype=np.int64)
+    def __init__(self, n_sets: int, n_genes: int, total: bool = False) -> None:
+        self.counts = np.zeros((n_sets + total, n_genes), dtype=np.int64)
+        self.total = total
         self.negative = False
 
-    def add(self, rows: slice, block, indicators: sparse.csr_matrix) -> None:
+    def add(self, rows: slice, block, indicators: sparse.csr_matrix, *cells: np.ndarray) -> None:
         values = block.data if sparse.issparse(block) else np.asarray(block)
         if values.size and values.min() < 0:
             self.negative = True
+        pattern = _pattern(block)
         # Sets x cells as CSR: a CSC left factor would convert the (large) pattern to CSC.
         by_set = sparse.csr_matrix(indicators.T, dtype=np.int32)
-        product = (by_set @ _pattern(block)).tocoo()
+        product = (by_set @ pattern).tocoo()
         # A canonical sparse product holds each (set, gene) once: no repeated index.
         self.counts[product.row, product.col] += product.data
+        if self.total:
+            # The product's row of the set ``cells``, without the sparse product's cost.
+            kept = np.repeat(np.asarray(cells[0], dtype=bool), np.diff(pattern.indptr))
+            self.counts[-1] += np.bincount(pattern.indices[kept], minlength=self.counts.shape[1])
 
     def merge(self, other: _NonzeroSums) -> _NonzeroSums:
         self.counts += other.counts
@@ -86,8 +92,9 @@ def nonzero_counts(
     block_cells: int,
     progress: Progress = no_progress,
     what: str = "the counts",
+    cells: ArrayLike | None = None,
 ) -> np.ndarray:
-    """Cells with a nonzero count of each gene in each set of cells.
+    """Count the cells with a nonzero count of each gene in each set of cells.
 
     Parameters
     ----------
@@ -102,10 +109,14 @@ def nonzero_counts(
         Progress display (see :mod:`normalisr_sc._progress`).
     what
         Name of ``counts`` in the error raised when it holds negative values.
+    cells
+        Boolean mask of one more set of cells (e.g. all cells of a test), counted as a
+        last row of the result: the product with one more indicator column, computed
+        by a cheaper count.
 
     Returns
     -------
-    Sets x genes int64 array: ``indicators' @ (counts != 0)``.
+    Sets x genes int64 array: ``[indicators, cells]' @ (counts != 0)``.
     """
     indicators = sparse.csr_matrix(indicators)
     if indicators.shape[0] != counts.shape[0]:
@@ -117,10 +128,16 @@ def nonzero_counts(
     if indicators.nnz and not np.isin(indicators.data, (0, 1)).all():
         msg = "the set indicators must be 0/1."
         raise ValueError(msg)
+    extra = ()
+    if cells is not None:
+        extra = (np.asarray(cells, dtype=bool),)
+        if extra[0].shape != (counts.shape[0],):
+            msg = f"the cell mask has shape {extra[0].shape}, expected ({counts.shape[0]},)."
+            raise ValueError(msg)
     sums = accumulate(
-        partial(_NonzeroSums, indicators.shape[1], counts.shape[1]),
+        partial(_NonzeroSums, indicators.shape[1], counts.shape[1], cells is not None),
         counts,
-        (indicators,),
+        (indicators, *extra),
         block_cells=block_cells,
         progress=progress,
         desc="de: pair QC",

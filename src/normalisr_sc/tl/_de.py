@@ -257,8 +257,8 @@ def _pair_counts(
     ONE sparse product of a cells x sets indicator with the counts' nonzero pattern:
     with classes, the sets are the baseline class and the classes of the tested groups
     (the control cells are the baseline); otherwise the tested groups on the used cells
-    and the used cells themselves (the control cells are the used cells without the
-    group).
+    and, as the kernel's extra set ``cells``, the used cells themselves (the control
+    cells are the used cells without the group).
     """
     n_cells = matrix.shape[0]
     k = tested.size
@@ -273,18 +273,20 @@ def _pair_counts(
         )
     else:
         used = plan.cells.astype(np.int32)
-        indicators = sparse.hstack(
-            [
-                sparse.diags(used, dtype=np.int32) @ matrix[:, tested],
-                sparse.csr_matrix(used[:, None]),
-            ],
-            format="csr",
-            dtype=np.int32,
+        indicators = sparse.csr_matrix(
+            sparse.diags(used, dtype=np.int32) @ matrix[:, tested], dtype=np.int32
         )
     found = nonzero_counts(
-        indicators, counts, block_cells=size, progress=progress, what="the counts layer"
+        indicators,
+        counts,
+        block_cells=size,
+        progress=progress,
+        what="the counts layer",
+        cells=None if plan.kind == "classes" else plan.cells,
     )
     sizes = np.asarray(indicators.sum(axis=0)).ravel()
+    if plan.kind != "classes":
+        sizes = np.append(sizes, plan.cells.sum())
     if plan.kind == "classes":
         own, control = sizes[1:], plan.used[tested] - sizes[1:]
         n_group, n_control = found[1:], np.broadcast_to(found[0], (k, found.shape[1]))
