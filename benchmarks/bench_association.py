@@ -118,6 +118,8 @@ DE_PARAMS = {
     "covariates_key": "nsc_covariates_norm",
     "min_cells": 2,
     "dimreduce": 0,
+    # no pair QC: the generated data have no counts, and the peers do not filter pairs
+    "min_nonzero": 0,
 }
 COEX_PARAMS = {
     "layer": "normalisr",

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from normalisr_sc._core import _association
 from normalisr_sc._core._association import Effect, case_control, high_moi, low_moi
 from normalisr_sc._core._checks import check_finite_sums, name_source
 from normalisr_sc._core._linalg import add_products, dense_is_cheaper
@@ -180,18 +179,33 @@ def test_kernels_agree_across_threads_dense_rule_and_blocks(kernel, monkeypatch)
 def test_n_jobs_one_is_identical_and_single_threaded(monkeypatch):
     import threading
 
+    from normalisr_sc._core import _linalg
+
     rng = np.random.default_rng(5)
     groups, y, _, covariates = _screen(rng, n_genes=600)
+    compiled = _linalg._kernel
     seen: set[int] = set()
-    kernel = _association.add_products
 
-    def recording(*args, **kwargs):
-        seen.add(threading.get_ident())
-        return kernel(*args, **kwargs)
+    def recording(name):
+        kernel = compiled(name)
+
+        def run(*args):
+            seen.add(threading.get_ident())
+            return kernel(*args)
+
+        return run
 
     first = low_moi(groups, y, covariates, block_cells=100, n_jobs=1)
-    monkeypatch.setattr(_association, "add_products", recording)
+    monkeypatch.setattr(_linalg, "_kernel", recording)
+    for kernel in (low_moi, case_control):
+        seen.clear()
+        again = kernel(groups, y, covariates, block_cells=100, n_jobs=1)
+        assert seen == {threading.get_ident()}  # the calling thread only
+        seen.clear()
+        threaded = kernel(groups, y, covariates, block_cells=100, n_jobs=2)
+        assert len(seen) == 2  # the kernel's threads, one per range of genes
+        if kernel is low_moi:  # each gene summed in the same order whatever the threads
+            np.testing.assert_array_equal(threaded.pvals, again.pvals)
     again = low_moi(groups, y, covariates, block_cells=100, n_jobs=1)
-    assert len(seen) == 1
     np.testing.assert_array_equal(first.pvals, again.pvals)
     np.testing.assert_array_equal(first.gamma, again.gamma)

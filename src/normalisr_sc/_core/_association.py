@@ -26,7 +26,7 @@ from scipy import sparse
 
 from ._blocks import float_block, row_slices
 from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
-from ._linalg import add_products, pinv_gram, pinv_psd
+from ._linalg import add_class_sums, add_products, pinv_gram, pinv_psd
 from ._pvalues import association_pvalues
 from ._reduce import accumulate, limit_threads, no_progress
 
@@ -175,12 +175,11 @@ def _residualize(pinv: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray
     return np.einsum("...ki,...kl,...lj->...ij", cx, pinv, cy, optimize=True)
 
 
-def _masked(used: np.ndarray, groups: sparse.csr_matrix, covariates: np.ndarray):
-    """The groups and covariates with the rows of unused cells zeroed (none if all used)."""
+def _masked(used: np.ndarray, groups: sparse.csr_matrix) -> sparse.csr_matrix:
+    """The groups with the rows of unused cells zeroed (``groups`` itself if all used)."""
     if used.all():
-        return groups, covariates
-    weight = used.astype(np.float64)
-    return sparse.csr_matrix(groups.multiply(weight[:, None])), covariates * weight[:, None]
+        return groups
+    return sparse.csr_matrix(groups.multiply(used.astype(np.float64)[:, None]))
 
 
 def _add_cross(
@@ -192,26 +191,26 @@ def _add_cross(
     used: np.ndarray,
     n_jobs: int,
 ) -> None:
-    """``out += [groups, covariates]' y`` and ``squares[0] += used' y**2``, in place.
+    """``out += [groups, covariates]' y`` over the used cells and their squares, in place.
 
-    The rows of unused cells are zero in ``groups`` and ``covariates`` (:func:`_masked`).
-    Their squares are added with weight 0, which keeps finite values out and carries
-    NaN or infinity in (see :func:`~._checks.check_finite_sums`).
+    The rows of unused cells are zero in ``groups`` (:func:`_masked`). ``squares[0]``
+    receives the squares of the used cells, ``squares[1]`` those of the others (kept out
+    of the statistics; their NaN or infinity still shows, see
+    :func:`~._checks.check_finite_sums`).
     """
     n_groups = groups.shape[1]
-    at_zero = np.zeros(y.shape[0], dtype=np.int64)
-    weights = used.astype(np.float64)
-    add_products(
-        out[:n_groups],
-        groups,
+    add_products(out[:n_groups], groups, y, n_jobs=n_jobs)
+    # The covariates as one class of cells (the used ones), the others a class of
+    # squares only: C'y and the squares in one read of the block.
+    add_class_sums(
+        out[n_groups:],
+        squares,
+        (~used).astype(np.int64),
+        covariates,
         y,
-        squares=squares,
-        square_rows=at_zero,
-        square_weights=weights,
+        square_row=np.arange(2),
         n_jobs=n_jobs,
     )
-    # Covariates: dense BLAS on float64 blocks, the kernel (float64 sums) on float32 ones.
-    add_products(out[n_groups:], covariates, y, n_jobs=n_jobs, dense=y.dtype == np.float64)
 
 
 class _ProductSums:
@@ -219,9 +218,9 @@ class _ProductSums:
 
     With the fold change's inputs, also ``[groups, raw covariates]'l`` of the log CPM
     ``l``, read in the same pass. Only the cells of the mask ``used`` are summed (the
-    group and covariate rows of the others are zero). ``lsq`` holds the sum of squares
-    of ``l`` over all cells, which shows NaN and infinity (cells outside the mask with
-    weight 0). One accumulator per pass: adds go into it in place.
+    group rows of the others are zero); ``yy[1]`` and ``lsq`` hold the squares of the
+    others and of ``l``, which show NaN and infinity anywhere. One accumulator per
+    pass: adds go into it in place.
     """
 
     shared = True
@@ -230,9 +229,9 @@ class _ProductSums:
         self, n_groups: int, n_cov: int, n_genes: int, n_raw: int = 0, n_jobs: int = 1
     ) -> None:
         self.cross = np.zeros((n_groups + n_cov, n_genes))
-        self.yy = np.zeros((1, n_genes))
+        self.yy = np.zeros((2, n_genes))
         self.raw_cross = np.zeros((n_groups + n_raw, n_genes)) if n_raw else None
-        self.lsq = np.zeros((1, n_genes)) if n_raw else None
+        self.lsq = np.zeros((2, n_genes)) if n_raw else None
         self.n_jobs = n_jobs
 
     def add(
@@ -292,10 +291,9 @@ def _product_sums(
     new_sums = partial(
         _ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1], n_raw, n_jobs
     )
-    masked_groups, masked_covariates = _masked(used, groups, covariates)
-    row_data = (masked_groups, masked_covariates, used)
+    row_data = (_masked(used, groups), covariates, used)
     if effect is not None:
-        row_data += (_masked(used, groups, effect.covariates)[1],)
+        row_data += (effect.covariates,)
     beside = () if effect is None else (effect.expression,)
     sums = accumulate(
         new_sums,
@@ -418,22 +416,6 @@ def _with_ones(covariates: np.ndarray) -> np.ndarray:
     return np.column_stack([covariates, np.ones(covariates.shape[0])])
 
 
-def _class_weights(label: np.ndarray, covariates: np.ndarray, n_class: int) -> sparse.csr_matrix:
-    """Cells x ``n_class * (k + 1)``: a cell's covariates and 1 in the columns of its class.
-
-    Cells of class -1 have no entry.
-    """
-    n_cells = label.size
-    used = label >= 0
-    n_ext = covariates.shape[1] + 1
-    starts = np.concatenate([[0], np.cumsum(used)])
-    columns = (label[used, None] * n_ext + np.arange(n_ext)).ravel()
-    return sparse.csr_matrix(
-        (_with_ones(covariates[used]).ravel(), columns, starts * n_ext),
-        shape=(n_cells, n_class * n_ext),
-    )
-
-
 class _ClassSums:
     """Per class of cells (:func:`exclusive_class`): ``[C, 1]'y`` and ``y'y`` per gene.
 
@@ -464,30 +446,30 @@ class _ClassSums:
         covariates: np.ndarray,
         *effect: np.ndarray,
     ) -> None:
-        # In-place sparse products whose rows are the cells: a cell's covariates and 1
-        # sit in the columns of its class, none for unused cells (the compiled kernel of
-        # ``add_products``: a cell's entries, then its square, in one read of its row).
+        # In place, per class: the sums of a class's cells read through an index into
+        # the block (no copy), a tile of genes at a time (``add_class_sums``). Cells of
+        # no class (-1) form one more class that only adds squares.
         y = float_block(block)
         n_class = self.yy.shape[0] - 1
-        ones = np.ones(y.shape[0])
-        add_products(
+        classes = np.where(label >= 0, label, n_class)
+        add_class_sums(
             self.cross,
-            _class_weights(label, covariates, n_class),
+            self.yy,
+            classes,
+            _with_ones(covariates),
             y,
-            squares=self.yy,
-            square_rows=np.where(label >= 0, label, n_class),
-            square_weights=ones,
+            square_row=np.arange(n_class + 1),
             n_jobs=self.n_jobs,
         )
         if effect:
             raw_covariates, log_cpm = effect
-            add_products(
+            add_class_sums(
                 self.raw_cross,
-                _class_weights(label, raw_covariates, n_class),
+                self.lsq,
+                classes,
+                _with_ones(raw_covariates),
                 float_block(log_cpm),
-                squares=self.lsq,
-                square_rows=np.zeros(y.shape[0], dtype=np.int64),
-                square_weights=ones,
+                square_row=np.zeros(n_class + 1, dtype=np.int64),
                 n_jobs=self.n_jobs,
             )
 

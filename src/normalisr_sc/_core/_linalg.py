@@ -71,33 +71,49 @@ def pinv_gram(gram: np.ndarray) -> tuple[np.ndarray, int]:
 
 #: A dense BLAS product counts as this many times cheaper per multiply-add than the
 #: sparse kernel; ``A`` is multiplied densely when ``columns < DENSE_SPEEDUP * nnz / cells``.
-DENSE_SPEEDUP = 8.0
+DENSE_SPEEDUP = 16.0
 #: Genes per task of the sparse kernel's threads (enough for every thread to get work).
 _MIN_GENES_PER_TASK = 64
 
 _KERNELS: dict[str, object] = {}
 
 
-def _sparse_rows(out, indptr, indices, data, y, squares, square_rows, square_weights, lo, hi):
-    """``out[:, lo:hi] += A' y[:, lo:hi]`` for CSR ``A``, and the weighted squares.
+def _sparse_rows(
+    out, col_ptr, col_cells, col_values, y, squares, square_rows, square_weights, lo, hi, tile
+):
+    """``out[:, lo:hi] += A' y[:, lo:hi]`` and the weighted squares, a tile of genes at a time.
 
-    ``squares[square_rows[i], lo:hi] += square_weights[i] * y[i, lo:hi] ** 2`` when
+    ``A`` is given by columns (``A.T`` in CSR: the cells ``col_cells`` and values of column
+    ``j`` between ``col_ptr[j]`` and ``col_ptr[j + 1]``); the sum of a column over one
+    tile is held in a small buffer, then added into ``out[j]``. Then
+    ``squares[square_rows[i]] += square_weights[i] * y[i] ** 2`` over the tile when
     ``squares`` has rows. ``y`` is C-ordered (cells x genes).
     """
+    acc = np.empty(tile)
     with_squares = squares.shape[0] > 0
-    for i in range(y.shape[0]):
-        row = y[i]
-        for p in range(indptr[i], indptr[i + 1]):
-            target = out[indices[p]]
-            weight = data[p]
-            for g in range(lo, hi):
-                target[g] += weight * row[g]
+    for t0 in range(lo, hi, tile):
+        width = min(t0 + tile, hi) - t0
+        for j in range(col_ptr.size - 1):
+            a, b = col_ptr[j], col_ptr[j + 1]
+            if a == b:
+                continue
+            acc[:width] = 0.0
+            for q in range(a, b):
+                weight = col_values[q]
+                row = y[col_cells[q], t0 : t0 + width]
+                for g in range(width):
+                    acc[g] += weight * row[g]
+            target = out[j]
+            for g in range(width):
+                target[t0 + g] += acc[g]
         if with_squares:
-            target = squares[square_rows[i]]
-            weight = square_weights[i]
-            for g in range(lo, hi):
-                value = np.float64(row[g])  # float64 squares of float32 blocks
-                target[g] += weight * (value * value)
+            for i in range(y.shape[0]):
+                weight = square_weights[i]
+                row = y[i, t0 : t0 + width]
+                target = squares[square_rows[i]]
+                for g in range(width):
+                    value = np.float64(row[g])  # float64 squares of float32 blocks
+                    target[t0 + g] += weight * (value * value)
 
 
 def _sparse_columns(out, indptr, indices, data, y_t, squares, square_rows, square_weights, lo, hi):
@@ -113,12 +129,67 @@ def _sparse_columns(out, indptr, indices, data, y_t, squares, square_rows, squar
                 squares[square_rows[i], g] += square_weights[i] * (value * value)
 
 
+#: Genes per tile of the kernels: the sums of a class (or column) over one tile and the
+#: tile of a cell's row stay in the L1 cache.
+CLASS_TILE = 512
+SPARSE_TILE = 1024
+
+
+def _class_rows(cross, squares, square_row, order, starts, ext, y, lo, hi, tile):
+    """Per class ``j``: ``cross[j*k1:(j+1)*k1] += ext_j' y_j`` and ``squares[square_row[j]]
+    += 1' y_j**2`` over genes ``lo:hi``, a tile of genes at a time.
+
+    The cells of class ``j`` are ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each
+    cell's ``k1`` weights. Classes past ``cross.shape[0] // k1`` only add squares. A
+    class's sums of one tile are held in a small buffer while its cells are read (each
+    row tile of ``y`` read once), then added into ``cross`` and ``squares``.
+    """
+    k1 = ext.shape[1]
+    n_cross = cross.shape[0] // k1
+    acc = np.empty((k1 + 1, tile))
+    for t0 in range(lo, hi, tile):
+        width = min(t0 + tile, hi) - t0
+        for j in range(starts.size - 1):
+            a, b = starts[j], starts[j + 1]
+            if a == b:
+                continue
+            acc[:, :width] = 0.0
+            with_cross = j < n_cross
+            for q in range(a, b):
+                i = order[q]
+                row = y[i, t0 : t0 + width]
+                for g in range(width):
+                    value = np.float64(row[g])
+                    acc[k1, g] += value * value
+                if with_cross:
+                    for r in range(k1):
+                        weight = ext[i, r]
+                        for g in range(width):
+                            acc[r, g] += weight * row[g]
+            if with_cross:
+                for r in range(k1):
+                    target = cross[j * k1 + r]
+                    for g in range(width):
+                        target[t0 + g] += acc[r, g]
+            target = squares[square_row[j]]
+            for g in range(width):
+                target[t0 + g] += acc[k1, g]
+
+
+def _csr_arrays(matrix: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.asarray(matrix.indptr, dtype=np.int64),
+        np.asarray(matrix.indices, dtype=np.int64),
+        np.asarray(matrix.data, dtype=np.float64),
+    )
+
+
 def _kernel(name: str):
     """The compiled kernel ``name`` (numba, compiled on first use and cached on disk)."""
     if name not in _KERNELS:
         import numba
 
-        source = {"rows": _sparse_rows, "columns": _sparse_columns}[name]
+        source = {"rows": _sparse_rows, "columns": _sparse_columns, "classes": _class_rows}[name]
         _KERNELS[name] = numba.njit(nogil=True, cache=True, boundscheck=False)(source)
     return _KERNELS[name]
 
@@ -186,24 +257,96 @@ def add_products(
         weights = sparse.csr_matrix(np.asarray(weights, dtype=np.float64))
     if weights.nnz == 0 and squares is None:
         return
-    weights = weights.tocsr()
+    weights = sparse.csr_matrix(weights)
     if squares is None:
         squares = np.zeros((0, n_genes))
         square_rows = np.zeros(n_cells, dtype=np.int64)
         square_weights = np.zeros(n_cells)
-    arguments = (
-        np.asarray(weights.indptr, dtype=np.int64),
-        np.asarray(weights.indices, dtype=np.int64),
-        np.asarray(weights.data, dtype=np.float64),
-    )
-    rows_first = y.flags.c_contiguous
-    kernel = _kernel("rows" if rows_first else "columns")
-    block = y if rows_first else y.T
     square_rows = np.asarray(square_rows, dtype=np.int64)
     square_weights = np.asarray(square_weights, dtype=np.float64)
+    if y.flags.c_contiguous:
+        by_column = sparse.csr_matrix(weights.T)  # the cells of each column, in order
+        kernel = _kernel("rows")
+        arguments = (*_csr_arrays(by_column), y, squares, square_rows, square_weights)
+        tail = (SPARSE_TILE,)
+    else:
+        kernel = _kernel("columns")
+        arguments = (*_csr_arrays(weights), y.T, squares, square_rows, square_weights)
+        tail = ()
 
     def run(genes: tuple[int, int]) -> None:
-        kernel(out, *arguments, block, squares, square_rows, square_weights, *genes)
+        kernel(out, *arguments, *genes, *tail)
+
+    ranges = _gene_ranges(n_genes, n_jobs)
+    if len(ranges) == 1:
+        run(ranges[0])
+        return
+    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+        list(pool.map(run, ranges))
+
+
+def add_class_sums(
+    cross: np.ndarray,
+    squares: np.ndarray,
+    label: np.ndarray,
+    ext: np.ndarray,
+    y: np.ndarray,
+    *,
+    square_row: np.ndarray,
+    n_jobs: int = 1,
+) -> None:
+    """Per class of cells, ``ext' y`` and the sum of squares of ``y``, added in place.
+
+    Parameters
+    ----------
+    cross
+        Float64, C-ordered, ``(n_class * k1, genes)``: rows ``j * k1`` to ``(j + 1) * k1``
+        receive ``ext_j' y_j`` of the cells of class ``j``.
+    squares
+        Float64, C-ordered: row ``square_row[j]`` receives ``1' y_j**2``.
+    label
+        Class of each cell, ``0 <= label < square_row.size``; classes from ``n_class``
+        on add squares only (e.g. the cells used by no test: their NaN or infinity still
+        shows in the sums).
+    ext
+        Cells x ``k1`` float64 weights (e.g. covariates and a column of ones).
+    y
+        Cells x genes block, float32 or float64; C-ordered blocks are read by class
+        through an index (no copy), others go through :func:`add_products`.
+    n_jobs
+        Threads, each over its own genes.
+    """
+    n_cells, n_genes = y.shape
+    n_total = square_row.size
+    label = np.asarray(label, dtype=np.int64)
+    ext = np.ascontiguousarray(ext, dtype=np.float64)
+    if not y.flags.c_contiguous:
+        k1 = ext.shape[1]
+        n_cross = cross.shape[0] // k1
+        with_cross = label < n_cross
+        starts = np.concatenate([[0], np.cumsum(with_cross)])
+        columns = (label[with_cross, None] * k1 + np.arange(k1)).ravel()
+        weights = sparse.csr_matrix(
+            (ext[with_cross].ravel(), columns, starts * k1), shape=(n_cells, cross.shape[0])
+        )
+        add_products(
+            cross,
+            weights,
+            y,
+            squares=squares,
+            square_rows=np.asarray(square_row, dtype=np.int64)[label],
+            square_weights=np.ones(n_cells),
+            n_jobs=n_jobs,
+            dense=False,
+        )
+        return
+    order = np.argsort(label, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=n_total))])
+    kernel = _kernel("classes")
+    square_row = np.asarray(square_row, dtype=np.int64)
+
+    def run(genes: tuple[int, int]) -> None:
+        kernel(cross, squares, square_row, order, starts, ext, y, *genes, CLASS_TILE)
 
     ranges = _gene_ranges(n_genes, n_jobs)
     if len(ranges) == 1:
