@@ -11,7 +11,8 @@ def doc_params(**pieces: str):
     """Fill ``{name}`` fields of a docstring with shared pieces (like scanpy's ``_doc_params``)."""
 
     def fill(obj: T) -> T:
-        obj.__doc__ = obj.__doc__.format_map(pieces)
+        if obj.__doc__ is not None:  # None under python -OO
+            obj.__doc__ = obj.__doc__.format_map(pieces)
         return obj
 
     return fill

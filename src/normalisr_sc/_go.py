@@ -16,7 +16,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,7 @@ DEFAULT_EVIDENCE = frozenset(
     }
 )
 
-_cache: dict[tuple, object] = {}
+_cache: dict[tuple, Any] = {}
 
 
 def _file_key(path: Path) -> tuple:
@@ -289,7 +289,7 @@ def enrichment(
         in_study, n_study = record.study_count, record.study_n
         in_pop, n_pop = record.pop_count, record.pop_n
         # 2x2 table: study vs the rest of the population, in term vs not.
-        table = np.array(
+        contingency = np.array(
             [
                 [in_study, n_study - in_study],
                 [in_pop - in_study, n_pop - n_study - (in_pop - in_study)],
@@ -297,7 +297,7 @@ def enrichment(
             float,
         )
         with np.errstate(divide="ignore", invalid="ignore"):
-            odds = table[0, 0] * table[1, 1] / (table[0, 1] * table[1, 0])
+            odds = contingency[0, 0] * contingency[1, 1] / (contingency[0, 1] * contingency[1, 0])
         rows.append(
             {
                 "term": record.GO,

@@ -36,7 +36,7 @@ CONTAINERS = ("layers", "obs", "var", "obsm", "varm", "varp", "uns")
 # --- fingerprints --------------------------------------------------------------------
 
 
-def _feed_values(digest: hashlib._Hash, values: Any) -> None:
+def _feed_values(digest: hashlib.blake2b, values: Any) -> None:
     """Feed an array's shape and values, in a form that an h5ad round trip keeps."""
     array = np.asarray(values)
     digest.update(repr(array.shape).encode())
@@ -58,7 +58,7 @@ def _sample_rows(n_rows: int) -> list[int]:
     return sorted({0, n_rows // 2, n_rows - 1}) if n_rows else []
 
 
-def _feed(digest: hashlib._Hash, value: Any) -> None:
+def _feed(digest: hashlib.blake2b, value: Any) -> None:
     if isinstance(value, Mapping):
         for key in sorted(value, key=str):
             digest.update(f"\x1e{key}\x1d".encode())
@@ -79,7 +79,7 @@ def _feed(digest: hashlib._Hash, value: Any) -> None:
         if hasattr(sample, "compute"):
             sample = sample.compute()
         if sparse.issparse(sample):
-            sample = sample.toarray()
+            sample = sparse.csr_array(sample).toarray()
         digest.update(repr(tuple(value.shape)).encode())
         _feed_values(digest, sample)
     else:

@@ -7,8 +7,9 @@ words.
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 import numpy as np
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
 
-def _fail(name: str, accepted: str, value: Any) -> None:
+def _fail(name: str, accepted: str, value: Any) -> NoReturn:
     msg = f"`{name}` must be {accepted}, got {value!r}."
     raise ValueError(msg)
 
@@ -28,6 +29,24 @@ def check_bool(name: str, value: Any, *, allow_none: bool = False) -> None:
         _fail(name, "True or False" + (" or None" if allow_none else ""), value)
 
 
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = ...,
+    maximum: int | None = ...,
+    allow_none: Literal[False] = ...,
+) -> int: ...
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = ...,
+    maximum: int | None = ...,
+    allow_none: bool,
+) -> int | None: ...
 def check_int(
     name: str,
     value: Any,
@@ -36,12 +55,12 @@ def check_int(
     maximum: int | None = None,
     allow_none: bool = False,
 ) -> int | None:
-    """``value`` as an int, refusing bools, floats with a fraction and strings."""
+    """Return ``value`` as an int, refusing bools, floats with a fraction and strings."""
     if value is None and allow_none:
         return None
     accepted = _range_text("an integer", minimum, maximum, allow_none)
     is_integral = isinstance(value, numbers.Integral) or (
-        isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer()
+        isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
     )
     if isinstance(value, bool | np.bool_) or not is_integral:
         _fail(name, accepted, value)
@@ -51,6 +70,28 @@ def check_int(
     return number
 
 
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = ...,
+    maximum: float | None = ...,
+    min_open: bool = ...,
+    max_open: bool = ...,
+    allow_none: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = ...,
+    maximum: float | None = ...,
+    min_open: bool = ...,
+    max_open: bool = ...,
+    allow_none: bool,
+) -> float | None: ...
 def check_number(
     name: str,
     value: Any,
@@ -61,7 +102,7 @@ def check_number(
     max_open: bool = False,
     allow_none: bool = False,
 ) -> float | None:
-    """``value`` as a finite float within the bounds (open or closed)."""
+    """Return ``value`` as a finite float within the bounds (open or closed)."""
     if value is None and allow_none:
         return None
     accepted = _range_text("a finite number", minimum, maximum, allow_none, min_open, max_open)

@@ -88,7 +88,7 @@ from scipy.special import digamma, gammaln, log_ndtr, ndtr, polygamma
 from ._blocks import row_block, row_slices
 
 if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
+    from .._types import RowSliceable
 
 _LOG_HALF = float(np.log(0.5))
 _LOG_SQRT_2PI = 0.5 * float(np.log(2 * np.pi))
@@ -166,15 +166,16 @@ def _interval(alpha: np.ndarray, beta: np.ndarray):
     return log_p, m1, m2
 
 
-def _collect(counts: ArrayLike, block_size: int):
+def _collect(counts: RowSliceable, block_size: int):
     """Distinct (guide, count) pairs over all cells, read ``block_size`` cells at a time.
 
     Returns the pairs' guide, count and number of cells, the CSR structure (indptr,
     indices) of the nonzero counts and, per nonzero, the index of its pair.
     """
     n_cells = counts.shape[0]
-    indptr = [np.zeros(1, dtype=np.int64)]
-    indices, values = [], []
+    indptr_parts = [np.zeros(1, dtype=np.int64)]
+    index_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
     offset = 0
     for rows in row_slices(n_cells, block_size):
         block = row_block(counts, rows)
@@ -189,13 +190,13 @@ def _collect(counts: ArrayLike, block_size: int):
         kept = data != 0  # explicit zeros of the sparse input are not counts
         row_of = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
         per_row = np.bincount(row_of[kept], minlength=block.shape[0])
-        indptr.append(np.cumsum(per_row, dtype=np.int64) + offset)
+        indptr_parts.append(np.cumsum(per_row, dtype=np.int64) + offset)
         offset += int(kept.sum())
-        indices.append(np.asarray(block.indices, dtype=np.int64)[kept])
-        values.append(data[kept].astype(np.int64))
-    indptr = np.concatenate(indptr)
-    indices = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
-    values = np.concatenate(values) if values else np.zeros(0, dtype=np.int64)
+        index_parts.append(np.asarray(block.indices, dtype=np.int64)[kept])
+        value_parts.append(data[kept].astype(np.int64))
+    indptr = np.concatenate(indptr_parts)
+    indices = np.concatenate(index_parts) if index_parts else np.zeros(0, dtype=np.int64)
+    values = np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=np.int64)
     top = int(values.max()) + 1 if values.size else 1
     codes = indices * top + values
     unique, inverse, weight = np.unique(codes, return_inverse=True, return_counts=True)
@@ -365,7 +366,7 @@ def _fit(guide, k, weight, n_cells, n_guides, *, tol, max_iter, min_sd):
 
 
 def assign_mixture(
-    counts: ArrayLike,
+    counts: RowSliceable,
     *,
     threshold: float = 0.5,
     posterior: bool = False,

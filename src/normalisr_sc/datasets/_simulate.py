@@ -6,6 +6,8 @@ stored in ``adata.uns['simulation']`` so that results can be scored.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -187,7 +189,8 @@ def simulate(
     modules = [planted[m * module_size : (m + 1) * module_size] for m in range(n_modules)]
     for genes in modules:
         log_mean[:, genes] += module_strength * rng.normal(size=(n_cells, 1))
-    obsm, uns = {}, {}
+    obsm: dict[str, Any] = {}
+    uns: dict[str, Any] = {}
     targets = pd.DataFrame(columns=["grna_group", "gene", "log_fold_change"])
     if n_targets:
         umis, guide_table, carried = _guides(

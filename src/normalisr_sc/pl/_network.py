@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
@@ -158,7 +158,8 @@ def coex_network(
         edges.set_zorder(1)
     texts = [
         ax.text(
-            *positions[gene],
+            positions[gene][0],
+            positions[gene][1],
             gene,
             fontsize=7,
             zorder=3,
@@ -211,9 +212,10 @@ def coex_network(
     ax.legend(
         handles=handles, frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0)
     )
-    ax.nsc_edges = sorted(tuple(sorted(edge)) for edge in graph.edges)
-    ax.nsc_modules = modules
-    ax.nsc_labels = labelled
+    drawn_on: Any = ax  # what was drawn, for readers (and tests) of the Axes
+    drawn_on.nsc_edges = sorted(tuple(sorted(edge)) for edge in graph.edges)
+    drawn_on.nsc_modules = modules
+    drawn_on.nsc_labels = labelled
     ax.set_axis_off()
     ax.set_title(f"{key}: {graph.number_of_nodes()} genes, {graph.number_of_edges()} edges")
     return finish(ax, show=show, save=save)

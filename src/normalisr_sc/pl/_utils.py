@@ -73,7 +73,8 @@ def finish(ax: Axes, *, show: bool | None, save: str | os.PathLike | None) -> Ax
     if save is not None:
         path = Path(save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ax.figure.savefig(path, dpi=150, bbox_inches="tight")
+        root = ax.figure.figure  # the whole figure, also when ax is in a subfigure
+        root.savefig(path, dpi=150, bbox_inches="tight")
     if show is None:
         from scanpy import settings
 

@@ -209,7 +209,7 @@ def gotop(
     annotation = _evidence_annotations(annotations, evidence)
     annotation_id = _annotation_keys(adata, gene_id, annotation)
     propagated = propagate(annotation, dag)
-    gene_terms = {gene: propagated[aid] for gene, aid in annotation_id.dropna().items()}
+    gene_terms = {str(gene): propagated[aid] for gene, aid in annotation_id.dropna().items()}
 
     principal = adata.var_names[_principal_genes(net, covered, n_principal)]
     population = adata.var_names[covered]

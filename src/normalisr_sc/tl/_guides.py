@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,9 @@ def _guide_names(
         if guide_names not in adata.uns:
             msg = f"guide_names={guide_names!r} is not an adata.uns key; pass the names as a list."
             raise ValueError(msg)
-        guide_names = np.asarray(adata.uns[guide_names]).ravel()
-    names = as_names("guide_names", guide_names)
+        names = as_names("guide_names", np.asarray(adata.uns[guide_names]).ravel())
+    else:
+        names = as_names("guide_names", guide_names)
     if len(names) != n_guides:
         msg = f"{len(names)} guide names given for the {n_guides} columns of adata.obsm[{obsm_key!r}]."
         raise ValueError(msg)
@@ -64,17 +65,18 @@ def _name_hint(
 
 
 def _guide_to_group(adata: AnnData, groups: GuideMap) -> dict[str, str]:
+    table: Any = groups
     if isinstance(groups, str):
         if groups not in adata.uns:
             msg = f"groups={groups!r} is not an adata.uns key; pass the guide -> group mapping."
             raise ValueError(msg)
-        groups = adata.uns[groups]
-    if isinstance(groups, pd.DataFrame):
-        if groups.shape[1] < 2:
+        table = adata.uns[groups]
+    if isinstance(table, pd.DataFrame):
+        if table.shape[1] < 2:
             msg = "a guide -> group DataFrame needs two columns: guide name, then group name."
             raise ValueError(msg)
-        groups = pd.Series(groups.iloc[:, 1].to_numpy(), index=groups.iloc[:, 0].to_numpy())
-    return {str(guide): str(group) for guide, group in dict(groups).items()}
+        table = pd.Series(table.iloc[:, 1].to_numpy(), index=table.iloc[:, 0].to_numpy())
+    return {str(guide): str(group) for guide, group in dict(table).items()}
 
 
 #: Names of the guide-count modality of a MuData: pertpy's and pysceptre's.
@@ -294,7 +296,7 @@ def assign_guides(
         )
     if guide_var is not None and isinstance(groups, str) and groups in guide_var.columns:
         targets = guide_var[groups]
-        mapping = {
+        mapping: dict[str, str] | None = {
             str(g): str(t) for g, t in zip(guide_var.index, targets, strict=True) if pd.notna(t)
         }
     else:
@@ -345,7 +347,7 @@ def assign_guides(
         **({"threshold": threshold} if mode == "threshold" else {}),
         **({"min_posterior": min_posterior} if mode == "mixture" else {}),
     }
-    obsm = {key_added: assigned}
+    obsm: dict[str, Any] = {key_added: assigned}
     uns = {NAMES: list(columns), **params}
     if mode == "mixture":
         uns["mixture"] = mixture
