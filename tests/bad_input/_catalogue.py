@@ -364,11 +364,35 @@ def param_cases(
 
 
 def case_params(cases: list[Case]) -> list:
-    """``pytest.param`` per case, with its id; ids must be unique."""
+    """``pytest.param`` per case, with its id; ids must be unique.
+
+    Of the wrong values of one parameter (ids ``step-parameter=value``), the first is a
+    quick test and the others are marked slow: ``-m "not slow"`` still tries every
+    parameter of every step once, the full run tries every value.
+    """
     ids = [c.id for c in cases]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     assert not repeated, f"case ids used twice: {repeated}"
-    return [pytest.param(c, id=c.id) for c in cases]
+    # The parameter of a wrong-value case, the id of any other (each of those is new).
+    families = [c.id.partition("=")[0] if "=" in c.id else c.id for c in cases]
+    return quick_first([(c,) for c in cases], ids, [(f,) for f in families])
+
+
+def quick_first(rows: list[tuple], ids: list[str], keys: list[tuple]) -> list:
+    """``pytest.param`` per row of values: quick if its key holds a new value, else slow.
+
+    ``keys[i]`` describes ``rows[i]`` (e.g. ``(step, storage)``); a value is new when no
+    earlier key held it at that place, so ``-m "not slow"`` tries each value once and the
+    full run tries every row.
+    """
+    met: dict[tuple[int, Any], None] = {}
+    params = []
+    for row, row_id, key in zip(rows, ids, keys, strict=True):
+        places = set(enumerate(key))
+        marks = [] if places - met.keys() else [pytest.mark.slow]
+        met.update(dict.fromkeys(places))
+        params.append(pytest.param(*row, id=row_id, marks=marks))
+    return params
 
 
 def prepare(case: Case) -> AnnData:

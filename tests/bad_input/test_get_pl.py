@@ -14,6 +14,7 @@ from ._catalogue import (
     case_params,
     duplicate_var_names,
     param_cases,
+    quick_first,
     run_refusal,
     snapshot,
 )
@@ -224,8 +225,14 @@ def _id(value) -> str:
     return "nan" if isinstance(value, float) and np.isnan(value) else repr(value)
 
 
+# Quick: the first wrong value of each parameter; the full run: every value.
 @pytest.mark.parametrize(
-    ("param", "value"), _SIMULATE_CASES, ids=[f"simulate-{p}={_id(v)}" for p, v in _SIMULATE_CASES]
+    ("param", "value"),
+    quick_first(
+        _SIMULATE_CASES,
+        [f"simulate-{p}={_id(v)}" for p, v in _SIMULATE_CASES],
+        [(p,) for p, _ in _SIMULATE_CASES],
+    ),
 )
 def test_simulate_refuses(param, value):
     kwargs = {"n_cells": 40, "n_genes": 30, "n_targets": 2, "module_size": 5, param: value}

@@ -29,6 +29,7 @@ from ._catalogue import (
     csr_with_duplicates,
     delete,
     param_cases,
+    quick_first,
     run_refusal,
     set_x,
     spoil_column,
@@ -911,7 +912,10 @@ ODD_CASES = [
 ODD_CASES = [c for c in ODD_CASES if c[0] != "normalize" or c[1] == "duplicates"]
 
 
-@pytest.mark.parametrize(("step", "odd"), ODD_CASES, ids=[f"{s}-{o}" for s, o in ODD_CASES])
+# Quick: each step and each oddity once; the full run: every pair.
+@pytest.mark.parametrize(
+    ("step", "odd"), quick_first(ODD_CASES, [f"{s}-{o}" for s, o in ODD_CASES], ODD_CASES)
+)
 def test_odd_storage_gives_canonical_results(step, odd):
     canonical = base("counts")
     odd_adata = base("counts")
@@ -962,8 +966,15 @@ def _lazy(kind: str, tmp_path):
     return adata
 
 
-@pytest.mark.parametrize("kind", ["dask-sparse", "dask-dense", "backed"])
-@pytest.mark.parametrize("step", list(LAZY_STEPS))
+LAZY_CASES = [
+    (step, kind) for step in LAZY_STEPS for kind in ("dask-sparse", "dask-dense", "backed")
+]
+
+
+# Quick: each step and each kind once; the full run: every pair.
+@pytest.mark.parametrize(
+    ("step", "kind"), quick_first(LAZY_CASES, [f"{s}-{k}" for s, k in LAZY_CASES], LAZY_CASES)
+)
 def test_lazy_input_read_or_refused(step, kind, tmp_path):
     """Dask or backed counts: the in-memory results, or a clear refusal leaving adata as it was."""
     from ._catalogue import assert_adata_unchanged, snapshot
