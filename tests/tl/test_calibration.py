@@ -385,3 +385,13 @@ def test_papalexi_is_calibrated(papalexi, kwargs):
         assert summary.n_groups == 9  # the NT guides carried by NT cells
         # 2,187 pairs: 2 pairs reach q <= 0.1 (p 2.9e-5 and 8.2e-5), within chance.
         assert summary.n_false_discoveries <= 2
+
+
+def test_streamed_layers_give_the_same_pairs(low_moi):
+    adata = low_moi.copy()
+    options = {"guides": "guide_ids", "nt_guides": "grna_group"}
+    nsc.tl.calibration_check(adata, **options, key_added="memory")
+    nsc.tl.calibration_check(adata, **options, chunked=True, chunk_size=700, key_added="dask")
+    memory, dask = adata.uns["memory"], adata.uns["dask"]
+    np.testing.assert_array_equal(memory["gene"], dask["gene"])
+    np.testing.assert_allclose(memory["pvals"], dask["pvals"], rtol=1e-9, atol=1e-15)
