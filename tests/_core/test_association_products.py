@@ -185,12 +185,14 @@ def test_n_jobs_one_is_identical_and_single_threaded(monkeypatch):
     groups, y, _, covariates = _screen(rng, n_genes=600)
     compiled = _linalg._kernel
     seen: set[int] = set()
+    ranges: set[tuple[int, int]] = set()
 
     def recording(name):
         kernel = compiled(name)
 
         def run(*args):
             seen.add(threading.get_ident())
+            ranges.add(tuple(args[-3:-1]))
             return kernel(*args)
 
         return run
@@ -202,8 +204,11 @@ def test_n_jobs_one_is_identical_and_single_threaded(monkeypatch):
         again = kernel(groups, y, covariates, block_cells=100, n_jobs=1)
         assert seen == {threading.get_ident()}  # the calling thread only
         seen.clear()
+        ranges.clear()
         threaded = kernel(groups, y, covariates, block_cells=100, n_jobs=2)
-        assert len(seen) == 2  # the kernel's threads, one per range of genes
+        # two ranges of genes, run by the pool's threads
+        assert ranges == {(0, 300), (300, 600)}
+        assert threading.get_ident() not in seen
         if kernel is low_moi:  # each gene summed in the same order whatever the threads
             np.testing.assert_array_equal(threaded.pvals, again.pvals)
     again = low_moi(groups, y, covariates, block_cells=100, n_jobs=1)
