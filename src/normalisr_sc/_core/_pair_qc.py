@@ -40,17 +40,22 @@ LISTED = 10
 _PAIR_TYPES = (tuple, list, np.ndarray)
 
 
-def _pattern(block: np.ndarray | sparse.csr_matrix) -> sparse.csr_matrix:
-    """Return the nonzero pattern of a block: int32 CSR ones (explicit zeros dropped)."""
+def _pattern(block: np.ndarray | sparse.csr_matrix, dtype: type) -> sparse.csr_matrix:
+    """Return the nonzero pattern of a block: CSR ones (stored zeros count 0)."""
     if sparse.issparse(block):
-        nonzero = block.data != 0
-        pattern = sparse.csr_matrix(
-            (nonzero.astype(np.int32), block.indices, block.indptr), shape=block.shape
-        )
-        if not nonzero.all():
-            pattern.eliminate_zeros()  # on the pattern's own copy of the data
+        # Around the block's own index arrays, without the constructor's O(nnz) checks
+        # (a canonical block from ``materialize`` or ``row_block``).
+        pattern = sparse.csr_matrix(block.shape, dtype=dtype)
+        pattern.data = (block.data != 0).astype(dtype)
+        pattern.indices, pattern.indptr = block.indices, block.indptr
         return pattern
-    return sparse.csr_matrix(np.asarray(block) != 0, dtype=np.int32)
+    return sparse.csr_matrix(np.asarray(block) != 0, dtype=dtype)
+
+
+#: Float32 sums of ones are exact up to this many cells per block.
+EXACT_FLOAT32 = 1 << 24
+#: Sets x genes elements up to which a block's product is added as a dense array.
+DENSE_ADD = 1 << 22
 
 
 class _NonzeroSums:
@@ -68,16 +73,24 @@ class _NonzeroSums:
         values = block.data if sparse.issparse(block) else np.asarray(block)
         if values.size and values.min() < 0:
             self.negative = True
-        pattern = _pattern(block)
+        # Float32 products (faster than integer ones in scipy) are exact counts here.
+        dtype = np.float32 if block.shape[0] < EXACT_FLOAT32 else np.float64
+        pattern = _pattern(block, dtype)
         # Sets x cells as CSR: a CSC left factor would convert the (large) pattern to CSC.
-        by_set = sparse.csr_matrix(indicators.T, dtype=np.int32)
-        product = (by_set @ pattern).tocoo()
-        # A canonical sparse product holds each (set, gene) once: no repeated index.
-        self.counts[product.row, product.col] += product.data
+        by_set = sparse.csr_matrix(indicators.T, dtype=dtype)
+        product = by_set @ pattern
+        n_sets = by_set.shape[0]
+        if n_sets * pattern.shape[1] <= DENSE_ADD:
+            self.counts[:n_sets] += np.rint(product.toarray()).astype(np.int64)
+        else:
+            # A canonical sparse product holds each (set, gene) once: no repeated index.
+            product = product.tocoo()
+            self.counts[product.row, product.col] += np.rint(product.data).astype(np.int64)
         if self.total:
-            # The product's row of the set ``cells``, without the sparse product's cost.
-            kept = np.repeat(np.asarray(cells[0], dtype=bool), np.diff(pattern.indptr))
-            self.counts[-1] += np.bincount(pattern.indices[kept], minlength=self.counts.shape[1])
+            # The row of the set ``cells``: a count of the pattern's column indices.
+            mask = np.asarray(cells[0], dtype=bool)
+            kept = pattern if mask.all() else pattern[mask]
+            self.counts[-1] += np.bincount(kept.indices[kept.data != 0], minlength=pattern.shape[1])
 
     def merge(self, other: _NonzeroSums) -> _NonzeroSums:
         self.counts += other.counts
