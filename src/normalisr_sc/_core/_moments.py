@@ -19,25 +19,34 @@ from ._reduce import limit_threads
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: Rows or columns of a part. Parts do not depend on the number of threads, so that
-#: every result is the same whatever ``nsc.settings.n_jobs``.
-PART = 1024
+#: Bytes of float64 values in a part: small enough for the C allocator to reuse freed
+#: temporaries (large ones are fresh memory maps, and their page faults cost as much as
+#: the arithmetic), large enough for the numpy loops.
+PART_BYTES = 8 * 2**20
 
 
-def parts(n_items: int, size: int = PART) -> list[slice]:
-    """Return contiguous slices of about ``size`` items covering ``range(n_items)``."""
+def parts(n_items: int, item_values: int) -> list[slice]:
+    """Return contiguous slices covering ``range(n_items)``, of about :data:`PART_BYTES`.
+
+    ``item_values`` is the number of values of one item (the other axis of the block).
+    The parts depend on the shape only, so that every result is the same whatever the
+    number of threads.
+    """
+    size = max(16, PART_BYTES // (8 * max(item_values, 1)))
     n_parts = max(1, round(n_items / size))
     bounds = np.linspace(0, n_items, n_parts + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
 
 
-def in_parts(function: Callable[[slice], object], n_items: int, n_jobs: int) -> None:
+def in_parts(
+    function: Callable[[slice], object], n_items: int, item_values: int, n_jobs: int
+) -> None:
     """Call ``function(part)`` for each of the :func:`parts` of ``range(n_items)``.
 
     The parts run on up to ``n_jobs`` threads; BLAS and OpenMP pools are then limited to
     one thread (the parts are the parallelism). Exceptions of a part are raised.
     """
-    pieces = parts(n_items)
+    pieces = parts(n_items, item_values)
     threads = min(n_jobs, len(pieces))
     if threads == 1:
         for piece in pieces:

@@ -117,7 +117,7 @@ class _ResidualMoments:
             )
             block_moments(residual, overwrite=True, mean=mean[part], m2=m2[part])
 
-        in_parts(genes, n_genes, self.n_jobs)
+        in_parts(genes, n_genes, block.shape[0], self.n_jobs)
         self.moments.add_block(block.shape[0], mean, m2)
 
     def merge(self, other: _ResidualMoments) -> _ResidualMoments:
@@ -152,7 +152,7 @@ class _LogRmsPerCell:
             standardized *= self.inverse_spread
             np.einsum("ij,ij->i", standardized, standardized, out=mean_square[part])
 
-        in_parts(cells, block.shape[0], self.n_jobs)
+        in_parts(cells, block.shape[0], block.shape[1], self.n_jobs)
         mean_square /= self.n_informative
         self.log_rms.add(rows, 0.5 * np.log(mean_square))
 
@@ -352,7 +352,7 @@ class _WeightedRegression:
             self.cross[part] += twice_weighted.T @ covariates
             block_moments(weighted, overwrite=True, mean=mean[part], m2=m2[part])
 
-        in_parts(genes, n_genes, self.n_jobs)
+        in_parts(genes, n_genes, block.shape[0], self.n_jobs)
         self.before.add_block(block.shape[0], mean, m2)
 
     def merge(self, other: _WeightedRegression) -> _WeightedRegression:
@@ -414,7 +414,7 @@ class _NormalisedSquares:
             if self.out is not None and not self.weights_in_out:
                 self.out[rows, part] = values
 
-        in_parts(genes, block.shape[1], self.n_jobs)
+        in_parts(genes, block.shape[1], block.shape[0], self.n_jobs)
         self.sum_squares += squares
 
     def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:

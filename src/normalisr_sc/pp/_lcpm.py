@@ -91,7 +91,7 @@ def _lcpm_in_memory(
                 if buffer is not None:
                     log_cpm[rows][part] = out[part]
 
-            in_parts(cells, block.shape[0], n_jobs)
+            in_parts(cells, block.shape[0], n_genes, n_jobs)
         else:
             lcpm_block(block, total, varscale=varscale, rng=rng, out=out)
             if buffer is not None:

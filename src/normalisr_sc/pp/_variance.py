@@ -291,7 +291,9 @@ def normvar(
         )
         for rows in row_slices(adata.n_obs, size):
             block = out[rows]
-            in_parts(partial(_times, block, fit.factor), block.shape[0], thread_count())
+            in_parts(
+                partial(_times, block, fit.factor), block.shape[0], adata.n_vars, thread_count()
+            )
     else:
         # Narrower storage: the fit's passes keep nothing, then each block is computed
         # whole in float64 (factor included) and rounded once, as the streamed path does.
@@ -313,7 +315,7 @@ def normvar(
                     fit.factor,
                 )
 
-            in_parts(fill, rows.stop - rows.start, thread_count())
+            in_parts(fill, rows.stop - rows.start, adata.n_vars, thread_count())
     fitted = pd.DataFrame(
         np.column_stack([fit.coefficients, fit.factor]),
         index=adata.var_names,
