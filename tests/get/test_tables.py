@@ -91,3 +91,34 @@ def test_coex_df_on_a_subset(tested):
 def test_bad_input(tested, call, match):
     with pytest.raises(ValueError, match=match):
         call(tested)
+
+
+def test_de_df_with_pair_qc_columns():
+    adata = nsc.datasets.simulate(
+        n_cells=500, n_genes=50, n_targets=3, n_non_targeting=2, seed=9, mean_total_counts=300
+    )
+    nsc.tl.assign_guides(adata, "grna_counts", groups="grna_group")
+    nsc.pp.normalize(adata, covariates=["batch"], qc=None)
+    nsc.tl.de(adata, "nsc_guides", design="low_moi", reference="non-targeting")
+    table = nsc.get.de_df(adata)
+    assert list(table.columns)[-3:] == ["n_nonzero_group", "n_nonzero_control", "qc_pass"]
+    assert table["n_nonzero_group"].dtype.kind == "i"
+    for _, part in table.groupby("group", observed=True):
+        passing = part["qc_pass"].to_numpy()
+        # The pairs passing the QC first, each part from most to least significant.
+        assert not (np.diff(passing.astype(int)) > 0).any()
+        assert (np.diff(part["log10p"].to_numpy()[passing]) <= 0).all()
+        assert part["qval"].isna().to_numpy().tolist() == (~passing).tolist()
+
+
+def test_de_df_pairs_without_pair_qc(tested):
+    pairs = [("case", g) for g in tested.var_names[:10]] + [("control", tested.var_names[3])]
+    table = nsc.get.de_df(tested, pairs=pairs)
+    assert "qc_pass" not in table
+    assert len(table) == 11
+    p = [tested.varm["nsc_de_pvals"].at[gene, group] for group, gene in pairs]
+    expected = dict(zip(pairs, stats.false_discovery_control(p), strict=True))
+    got = dict(zip(zip(table["group"], table["gene"], strict=True), table["qval"], strict=True))
+    for pair, q in expected.items():
+        np.testing.assert_allclose(got[pair], q, rtol=1e-12)
+    assert list(table["group"].cat.categories) == ["control", "case"]

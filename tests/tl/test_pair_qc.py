@@ -144,6 +144,17 @@ def _check_qvalues(adata, excluded, key="nsc_de"):
         np.testing.assert_array_equal(got["n_nonzero_group"], stored)
 
 
+def test_scanpy_reads_the_excluded_pairs(low_moi):
+    sc = pytest.importorskip("scanpy")
+    adata = low_moi.copy()
+    nsc.tl.de(adata, SCREEN, design="low_moi", reference=NT)
+    ours = nsc.get.de_df(adata, "target000").set_index("gene")
+    theirs = sc.get.rank_genes_groups_df(adata, "target000", key="nsc_de")
+    np.testing.assert_allclose(theirs["pvals_adj"], ours.loc[theirs["names"], "qval"], rtol=1e-12)
+    kept = sc.get.rank_genes_groups_df(adata, "target000", key="nsc_de", pval_cutoff=0.5)
+    assert ours.loc[kept["names"], "qc_pass"].all()
+
+
 def test_case_control_rest_and_reference(clusters):
     adata = clusters.copy()
     nsc.tl.de(adata, "cluster", min_nonzero=7, key_added="rest")
