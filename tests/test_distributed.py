@@ -28,6 +28,7 @@ def _pipeline(adata, **chunking):
     return adata
 
 
+@pytest.mark.slow  # starts a local cluster of 2 worker processes
 def test_pipeline_on_local_cluster_equals_in_memory(screen, dask_client):
     expected = _pipeline(screen.copy())
     with get_task_stream(dask_client) as tasks:

@@ -199,6 +199,7 @@ def test_qc_outlier_agrees_with_reference(pcut, outrate):
     np.testing.assert_array_equal(adata.obs["nsc_outlier"].to_numpy(), expected_outliers)
 
 
+@pytest.mark.slow  # the recipe and its reference on all 20,729 cells
 def test_papalexi_agrees_with_reference(shared_data):
     """The real low-MOI screen (a 299-gene panel): the recipe with covariates=['bio_rep']."""
     path = shared_data / "papalexi_lowmoi.h5ad"

@@ -326,6 +326,7 @@ def pbmc_monocytes(shared_data):
     return adata
 
 
+@pytest.mark.slow  # GO enrichment over PBMC monocytes
 def test_pbmc_top_term_is_housekeeping_and_peels_off(pbmc_monocytes, shared_data):
     go = shared_data / "go"
     obo, gaf = go / "go-basic_GOdb_2022-07-01.obo.gz", go / "human_orgHsegdb_2022-09-12.gaf.gz"
@@ -348,6 +349,7 @@ def test_pbmc_top_term_is_housekeeping_and_peels_off(pbmc_monocytes, shared_data
     assert edges_after < 0.5 * edges_before
 
 
+@pytest.mark.slow  # the peel: coex and GO rounds on PBMC monocytes
 def test_pbmc_coex_peel(pbmc_monocytes, shared_data):
     go = shared_data / "go"
     obo, gaf = go / "go-basic_GOdb_2022-07-01.obo.gz", go / "human_orgHsegdb_2022-09-12.gaf.gz"
