@@ -447,6 +447,45 @@ def print_table(
     return verdict(rows)
 
 
+def print_markdown(
+    rows: Sequence[Row],
+    methods: Sequence[str],
+    *,
+    reference: str | None = "ours",
+    cap: float | None = None,
+    unit: str = "s",
+) -> None:
+    """Print the table of :func:`print_table` in Markdown, ready to paste into a README.
+
+    The same cells (medians, ratios to ``reference``), the number of runs and the range
+    of the 1-minute load average of each row, and a last line giving the date, the
+    cores and whether the load rule held.
+    """
+    used = [m for m in methods if any(row.runs.get(m) for row in rows)]
+    print("\n| scenario | " + " | ".join(used) + " | n | load 1m |")
+    print("|---|" + "---|" * len(used) + "---|---|")
+    for row in rows:
+        cells = [
+            _cell(row.runs.get(m, []), row.runs.get(reference) if reference else None, cap, unit)
+            for m in used
+        ]
+        low, high = load_range(row.all_runs())
+        counts = sorted({len(runs) for runs in row.runs.values() if runs})
+        n = "/".join(str(c) for c in counts) or "0"
+        busy = " (busy)" if row.busy else ""
+        print(f"| {row.label} | " + " | ".join(cells) + f" | {n} | {low:.1f}-{high:.1f}{busy} |")
+    trusted = not any(row.busy for row in rows)
+    print(
+        f"\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores()} cores; "
+        + (
+            "quiet machine (load rule held)."
+            if trusted
+            else f"machine BUSY (load above {load_limit():.1f}): indicative only."
+        )
+        + (f" (x): median / median of {reference!r} in the same row." if reference else "")
+    )
+
+
 def verdict(rows: Sequence[Row]) -> bool:
     """Print whether the load rule held for every row; return it."""
     runs = [run for row in rows for run in row.all_runs()]

@@ -257,6 +257,74 @@ def coex_rows(bench: Bench, n_cells: int, n_genes: int) -> None:
     )
 
 
+def _low_moi_memory(n_cells: int, n_genes: int, n_groups: int, chunked: bool) -> dict:
+    """In a child: low-MOI DE of a generated screen; seconds and memory beside the data.
+
+    About one group per cell, a tenth of the cells without a group (the baseline).
+    Returns the peak RSS above the RSS with the data loaded, and the size of the
+    low-MOI accumulator (5 x classes x genes float64 per layer: 4 covariates and the
+    ones) and of the results, for scale.
+    """
+    import time
+
+    adata = generated(n_cells, n_genes)
+    rng = np.random.default_rng(3)
+    group = rng.integers(0, n_groups, n_cells)
+    group[rng.random(n_cells) < 0.1] = -1
+    labels = np.where(group >= 0, np.char.add("g", group.astype(str)), "nt")
+    adata.obs["label"] = pd.Categorical(labels)
+    nsc.settings.block_cells = 2048
+    loaded = h.rss_kib()
+    exact = h.reset_peak()
+    start = time.perf_counter()
+    nsc.tl.de(adata, "label", design="low_moi", reference="nt", chunked=chunked, **DE_PARAMS)
+    seconds = time.perf_counter() - start
+    tested = adata.varm["nsc_de_log10p"].shape[1]
+    return {
+        "seconds": seconds,
+        "extra_mb": (h.peak_kib() - loaded) / 1024,
+        "exact_peak": exact,
+        "accumulator_mb": 2 * 5 * (tested + 1) * n_genes * 8 / h.MB,
+        "results_mb": 5 * tested * n_genes * 8 / h.MB,
+        "layers_mb": 2 * n_cells * n_genes * 8 / h.MB,
+    }
+
+
+def memory_rows(bench: Bench, n_cells: int, n_genes: int, n_groups: int) -> list[str]:
+    """Peak memory of low-MOI DE beside the data, in memory and streamed (dask)."""
+    lines = []
+    for chunked in (False, True):
+        runs = h.alternate(
+            {"ours": lambda c=chunked: h.in_child(_low_moi_memory, n_cells, n_genes, n_groups, c)},
+            1,
+            progress="low-MOI memory",
+        )
+        bench.rows.append(
+            h.Row(
+                f"low MOI memory {n_cells // 1000}k x {n_genes} x {n_groups}"
+                + (" streamed" if chunked else ""),
+                runs,
+            )
+        )
+        run = runs["ours"][0]
+        if run.data:
+            d = run.data
+            lines.append(
+                f"| {n_cells:,} x {n_genes:,} x {n_groups:,} | {'dask' if chunked else 'memory'} "
+                f"| {d['seconds']:.1f} | {d['extra_mb']:,.0f} | {d['accumulator_mb']:,.0f} "
+                f"| {d['results_mb']:,.0f} | {d['layers_mb']:,.0f} | {run.load[0]:.1f}-{run.load[1]:.1f} |"
+            )
+        else:
+            lines.append(f"| {n_cells:,} x {n_genes:,} x {n_groups:,} | failed: {run.error} |")
+    print(
+        "\nlow-MOI peak memory beside the data (MB; one run each in a fresh child):\n"
+        "| cells x genes x groups | data | seconds | peak RSS above the data | accumulator "
+        "(both layers) | results | the two layers | load 1m |\n|---|---|---|---|---|---|---|---|"
+    )
+    print("\n".join(lines))
+    return lines
+
+
 def warm_up() -> None:
     """One small call of each of ours, so first-call costs (BLAS threads) are not timed."""
     adata = generated(300, 20)
@@ -277,6 +345,7 @@ QUICK = {
     "papalexi_cells": 1000,
     "papalexi_groups": 5,
     "cap": 20.0,
+    "memory": [2_000, 100, 50],
 }
 
 
@@ -286,6 +355,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--genes", type=int, default=5_000)
     parser.add_argument("--groups", type=int, default=50)
+    parser.add_argument(
+        "--n-jobs", type=int, default=None, help="nsc.settings.n_jobs (default: all cores)"
+    )
     parser.add_argument("--moi-genes", type=int, default=2_000)
     parser.add_argument("--moi-groups", type=int, nargs="+", default=[200, 400])
     parser.add_argument("--moi-ours-only", type=int, nargs="+", default=[2_000])
@@ -309,7 +381,18 @@ def main() -> None:
         help="seconds after which a reference timing is abandoned",
     )
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["papalexi", "de", "high_moi", "coex"]
+        "--memory",
+        type=int,
+        nargs=3,
+        default=[20_000, 4_000, 2_500],
+        metavar=("CELLS", "GENES", "GROUPS"),
+        help="shape of the low-MOI memory scenario (issue 14: 200,000 x 8,000 x 10,000)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["papalexi", "de", "high_moi", "coex", "memory"],
     )
     args = parser.parse_args()
     if args.quick:  # the quick shapes replace the defaults, not the options given
@@ -319,12 +402,14 @@ def main() -> None:
                 setattr(args, key, value)
     h.set_threads(args.threads)
     nsc.settings.progress = False
+    nsc.settings.n_jobs = args.n_jobs
     bench = Bench(h.repeats(args), args.cap)
     h.print_header(
         ["normalisr-sc", "normalisr", "scanpy", "numpy"],
         repeat=bench.repeat,
         cap=f"{args.cap:g}s",
         BLAS_threads=args.threads or "default",
+        n_jobs=nsc.settings.n_jobs,
     )
     warm_up()
     if "papalexi" not in args.skip and (DATA / "papalexi_lowmoi.h5ad").exists():
@@ -335,6 +420,8 @@ def main() -> None:
         high_moi_rows(bench, args.cells, args.moi_genes, args.moi_groups, args.moi_ours_only)
     if "coex" not in args.skip:
         coex_rows(bench, args.cells, args.genes)
+    if "memory" not in args.skip:
+        memory_rows(bench, *args.memory)
     h.print_table(
         bench.rows,
         ["ours", *PEERS],
@@ -347,6 +434,8 @@ def main() -> None:
         "normalised expression: X.T @ indicators (cells x groups) for DE, X @ X.T (genes x "
         "cells) for co-expression."
     )
+    timing = [row for row in bench.rows if not row.label.startswith("low MOI memory")]
+    h.print_markdown(timing, ["ours", *PEERS], reference="ours", cap=args.cap)
 
 
 if __name__ == "__main__":
