@@ -50,6 +50,12 @@ from scipy import sparse, stats
 import _harness as h
 import normalisr_sc as nsc
 
+try:
+    import pysceptre
+    from pysceptre.assignment import mixture_design_matrix
+except ImportError:  # the `bench` extra is not installed: ours only
+    pysceptre = None
+
 PAPALEXI = h.SHARED_DATA / "papalexi_lowmoi.h5ad"
 NT = "non-targeting"
 QCUT = 0.1
@@ -68,7 +74,7 @@ class Screen:
     adata: ad.AnnData  # the shared cells, normalised, pooled + guide-level assignments
     genes: list[str]
     counts: sparse.csr_matrix  # genes x cells raw counts of the shared cells (pysceptre)
-    covariates: np.ndarray  # SCEPTRE's default design on the shared cells
+    covariates: np.ndarray | None  # SCEPTRE's default design (pysceptre), shared cells
     target_cells: dict[str, np.ndarray]
     nt_cells: dict[str, np.ndarray]
     pairs: pd.DataFrame  # response_id, grna_target: the pairs passing the pair QC
@@ -104,9 +110,6 @@ def _papalexi_or_generated(quick: bool) -> tuple[ad.AnnData, str]:
 
 def prepare(quick: bool) -> Screen:
     """The shared cells, assignments and pairs, and each tool's inputs."""
-    import pysceptre
-    from pysceptre.assignment import mixture_design_matrix
-
     raw, source = _papalexi_or_generated(quick)
     pc_pairs = raw.uns["pc_pairs"]
     if quick and raw.n_obs > QUICK_CELLS:
@@ -114,9 +117,12 @@ def prepare(quick: bool) -> Screen:
         raw = raw[chosen].copy()
     ids = list(raw.uns["grna_ids"])
     guides = sparse.csr_matrix(raw.obsm["grna_counts"]).astype(np.int64)
-    # SCEPTRE's low-MOI cells: its QC of the largest-count assignment.
-    flagged = pysceptre.assign_grnas_maximum(guides.T.tocsr(), ids).cells_w_zero_or_twoplus_grnas
-    keep = np.setdiff1d(np.arange(raw.n_obs), flagged)
+    if pysceptre is not None:
+        # SCEPTRE's low-MOI cells: its QC of the largest-count assignment.
+        maximum = pysceptre.assign_grnas_maximum(guides.T.tocsr(), ids)
+        keep = np.setdiff1d(np.arange(raw.n_obs), maximum.cells_w_zero_or_twoplus_grnas)
+    else:  # the cells with a guide UMI
+        keep = np.flatnonzero(np.diff(guides.indptr) > 0)
     adata = raw[keep].copy()
     options = {"guide_names": "grna_ids"}
     nsc.tl.assign_guides(adata, "grna_counts", groups="grna_group", **options)
@@ -158,13 +164,9 @@ def prepare(quick: bool) -> Screen:
             target_cells.setdefault(target, []).append(cells)
     target_cells = {t: np.unique(np.concatenate(c)) for t, c in target_cells.items()}
     counts = sparse.csr_matrix(adata[:, genes].X).T.tocsr()
-    guide_counts = sparse.csr_matrix(adata.obsm["grna_counts"]).T.tocsr().astype(np.int64)
-    covariates, _ = mixture_design_matrix(
-        guide_counts,
-        response_n_nonzero=adata.obs["response_n_nonzero"].to_numpy(),
-        response_n_umis=adata.obs["response_n_umis"].to_numpy(),
-        extra_covariates=adata.obs[["bio_rep"]],
-    )
+    covariates = None
+    if pysceptre is not None:
+        covariates = _sceptre_design(adata, sparse.csr_matrix(adata.obsm["grna_counts"]))
     return Screen(
         raw,
         adata,
@@ -178,6 +180,17 @@ def prepare(quick: bool) -> Screen:
         source,
         de_options,
     )
+
+
+def _sceptre_design(adata: ad.AnnData, guides: sparse.csr_matrix) -> np.ndarray:
+    """SCEPTRE's default design of cell covariates (``mixture_design_matrix``), with bio_rep."""
+    design, _ = mixture_design_matrix(
+        guides.T.tocsr().astype(np.int64),
+        response_n_nonzero=adata.obs["response_n_nonzero"].to_numpy(),
+        response_n_umis=adata.obs["response_n_umis"].to_numpy(),
+        extra_covariates=adata.obs[["bio_rep"]],
+    )
+    return design
 
 
 # ---------------------------------------------------------------- measured calls
@@ -229,8 +242,6 @@ def ours_discovery(screen: Screen) -> dict:
 
 
 def peer_discovery(screen: Screen, seed: int) -> dict:
-    import pysceptre
-
     result = pysceptre.run_discovery_analysis(
         screen.counts,
         screen.genes,
@@ -283,8 +294,6 @@ def ours_calibration(screen: Screen, seed: int) -> dict:
 
 
 def peer_calibration(screen: Screen, seed: int) -> dict:
-    import pysceptre
-
     result = pysceptre.run_calibration_check(
         screen.counts,
         screen.genes,
@@ -322,8 +331,6 @@ def ours_assignment(guides: sparse.csr_matrix, top: np.ndarray) -> dict:
 
 
 def peer_assignment(guides: sparse.csr_matrix, top: np.ndarray, design: np.ndarray) -> dict:
-    import pysceptre
-
     ids = [f"g{j}" for j in range(guides.shape[1])]
     result = pysceptre.assign_grnas_mixture(guides.T.tocsr(), ids, design)
     return _assignment_figures(result.assigned.T, top)
@@ -355,8 +362,6 @@ def main() -> None:
     logging.getLogger("normalisr_sc").setLevel(logging.ERROR)
     repeat = h.repeats(args)
     h.print_header(["normalisr-sc", "pysceptre", "numpy", "scipy"], repeat=repeat)
-    from pysceptre.assignment import mixture_design_matrix
-
     screen = prepare(args.quick)
     adata = screen.adata
     print(
@@ -372,12 +377,7 @@ def main() -> None:
     if args.quick:
         guides = guides[:, :QUICK_GUIDES].tocsr()
     top = np.asarray(guides.argmax(axis=1)).ravel()
-    design, _ = mixture_design_matrix(
-        guides.T.tocsr(),
-        response_n_nonzero=screen.raw.obs["response_n_nonzero"].to_numpy(),
-        response_n_umis=screen.raw.obs["response_n_umis"].to_numpy(),
-        extra_covariates=screen.raw.obs[["bio_rep"]],
-    )
+    design = None if pysceptre is None else _sceptre_design(screen.raw, guides)
     measures = {
         "assignment": {
             "ours": partial(h.timed, ours_assignment, guides, top, cap=args.cap),
@@ -392,6 +392,9 @@ def main() -> None:
             "pysceptre": partial(h.timed, peer_discovery, screen, args.seed, cap=args.cap),
         },
     }
+    if pysceptre is None:
+        print("pysceptre is not installed (the `bench` extra): ours only")
+        measures = {label: {"ours": m["ours"]} for label, m in measures.items()}
     rows, runs_of = [], {}
     for label, measure in measures.items():
         runs = h.alternate(measure, repeat, progress=label)
@@ -413,7 +416,8 @@ def main() -> None:
 
     def both(runs: dict, key: str, form: str) -> tuple[str, str]:
         return tuple(
-            format(_median_of(runs[m], key), form) if runs[m] else "" for m in ("ours", "pysceptre")
+            format(_median_of(runs[m], key), form) if runs.get(m) else ""
+            for m in ("ours", "pysceptre")
         )
 
     _figure_rows(
