@@ -2,8 +2,8 @@
 
 The full build executes the tutorials (``docs/conf.py``: myst-nb, ``nb_execution_mode``)
 so their pages show outputs and figures; ``tests/test_notebooks.py`` does not execute
-them a second time. A second, faster build (notebooks not executed) checks that the
-types of the API pages link through intersphinx, from local inventories.
+them a second time. The same build checks that the types of the API pages link through
+intersphinx, from local inventories.
 """
 
 from __future__ import annotations
@@ -74,10 +74,37 @@ def _check_tutorial_page(html: Path, name: str) -> None:
         assert text not in page, (name, text)
 
 
+def _inventory(project: str, entries: list[tuple[str, str, str]]) -> bytes:
+    """Return a Sphinx (v2) inventory of ``(name, role, uri)`` entries."""
+    header = (
+        f"# Sphinx inventory version 2\n# Project: {project}\n# Version: 1\n"
+        "# The remainder of this file is compressed using zlib.\n"
+    )
+    body = "".join(f"{name} {role} 1 {uri} -\n" for name, role, uri in entries)
+    return header.encode() + zlib.compress(body.encode())
+
+
+#: Local inventories the build reads (NORMALISR_SC_INVENTORIES) instead of the sites'.
+INVENTORIES = {
+    "anndata": [("anndata.AnnData", "py:class", "generated/anndata.AnnData.html#$")],
+    "pandas": [("pandas.DataFrame", "py:class", "reference/api/pandas.DataFrame.html#$")],
+    "numpy": [
+        ("numpy.ndarray", "py:class", "reference/generated/numpy.ndarray.html#$"),
+        ("numpy.typing.DTypeLike", "py:data", "reference/typing.html#$"),
+    ],
+}
+
+
 @pytest.mark.slow
 def test_docs_build_without_warnings(tmp_path):
-    # One test, one build (it executes the notebooks): xdist gives it to one worker.
-    html = _build(tmp_path)
+    # One test, one build (it executes the notebooks), so that one xdist worker runs it.
+    # The inventories of anndata, pandas and numpy are local; the other projects' sites
+    # cannot be reached offline and the build must go on without them.
+    inventories = tmp_path / "inventories"
+    inventories.mkdir()
+    for project, rows in INVENTORIES.items():
+        (inventories / f"{project}.inv").write_bytes(_inventory(project, rows))
+    html = _build(tmp_path, env={**os.environ, "NORMALISR_SC_INVENTORIES": str(inventories)})
     api_page = (html / "generated" / "normalisr_sc.pp.lcpm.html").read_text()
     assert "digamma" in api_page
     assert "layers['normalisr']" in (html / "method.html").read_text()
@@ -93,34 +120,10 @@ def test_docs_build_without_warnings(tmp_path):
     storage = (html / "storage.html").read_text()
     assert "float32" in storage
     assert 'href="storage.html"' in (html / "index.html").read_text()
+    _check_api_types(html)
 
 
-def _inventory(project: str, entries: list[tuple[str, str, str]]) -> bytes:
-    """Return a Sphinx (v2) inventory of ``(name, role, uri)`` entries."""
-    header = (
-        f"# Sphinx inventory version 2\n# Project: {project}\n# Version: 1\n"
-        "# The remainder of this file is compressed using zlib.\n"
-    )
-    body = "".join(f"{name} {role} 1 {uri} -\n" for name, role, uri in entries)
-    return header.encode() + zlib.compress(body.encode())
-
-
-@pytest.mark.slow
-def test_api_types_link_through_intersphinx(tmp_path):
-    inventories = tmp_path / "inventories"
-    inventories.mkdir()
-    entries = {
-        "anndata": [("anndata.AnnData", "py:class", "generated/anndata.AnnData.html#$")],
-        "pandas": [("pandas.DataFrame", "py:class", "reference/api/pandas.DataFrame.html#$")],
-        "numpy": [
-            ("numpy.ndarray", "py:class", "reference/generated/numpy.ndarray.html#$"),
-            ("numpy.typing.DTypeLike", "py:data", "reference/typing.html#$"),
-        ],
-    }
-    for project, rows in entries.items():
-        (inventories / f"{project}.inv").write_bytes(_inventory(project, rows))
-    env = {**os.environ, "NORMALISR_SC_INVENTORIES": str(inventories)}
-    html = _build(tmp_path, "-D", "nb_execution_mode=off", env=env)
+def _check_api_types(html: Path) -> None:
     normalize = (html / "generated" / "normalisr_sc.pp.normalize.html").read_text()
     # adata's type is anndata's AnnData (type hints name anndata._core.anndata.AnnData)
     assert (
@@ -135,5 +138,6 @@ def test_api_types_link_through_intersphinx(tmp_path):
     assert 'href="https://pandas.pydata.org/docs/reference/api/pandas.DataFrame.html' in de_df
     # parameter types are shown (sphinx-autodoc-typehints)
     assert re.search(
-        r"<strong>covariates</strong> \(<span class=\"sphinx_autodoc_typehints-type\">", normalize
+        r"<strong>covariates</strong> \(<span class=\"sphinx_autodoc_typehints-type\">",
+        normalize,
     )
