@@ -72,8 +72,8 @@ def pinv_gram(gram: np.ndarray) -> tuple[np.ndarray, int]:
 #: A dense BLAS product counts as this many times cheaper per multiply-add than the
 #: sparse kernel; ``A`` is multiplied densely when ``columns < DENSE_SPEEDUP * nnz / cells``.
 DENSE_SPEEDUP = 16.0
-#: Genes per task of the sparse kernel's threads (enough for every thread to get work).
-_MIN_GENES_PER_TASK = 64
+#: Ranges of genes per thread of the kernels (load balance on a shared machine).
+TASKS_PER_THREAD = 4
 
 _KERNELS: dict[str, object] = {}
 
@@ -195,9 +195,24 @@ def _kernel(name: str):
 
 
 def _gene_ranges(n_genes: int, n_jobs: int) -> list[tuple[int, int]]:
-    tasks = max(1, min(n_jobs, n_genes // _MIN_GENES_PER_TASK))
+    """Ranges of genes for ``n_jobs`` threads: a few per thread (a thread held up by
+    other jobs leaves its later ranges to the others), each at least a tile long."""
+    tasks = max(1, min(TASKS_PER_THREAD * n_jobs, n_genes // CLASS_TILE))
+    if n_jobs == 1:
+        tasks = 1
     edges = np.linspace(0, n_genes, tasks + 1).round().astype(int)
     return [(int(lo), int(hi)) for lo, hi in pairwise(edges) if hi > lo]
+
+
+def _run_ranges(run, n_genes: int, n_jobs: int) -> None:
+    """``run((lo, hi))`` over the ranges of genes, in a pool of ``n_jobs`` threads."""
+    ranges = _gene_ranges(n_genes, n_jobs)
+    if n_jobs == 1 or len(ranges) == 1:
+        for genes in ranges:
+            run(genes)
+        return
+    with ThreadPoolExecutor(max_workers=min(n_jobs, len(ranges))) as pool:
+        list(pool.map(run, ranges))
 
 
 def dense_is_cheaper(n_cells: int, n_columns: int, nnz: int) -> bool:
@@ -277,12 +292,7 @@ def add_products(
     def run(genes: tuple[int, int]) -> None:
         kernel(out, *arguments, *genes, *tail)
 
-    ranges = _gene_ranges(n_genes, n_jobs)
-    if len(ranges) == 1:
-        run(ranges[0])
-        return
-    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-        list(pool.map(run, ranges))
+    _run_ranges(run, n_genes, n_jobs)
 
 
 def add_class_sums(
@@ -348,12 +358,7 @@ def add_class_sums(
     def run(genes: tuple[int, int]) -> None:
         kernel(cross, squares, square_row, order, starts, ext, y, *genes, CLASS_TILE)
 
-    ranges = _gene_ranges(n_genes, n_jobs)
-    if len(ranges) == 1:
-        run(ranges[0])
-        return
-    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-        list(pool.map(run, ranges))
+    _run_ranges(run, n_genes, n_jobs)
 
 
 def _add_dense(out: np.ndarray, matrix: np.ndarray, y: np.ndarray) -> None:
