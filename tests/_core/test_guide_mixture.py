@@ -147,6 +147,7 @@ def test_non_count_input_refused(bad):
         assign_mixture(bad)
 
 
+@pytest.mark.slow  # reads the Papalexi screen
 def test_papalexi_agrees_with_max(shared_data):
     ad = pytest.importorskip("anndata")
     adata = ad.read_h5ad(shared_data / "papalexi_lowmoi.h5ad")

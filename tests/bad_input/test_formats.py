@@ -8,6 +8,7 @@ from itertools import pairwise
 
 import numpy as np
 import pandas as pd
+import pytest
 from anndata import AnnData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -107,6 +108,7 @@ def test_qc_reads_odd_storage(drawn, min_cell_counts):
     )
 
 
+@pytest.mark.slow  # a hypothesis sweep (qc_reads and cpm stay quick)
 @SETTINGS
 @given(odd_counts())
 def test_lcpm_odd_storage(drawn):
@@ -121,6 +123,7 @@ def test_cpm_odd_storage(drawn):
     assert_same_as_canonical(lambda a: nsc.pp.cpm(a, **layer), odd, canonical)
 
 
+@pytest.mark.slow  # a hypothesis sweep
 @SETTINGS
 @given(odd_counts())
 def test_scaling_factor_odd_storage(drawn):

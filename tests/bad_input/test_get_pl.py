@@ -178,7 +178,10 @@ def test_refused(case: Case) -> None:
     run_refusal(case)
 
 
-@pytest.mark.parametrize("plot", list(_PLOTS))
+# Quick: the first plot; the full run: every plot.
+@pytest.mark.parametrize(
+    "plot", [pytest.param(p, marks=[pytest.mark.slow] if i else []) for i, p in enumerate(_PLOTS)]
+)
 def test_save_into_missing_folder_creates_it(plot, tmp_path):
     """``save=`` into a folder that does not exist: the folder is made, the AnnData unchanged."""
     adata = base("analysed")

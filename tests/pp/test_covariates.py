@@ -151,6 +151,7 @@ def test_normcov_view_with_single_remaining_level(lcpm_adata):
         nsc.pp.normcov(view, ["batch"])
 
 
+@pytest.mark.slow  # a hypothesis sweep
 @settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**16),

@@ -320,8 +320,15 @@ def _read_only_adata(counts: np.ndarray, fmt: str) -> AnnData:
     return adata
 
 
-@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
-@pytest.mark.parametrize("chunked", [False, True])
+# Quick: every format in memory, chunked on CSR; the full run: chunked on every format.
+@pytest.mark.parametrize(
+    ("chunked", "fmt"),
+    [
+        pytest.param(chunked, fmt, marks=[pytest.mark.slow] if chunked and fmt != "csr" else [])
+        for chunked in (False, True)
+        for fmt in ("dense", "csr", "csc")
+    ],
+)
 def test_every_step_on_read_only_counts(make_counts, fmt, chunked):
     """X with read-only buffers: every step runs, and X is byte-identical afterwards."""
     adata = _read_only_adata(make_counts(240, 60, seed=5), fmt)

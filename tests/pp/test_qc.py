@@ -201,6 +201,7 @@ def test_qc_reads_realistic_matches_naive(make_counts):
     assert 0 < genes.sum() < genes.size
 
 
+@pytest.mark.slow  # a hypothesis sweep
 @settings(max_examples=30, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
@@ -495,6 +496,7 @@ def test_format_qc_summary_refuses_non_mapping():
     assert nsc.pp._qc.format_qc_summary({}) == "no quality control recorded"
 
 
+@pytest.mark.slow  # reads PBMC 3k
 def test_pbmc_default_qc_is_the_papers_recipe(shared_data):
     """On a whole transcriptome (32,738 genes) the default bounds are the paper's."""
     from anndata import read_h5ad

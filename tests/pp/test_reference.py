@@ -93,7 +93,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# Quick: the first case; the full run: every case.
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[pytest.mark.slow] if i else []) for i, c in enumerate(CASES)]
+)
 def test_steps_agree_with_reference(make_counts, case):
     spec = {"category": False, "stepmax": 1, "keepvar": True, "n_deep": 0} | CASES[case]
     counts = planted_counts(

@@ -40,7 +40,7 @@ def _screen(papalexi: ad.AnnData, guide_mod: str = "grna", drop: int = 500):
     return mudata.MuData({"rna": rna, guide_mod: guides})
 
 
-@pytest.mark.parametrize("guide_mod", ["grna", "gdo"])
+@pytest.mark.parametrize("guide_mod", ["grna", pytest.param("gdo", marks=pytest.mark.slow)])
 def test_mudata_assignment_equals_the_anndata_path(papalexi, guide_mod):
     mdata = _screen(papalexi, guide_mod)
     guide_counts = mdata[guide_mod].X.copy()
@@ -57,6 +57,7 @@ def test_mudata_assignment_equals_the_anndata_path(papalexi, guide_mod):
     np.testing.assert_array_equal(mdata[guide_mod].X.toarray(), guide_counts.toarray())
 
 
+@pytest.mark.slow  # normalize and de on the Papalexi screen
 def test_mudata_screen_runs_through_normalize_and_de(papalexi):
     mdata = _screen(papalexi)
     nsc.tl.assign_guides(mdata, groups="target_gene_name")
