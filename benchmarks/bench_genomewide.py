@@ -27,6 +27,7 @@ tiny shapes in seconds to check that the script works.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from dataclasses import replace
@@ -218,6 +219,17 @@ def print_extrapolation(largest: tuple[int, float, float] | None) -> None:
     )
 
 
+def _write_json(path: Path, scaling: dict[int, list[h.Run]]) -> None:
+    runs = {
+        str(n): [
+            {"seconds": run.seconds, "load": list(run.load), "error": run.error, **run.data}
+            for run in runs
+        ]
+        for n, runs in scaling.items()
+    }
+    path.write_text(json.dumps(runs, indent=1, default=str))
+
+
 def _cells(text: str) -> list[int]:
     return sorted(int(float(value)) for value in text.split(","))
 
@@ -255,6 +267,9 @@ def main() -> None:
         "--generate-only", action="store_true", help="only write the screen file (and its cost)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated screen")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write every run's figures to this file"
+    )
     args = parser.parse_args()
     h.set_threads(args.threads)
     repeat = h.repeats(args)
@@ -309,6 +324,8 @@ def main() -> None:
     scaling = {}
     for n_cells in sizes:  # one size after the other: the largest ones take the longest
         scaling.update(h.alternate({n_cells: child(n_cells)}, repeat, progress="cells"))
+        if args.json is not None:  # after each size: a long run stopped early keeps them
+            _write_json(args.json, scaling)
     print_extrapolation(print_scaling(scaling))
 
 

@@ -92,7 +92,7 @@ def _read_names(path: Path, what: str) -> list[str]:
 
 
 def read_tsv_counts(matrix: Path, genes: Path, cells: Path) -> AnnData:
-    """The reference package's layout: a genes x cells tsv matrix and two name lists."""
+    """Read the reference package's layout: a genes x cells tsv matrix and two name lists."""
     gene_names = _read_names(Path(genes), "gene names")
     cell_names = _read_names(Path(cells), "cell names")
     with reading(matrix, "tsv count matrix"):
@@ -128,7 +128,7 @@ def _find(folder: Path, stems: Iterable[str]) -> Path | None:
 
 
 def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
-    """A Cell Ranger matrix folder (v2 ``genes.tsv`` or v3 ``features.tsv``, plain or .gz).
+    """Read a Cell Ranger matrix folder (v2 ``genes.tsv`` or v3 ``features.tsv``, plain or .gz).
 
     Only 'Gene Expression' features are kept when the features file names the types;
     ``var_names`` are the gene symbols made unique, ``var['gene_ids']`` the identifiers.
@@ -188,7 +188,7 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
 def read_counts(
     path: str | os.PathLike, *, genes: str | None = None, cells: str | None = None
 ) -> AnnData:
-    """Counts from an h5ad, a 10x directory or .h5, or a tsv matrix with name lists."""
+    """Read counts from an h5ad, a 10x directory or .h5, or a tsv matrix with name lists."""
     path = Path(path)
     if not path.exists():
         msg = f"input {str(path)!r} not found."
@@ -225,7 +225,7 @@ def write_h5ad_to(adata: AnnData, path: Path) -> None:
 
 
 def write_table_to(table: pd.DataFrame, path: Path, name: str | os.PathLike) -> None:
-    """A tsv or csv table (by the suffix of ``name``), gzip-compressed if it ends in .gz."""
+    """Write a tsv or csv table (by the suffix of ``name``), gzip-compressed if it ends in .gz."""
     name = str(name)
     separator = "," if ".csv" in Path(name).suffixes else "\t"
     table.to_csv(
@@ -379,7 +379,7 @@ class Outputs:
             )
 
     def path(self, destination: str | os.PathLike) -> Path:
-        """The staged path to write ``destination`` to (declared in the constructor)."""
+        """Return the staged path to write ``destination`` to (declared in the constructor)."""
         destination = Path(destination)
         if destination not in self.destinations:
             msg = f"{str(destination)!r} was not declared as an output."

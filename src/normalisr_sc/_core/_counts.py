@@ -148,8 +148,11 @@ class ReadBounds:
 
 
 class ReadSums:
-    """One round of read-count QC: total count and number of detections per gene over
-    the kept cells, and per cell over the kept genes."""
+    """One round of read-count QC.
+
+    Total count and number of detections per gene over the kept cells, and per cell
+    over the kept genes.
+    """
 
     def __init__(self, keep_genes: np.ndarray) -> None:
         self.gene_weights = keep_genes.astype(np.float64)
@@ -183,7 +186,7 @@ class ReadSums:
 def filter_reads(
     counts: ArrayLike, bounds: ReadBounds, *, block_cells: int, progress: Progress = no_progress
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Iterative read-count QC.
+    """Run the iterative read-count QC.
 
     Both masks are recomputed from the currently kept genes and cells, applied at
     once, and the process repeats until nothing changes. Each round is one pass.
@@ -361,8 +364,11 @@ class GeneStatistics:
 
 
 class CountSummaries:
-    """One pass over raw counts: their validity (:class:`CountCheck`), each cell's total
-    count and number of zero-count genes, and the :class:`GeneStatistics`."""
+    """One pass over raw counts.
+
+    Their validity (:class:`CountCheck`), each cell's total count and number of
+    zero-count genes, and the :class:`GeneStatistics`.
+    """
 
     def __init__(self, n_genes: int) -> None:
         self.check = CountCheck()

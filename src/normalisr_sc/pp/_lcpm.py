@@ -69,7 +69,7 @@ def _summarise_counts(
 def _lcpm_in_memory(
     counts, total: float, varscale: float, seed: int | None, dtype: np.dtype, block_cells: int
 ) -> np.ndarray:
-    """The dense log CPM, computed block by block."""
+    """Compute the dense log CPM block by block."""
     n_cells, n_genes = counts.shape
     rng = np.random.default_rng(seed) if varscale > 0 else None
     log_cpm = np.empty((n_cells, n_genes), dtype=dtype)

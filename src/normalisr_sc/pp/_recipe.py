@@ -80,7 +80,7 @@ def _drop_cells(work: AnnData, keep: np.ndarray, block_rows: int) -> AnnData:
 
 
 def _detached(adata: AnnData, counts) -> AnnData:
-    """An in-memory copy of a backed ``adata`` whose X is ``counts``, read lazily from disk."""
+    """Return an in-memory copy of a backed ``adata`` whose X, ``counts``, stays on disk."""
     return AnnData(
         X=counts,
         obs=adata.obs.copy(),
@@ -113,7 +113,7 @@ def _validated_qc(qc: Mapping[str, float] | None) -> dict[str, float] | None:
 
 
 def _writes(remove_outliers: bool) -> dict[str, list[str]]:
-    """The keys the recipe's steps write with their defaults, checked before any work."""
+    """Return the keys the recipe's steps write with their defaults, checked before any work."""
     return {
         "layers": ["lcpm", "normalisr"],
         "obs": ["nsc_weight", *(["nsc_outlier"] if remove_outliers else [])],
@@ -124,8 +124,10 @@ def _writes(remove_outliers: bool) -> dict[str, list[str]]:
 
 
 def _results(work: AnnData) -> dict[str, dict]:
-    """Everything the steps stored in ``work``, by container, as the writer takes it:
-    what ``work``'s record lists as written (:func:`owned_keys`)."""
+    """Return everything the steps stored in ``work``, by container, as the writer takes it.
+
+    That is what ``work``'s record lists as written (:func:`owned_keys`).
+    """
     keys = owned_keys(work)
     results: dict[str, dict] = {}
     for container, names in keys.items():
@@ -140,7 +142,7 @@ def _results(work: AnnData) -> dict[str, dict]:
 
 
 def _summary(work: AnnData, n_cells: int, n_genes: int, n_outliers: int | None) -> dict:
-    """The QC summary of the whole recipe, in terms of the user's cells and genes."""
+    """Return the QC summary of the whole recipe, in terms of the user's cells and genes."""
     summary = dict(work.uns[RECORD].get(SUMMARY, {}))
     summary.update(
         n_cells_in=n_cells, n_genes_in=n_genes, n_genes_kept=work.n_vars, n_cells_kept=work.n_obs

@@ -142,7 +142,7 @@ def cpm(
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> None:
-    """Counts per million: scale each cell to a total of ``target_sum``.
+    """Scale each cell to a total of ``target_sum``: counts per million.
 
     Sparse input stays sparse (CSR in, CSR out; CSC in, CSC out): only stored values
     are scaled. The result equals the dense computation exactly. A sparse matrix with

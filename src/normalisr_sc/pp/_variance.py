@@ -83,7 +83,7 @@ def _normalised_chunk(
 def lazy_normalised(
     expression, covariates: np.ndarray, weights: np.ndarray, fit: NormalisationFit, dtype: np.dtype
 ):
-    """The normalised expression as a dask array computed block by block from ``expression``."""
+    """Return the normalised expression as a dask array, computed block by block."""
     import dask.array as da
 
     rows = expression.chunks[0]
