@@ -30,7 +30,7 @@ def name_source(matrix: object, name: str) -> None:
 
 
 def source_name(matrix: object, default: str) -> str:
-    """The name recorded for ``matrix`` by :func:`name_source`, else ``default``."""
+    """Return the name recorded for ``matrix`` by :func:`name_source`, else ``default``."""
     entry = _SOURCES.get(id(matrix))
     if entry is not None and entry[0]() is matrix:
         return entry[1]

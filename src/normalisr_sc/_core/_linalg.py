@@ -136,10 +136,10 @@ SPARSE_TILE = 1024
 
 
 def _class_rows(cross, squares, square_row, order, starts, ext, y, lo, hi, tile):
-    """Per class ``j``: ``cross[j*k1:(j+1)*k1] += ext_j' y_j`` and ``squares[square_row[j]]
-    += 1' y_j**2`` over genes ``lo:hi``, a tile of genes at a time.
+    """Add the sums of each class of cells over genes ``lo:hi``, a tile at a time.
 
-    The cells of class ``j`` are ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each
+    Per class ``j``: ``cross[j*k1:(j+1)*k1] += ext_j' y_j`` and
+    ``squares[square_row[j]] += 1' y_j**2``. The cells of class ``j`` are ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each
     cell's ``k1`` weights. Classes past ``cross.shape[0] // k1`` only add squares. A
     class's sums of one tile are held in a small buffer while its cells are read (each
     row tile of ``y`` read once), then added into ``cross`` and ``squares``.
@@ -185,7 +185,7 @@ def _csr_arrays(matrix: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _kernel(name: str):
-    """The compiled kernel ``name`` (numba, compiled on first use and cached on disk)."""
+    """Return the compiled kernel ``name`` (numba, compiled on first use, cached on disk)."""
     if name not in _KERNELS:
         import numba
 
@@ -195,8 +195,11 @@ def _kernel(name: str):
 
 
 def _gene_ranges(n_genes: int, n_jobs: int) -> list[tuple[int, int]]:
-    """Ranges of genes for ``n_jobs`` threads: a few per thread (a thread held up by
-    other jobs leaves its later ranges to the others), each at least a tile long."""
+    """Return ranges of genes for ``n_jobs`` threads, a few per thread.
+
+    A thread held up by other jobs leaves its later ranges to the others; each range is
+    at least a tile long.
+    """
     tasks = max(1, min(TASKS_PER_THREAD * n_jobs, n_genes // CLASS_TILE))
     if n_jobs == 1:
         tasks = 1
