@@ -139,8 +139,8 @@ def _class_rows(cross, squares, square_row, order, starts, ext, y, lo, hi, tile)
     """Add the sums of each class of cells over genes ``lo:hi``, a tile at a time.
 
     Per class ``j``: ``cross[j*k1:(j+1)*k1] += ext_j' y_j`` and
-    ``squares[square_row[j]] += 1' y_j**2``. The cells of class ``j`` are ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each
-    cell's ``k1`` weights. Classes past ``cross.shape[0] // k1`` only add squares. A
+    ``squares[square_row[j]] += 1' y_j**2``. The cells of class ``j`` are
+    ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each cell's ``k1`` weights. Classes past ``cross.shape[0] // k1`` only add squares. A
     class's sums of one tile are held in a small buffer while its cells are read (each
     row tile of ``y`` read once), then added into ``cross`` and ``squares``.
     """
