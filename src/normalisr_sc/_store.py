@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -78,8 +77,8 @@ def _feed(digest: hashlib.blake2b, value: Any) -> None:
         sample = value[rows]
         if hasattr(sample, "compute"):
             sample = sample.compute()
-        if sparse.issparse(sample):
-            sample = sparse.csr_array(sample).toarray()
+        if hasattr(sample, "toarray"):  # scipy sparse
+            sample = sample.toarray()
         digest.update(repr(tuple(value.shape)).encode())
         _feed_values(digest, sample)
     else:
