@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import time
 from dataclasses import replace
@@ -108,11 +109,14 @@ def measure(spec: dict) -> dict:
     steps = {}
 
     def step(name, function, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         function(*args, **kwargs)
         peak = h.peak_kib()
+        used = resource.getrusage(resource.RUSAGE_SELF)
         steps[name] = {
             "seconds": time.perf_counter() - start,
+            # CPU seconds of all threads: what the step costs whatever else the machine runs
+            "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
             "peak_mb": peak * 1024 / h.MB,
             "extra_mb": (peak - baseline) * 1024 / h.MB,
         }
@@ -127,6 +131,7 @@ def measure(spec: dict) -> dict:
         "groups_tested": int(adata.varm["nsc_de_pvals"].shape[1]),
         "steps": steps,
         "seconds": seconds,
+        "cpu_seconds": sum(s["cpu_seconds"] for s in steps.values()),
         "peak_mb": peak * 1024 / h.MB,
         "extra_mb": (peak - baseline) * 1024 / h.MB,
         **check_planted(adata),
@@ -141,6 +146,7 @@ COLUMNS = (
     "groups",
     "normalize s",
     "de s",
+    "cpu s",
     "ms/cell",
     "vs first",
     "peak MB",
@@ -153,8 +159,11 @@ COLUMNS = (
 )
 
 
-def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> tuple[int, float, float] | None:
-    """The table of medians per size; returns the largest size done, its s/cell, peak MB."""
+def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> tuple | None:
+    """Print the table of medians per size.
+
+    Returns the largest size done, its seconds per cell, peak MB and CPU seconds per cell.
+    """
     rows, first, largest = [], None, None
     for n_cells, runs in runs_by_size.items():
         row = h.Row(f"{n_cells} cells", {"pipeline": runs})
@@ -170,6 +179,7 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> tuple[int, float, flo
                 "groups": str(data["groups_tested"]),
                 "normalize s": f"{steps['normalize']['seconds']:.1f}",
                 "de s": f"{steps['de']['seconds']:.1f}",
+                "cpu s": f"{data['cpu_seconds']:.0f}",
                 "ms/cell": f"{1000 * per_cell:.3f}",
                 "vs first": f"{per_cell / first:.2f}",
                 "peak MB": f"{data['peak_mb']:.0f}",
@@ -180,7 +190,7 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> tuple[int, float, flo
                 "null<.05": f"{data['null_p05_all']:.4f}",
                 "lambda": f"{data['null_lambda']:.3f}",
             }
-            largest = (n_cells, per_cell, float(data["peak_mb"]))
+            largest = (n_cells, per_cell, float(data["peak_mb"]), data["cpu_seconds"] / n_cells)
         rows.append(row)
     h.print_table(
         rows,
@@ -191,7 +201,7 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> tuple[int, float, flo
     )
     print(
         "pipeline: seconds of normalize + de (median over repeats; the other columns are "
-        "those of the median run); kept: cells x genes after QC and outlier removal; groups: "
+        "those of the median run); cpu s: CPU seconds of all its threads; kept: cells x genes after QC and outlier removal; groups: "
         "perturbations tested; vs first: time per cell / time per cell at the first size "
         "(1.00 = linear); peak MB: peak RSS of the process, extra MB: above the loaded "
         "inputs; planted: knock-downs with p below Bonferroni 0.05 over all pairs tested; "
@@ -201,15 +211,17 @@ def print_scaling(runs_by_size: dict[int, list[h.Run]]) -> tuple[int, float, flo
     return largest
 
 
-def print_extrapolation(largest: tuple[int, float, float] | None) -> None:
-    """Linear extrapolation of the time from the largest size measured, and the targets."""
+def print_extrapolation(largest: tuple | None) -> None:
+    """Print the linear extrapolation from the largest size measured, and the targets."""
     if largest is None:
         return
-    n_cells, per_cell, peak_mb = largest
+    n_cells, per_cell, peak_mb, cpu_per_cell = largest
     for target in EXTRAPOLATE:
         print(
             f"extrapolated from {n_cells} cells (time per cell constant): {target} cells in "
-            f"{per_cell * target / 60:.0f} min"
+            f"{per_cell * target / 60:.0f} min, {cpu_per_cell * target / 60:.0f} CPU-minutes "
+            f"(on {h.cores()} idle cores: between {cpu_per_cell * target / 60 / h.cores():.0f} "
+            f"and {cpu_per_cell * target / 60:.0f} min)"
         )
     print(
         f"targets at 1M cells: <= {TARGET_SECONDS // 60} min "
