@@ -114,6 +114,19 @@ def test_volcano_points_and_labels(tested, tmp_path):
     plt.close(ax.figure)
 
 
+def test_volcano_colours_follow_the_tables_q_values_under_pair_qc(tested):
+    adata = tested.copy()
+    nsc.tl.de(adata, "group", reference="control", min_nonzero=150, key_added="qc")
+    table = nsc.get.de_df(adata, "case", key="qc").set_index("gene").reindex(adata.var_names)
+    assert (~table["qc_pass"]).sum() > 0, "the bound must exclude some pairs"
+    ax = nsc.pl.volcano(adata, "case", key="qc", show=False)
+    red, blue = mpl.colors.to_rgba("tab:red"), mpl.colors.to_rgba("tab:blue")
+    coloured = np.array([tuple(c) in (red, blue) for c in ax.collections[0].get_facecolors()])
+    np.testing.assert_array_equal(coloured, (table["qval"] <= 0.05).to_numpy())
+    assert not coloured[~table["qc_pass"].to_numpy()].any()
+    plt.close(ax.figure)
+
+
 def test_volcano_log2(tested, tmp_path):
     ax = nsc.pl.volcano(tested, "case", log2=True, save=tmp_path / "volcano2.png", show=False)
     x, _ = ax.collections[0].get_offsets().T

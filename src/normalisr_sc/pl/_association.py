@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from .._core._pvalues import bh_qvalues, genomic_inflation
+from .._core._pvalues import genomic_inflation
 from .._docs import doc_params
 from .._readers import coex_block
 from .._utils import require
 from .._validate import as_names, check_bool, check_int, check_number, check_str
+from ..get import de_df
 from ._utils import check_plot_args, doc_show_save_ax, finish, finite_values, new_axes
 
 if TYPE_CHECKING:
@@ -230,8 +231,9 @@ def volcano(
 
     The fold change is ``logfc`` of :func:`normalisr_sc.tl.de` (covariate-adjusted
     difference of mean log CPM), in natural log or, with ``log2``, in log2. Genes with a
-    Benjamini-Hochberg q-value (over the genes of the group) at most ``qcut`` and an
-    absolute fold change of at least ``fc_cut`` are red (up) or blue (down); the
+    q-value at most ``qcut`` -- the ``qval`` of :func:`normalisr_sc.get.de_df`: over the
+    genes of the group, or over the chosen pairs of ``tl.de(pairs=...)``, pairs excluded
+    by the pair QC never significant -- and an absolute fold change of at least ``fc_cut`` are red (up) or blue (down); the
     ``n_labels`` most significant of them are labelled, placed apart by adjustText.
 
     Parameters
@@ -276,8 +278,10 @@ def volcano(
     x = finite_values(logfc[group], f"adata.varm[{key + '_logfc'!r}][{group!r}]")
     x = x / (np.log(2.0) if log2 else 1.0)
     y = finite_values(adata.varm[f"{key}_log10p"][group], f"adata.varm[{key + '_log10p'!r}]")
-    pvals = finite_values(adata.varm[f"{key}_pvals"][group], f"adata.varm[{key + '_pvals'!r}]")
-    significant = (bh_qvalues(pvals) <= qcut) & (np.abs(x) >= fc_cut)
+    # The q-values the tables report (the pair QC and chosen pairs included), in var order.
+    table = de_df(adata, group, key=key)
+    qvals = table.set_index("gene")["qval"].reindex(adata.var_names).to_numpy()
+    significant = (np.nan_to_num(qvals, nan=1.0) <= qcut) & (np.abs(x) >= fc_cut)
     colors = np.where(significant, np.where(x > 0, "tab:red", "tab:blue"), "lightgrey")
     ax = new_axes(ax, figsize=(5, 4.5))
     ax.scatter(x, y, s=6, c=list(colors), rasterized=True)
