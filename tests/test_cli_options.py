@@ -334,3 +334,44 @@ def test_report_is_plain_text(normalised, tmp_path, capsys):
     # The plots are outputs like the others: refused when they exist.
     assert main(["report", str(tmp_path / "de.h5ad"), "--plots", str(tmp_path / "plots")]) == 1
     assert "--force" in capsys.readouterr().err
+
+
+def test_pairs_positive_controls_and_pair_qc(normalised, tmp_path, capsys):
+    """--pairs tests the chosen pairs (q over them), --positive-controls prints their
+    recovery, --min-nonzero sets the pair QC: the same results as the API."""
+    adata = ad.read_h5ad(normalised)
+    genes = list(adata.var_names[:3])
+    pairs = tmp_path / "pairs.tsv"
+    pd.DataFrame({"group": "case", "gene": genes}).to_csv(pairs, sep="\t", index=False)
+    table = tmp_path / "de.tsv"
+    arguments = ["de", str(normalised), "-o", str(tmp_path / "de.h5ad"), "--groupby", "label"]
+    arguments += ["--reference", "control", "--min-nonzero", "20", "--pairs", str(pairs)]
+    arguments += ["--positive-controls", str(pairs), "--qcut", "0.2", "--table", str(table)]
+    capsys.readouterr()
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    frame = pd.read_csv(table, sep="\t")
+    nsc.tl.de(
+        adata,
+        "label",
+        reference="control",
+        min_nonzero=20,
+        pairs=list(zip(["case"] * 3, genes, strict=True)),
+        positive_controls=list(zip(["case"] * 3, genes, strict=True)),
+        qcut=0.2,
+    )
+    expected = nsc.get.de_df(adata)
+    assert sorted(frame["gene"]) == sorted(genes)
+    merged = frame.merge(expected, on=["group", "gene"], suffixes=("", "_api"))
+    np.testing.assert_allclose(merged["qval"], merged["qval_api"], rtol=1e-12)
+    np.testing.assert_array_equal(merged["n_nonzero_group"], merged["n_nonzero_group_api"])
+    report = adata.uns["nsc_de"]["positive_controls"]
+    recovered = int(np.asarray(report["recovered"]).sum())
+    assert f"positive controls: {recovered} of 3 recovered" in printed
+    refused = tmp_path / "refused.h5ad"
+    assert (
+        main([*arguments[:2], "-o", str(refused), *arguments[4:6], "--pairs", "no_such_key"]) == 1
+    )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--pairs 'no_such_key' is neither a .tsv/.csv file nor a key of the input's uns" in error
+    assert not refused.exists()

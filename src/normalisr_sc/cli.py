@@ -421,7 +421,14 @@ def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
                 guide_names=args.guide_names,
             )
         groupby = "nsc_guides"
-    extra = {} if args.min_cells is None else {"min_cells": args.min_cells}
+    given = {
+        "min_cells": args.min_cells,
+        "min_nonzero": args.min_nonzero,
+        "counts_layer": args.counts_layer,
+        "qcut": args.qcut,
+        "pairs": _pairs_option(adata, args.pairs, "--pairs"),
+        "positive_controls": _pairs_option(adata, args.positive_controls, "--positive-controls"),
+    }
     options = {
         "groupby": "--guides" if args.guides else "--groupby",
         "design": "--design",
@@ -429,6 +436,7 @@ def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
         "groups": "--groups",
         "min_cells": "--min-cells",
         "chunk_size": "--chunk-size",
+        **{name: _option(name) for name in given},
     }
     with speaking_cli(options):
         tl.de(
@@ -439,11 +447,45 @@ def cmd_de(args: argparse.Namespace, outputs: _io.Outputs) -> None:
             groups=args.groups,
             chunked=args.chunk_size is not None,
             chunk_size=args.chunk_size,
-            **extra,
+            **{name: value for name, value in given.items() if value is not None},
         )
         table = de_table(adata)
+    _print_positive_controls(adata)
     _write_table(outputs, table, args.table)
     _write(outputs, adata, args.output)
+
+
+def _pairs_option(adata: AnnData, source: str | None, option: str) -> pd.DataFrame | None:
+    """Read the (group, gene) pairs of ``option``: a .tsv/.csv file or a key of ``uns``."""
+    if source is None:
+        return None
+    import pandas as pd
+
+    from . import _io
+
+    path = Path(source)
+    if path.suffix in {".tsv", ".csv", ".gz"} or path.exists():
+        with _io.reading(path, f"{option} table"):
+            return pd.read_csv(path, sep="," if ".csv" in path.suffixes else "\t")
+    if source in adata.uns:
+        return pd.DataFrame(adata.uns[source])
+    msg = (
+        f"{option} {source!r} is neither a .tsv/.csv file nor a key of the input's uns "
+        f"(keys: {list(adata.uns)[:10]}); give a table with columns group and gene."
+    )
+    raise CommandError(msg)
+
+
+def _print_positive_controls(adata: AnnData, key: str = "nsc_de") -> None:
+    report = adata.uns.get(key, {}).get("positive_controls")
+    if report is None:
+        return
+    import pandas as pd
+
+    report = pd.DataFrame(report)
+    print(f"positive controls: {int(report['recovered'].sum())} of {len(report)} recovered")
+    columns = ["group", "gene", "pval", "qval", "rank", "recovered"]
+    print(report[[c for c in columns if c in report]].to_string(index=False))
 
 
 def cmd_coex(args: argparse.Namespace, outputs: _io.Outputs) -> None:
@@ -802,6 +844,37 @@ def _parser() -> argparse.ArgumentParser:
         type=number(0, min_open=True),
         metavar="UMIS",
         help="UMIs of an assigned guide with --guide-mode threshold (default 5)",
+    )
+    de.add_argument(
+        "--min-nonzero",
+        type=integer(0),
+        metavar="N",
+        help="pair QC: leave out of the q-values the (group, gene) pairs with fewer than N "
+        "cells with a nonzero count among the group's or the control cells (default 7 in "
+        "screen designs, 0 in case_control)",
+    )
+    de.add_argument(
+        "--counts-layer",
+        metavar="LAYER",
+        help="layer of raw UMI counts for the pair QC (default X, where normalize keeps them)",
+    )
+    de.add_argument(
+        "--pairs",
+        metavar="TABLE",
+        help="test only these (group, gene) pairs, q-values over them: a .tsv/.csv with "
+        "columns group and gene (or SCEPTRE's grna_group and response_id) or an uns key",
+    )
+    de.add_argument(
+        "--positive-controls",
+        metavar="TABLE",
+        help="(group, gene) pairs whose recovery is reported (a .tsv/.csv or an uns key, "
+        "e.g. pc_pairs)",
+    )
+    de.add_argument(
+        "--qcut",
+        type=number(0, 1, min_open=True),
+        metavar="Q",
+        help="q-value cut of a recovered positive control (default 0.05)",
     )
     de.add_argument(
         "--table",
