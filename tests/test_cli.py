@@ -14,6 +14,7 @@ import normalisr_sc as nsc
 from normalisr_sc.cli import main
 
 
+@pytest.mark.slow
 def test_demo_summary_and_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--quiet", "demo", "--out", str(out), "--n-cells", "2500"]) == 0
@@ -31,6 +32,7 @@ def test_demo_summary_and_outputs(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_workflow_subcommands(tmp_path, capsys):
     raw = nsc.datasets.simulate(n_cells=800, n_genes=150, seed=7)
     raw.write_h5ad(tmp_path / "raw.h5ad")
@@ -117,12 +119,13 @@ def test_module_entry_point_help():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_gotop_subcommand(tmp_path):
     import gzip
 
     from scipy import sparse
 
-    from tl.test_go_covariates import N_GENES, OBO, _annotation_lines, _gaf_line
+    from .tl.test_go_covariates import N_GENES, OBO, _annotation_lines, _gaf_line
 
     rng = np.random.default_rng(0)
     adata = ad.AnnData(X=rng.normal(size=(30, N_GENES)))
@@ -161,6 +164,7 @@ def test_gotop_subcommand(tmp_path):
     assert pd.read_csv(tmp_path / "go.tsv", sep="\t")["term"].iloc[0] == "GO:0000002"
 
 
+@pytest.mark.slow
 def test_normalize_streamed_equals_in_memory(tmp_path):
     raw = nsc.datasets.simulate(n_cells=600, n_genes=120, seed=8)
     raw.write_h5ad(tmp_path / "raw.h5ad")

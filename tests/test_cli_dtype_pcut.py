@@ -11,7 +11,8 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 from normalisr_sc.cli import main
-from test_cli_outputs import entries
+
+from .test_cli_outputs import entries
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def _normalize(raw, out, *options):
     )
 
 
+@pytest.mark.slow
 def test_dtype_float32_layers(raw, tmp_path):
     assert _normalize(raw, tmp_path / "f64.h5ad") == 0
     assert _normalize(raw, tmp_path / "f32.h5ad", "--dtype", "float32") == 0
@@ -50,7 +52,7 @@ def test_dtype_refused_values(raw, tmp_path, capsys):
 
 
 def _network(tmp_path):
-    from tl.test_go_covariates import N_GENES, OBO, _annotation_lines, _gaf_line
+    from .tl.test_go_covariates import N_GENES, OBO, _annotation_lines, _gaf_line
 
     rng = np.random.default_rng(0)
     adata = ad.AnnData(X=rng.normal(size=(30, N_GENES)))
@@ -86,6 +88,7 @@ def _gotop(tmp_path, out, *options):
     )
 
 
+@pytest.mark.slow
 def test_gotop_pcut(tmp_path, caplog):
     _network(tmp_path)
     assert _gotop(tmp_path, "default.h5ad") == 0

@@ -38,12 +38,14 @@ def _main(*arguments: str) -> str:
     )
 
 
+@pytest.mark.slow
 def test_version_imports_nothing_heavy():
     heavy, out = _imported_after(_main("--version"))
     assert heavy == []
     assert out == f"normalisr-sc {nsc.__version__}"
 
 
+@pytest.mark.slow
 def test_help_imports_nothing_heavy():
     heavy, out = _imported_after(_main("--help"))
     assert heavy == []
@@ -51,11 +53,13 @@ def test_help_imports_nothing_heavy():
     assert "gotop" in out
 
 
+@pytest.mark.slow
 def test_building_the_parser_imports_nothing_heavy():
     heavy, _ = _imported_after("from normalisr_sc import cli\ncli._parser()")
     assert heavy == []
 
 
+@pytest.mark.slow
 def test_import_package_is_light_and_submodules_load_on_use():
     heavy, out = _imported_after(
         "import normalisr_sc as nsc\nprint(sorted(set(nsc.__all__) & set(vars(nsc))))"

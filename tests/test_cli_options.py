@@ -14,7 +14,8 @@ import pytest
 import normalisr_sc as nsc
 from normalisr_sc import cli
 from normalisr_sc.cli import cli_words, main
-from test_cli_outputs import entries, run_cli
+
+from .test_cli_outputs import entries, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,7 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "option", "words"), BAD_VALUES, ids=[f"{a[0]}{o}" for a, o, _ in BAD_VALUES]
 )
@@ -122,6 +124,7 @@ def test_bad_values_one_line(tmp_path, arguments, option, words):
     assert entries(tmp_path) == set()
 
 
+@pytest.mark.slow
 def test_option_combinations_refused(normalised, tmp_path, capsys):
     cases = [
         (["--groupby", "group", "--guides", "grna_counts"], "not both"),
@@ -187,6 +190,7 @@ def test_every_option_has_help():
     assert n_options > 50
 
 
+@pytest.mark.slow
 def test_version_and_help():
     result = run_cli("--version")
     assert result.returncode == 0
@@ -226,6 +230,7 @@ def test_api_words_become_cli_words():
     )
 
 
+@pytest.mark.slow
 def test_errors_name_commands_not_functions(tmp_path):
     raw = nsc.datasets.simulate(n_cells=200, n_genes=60, seed=1)
     raw.write_h5ad(tmp_path / "raw.h5ad")
@@ -238,6 +243,7 @@ def test_errors_name_commands_not_functions(tmp_path):
     assert not re.search(r"Traceback", result.stderr)
 
 
+@pytest.mark.slow
 def test_groups_min_cells_and_missing_labels(normalised, tmp_path, caplog, capsys):
     """--groups and --reference restrict the test, cells without a label are left out, and
     the warnings of the API speak of options."""
@@ -304,6 +310,7 @@ def test_groups_min_cells_and_missing_labels(normalised, tmp_path, caplog, capsy
     assert not (tmp_path / "big.h5ad").exists()
 
 
+@pytest.mark.slow
 def test_report_is_plain_text(normalised, tmp_path, capsys):
     assert (
         main(

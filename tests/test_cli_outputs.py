@@ -70,6 +70,7 @@ def screen(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_existing_outputs_refused_before_any_work(screen, tmp_path):
     (tmp_path / "de.tsv").write_text("my own table\n")
     (tmp_path / "kept.h5ad").write_bytes(b"not even an h5ad")
@@ -112,6 +113,7 @@ def test_existing_outputs_refused_before_any_work(screen, tmp_path):
     assert entries(tmp_path) == {"de.tsv", "kept.h5ad"}
 
 
+@pytest.mark.slow
 def test_failing_command_writes_nothing(screen, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     before = snapshot(tmp_path)
@@ -134,6 +136,7 @@ def test_failing_command_writes_nothing(screen, tmp_path):
     assert entries(tmp_path) == {"mine.txt"}  # not even the folder 'sub'
 
 
+@pytest.mark.slow
 def test_failing_h5ad_write_publishes_no_table(screen, tmp_path, monkeypatch, capsys):
     def broken(adata, path):
         path.write_bytes(b"half")
@@ -158,6 +161,7 @@ def test_failing_h5ad_write_publishes_no_table(screen, tmp_path, monkeypatch, ca
     assert entries(tmp_path) == set()
 
 
+@pytest.mark.slow
 def test_force_replaces_all_outputs(screen, tmp_path):
     (tmp_path / "de.tsv").write_text("old\n")
     (tmp_path / "de.h5ad").write_text("old\n")
@@ -181,6 +185,7 @@ def test_force_replaces_all_outputs(screen, tmp_path):
     assert entries(tmp_path) == {"de.tsv", "de.h5ad"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_respect_the_umask(screen, tmp_path, umask):
     script = textwrap.dedent(f"""
@@ -242,6 +247,7 @@ def _wait(condition, seconds: float = 60.0) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_during_the_write_leaves_nothing(screen, tmp_path, how):
     (tmp_path / "de.h5ad").write_text("the previous result")
@@ -283,6 +289,7 @@ def test_killed_during_the_write_leaves_nothing(screen, tmp_path, how):
     assert entries(tmp_path) == {"de.h5ad"}
 
 
+@pytest.mark.slow
 def test_stale_staging_folders_are_swept(screen, tmp_path):
     host = _io._host()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -257,6 +257,7 @@ def test_truncated_go_files(tmp_path):
     assert annotations.symbol_to_gene["G7"] == "7"
 
 
+@pytest.mark.slow
 def test_cli_reader_error_is_one_line(tmp_path, capsys):
     from normalisr_sc.cli import main
 

@@ -31,6 +31,7 @@ def test_there_are_tutorials():
     assert {"01_quickstart.ipynb", "02_crispr_lowmoi_papalexi.ipynb"} <= set(NAMES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_stored_without_outputs(name):
     notebook = _read(name)

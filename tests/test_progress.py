@@ -54,6 +54,7 @@ def kernel(monkeypatch):
     return shell
 
 
+@pytest.mark.slow
 def test_plain_text_bar_without_ipywidgets():
     assert _progress._bar_class(in_kernel=True, widgets=False) is text_tqdm
     assert _progress._bar_class(in_kernel=False, widgets=True) is text_tqdm
@@ -127,6 +128,7 @@ def test_explicit_progress_wins_over_environment(bars, kernel, monkeypatch):
     assert len(bars) == 1
 
 
+@pytest.mark.slow
 def test_tqdm_auto_is_not_imported():
     code = (
         "import sys, normalisr_sc as nsc\n"

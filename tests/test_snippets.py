@@ -39,6 +39,7 @@ def test_the_snippets_are_found():
     assert 'guide_names="grna_ids"' in readme  # the real screen needs it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("where", "code"), snippets())
 def test_snippet_runs(where, code, tmp_path, monkeypatch, request):
     import matplotlib

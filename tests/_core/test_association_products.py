@@ -19,6 +19,7 @@ def _weights(rng, n_cells, n_columns, per_cell):
     return sparse.csr_matrix((values, (rows, columns)), shape=(n_cells, n_columns))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n_jobs", [1, 3])
@@ -151,6 +152,7 @@ def test_kernels_find_non_finite_values_anywhere(kernel):
         assert np.isfinite(matrix).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [case_control, low_moi, high_moi])
 def test_kernels_agree_across_threads_dense_rule_and_blocks(kernel, monkeypatch):
     rng = np.random.default_rng(4)

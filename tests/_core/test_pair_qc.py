@@ -86,6 +86,7 @@ def test_dask(sparse_chunks):
     np.testing.assert_array_equal(found, _explicit(counts, indicators))
 
 
+@pytest.mark.slow
 def test_on_local_cluster(dask_client):
     counts, indicators = _data(seed=3)
     lazy = da.from_array(sparse.csr_matrix(counts), chunks=(50, -1), asarray=False)

@@ -24,6 +24,7 @@ def tested():
     return adata
 
 
+@pytest.mark.slow
 def test_qq_de_points_are_sorted_stored_values(tested, tmp_path):
     ax = nsc.pl.qq(tested, save=tmp_path / "qq.png", show=False)
     assert (tmp_path / "qq.png").stat().st_size > 1000
@@ -90,6 +91,7 @@ def test_qq_coex_uses_distinct_pairs_of_the_block(tested):
     plt.close(ax.figure)
 
 
+@pytest.mark.slow
 def test_inflation_of_uniform_pvalues_is_one():
     p = (np.arange(1, 100_001) - 0.5) / 100_000
     assert inflation(-np.log10(p)) == pytest.approx(1.0, abs=1e-3)
@@ -98,6 +100,7 @@ def test_inflation_of_uniform_pvalues_is_one():
     )
 
 
+@pytest.mark.slow
 def test_volcano_points_and_labels(tested, tmp_path):
     ax = nsc.pl.volcano(tested, "case", n_labels=5, save=tmp_path / "volcano.png", show=False)
     assert (tmp_path / "volcano.png").stat().st_size > 1000
@@ -127,6 +130,7 @@ def test_volcano_colours_follow_the_tables_q_values_under_pair_qc(tested):
     plt.close(ax.figure)
 
 
+@pytest.mark.slow
 def test_volcano_log2(tested, tmp_path):
     ax = nsc.pl.volcano(tested, "case", log2=True, save=tmp_path / "volcano2.png", show=False)
     x, _ = ax.collections[0].get_offsets().T
@@ -147,6 +151,7 @@ def test_plot_errors(tested):
         nsc.pl.qq(tested, "missing")
 
 
+@pytest.mark.slow
 def test_coex_network_draws_stored_edges(tested, tmp_path):
     nsc.tl.binnet(tested, qcut=0.05)
     genes = list(tested.var_names[:40])
@@ -164,6 +169,7 @@ def test_coex_network_draws_stored_edges(tested, tmp_path):
     plt.close(ax.figure)
 
 
+@pytest.mark.slow
 def test_coex_heatmap_shows_clustered_r(tested, tmp_path):
     genes = list(tested.var_names[:12])
     ax = nsc.pl.coex_heatmap(tested, genes, save=tmp_path / "heatmap.png", show=False)

@@ -34,6 +34,7 @@ def _texts(ax) -> list[str]:
     return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+@pytest.mark.slow
 def test_points_are_the_stored_nt_pairs(checked, tmp_path):
     ax = nsc.pl.calibration(checked, save=tmp_path / "cal.png", show=False)
     assert (tmp_path / "cal.png").stat().st_size > 1000

@@ -11,7 +11,7 @@ from scipy import sparse
 import normalisr_sc as nsc
 from normalisr_sc.pp import _recipe
 
-from ._helpers import assert_unchanged, counts_adata
+from .._helpers import assert_unchanged, counts_adata
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 
-from ._helpers import assert_close, assert_nested_equal, assert_unchanged, counts_adata
+from .._helpers import assert_close, assert_nested_equal, assert_unchanged, counts_adata
 
 #: Bounds that remove some genes and cells of ``counts`` in more than one round.
 QC = {"min_gene_cells": 60, "min_cell_counts": 150, "min_cell_genes": 15}
@@ -78,6 +78,7 @@ def assert_same_results(streamed: AnnData, reference: AnnData) -> None:
     assert_close(values(streamed.layers["lcpm"]), reference.layers["lcpm"], rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", STREAMED)
 def test_qc_reads_masks_equal_in_memory(counts, how, tmp_path):
     expected = nsc.pp.qc_reads(counts_adata(counts), **QC, inplace=False)
@@ -89,6 +90,7 @@ def test_qc_reads_masks_equal_in_memory(counts, how, tmp_path):
     assert 0 < genes.sum() < genes.size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["chunked", "dask"])
 def test_qc_reads_and_lcpm_equal_in_memory(counts, how, tmp_path):
     reference = counts_adata(counts)
@@ -104,6 +106,7 @@ def test_qc_reads_and_lcpm_equal_in_memory(counts, how, tmp_path):
     np.testing.assert_array_equal(values(adata.X), reference.X.toarray())
 
 
+@pytest.mark.slow
 def test_lcpm_backed_equals_in_memory(counts, tmp_path):
     reference = counts_adata(counts)
     nsc.pp.qc_reads(reference, min_cell_counts=1)
@@ -129,6 +132,7 @@ def test_lazy_layer_is_chunked_by_cells(counts):
     assert block.shape == (CHUNK_SIZE, adata.n_vars)
 
 
+@pytest.mark.slow
 def test_chunked_lcpm_copies_no_counts():
     """Neither the passes nor the lazy layer hold a copy of in-memory counts."""
     rng = np.random.default_rng(0)
@@ -165,6 +169,7 @@ def test_lazy_layer_float32(counts):
     np.testing.assert_array_equal(computed, reference.layers["lcpm"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", STREAMED)
 @pytest.mark.parametrize("variable", ["zero_fraction", "log_mean_cell_proportion"])
 def test_scaling_factor_equals_in_memory(counts, how, variable, tmp_path):
@@ -179,6 +184,7 @@ def test_scaling_factor_equals_in_memory(counts, how, variable, tmp_path):
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_lazy_layer_written_to_h5ad(counts, tmp_path):
     reference, adata = counts_adata(counts), counts_adata(counts)
     nsc.pp.lcpm(reference)
@@ -246,6 +252,7 @@ def spoiled(counts: np.ndarray, value: float) -> np.ndarray:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", STREAMED)
 @pytest.mark.parametrize("step", list(COUNT_READERS))
 @pytest.mark.parametrize(
@@ -263,6 +270,7 @@ def test_bad_counts_refused(counts, how, step, value, match, tmp_path):
     assert_fails_streamed(adata, how, COUNT_READERS[step], match, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", STREAMED)
 @pytest.mark.parametrize("step", ["lcpm", "scaling_factor"])
 def test_empty_cells_refused(counts, how, step, tmp_path):
@@ -285,6 +293,7 @@ def test_lcpm_resampling_refused(counts, how, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_qc_reads_backed_not_in_place(counts, tmp_path):
     adata = streamed_adata(counts, "backed", tmp_path)
     assert_fails_streamed(
@@ -309,6 +318,7 @@ def test_dask_x_refuses_chunked_false(counts, tmp_path):
 # ---------------------------------------------------------------- on a dask.distributed cluster
 
 
+@pytest.mark.slow
 def test_qc_reads_and_lcpm_on_local_cluster(counts, tmp_path, dask_client):
     distributed = pytest.importorskip("distributed")
     reference = counts_adata(counts)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import normalisr_sc as nsc
 
-from ._helpers import FORMATS, assert_unchanged, block_size, counts_adata
+from .._helpers import FORMATS, assert_unchanged, block_size, counts_adata
 
 SUMMARY = ["log_total_counts", "n_zero_genes", "log_total_counts_sq"]
 

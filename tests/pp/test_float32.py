@@ -9,7 +9,7 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 
-from ._helpers import assert_unchanged, block_size, dense
+from .._helpers import assert_unchanged, block_size, dense
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def _computed(matrix) -> np.ndarray:
     return np.asarray(matrix.compute() if hasattr(matrix, "compute") else matrix)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", np.float32])
 def test_normalize_float32_is_the_float64_result_rounded(screen, dtype):
     wide = _normalized(screen)
@@ -42,6 +43,7 @@ def test_normalize_float32_is_the_float64_result_rounded(screen, dtype):
     assert wide.uns["normalisr"]["lcpm"]["dtype"] == "float64"
 
 
+@pytest.mark.slow
 def test_normalize_float32_streamed_equals_in_memory(screen):
     in_memory = _normalized(screen, dtype="float32")
     with block_size(64):
@@ -51,6 +53,7 @@ def test_normalize_float32_streamed_equals_in_memory(screen):
         np.testing.assert_array_equal(_computed(streamed.layers[key]), in_memory.layers[key])
 
 
+@pytest.mark.slow
 def test_float32_layers_survive_h5ad_and_halve_the_file(screen, tmp_path):
     sizes = {}
     for dtype in ("float64", "float32"):
@@ -65,6 +68,7 @@ def test_float32_layers_survive_h5ad_and_halve_the_file(screen, tmp_path):
     assert sizes["float64"] - sizes["float32"] > 0.8 * layer_bytes
 
 
+@pytest.mark.slow
 def test_de_reads_float32_layers(screen):
     wide = _normalized(screen)
     narrow = _normalized(screen, dtype="float32")

@@ -10,7 +10,7 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 
-from ._helpers import assert_matrix_equal, assert_nested_equal
+from .._helpers import assert_matrix_equal, assert_nested_equal
 
 
 def round_trip(adata: AnnData, path) -> AnnData:
@@ -53,6 +53,7 @@ def normalized(counts_adata) -> AnnData:
     return adata
 
 
+@pytest.mark.slow
 def test_normalize_round_trip(normalized, tmp_path):
     adata = normalized
     read = round_trip(adata, tmp_path / "normalized.h5ad")
@@ -95,6 +96,7 @@ def test_normalize_round_trip(normalized, tmp_path):
     assert read.uns["normalisr"]["compute_var"]["steps"] == 1
 
 
+@pytest.mark.slow
 def test_simple_and_scaling_factor_round_trip(counts_adata, tmp_path):
     adata = counts_adata
     adata.layers["counts_csc"] = sparse.csc_matrix(adata.X)
@@ -130,6 +132,7 @@ def test_lcpm_options_round_trip(counts_adata, tmp_path):
     assert read.uns["normalisr"]["lcpm"]["seed"] == 3
 
 
+@pytest.mark.slow
 def test_pipeline_resumes_after_round_trip(counts_adata, tmp_path):
     """Stop after normcov, save, reload, continue: same result as without the break."""
     adata = counts_adata

@@ -26,7 +26,7 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 
-from ._helpers import assert_close, dense
+from .._helpers import assert_close, dense
 
 FORMS = ("dense", "csr", "csc", "csr_array", "dask_csr", "dask_coo", "backed", "view")
 

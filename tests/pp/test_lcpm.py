@@ -15,7 +15,7 @@ from scipy.special import digamma, polygamma
 
 import normalisr_sc as nsc
 
-from ._helpers import (
+from .._helpers import (
     FORMATS,
     as_format,
     assert_close,
@@ -274,6 +274,7 @@ def spec_counts(make_counts, spec: dict) -> np.ndarray:
     return counts
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(
     spec=counts_strategy,
@@ -305,6 +306,7 @@ def test_lcpm_property(make_counts, spec, fmt, dtype, block):
     assert scale.max() == 1.0
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(spec=counts_strategy, fmt=st.sampled_from(FORMATS), data=st.data())
 def test_lcpm_on_view_equals_copy(make_counts, spec, fmt, data):
@@ -433,6 +435,7 @@ def test_scaling_factor_key_added_and_layer():
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(spec=counts_strategy, fmt=st.sampled_from(["csr", "csc"]), block=st.sampled_from([1, 7]))
 def test_scaling_factor_property(make_counts, spec, fmt, block):

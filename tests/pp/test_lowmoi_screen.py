@@ -41,6 +41,7 @@ def screen_path(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_generated_screen_is_a_low_moi_screen(screen_path):
     adata = ad.read_h5ad(screen_path)
     assert adata.shape == (SCREEN.n_cells, SCREEN.n_genes)

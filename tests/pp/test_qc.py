@@ -14,7 +14,7 @@ from scipy import sparse, stats
 
 import normalisr_sc as nsc
 
-from ._helpers import FORMATS, as_format, assert_unchanged, block_size, counts_adata
+from .._helpers import FORMATS, as_format, assert_unchanged, block_size, counts_adata
 
 BOUND_NAMES = (
     "min_gene_counts",

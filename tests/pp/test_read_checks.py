@@ -17,7 +17,7 @@ from scipy import sparse
 import normalisr_sc as nsc
 from normalisr_sc._utils import gene_positions
 
-from ._helpers import assert_unchanged, counts_adata
+from .._helpers import assert_unchanged, counts_adata
 
 
 def assert_fails(adata: AnnData, function, match: str, **kwargs) -> None:

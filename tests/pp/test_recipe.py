@@ -15,7 +15,7 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 
-from ._helpers import (
+from .._helpers import (
     FORMATS,
     as_format,
     assert_close,
@@ -101,6 +101,7 @@ def assert_same_outputs(result: AnnData, expected: AnnData, *, rtol: float | Non
     np.testing.assert_array_equal(result.var["nsc_scale"], expected.var["nsc_scale"])
 
 
+@pytest.mark.slow
 def test_normalize_equals_steps(recipe_data):
     adata, shallow, deep = recipe_data
     result = adata.copy()
@@ -215,6 +216,7 @@ def test_normalize_without_qc_or_outlier_removal(recipe_data):
     assert_same_outputs(result, expected)
 
 
+@pytest.mark.slow
 def test_normalize_options_pass_through(recipe_data):
     adata = recipe_data[0]
     qc = {"min_cell_counts": 800, "min_gene_cells": 100}
@@ -227,6 +229,7 @@ def test_normalize_options_pass_through(recipe_data):
     assert "group[case]" in result.obsm["nsc_covariates"].columns
 
 
+@pytest.mark.slow
 def test_normalize_layer(recipe_data):
     adata = recipe_data[0].copy()
     adata.layers["counts"] = adata.X.copy()
@@ -236,6 +239,7 @@ def test_normalize_layer(recipe_data):
     assert_same_outputs(adata, expected)
 
 
+@pytest.mark.slow
 def test_normalize_position_not_name_based(recipe_data):
     """Numeric-looking, shuffled cell names do not confuse the way back to the input."""
     adata = recipe_data[0].copy()
@@ -246,6 +250,7 @@ def test_normalize_position_not_name_based(recipe_data):
     assert_same_outputs(result, expected)
 
 
+@pytest.mark.slow
 def test_normalize_duplicate_names(recipe_data):
     """Non-unique cell and gene names still map results back by position."""
     original = recipe_data[0]
@@ -273,6 +278,7 @@ def test_normalize_rerun_is_stable(recipe_data):
     assert_same_outputs(adata, first)
 
 
+@pytest.mark.slow
 def test_normalize_on_view(recipe_data):
     parent = recipe_data[0].copy()
     before = parent.copy()
@@ -284,6 +290,7 @@ def test_normalize_on_view(recipe_data):
     assert_unchanged(before, parent)
 
 
+@pytest.mark.slow
 def test_normalize_block_size(recipe_data):
     adata = recipe_data[0]
     expected = nsc.pp.normalize(adata, ["batch"], copy=True)
@@ -296,6 +303,7 @@ def test_normalize_block_size(recipe_data):
 # ---------------------------------------------------------------- properties
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
@@ -342,6 +350,7 @@ def test_normalize_property(make_counts, seed, n_cells, n_genes, mean_total, fmt
 # ---------------------------------------------------------------- real data
 
 
+@pytest.mark.slow
 def test_papalexi_normalize(shared_data):
     """The real low-MOI screen: CSR float32 counts of a 299-gene panel, no read QC."""
     path = shared_data / "papalexi_lowmoi.h5ad"
@@ -376,6 +385,7 @@ def test_papalexi_normalize(shared_data):
     assert scale.max() == 1.0
 
 
+@pytest.mark.slow
 def test_papalexi_default_qc_keeps_the_panel(shared_data, caplog):
     """The 299-gene panel: default QC keeps >= 90% of the cells and says what went."""
     import logging

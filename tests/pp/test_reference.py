@@ -9,7 +9,7 @@ from anndata import read_h5ad
 
 import normalisr_sc as nsc
 
-from ._helpers import assert_close, counts_adata
+from .._helpers import assert_close, counts_adata
 
 pytest.importorskip("normalisr")
 import normalisr.normalisr as ref

@@ -13,7 +13,7 @@ from scipy import sparse
 
 import normalisr_sc as nsc
 
-from ._helpers import FORMATS, as_format, assert_unchanged, dense
+from .._helpers import FORMATS, as_format, assert_unchanged, dense
 
 #: Every gene has a zero, so min-max of the sparse matrix stays sparse.
 HAND = np.array(
@@ -222,6 +222,7 @@ matrices = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(
     matrix=matrices,
@@ -241,6 +242,7 @@ def test_cpm_sparse_equals_dense(matrix, fmt, target_sum):
     np.testing.assert_allclose(np.asarray(result.sum(axis=1)).ravel(), target_sum, rtol=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(
     matrix=matrices,

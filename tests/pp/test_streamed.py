@@ -45,6 +45,7 @@ def assert_same_normalisation(streamed: ad.AnnData, expected: ad.AnnData) -> Non
     )
 
 
+@pytest.mark.slow
 def test_chunked_normalize_equals_in_memory(screen, in_memory):
     streamed = nsc.pp.normalize(
         screen, covariates=["batch"], chunked=True, chunk_size=CHUNK, copy=True
@@ -54,6 +55,7 @@ def test_chunked_normalize_equals_in_memory(screen, in_memory):
     assert sparse.issparse(screen.X)
 
 
+@pytest.mark.slow
 def test_dask_counts_are_streamed_without_asking(screen, in_memory):
     adata = screen.copy()
     adata.X = da.from_array(screen.X, chunks=(400, -1), asarray=False)
@@ -61,6 +63,7 @@ def test_dask_counts_are_streamed_without_asking(screen, in_memory):
     assert_same_normalisation(adata, in_memory)
 
 
+@pytest.mark.slow
 def test_backed_counts_need_copy_and_stay_on_disk(screen, in_memory, tmp_path):
     path = tmp_path / "screen.h5ad"
     screen.write_h5ad(path)
@@ -74,6 +77,7 @@ def test_backed_counts_need_copy_and_stay_on_disk(screen, in_memory, tmp_path):
     assert_same_normalisation(result, in_memory)
 
 
+@pytest.mark.slow
 def test_streamed_results_survive_h5ad_round_trip(screen, in_memory, tmp_path):
     streamed = nsc.pp.normalize(
         screen, covariates=["batch"], chunked=True, chunk_size=CHUNK, copy=True
@@ -89,6 +93,7 @@ def test_streamed_results_survive_h5ad_round_trip(screen, in_memory, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_chunked_steps_equal_in_memory_steps(in_memory):
     adata = in_memory.copy()
     nsc.pp.compute_var(adata, chunked=True, chunk_size=CHUNK, key_added="weight_streamed")
@@ -123,6 +128,7 @@ def test_bad_chunk_size(screen, chunk_size):
     assert adata.shape == screen.shape
 
 
+@pytest.mark.slow
 def test_streamed_recipe_never_holds_a_dense_matrix():
     """Peak traced memory stays far below one dense float64 cells x genes matrix.
 
@@ -150,6 +156,7 @@ def test_streamed_recipe_never_holds_a_dense_matrix():
     assert peak < 0.3 * dense_bytes, f"peak {peak / 1e6:.1f} MB vs dense {dense_bytes / 1e6:.1f} MB"
 
 
+@pytest.mark.slow
 def test_view_of_backed_counts_reads_only_its_cells(screen, tmp_path):
     path = tmp_path / "screen.h5ad"
     screen.write_h5ad(path)
@@ -160,6 +167,7 @@ def test_view_of_backed_counts_reads_only_its_cells(screen, tmp_path):
     assert_same_normalisation(result, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Writing zarr v2 data")
 def test_counts_in_a_zarr_store_are_streamed(screen, in_memory, tmp_path):
     zarr = pytest.importorskip("zarr")

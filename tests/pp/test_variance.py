@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import normalisr_sc as nsc
 
-from ._helpers import (
+from .._helpers import (
     assert_close,
     assert_unchanged,
     binary_covariates_well_posed,
@@ -276,6 +276,7 @@ def test_normvar_on_view(weighted):
 # ---------------------------------------------------------------- properties
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**16),

@@ -93,6 +93,7 @@ def _nt_pool(adata: ad.AnnData) -> np.ndarray:
     return single & np.char.startswith(first.astype(str), "NT_")
 
 
+@pytest.mark.slow
 def test_null_screen_is_calibrated(low_moi):
     adata = low_moi.copy()
     summary = nsc.tl.calibration_check(adata, guides="guide_ids", nt_guides="grna_group")
@@ -121,6 +122,7 @@ def test_null_screen_is_calibrated(low_moi):
     assert "calibrated" in str(summary)
 
 
+@pytest.mark.slow
 def test_random_groups_follow_the_discovery_analysis(low_moi):
     adata = low_moi.copy()
     summary = nsc.tl.calibration_check(adata)  # no guide-level assignment: random groups
@@ -141,6 +143,7 @@ def test_random_groups_follow_the_discovery_analysis(low_moi):
     assert other.inflation != summary.inflation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_group", [1, 2])
 def test_one_call_equals_one_de_per_group_on_the_nt_cells(low_moi, per_group):
     adata = low_moi.copy()
@@ -175,6 +178,7 @@ def summary_cells(record, j: int) -> int:
     return int(record["per_group"]["n_cells"].iloc[j])
 
 
+@pytest.mark.slow
 def test_high_moi_equals_the_joint_regression_with_nt_columns(high_moi):
     adata = high_moi.copy()
     summary = nsc.tl.calibration_check(adata, guides="guide_ids", nt_guides="grna_group")
@@ -216,6 +220,7 @@ def test_high_moi_random_groups(high_moi):
     assert summary.calibrated
 
 
+@pytest.mark.slow
 def test_confounded_nt_guides_are_detected(caplog):
     adata = _discovery(_screen(confound=True, seed=2), covariates=None)
     with caplog.at_level(logging.WARNING, logger="normalisr_sc"):
@@ -232,6 +237,7 @@ def test_confounded_nt_guides_are_detected(caplog):
     assert nsc.tl.calibration_check(fixed, guides="guide_ids", nt_guides="grna_group").calibrated
 
 
+@pytest.mark.slow
 def test_subsets_of_pairs(low_moi):
     adata = low_moi.copy()
     options = {"construction": "random", "n_groups": 20, "min_nonzero": 0}
@@ -266,6 +272,7 @@ def test_subsets_of_pairs(low_moi):
     assert few.n_pairs + few.n_excluded == 6 * adata.n_vars
 
 
+@pytest.mark.slow
 def test_rerun_and_h5ad_round_trip(low_moi, tmp_path):
     adata = low_moi.copy()
     nsc.tl.calibration_check(adata)
@@ -333,6 +340,7 @@ def test_bad_inputs_are_refused_and_change_nothing(low_moi, kwargs, match):
     assert (fingerprint(dict(adata.uns)), set(adata.uns), set(adata.obsm)) == before
 
 
+@pytest.mark.slow
 def test_no_control_group_names_the_fix(low_moi):
     adata = low_moi.copy()
     nsc.tl.de(adata, "nsc_guides", key_added="noref", n_genes=0)  # each group vs the rest

@@ -9,8 +9,8 @@ import pytest
 from scipy import sparse
 
 import normalisr_sc as nsc
-from pp._helpers import assert_unchanged
 
+from .._helpers import assert_unchanged
 from ._data import normalised_adata, normalised_arrays
 
 AGREEMENT_RTOL = 1e-8
@@ -126,6 +126,7 @@ def test_binnet_per_row_is_benjamini_hochberg():
     np.testing.assert_array_equal(adata.varp["x_net"].toarray(), expected)
 
 
+@pytest.mark.slow
 def test_coex_results_survive_h5ad(adata, tmp_path):
     nsc.tl.coex(adata, genes=list(adata.var_names[:10]), key_added="sub")
     nsc.tl.coex(adata)
@@ -195,6 +196,7 @@ def test_empty_network_is_an_error():
     assert_unchanged(before, adata)
 
 
+@pytest.mark.slow
 def test_coex_on_pbmc_monocytes(shared_data):
     adata = ad.read_h5ad(shared_data / "pbmc3k_raw.h5ad")
     adata = adata[adata.obs["seurat_cell_type"] == "CD14+ Mono"].copy()

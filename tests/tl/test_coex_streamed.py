@@ -8,10 +8,10 @@ import pytest
 from scipy import sparse
 
 import normalisr_sc as nsc
-from normalisr_sc._core._pvalues import bh_qvalues
 from normalisr_sc._core._coex import pvalue_network
-from pp._helpers import assert_unchanged, dense
+from normalisr_sc._core._pvalues import bh_qvalues
 
+from .._helpers import assert_unchanged, dense
 from ._data import normalised_adata, normalised_arrays
 
 MATRICES = ("pvals", "log10p", "r")
@@ -83,6 +83,7 @@ def test_gene_subset_of_a_dask_layer(adata, dask_adata):
     assert_results_close(dask_adata, adata)
 
 
+@pytest.mark.slow
 def test_dask_cluster_matches_in_memory(adata, dask_adata, dask_client):
     distributed = pytest.importorskip("distributed")
     nsc.tl.coex(adata)

@@ -11,8 +11,8 @@ from scipy import sparse, stats
 
 import normalisr_sc as nsc
 from normalisr_sc._core._association import case_control, high_moi, low_moi
-from pp._helpers import assert_unchanged, block_size
 
+from .._helpers import assert_unchanged, block_size
 from ._data import normalised_adata, normalised_arrays, random_guides, simulate_screen
 
 SINGLE = {"case_control": 0, "low_moi": 1, "high_moi": 4}
@@ -96,6 +96,7 @@ def _per_group_regression(groups, expression, covariates):
     return pvals, gamma
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deficiency", ["none", "identical", "covariate", "complement"])
 def test_high_moi_joint_regression_equals_per_group(arrays, deficiency):
     expression, covariates = arrays
@@ -149,6 +150,7 @@ def test_huge_effect_keeps_its_log10p(arrays):
     assert np.isfinite(result.neg_log10_pvals[0, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("design", "per_cell", "n_cells"),
     [("case_control", 6.0, 1200), ("low_moi", 0.8, 2500), ("high_moi", 6.0, 1200)],
@@ -180,6 +182,7 @@ def test_case_control_simulation_finds_planted_genes():
     assert (signs == np.sign(truth["de_log_fold_change"])).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_results_stored_and_survive_h5ad(arrays, tmp_path):
     expression, covariates = arrays
     adata = normalised_adata(expression, covariates)
@@ -286,6 +289,7 @@ def papalexi(shared_data):
     return adata
 
 
+@pytest.mark.slow
 def test_papalexi_positive_controls(papalexi):
     adata = papalexi
     nsc.tl.assign_guides(adata, "grna_counts", guide_names="grna_ids", groups="grna_group")
@@ -307,6 +311,7 @@ def test_papalexi_positive_controls(papalexi):
     assert (np.array(logfc) < 0).all()
 
 
+@pytest.mark.slow
 def test_papalexi_non_targeting_calibrated(papalexi):
     adata = papalexi
     nsc.tl.assign_guides(adata, "grna_counts", guide_names="grna_ids", key_added="guide")
@@ -339,6 +344,7 @@ def pbmc(shared_data):
     return adata
 
 
+@pytest.mark.slow
 def test_pbmc_b_cells_against_monocytes(pbmc):
     cells = pbmc[pbmc.obs["seurat_cell_type"].isin(["B", "CD14+ Mono"])].copy()
     nsc.tl.de(cells, "seurat_cell_type", reference="CD14+ Mono", groups=["B"])
@@ -350,6 +356,7 @@ def test_pbmc_b_cells_against_monocytes(pbmc):
         assert top.loc[gene, "logfc"] < 0
 
 
+@pytest.mark.slow
 def test_pbmc_random_split_is_uniform(pbmc):
     cells = pbmc[pbmc.obs["seurat_cell_type"] == "CD14+ Mono"].copy()
     pvals = []

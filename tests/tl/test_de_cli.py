@@ -6,6 +6,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 
 import normalisr_sc as nsc
 from normalisr_sc.cli import main
@@ -23,6 +24,7 @@ def _labelled() -> ad.AnnData:
     return adata
 
 
+@pytest.mark.slow
 def test_cli_reference_and_min_cells_agree_with_the_api(tmp_path):
     adata = _labelled()
     path = tmp_path / "norm.h5ad"

@@ -51,6 +51,7 @@ def test_rank_genes_groups_df_reads_our_results(tested):
     assert params["design"] == "case_control"
 
 
+@pytest.mark.slow
 def test_scanpy_plots_read_our_results(tested, tmp_path):
     adata = tested.copy()
     axes = sc.pl.rank_genes_groups_dotplot(
@@ -66,6 +67,7 @@ def test_scanpy_plots_read_our_results(tested, tmp_path):
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_layout_survives_h5ad_and_rerun(tested, tmp_path):
     path = tmp_path / "de.h5ad"
     tested.write_h5ad(path)

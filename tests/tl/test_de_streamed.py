@@ -11,8 +11,8 @@ import normalisr_sc as nsc
 from normalisr_sc._core import _association
 from normalisr_sc._core._association import Effect, case_control, high_moi, low_moi
 from normalisr_sc._core._linalg import pinv_gram, pinv_psd
-from pp._helpers import assert_unchanged
 
+from .._helpers import assert_unchanged
 from ._data import normalised_adata, normalised_arrays, random_guides
 
 #: Guides per cell of the designs: mostly none or one at low MOI, several at high MOI.
@@ -53,6 +53,7 @@ def case(request):
     return design, adata
 
 
+@pytest.mark.slow
 def test_dask_layer_is_streamed(case):
     design, expected = case
     adata = _adata(design)
@@ -70,6 +71,7 @@ def test_chunked_in_memory_layer(case):
     _assert_same_de(adata, expected)
 
 
+@pytest.mark.slow
 def test_on_local_cluster(case, dask_client):
     distributed = pytest.importorskip("distributed")
     design, expected = case

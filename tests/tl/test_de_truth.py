@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import normalisr_sc as nsc
-from pp._helpers import assert_unchanged
 
+from .._helpers import assert_unchanged
 from ._data import normalised_adata, normalised_arrays, random_guides
 
 #: Results compared between a test and its explicit equivalent.
@@ -61,6 +61,7 @@ def pbmc_three(shared_data):
     return adata
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("design", ["case_control", "low_moi"])
 def test_reference_equals_the_explicit_two_group_subset(pbmc_three, design):
     adata = pbmc_three.copy()
@@ -81,6 +82,7 @@ def test_reference_equals_the_explicit_two_group_subset(pbmc_three, design):
     assert list(adata.uns["ref"]["reference"]) == ["CD14+ Mono"]
 
 
+@pytest.mark.slow
 def test_reference_changes_the_case_control_result(pbmc_three):
     adata = pbmc_three.copy()
     nsc.tl.de(adata, "seurat_cell_type", groups=["B"], reference="CD14+ Mono", key_added="ref")
@@ -92,6 +94,7 @@ def test_reference_changes_the_case_control_result(pbmc_three):
     assert gap > 1.0
 
 
+@pytest.mark.slow
 def test_missing_labels_are_left_out_and_logged(pbmc_three, caplog):
     adata = pbmc_three.copy()
     missing = int(adata.obs["seurat_cell_type"].isna().sum())
@@ -104,6 +107,7 @@ def test_missing_labels_are_left_out_and_logged(pbmc_three, caplog):
     assert adata.uns["all"]["n_cells_unlabelled"] == missing
 
 
+@pytest.mark.slow
 def test_high_moi_reference_is_the_baseline_of_the_joint_regression(pbmc_three):
     adata = pbmc_three.copy()
     nsc.tl.de(adata, "seurat_cell_type", design="high_moi", reference="CD14+ Mono", key_added="hm")
@@ -120,6 +124,7 @@ def test_high_moi_reference_is_the_baseline_of_the_joint_regression(pbmc_three):
     np.testing.assert_allclose(adata.varm["hm_logfc"].loc[genes, "B"], expected, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_logfc_of_top_genes_is_the_adjusted_difference_of_mean_log_cpm(pbmc_three):
     adata = pbmc_three.copy()
     nsc.tl.de(adata, "seurat_cell_type")
@@ -148,6 +153,7 @@ def test_logfc_of_top_genes_is_the_adjusted_difference_of_mean_log_cpm(pbmc_thre
 # ---------------------------------------------------------------- simulation
 
 
+@pytest.mark.slow
 def test_planted_fold_changes_are_recovered():
     # Many genes, none dominating the library: the planted changes barely shift the
     # other genes' proportions.
@@ -297,6 +303,7 @@ def test_bad_input_leaves_adata_unchanged(labelled, mutate, kwargs, match):
     assert_unchanged(before, labelled)
 
 
+@pytest.mark.slow
 def test_results_survive_h5ad_and_are_replaced_on_rerun(labelled, tmp_path):
     nsc.tl.de(labelled, "cluster", reference="ref")
     path = tmp_path / "de.h5ad"

@@ -9,7 +9,8 @@ import pytest
 from scipy import sparse
 
 import normalisr_sc as nsc
-from pp._helpers import assert_unchanged
+
+from .._helpers import assert_unchanged
 
 COUNTS = np.array(
     [

@@ -15,7 +15,8 @@ from scipy import sparse, stats
 
 import normalisr_sc as nsc
 from normalisr_sc._store import owned
-from pp._helpers import assert_unchanged
+
+from .._helpers import assert_unchanged
 
 SCREEN = "nsc_guides"
 NT = "non-targeting"
@@ -103,6 +104,7 @@ def clusters():
     return adata
 
 
+@pytest.mark.slow
 def test_low_moi_counts_and_exclusion(low_moi, caplog):
     adata = low_moi.copy()
     with caplog.at_level(logging.WARNING, logger="normalisr_sc"):
@@ -155,6 +157,7 @@ def test_scanpy_reads_the_excluded_pairs(low_moi):
     assert ours.loc[kept["names"], "qc_pass"].all()
 
 
+@pytest.mark.slow
 def test_case_control_rest_and_reference(clusters):
     adata = clusters.copy()
     nsc.tl.de(adata, "cluster", min_nonzero=7, key_added="rest")
@@ -178,6 +181,7 @@ def test_case_control_default_runs_no_pair_qc(clusters):
         np.testing.assert_allclose(part["qval"], stats.false_discovery_control(pvals))
 
 
+@pytest.mark.slow
 def test_case_control_reference_on_an_obsm_matrix(high_moi):
     """Cells with several non-reference groups are in no test; control: reference cells."""
     adata = high_moi.copy()
@@ -194,6 +198,7 @@ def test_high_moi_counts(high_moi):
     _check_qvalues(adata, (n_group < 7) | (n_control < 7))
 
 
+@pytest.mark.slow
 def test_streamed_counts_give_the_same(low_moi, tmp_path):
     adata = low_moi.copy()
     nsc.tl.de(adata, SCREEN, design="low_moi", reference=NT)
@@ -241,6 +246,7 @@ def test_de_df_min_nonzero_rethresholds(low_moi):
     assert (cut["qval"] <= 0.05).all()
 
 
+@pytest.mark.slow
 def test_results_survive_h5ad_and_rerun(low_moi, tmp_path):
     adata = low_moi.copy()
     nsc.tl.de(adata, SCREEN, design="low_moi", reference=NT)
@@ -296,6 +302,7 @@ def papalexi(shared_data):
     return adata
 
 
+@pytest.mark.slow
 def test_papalexi_counts_equal_numpy(papalexi, caplog):
     adata = papalexi.copy()
     with caplog.at_level(logging.WARNING, logger="normalisr_sc"):

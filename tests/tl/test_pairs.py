@@ -14,7 +14,8 @@ from scipy import stats
 
 import normalisr_sc as nsc
 from normalisr_sc._store import owned
-from pp._helpers import assert_unchanged
+
+from .._helpers import assert_unchanged
 
 SCREEN = "nsc_guides"
 NT = "non-targeting"
@@ -59,6 +60,7 @@ def _bh_over_pairs(adata, pairs: pd.DataFrame, min_nonzero: int = 7) -> pd.Serie
     return pd.Series(q, index=pd.MultiIndex.from_frame(pairs[["group", "gene"]]))
 
 
+@pytest.mark.slow
 def test_pairs_restrict_groups_and_q_is_bh_over_them(screen, caplog):
     adata = screen.copy()
     pairs = _cis_pairs(adata)
@@ -154,6 +156,7 @@ def test_positive_controls_report(screen, caplog):
     assert any(r.levelname == "WARNING" and "not recovered" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_everything_survives_h5ad(screen, tmp_path):
     adata = screen.copy()
     nsc.tl.de(
@@ -234,6 +237,7 @@ def papalexi(shared_data):
     return adata
 
 
+@pytest.mark.slow
 def test_papalexi_positive_controls_recovered(papalexi, caplog):
     adata = papalexi.copy()
     controls = adata.uns["pc_pairs"]  # SCEPTRE's layout: response_id, grna_group

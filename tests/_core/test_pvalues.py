@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from normalisr_sc._core._pvalues import bh_qvalues
-from normalisr_sc._core._pvalues import association_pvalues
+from normalisr_sc._core._pvalues import association_pvalues, bh_qvalues
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("df", [1, 4, 37, 1000, 20_000])
 @pytest.mark.parametrize("one_minus_r2", [0.999, 0.9, 0.5, 1e-3, 1e-12, 1e-60])
 def test_neg_log10_p_matches_high_precision(df, one_minus_r2):
@@ -43,6 +43,7 @@ def test_perfect_fit():
     assert neg_log10[1] == 0
 
 
+@pytest.mark.slow
 def test_bh_qvalues_match_scipy():
     rng = np.random.default_rng(1)
     pvals = rng.uniform(size=(5, 300)) ** 3

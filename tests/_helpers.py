@@ -1,4 +1,4 @@
-"""Helpers shared by the ``nsc.pp`` tests."""
+"""Helpers shared by the test folders (assertions, input formats, block sizes)."""
 
 from __future__ import annotations
 
