@@ -65,7 +65,7 @@ def input_matrix(
     keep_format: bool = False,
     finite_in_sums: bool = False,
 ) -> tuple[object, int]:
-    """The matrix a step reads, and the number of cells per block to read it in: the door in.
+    """Return the matrix a step reads, and the number of cells per block to read it in: the door in.
 
     Every step reads its cells x genes matrix through here, so that every step reads the
     same thing:
@@ -161,7 +161,7 @@ def check_real_matrix(matrix, source: str, what: str = "values") -> None:
 
 
 def canonical_rows(matrix, source: str):
-    """An in-memory matrix whose row blocks are cheap to slice and canonical.
+    """Return an in-memory matrix whose row blocks are cheap to slice and canonical.
 
     CSC and other sparse formats become CSR (see :func:`canonical_copy`).
     """
@@ -237,7 +237,7 @@ def checked_finite(value, where: str, fix: str = ""):
 
 
 def numeric_values(value, where: str, fix: str = "") -> np.ndarray:
-    """A column or table read by a step as finite float64 numbers, refused otherwise.
+    """Return a column or table read by a step as finite float64 numbers, refused otherwise.
 
     ``where`` names it in the message (e.g. ``"adata.obs['nsc_weight']"``).
     """
@@ -290,7 +290,7 @@ def matrix_name(layer: str | None) -> str:
 
 
 def row_accessible(matrix):
-    """The matrix in a form whose row blocks are cheap to slice (CSC becomes CSR), canonical."""
+    """Return the matrix canonical, in a form whose row blocks are cheap to slice (CSC: CSR)."""
     return canonical_rows(matrix, "the matrix")
 
 
@@ -383,7 +383,7 @@ FLOAT_TYPES = ("float32", "float64")
 
 
 def float_dtype(name: str, value, *, allow_none: bool = False) -> np.dtype | None:
-    """The parameter ``name`` as a float dtype among :data:`FLOAT_TYPES`, refused otherwise."""
+    """Return the parameter ``name`` as a float dtype of :data:`FLOAT_TYPES`, or refuse it."""
     if value is None and allow_none:
         return None
     try:

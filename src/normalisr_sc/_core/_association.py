@@ -165,7 +165,7 @@ def _used_cells(cells: ArrayLike | None, n_cells: int) -> np.ndarray:
 
 
 def _with_intercept(covariates: np.ndarray) -> np.ndarray:
-    """The covariates with a column of ones, unless one of them already is constant."""
+    """Return the covariates with a column of ones, unless one of them already is constant."""
     constant = (covariates == covariates[:1]).all(axis=0) & (covariates[:1] != 0).ravel()
     return covariates if constant.any() else _with_ones(covariates)
 
@@ -176,7 +176,7 @@ def _residualize(pinv: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray
 
 
 def _masked(used: np.ndarray, groups: sparse.csr_matrix) -> sparse.csr_matrix:
-    """The groups with the rows of unused cells zeroed (``groups`` itself if all used)."""
+    """Return the groups with the rows of unused cells zeroed (``groups`` itself if all used)."""
     if used.all():
         return groups
     return sparse.csr_matrix(groups.multiply(used.astype(np.float64)[:, None]))
@@ -641,7 +641,7 @@ def _joint_fit(
     cross: np.ndarray,
     yy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """The multiple regression of each gene on ``A = [active groups, covariates]``.
+    """Return the multiple regression of each gene on ``A = [active groups, covariates]``.
 
     From the sums ``A'y`` (``cross``, scaled in place) returns the groups' coefficients
     (zero for groups not estimable), which groups are estimable, the groups' diagonal of

@@ -27,7 +27,7 @@ def n_blocks(n_rows: int, block_rows: int) -> int:
 
 
 def count_non_finite(values: ArrayLike) -> int:
-    """Number of NaN or infinite values of an array (of the stored values if sparse)."""
+    """Count the NaN or infinite values of an array (of the stored values if sparse)."""
     values = values.data if sparse.issparse(values) else np.asarray(values)
     if values.dtype.kind not in "fc" or values.size == 0:
         return 0
@@ -64,7 +64,7 @@ def canonical(matrix: sparse.spmatrix | sparse.sparray):
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
-    """A read-only view of ``array``: a step writing into a shared block fails loudly."""
+    """Return a read-only view of ``array``: a step writing into a shared block fails loudly."""
     view = array.view()
     view.flags.writeable = False
     return view
@@ -73,7 +73,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 def _shared_csr(
     data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]
 ) -> sparse.csr_matrix:
-    """A canonical CSR block around read-only views of ``data`` and ``indices``."""
+    """Return a canonical CSR block around read-only views of ``data`` and ``indices``."""
     block = sparse.csr_matrix(shape, dtype=data.dtype)
     # Assigned, not passed to the constructor, which copies views of much larger arrays.
     block.data, block.indices, block.indptr = _read_only(data), _read_only(indices), indptr
@@ -139,7 +139,7 @@ def float_block(block: ArrayLike) -> np.ndarray:
 
 
 def compact_rows(array: np.ndarray, keep: np.ndarray, block_rows: int) -> np.ndarray:
-    """The rows of ``array`` where ``keep`` is True, moved to its front in place.
+    """Return the rows of ``array`` where ``keep`` is True, moved to its front in place.
 
     Returns a view of the first ``keep.sum()`` rows. Unlike ``array[keep]``, no second
     copy of the array is made; the memory of the dropped rows stays allocated.

@@ -1,5 +1,6 @@
-"""Co-expression of all gene pairs (METHOD 8 with ``x`` and ``y`` both genes) and its
-binary network (METHOD 9).
+"""Co-expression of all gene pairs and its binary network (METHOD 8 and 9).
+
+In METHOD 8, ``x`` and ``y`` are both genes here.
 
 Everything rests on one Gram matrix of the expression, accumulated over blocks of cells
 (:class:`GramSums`, run by :func:`~._reduce.accumulate` as a loop or a dask graph). The
@@ -41,8 +42,10 @@ BH_SLACK = 1e-9
 
 
 class GramSums:
-    """``Y'Y`` (upper triangle valid, Fortran order), ``C'Y`` and ``C'C`` of the
-    expression ``Y`` and the covariates ``C`` over cells; the number of cells."""
+    """Sums over cells of the expression ``Y`` and the covariates ``C``.
+
+    ``Y'Y`` (upper triangle valid, Fortran order), ``C'Y``, ``C'C`` and the number of cells.
+    """
 
     def __init__(self, n_genes: int, n_covariates: int) -> None:
         self.gram = np.zeros((n_genes, n_genes), order="F")
@@ -102,9 +105,10 @@ def coex_stats(
     progress: Progress = no_progress,
     n_jobs: int | None = None,
 ) -> CoexStats:
-    """Accumulate the Gram matrix of ``expression`` (cells x genes: in memory, row-sliceable
-    or dask) and remove the ``covariates`` from it, with ``n_jobs`` threads (default
-    ``nsc.settings.n_jobs``).
+    """Accumulate the Gram matrix of ``expression`` and remove the ``covariates`` from it.
+
+    ``expression`` is cells x genes (in memory, row-sliceable or dask); ``n_jobs`` threads
+    (default ``nsc.settings.n_jobs``).
 
     NaN or infinity anywhere in ``expression`` makes the diagonal of the Gram matrix
     (each gene's sum of squares) non-finite: it is refused from there
@@ -147,8 +151,9 @@ def _coex_stats(
 
 
 def _symmetric_rows(upper: np.ndarray, rows: slice, first_column: int) -> np.ndarray:
-    """Rows ``rows`` of the symmetric matrix whose upper triangle is ``upper``, from column
-    ``first_column`` (at most ``rows.start``) on.
+    """Return rows ``rows`` of the symmetric matrix whose upper triangle is ``upper``.
+
+    Columns from ``first_column`` (at most ``rows.start``) on.
 
     The entries ``(i, j)`` and ``(j, i)`` are both read from ``upper[min, max]``, so the
     statistics computed from them are bitwise equal.
@@ -247,8 +252,11 @@ def _band_edges(
     n_tests: int,
     qcut: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Edges ``(row, column)`` of one band of rows, from a mask of candidates (diagonal
-    excluded) and the p-values of the candidates at given positions in the band."""
+    """Return the edges ``(row, column)`` of one band of rows.
+
+    From a mask of candidates (diagonal excluded) and the p-values of the candidates at
+    given positions in the band.
+    """
     band_row, column = np.nonzero(candidates)
     edges = bh_edges(band_row, pvals(band_row, column), n_tests, qcut)
     return band_row[edges] + rows.start, column[edges]
@@ -292,8 +300,10 @@ def coex_network(
 def pvalue_network(
     pvals: np.ndarray, *, qcut: float, band_rows: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Edges ``(row, column)``, row-major, of the per-row BH network (diagonal excluded)
-    of a square p-value matrix, read in bands of rows."""
+    """Return the edges ``(row, column)`` of the per-row BH network of a p-value matrix.
+
+    Row-major, diagonal excluded; the square matrix is read in bands of rows.
+    """
     n_genes = pvals.shape[0]
     limit = qcut * (1.0 + BH_SLACK)
     pieces = []

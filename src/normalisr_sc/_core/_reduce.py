@@ -77,7 +77,7 @@ _CONTROLLER: list = []
 
 
 def _controller() -> ThreadpoolController:
-    """threadpoolctl's view of the loaded thread pools, found again after new imports.
+    """Threadpoolctl's view of the loaded thread pools, found again after new imports.
 
     Finding the pools takes about 10 ms; the view is kept while no module is imported
     (an import may load a new BLAS or OpenMP library).
@@ -97,8 +97,11 @@ class BlockSums(Protocol):
     """
 
     def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix, *row_data) -> None:
-        """Add the cells ``rows`` (positions in the whole matrix): their ``block`` of the
-        matrix (dense or CSR) and the same rows of each side array in ``row_data``."""
+        """Add the cells ``rows`` (positions in the whole matrix).
+
+        Their ``block`` of the matrix (dense or CSR) and the same rows of each side array
+        in ``row_data``.
+        """
 
     def merge(self, other: Self) -> Self:
         """Add the statistics of ``other`` (disjoint cells) into ``self``; return ``self``."""
@@ -325,7 +328,7 @@ def _merge_as_completed(client, leaves: list, done: Iterator) -> S:
 
 
 def _active_client():
-    """The active ``dask.distributed`` client, if distributed is installed and one is."""
+    """Return the active ``dask.distributed`` client, if distributed is installed and one is."""
     try:
         from distributed import default_client
     except ImportError:

@@ -72,7 +72,7 @@ def _output_dtype(dtype: DTypeLike) -> np.dtype:
 
 
 def _check_store(store: str, qcut: float | None) -> float | None:
-    """The q-value cutoff of the stored network (None when the matrices are stored)."""
+    """Return the q-value cutoff of the stored network (None when the matrices are stored)."""
     if store not in STORE_OPTIONS:
         msg = f"store must be one of {STORE_OPTIONS}, got {store!r}."
         raise ValueError(msg)
@@ -90,7 +90,7 @@ def _check_store(store: str, qcut: float | None) -> float | None:
 
 
 def _block_matrix(n_vars: int, index: np.ndarray, block: np.ndarray) -> sparse.csr_matrix:
-    """An ``n_vars`` square CSR matrix storing ``block`` at rows and columns ``index``."""
+    """Return an ``n_vars`` square CSR matrix storing ``block`` at rows and columns ``index``."""
     rows = np.repeat(index, index.size)
     cols = np.tile(index, index.size)
     matrix = sparse.csr_matrix((block.ravel(), (rows, cols)), shape=(n_vars, n_vars))
@@ -101,7 +101,7 @@ def _block_matrix(n_vars: int, index: np.ndarray, block: np.ndarray) -> sparse.c
 def _network_matrix(
     n_vars: int, index: np.ndarray | None, rows: np.ndarray, cols: np.ndarray
 ) -> sparse.csr_matrix:
-    """The boolean ``n_vars`` square CSR network with edges ``(rows, cols)`` among ``index``."""
+    """Return the boolean square CSR network with edges ``(rows, cols)`` among ``index``."""
     if index is not None:
         rows, cols = index[rows], index[cols]
     return sparse.csr_matrix((np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n_vars, n_vars))

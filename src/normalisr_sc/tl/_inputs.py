@@ -39,8 +39,9 @@ def normalised_inputs(
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> tuple[object, int, np.ndarray]:
-    """The normalised expression layer, the cells per block to read it in, and the
-    normalised covariates as a float64 array.
+    """Return the normalised expression layer, its cells per block and the covariates.
+
+    The normalised covariates come as a float64 array.
 
     The layer is returned as :func:`~normalisr_sc._utils.input_matrix` chooses: a dask
     array chunked by ``chunk_size`` cells when streamed (``chunked``), else as it is. In
@@ -72,7 +73,7 @@ def effect_inputs(
     chunked: bool | None = None,
     chunk_size: int | None = None,
 ) -> tuple[object, Effect]:
-    """The normalised expression and the fold change's inputs, read in the same pass.
+    """Return the normalised expression and the fold change's inputs, read in the same pass.
 
     The log CPM layer and the normalised layer are both streamed (dask) or neither: when
     one of them is a lazy layer, the other is streamed too.
