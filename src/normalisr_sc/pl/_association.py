@@ -290,8 +290,15 @@ def volcano(
         for i in np.flatnonzero(significant)[np.argsort(-y[significant], kind="stable")][:n_labels]
     ]
     if texts:
+        # Room beside the outermost points, so labels there can move apart inside the axes.
+        ax.margins(x=0.15, y=0.08)
         adjust_text(
-            texts, x=x, y=y, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5}
+            texts,
+            x=x,
+            y=y,
+            ax=ax,
+            expand=(1.2, 1.6),
+            arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5},
         )
     ax.axvline(0, color="grey", linewidth=0.8)
     for edge in (-fc_cut, fc_cut) if fc_cut > 0 else ():
