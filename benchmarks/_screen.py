@@ -25,8 +25,17 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+import _harness as h
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anndata import AnnData
+    from scipy import sparse
 
 DEFAULT_WORKDIR = Path("~/.cache/normalisr_sc_bench").expanduser()
 #: Bump when the generator changes, so that cached screens are regenerated.
@@ -156,9 +165,7 @@ def generate(screen: Screen, path: Path) -> dict:
     never held, only one block of ``GENERATION_BLOCK`` cells at a time.
     """
     import anndata as ad
-    import h5py
     import pandas as pd
-    from anndata.io import sparse_dataset, write_elem
 
     start = time.perf_counter()
     seeds = np.random.SeedSequence(screen.seed).spawn(3)
@@ -199,15 +206,41 @@ def generate(screen: Screen, path: Path) -> dict:
             "planted_fraction": planted["fraction"],
         },
     }
+    return _write_in_blocks(
+        path,
+        ad.AnnData(obs=obs, var=var, obsm={GUIDES: guides}, uns=uns),
+        lambda rows: _count_block(
+            screen, genes, depth[rows], batch[rows], guides[rows], planted, rng_counts
+        ),
+        screen.key(),
+        start,
+    )
+
+
+def _write_in_blocks(
+    path: Path,
+    skeleton: AnnData,
+    count_block: Callable[[slice], sparse.csr_matrix],
+    params: dict,
+    start: float,
+    *,
+    progress: bool = False,
+) -> dict:
+    """Write ``skeleton`` with the counts ``count_block(rows)`` appended block by block.
+
+    The file is written under a partial name and moved into place when complete; returns
+    the generation statistics, also saved beside it as JSON.
+    """
+    import h5py
+    from anndata.io import sparse_dataset, write_elem
+
     partial = path.with_suffix(".partial.h5ad")
-    ad.AnnData(obs=obs, var=var, obsm={GUIDES: guides}, uns=uns).write_h5ad(partial)
-    nnz = 0
+    skeleton.write_h5ad(partial)
+    n_cells, nnz = skeleton.n_obs, 0
     with h5py.File(partial, "a") as file:
-        for first in range(0, screen.n_cells, GENERATION_BLOCK):
-            rows = slice(first, min(first + GENERATION_BLOCK, screen.n_cells))
-            block = _count_block(
-                screen, genes, depth[rows], batch[rows], guides[rows], planted, rng_counts
-            )
+        for first in range(0, n_cells, GENERATION_BLOCK):
+            rows = slice(first, min(first + GENERATION_BLOCK, n_cells))
+            block = count_block(rows)
             nnz += block.nnz
             if first == 0:
                 write_elem(
@@ -215,15 +248,30 @@ def generate(screen: Screen, path: Path) -> dict:
                 )
             else:
                 sparse_dataset(file["X"]).append(block)
+            if progress and (rows.stop // GENERATION_BLOCK) % 50 == 0:
+                print(
+                    f"  generated {rows.stop} cells in {time.perf_counter() - start:.0f}s",
+                    flush=True,
+                )
     partial.replace(path)
     stats = {
         "seconds": time.perf_counter() - start,
         "bytes": path.stat().st_size,
         "nnz": nnz,
-        "params": screen.key(),
+        "params": params,
     }
     path.with_suffix(".json").write_text(json.dumps(stats, indent=1))
     return stats
+
+
+def describe_file(path: Path, stats: dict, n_cells: int) -> str:
+    """One line on a generated screen file: size, nonzeros, generation time, load now."""
+    return (
+        f"screen {path}: {stats['bytes'] / h.GB:.2f} GB, {stats['nnz']} nonzeros "
+        f"({stats['nnz'] / n_cells:.0f} per cell), generated in "
+        f"{stats['seconds']:.0f}s{' (cached)' if stats['cached'] else ''}; load 1m now "
+        f"{h.load_1min():.1f}"
+    )
 
 
 def screen_file(screen: Screen, workdir: Path) -> tuple[Path, dict]:
@@ -405,9 +453,7 @@ def generate_low_moi(screen: LowMoiScreen, path: Path, *, progress: bool = False
     block of ``GENERATION_BLOCK`` cells at a time (the whole matrix is never held).
     """
     import anndata as ad
-    import h5py
     import pandas as pd
-    from anndata.io import sparse_dataset, write_elem
 
     start = time.perf_counter()
     seeds = np.random.SeedSequence(screen.seed).spawn(3)
@@ -459,36 +505,16 @@ def generate_low_moi(screen: LowMoiScreen, path: Path, *, progress: bool = False
             "planted_fraction": fraction,
         },
     }
-    partial = path.with_suffix(".partial.h5ad")
-    ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(partial)
-    nnz = 0
-    with h5py.File(partial, "a") as file:
-        for first in range(0, screen.n_cells, GENERATION_BLOCK):
-            rows = slice(first, min(first + GENERATION_BLOCK, screen.n_cells))
-            block = _low_moi_block(
-                screen, genes, depth[rows], batch[rows], labels[rows], effect, rng_counts
-            )
-            nnz += block.nnz
-            if first == 0:
-                write_elem(
-                    file, "X", block, dataset_kwargs={"indptr_dtype": np.int64, "chunks": (2**18,)}
-                )
-            else:
-                sparse_dataset(file["X"]).append(block)
-            if progress and (rows.stop // GENERATION_BLOCK) % 50 == 0:
-                print(
-                    f"  generated {rows.stop} cells in {time.perf_counter() - start:.0f}s",
-                    flush=True,
-                )
-    partial.replace(path)
-    stats = {
-        "seconds": time.perf_counter() - start,
-        "bytes": path.stat().st_size,
-        "nnz": nnz,
-        "params": screen.key(),
-    }
-    path.with_suffix(".json").write_text(json.dumps(stats, indent=1))
-    return stats
+    return _write_in_blocks(
+        path,
+        ad.AnnData(obs=obs, var=var, uns=uns),
+        lambda rows: _low_moi_block(
+            screen, genes, depth[rows], batch[rows], labels[rows], effect, rng_counts
+        ),
+        screen.key(),
+        start,
+        progress=progress,
+    )
 
 
 def low_moi_file(screen: LowMoiScreen, workdir: Path, *, progress: bool = False):

@@ -48,6 +48,7 @@ from _screen import (
     QUICK_LOW_MOI,
     LowMoiScreen,
     check_planted,
+    describe_file,
     load_low_moi,
     low_moi_file,
     low_moi_groups,
@@ -303,13 +304,7 @@ def main() -> None:
     if not path.exists() and estimate > 0.8 * free:
         parser.error("the screen would take more than 80% of the free disk space.")
     path, stats = low_moi_file(screen, args.workdir, progress=not args.quick)
-    print(
-        f"screen {path}: {stats['bytes'] / h.GB:.2f} GB, {stats['nnz']} nonzeros "
-        f"({stats['nnz'] / screen.n_cells:.0f} per cell), generated in "
-        f"{stats['seconds']:.0f}s{' (cached)' if stats['cached'] else ''}; load 1m now "
-        f"{h.load_1min():.1f}",
-        flush=True,
-    )
+    print(describe_file(path, stats, screen.n_cells), flush=True)
     if args.generate_only:
         return
     import normalisr_sc as nsc  # imported here, before the measuring processes fork

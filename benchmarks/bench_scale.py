@@ -44,6 +44,7 @@ from _screen import (
     WARM_UP_SCREEN,
     Screen,
     check_planted,
+    describe_file,
     groups_carried,
     load_screen,
     screen_file,
@@ -382,13 +383,7 @@ def main() -> None:
         parser.error(f"sizes {too_many} exceed the {screen.n_cells} cells of the screen.")
 
     path, stats = screen_file(screen, args.workdir)
-    print(
-        f"screen {path}: {stats['bytes'] / h.GB:.2f} GB, {stats['nnz']} nonzeros "
-        f"({stats['nnz'] / screen.n_cells:.0f} per cell), generated in "
-        f"{stats['seconds']:.0f}s{' (cached)' if stats['cached'] else ''}; load 1m now "
-        f"{h.load_1min():.1f}",
-        flush=True,
-    )
+    print(describe_file(path, stats, screen.n_cells), flush=True)
     if args.generate_only:
         return
     import normalisr_sc as nsc  # imported here, before the measuring processes fork
