@@ -98,10 +98,10 @@ def read_tsv_counts(matrix: Path, genes: Path, cells: Path) -> AnnData:
     with reading(matrix, "tsv count matrix"):
         table = pd.read_csv(matrix, sep="\t", header=None)
     if not all(pd.api.types.is_integer_dtype(t) for t in table.dtypes):
-        bad = next(c for c, t in table.dtypes.items() if not pd.api.types.is_integer_dtype(t))
+        bad = next(i for i, t in enumerate(table.dtypes) if not pd.api.types.is_integer_dtype(t))
         msg = (
             f"tsv count matrix {str(matrix)!r} holds non-integer values (column {bad + 1}, "
-            f"e.g. {table[bad].iloc[0]!r}); it must hold UMI counts, tab-separated, no header."
+            f"e.g. {table.iloc[0, bad]!r}); it must hold UMI counts, tab-separated, no header."
         )
         raise ValueError(msg)
     counts = table.to_numpy(dtype=np.int64)
@@ -137,7 +137,7 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
     from scipy import io as scipy_io
 
     folder = Path(folder)
-    files = {
+    found = {
         "matrix": _find(folder, ["matrix.mtx"]),
         "features": _find(folder, ["features.tsv", "genes.tsv"]),
         "barcodes": _find(folder, ["barcodes.tsv"]),
@@ -147,7 +147,8 @@ def read_10x_mtx(folder: str | os.PathLike) -> AnnData:
         "features": "features.tsv[.gz] (or genes.tsv)",
         "barcodes": "barcodes.tsv[.gz]",
     }
-    missing = [expected[k] for k, v in files.items() if v is None]
+    missing = [expected[k] for k, v in found.items() if v is None]
+    files = {k: v for k, v in found.items() if v is not None}
     if missing:
         msg = (
             f"10x directory {str(folder)!r} has no {' and no '.join(missing)}; a Cell Ranger "
@@ -440,6 +441,7 @@ class Outputs:
         self._staging.clear()
         self._staged.clear()
         for watchdog in self._watchdogs:
+            assert watchdog.stdin is not None  # started with stdin=PIPE
             with contextlib.suppress(OSError):
                 watchdog.stdin.close()
             watchdog.wait()

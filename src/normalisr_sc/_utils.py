@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -20,17 +20,24 @@ from ._core._blocks import (
 from ._core._checks import name_source
 from ._core._reduce import is_dask
 from ._settings import settings
+from ._types import COMPRESSED, is_sparse
 from ._validate import check_bool
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from numpy.typing import ArrayLike
+
+    from ._types import Block, Compressed, InputMatrix, SparseMatrix
 
 logger = logging.getLogger("normalisr_sc")
 
+#: A value checked by :func:`checked_finite` (returned as it is).
+T = TypeVar("T", bound="ArrayLike | SparseMatrix")
 
-def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts"):
+
+def get_matrix(adata: AnnData, layer: str | None, *, what: str = "raw UMI counts") -> Any:
     """``adata.X`` or ``adata.layers[layer]``, with a helpful error for unknown layers."""
     if layer is None:
         if adata.X is None:
@@ -64,7 +71,7 @@ def input_matrix(
     what: str = "raw UMI counts",
     keep_format: bool = False,
     finite_in_sums: bool = False,
-) -> tuple[object, int]:
+) -> tuple[InputMatrix, int]:
     """Return the matrix a step reads, and the number of cells per block to read it in: the door in.
 
     Every step reads its cells x genes matrix through here, so that every step reads the
@@ -124,19 +131,23 @@ def input_matrix(
             # anndata keeps a view's cell and gene selection in these two indices.
             lazy = lazy[adata._oidx][:, adata._vidx].rechunk((size, -1))
         return checked_finite(lazy, source, fix), size
+    import dask.array as da
+
     if is_dask(matrix):
         if sparse.issparse(getattr(matrix, "_meta", None)):
             # Blocks become canonical CSR before dask slices them to rechunk (COO blocks
             # cannot be sliced; duplicates must not be split across blocks unsummed).
-            matrix = matrix.map_blocks(
-                materialize, dtype=matrix.dtype, meta=sparse.csr_matrix((0, 0), dtype=matrix.dtype)
+            matrix = da.map_blocks(
+                materialize,
+                matrix,
+                dtype=matrix.dtype,
+                meta=sparse.csr_matrix((0, 0), dtype=matrix.dtype),
             )
         return checked_finite(matrix.rechunk((size, -1)), source, fix), size
-    import dask.array as da
-
-    matrix = checked_finite(canonical_rows(matrix, source), source, fix)
-    meta = matrix[:0, :0] if sparse.issparse(matrix) else np.empty((0, 0), matrix.dtype)
-    return da.from_array(_RowBlocks(matrix), chunks=(size, -1), name=False, meta=meta), size
+    in_memory = checked_finite(canonical_rows(matrix, source), source, fix)
+    meta = in_memory[:0, :0] if is_sparse(in_memory) else np.empty((0, 0), in_memory.dtype)
+    blocks = _RowBlocks(in_memory)
+    return da.from_array(blocks, chunks=(size, -1), name=False, meta=meta), size
 
 
 def check_real_matrix(matrix, source: str, what: str = "values") -> None:
@@ -160,26 +171,35 @@ def check_real_matrix(matrix, source: str, what: str = "values") -> None:
         raise ValueError(msg)
 
 
-def canonical_rows(matrix, source: str):
+def canonical_rows(
+    matrix: np.ndarray | SparseMatrix, source: str
+) -> np.ndarray | sparse.csr_matrix | sparse.csr_array:
     """Return an in-memory matrix whose row blocks are cheap to slice and canonical.
 
     CSC and other sparse formats become CSR (see :func:`canonical_copy`).
     """
-    if sparse.issparse(matrix) and matrix.format != "csr":
-        return canonical_copy(sparse.csr_matrix(matrix), source, own=True)
-    return canonical_copy(matrix, source)
+    if is_sparse(matrix) and not isinstance(matrix, sparse.csr_matrix | sparse.csr_array):
+        matrix = sparse.csr_matrix(matrix)
+        own = True
+    else:
+        own = False
+    rows = canonical_copy(matrix, source, own=own)
+    assert not isinstance(rows, sparse.csc_matrix | sparse.csc_array)  # CSR stays CSR
+    return rows
 
 
-def canonical_copy(matrix, source: str, *, own: bool = False):
+def canonical_copy(
+    matrix: np.ndarray | SparseMatrix, source: str, *, own: bool = False
+) -> np.ndarray | Compressed:
     """``matrix`` if dense or a canonical CSR/CSC matrix, else a canonical copy of it.
 
     A sparse matrix with unsorted indices or duplicate entries is made canonical on a
     copy (duplicates summed) -- in place only if ``own`` (a conversion made by us) -- and
     an INFO log says so. The user's matrix is never changed.
     """
-    if not sparse.issparse(matrix):
+    if not is_sparse(matrix):
         return matrix
-    if matrix.format not in ("csr", "csc"):
+    if not isinstance(matrix, COMPRESSED):
         matrix, own = sparse.csr_matrix(matrix), True
     if is_canonical(matrix):
         return matrix
@@ -201,14 +221,14 @@ def _non_finite_message(where: str, count: int, fix: str) -> str:
     )
 
 
-def _checked_block(block, where: str, fix: str):
+def _checked_block(block: T, where: str, fix: str) -> T:
     count = count_non_finite(block)
     if count:
         raise ValueError(_non_finite_message(where, count, fix))
     return block
 
 
-def checked_finite(value, where: str, fix: str = ""):
+def checked_finite(value: T, where: str, fix: str = "") -> T:
     """``value``, refused with a ValueError naming ``where`` if it holds NaN or infinity.
 
     The one check of every value a step reads (matrices, covariates, columns, numbers).
@@ -217,14 +237,17 @@ def checked_finite(value, where: str, fix: str = ""):
     the first pass reading it, before the step writes anything.
     """
     if is_dask(value):
-        return value.map_blocks(
-            _checked_block, where=where, fix=fix, dtype=value.dtype, meta=value._meta
+        import dask.array as da
+
+        checked = da.map_blocks(
+            _checked_block, value, where=where, fix=fix, dtype=value.dtype, meta=value._meta
         )
+        return cast("T", checked)  # a dask array, as ``value`` is
     if isinstance(value, pd.DataFrame | pd.Series):
         count = count_non_finite(value.to_numpy(dtype=np.float64, na_value=np.nan))
-    elif sparse.issparse(value):
+    elif is_sparse(value):
         count = count_non_finite(value)  # the stored values only, never a copy of them
-    elif getattr(value, "ndim", 0) == 2 and not isinstance(value, np.generic):
+    elif isinstance(value, np.ndarray) and value.ndim == 2:
         block_rows = settings.block_cells
         count = sum(
             count_non_finite(value[rows]) for rows in row_slices(value.shape[0], block_rows)
@@ -276,11 +299,11 @@ class _RowBlocks:
     array-like, and its blocks are zero-copy row slices (CSR too).
     """
 
-    def __init__(self, matrix) -> None:
+    def __init__(self, matrix: np.ndarray | Compressed) -> None:
         self.matrix = matrix
         self.shape, self.dtype, self.ndim = matrix.shape, matrix.dtype, matrix.ndim
 
-    def __getitem__(self, index: tuple[slice, slice]):
+    def __getitem__(self, index: tuple[slice, slice]) -> Block:
         rows, _ = index  # chunks span all columns
         return row_block(self.matrix, rows)
 
@@ -289,7 +312,9 @@ def matrix_name(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
-def row_accessible(matrix):
+def row_accessible(
+    matrix: np.ndarray | SparseMatrix,
+) -> np.ndarray | sparse.csr_matrix | sparse.csr_array:
     """Return the matrix canonical, in a form whose row blocks are cheap to slice (CSC: CSR)."""
     return canonical_rows(matrix, "the matrix")
 

@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from .._types import COMPRESSED, is_sparse
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from numpy.typing import ArrayLike, DTypeLike
+
+    from .._types import Block, Compressed, RowSliceable, SparseMatrix
 
 
 def row_slices(n_rows: int, block_rows: int) -> Iterator[slice]:
@@ -23,12 +27,22 @@ def row_slices(n_rows: int, block_rows: int) -> Iterator[slice]:
 
 
 def n_blocks(n_rows: int, block_rows: int) -> int:
+    """Return the number of slices :func:`row_slices` makes."""
     return -(-n_rows // block_rows)
 
 
-def count_non_finite(values: ArrayLike) -> int:
+def count_non_finite(values: ArrayLike | SparseMatrix) -> int:
     """Count the NaN or infinite values of an array (of the stored values if sparse)."""
-    values = values.data if sparse.issparse(values) else np.asarray(values)
+    if is_sparse(values):
+        # The stored values, never a copy of them (DOK and LIL keep no array of them).
+        stored = values if isinstance(values, COMPRESSED) else sparse.coo_matrix(values)
+        array = np.asarray(stored.data)
+    else:
+        array = np.asarray(values)
+    return _count_non_finite(array)
+
+
+def _count_non_finite(values: np.ndarray) -> int:
     if values.dtype.kind not in "fc" or values.size == 0:
         return 0
     with np.errstate(over="ignore", invalid="ignore"):
@@ -38,12 +52,12 @@ def count_non_finite(values: ArrayLike) -> int:
     return 0 if finite.all() else int(finite.size - np.count_nonzero(finite))
 
 
-def is_canonical(matrix: sparse.spmatrix | sparse.sparray) -> bool:
+def is_canonical(matrix: SparseMatrix) -> bool:
     """Whether a CSR/CSC matrix has sorted indices and no duplicate entries.
 
     Checked on the index arrays, not on scipy's cached flag, which may predate a change.
     """
-    if matrix.format not in ("csr", "csc"):
+    if not isinstance(matrix, COMPRESSED):
         return False
     for flag in ("_has_canonical_format", "_has_sorted_indices"):
         if flag in vars(matrix):
@@ -51,14 +65,14 @@ def is_canonical(matrix: sparse.spmatrix | sparse.sparray) -> bool:
     return bool(matrix.has_canonical_format)
 
 
-def canonical(matrix: sparse.spmatrix | sparse.sparray):
+def canonical(matrix: Compressed) -> Compressed:
     """``matrix`` (CSR/CSC) if it is in canonical form, else a canonical copy of it.
 
     Duplicate entries are summed and indices sorted on the copy, never in ``matrix``.
     """
     if is_canonical(matrix):
         return matrix
-    fixed = matrix.copy() if matrix.format in ("csr", "csc") else matrix.tocsr(copy=True)
+    fixed = matrix.copy()
     fixed.sum_duplicates()
     return fixed
 
@@ -80,26 +94,25 @@ def _shared_csr(
     return block
 
 
-def materialize(block: ArrayLike) -> np.ndarray | sparse.csr_matrix:
+def materialize(block: RowSliceable | ArrayLike) -> Block:
     """Bring one block into memory in canonical form, never writable into its source.
 
     Dask blocks are computed; sparse blocks become CSR with sorted indices and no
     duplicate entries (summed on a copy when needed); arrays that may be shared with the
     source (the user's data) are returned as read-only views.
     """
-    if hasattr(block, "compute"):
-        block = block.compute()
-    if sparse.issparse(block):
-        if block.format != "csr":
-            block = sparse.csr_matrix(block)  # a conversion makes new arrays
-        block = canonical(block)
-        shared = _shared_csr(block.data, block.indices, block.indptr, block.shape)
+    compute = getattr(block, "compute", None)
+    value: object = compute() if compute is not None else block
+    if is_sparse(value):
+        # A conversion to CSR makes new arrays; a CSR array's are shared, not copied.
+        fixed = canonical(sparse.csr_matrix(value))
+        shared = _shared_csr(fixed.data, fixed.indices, fixed.indptr, fixed.shape)
         shared.has_canonical_format = True
         return shared
-    return _read_only(np.asarray(block))
+    return _read_only(np.asarray(value))
 
 
-def row_block(matrix: ArrayLike, rows: slice) -> np.ndarray | sparse.csr_matrix:
+def row_block(matrix: RowSliceable, rows: slice) -> Block:
     """Rows ``rows`` of ``matrix`` in memory, like ``materialize(matrix[rows])``.
 
     A block of an in-memory CSR matrix shares its ``data`` and ``indices`` (as read-only
@@ -108,34 +121,35 @@ def row_block(matrix: ArrayLike, rows: slice) -> np.ndarray | sparse.csr_matrix:
     """
     if not (isinstance(matrix, sparse.csr_matrix | sparse.csr_array) and rows.step in (None, 1)):
         return materialize(matrix[rows])
-    first, last, _ = rows.indices(matrix.shape[0])
+    n_rows, n_columns = matrix.shape
+    first, last, _ = rows.indices(n_rows)
     last = max(first, last)
     start, stop = matrix.indptr[first], matrix.indptr[last]
     block = _shared_csr(
         matrix.data[start:stop],
         matrix.indices[start:stop],
         matrix.indptr[first : last + 1] - start,
-        (last - first, matrix.shape[1]),
+        (last - first, n_columns),
     )
     return block if is_canonical(block) else materialize(canonical(block))
 
 
-def dense_block(block: ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:
+def dense_block(block: RowSliceable | ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:
     """One block of rows as a dense array of ``dtype`` (no copy if it already is one)."""
-    block = materialize(block)
-    if sparse.issparse(block):
-        return block.toarray().astype(dtype, copy=False)
-    return np.asarray(block, dtype=dtype)
+    loaded = materialize(block)
+    if isinstance(loaded, sparse.csr_matrix):
+        return loaded.toarray().astype(dtype, copy=False)
+    return np.asarray(loaded, dtype=dtype)
 
 
-def float_block(block: ArrayLike) -> np.ndarray:
+def float_block(block: RowSliceable | ArrayLike) -> np.ndarray:
     """One block of rows as a dense float array: float32 stays float32, else float64.
 
     The kernels sum float32 blocks in float64 without converting them first (no copy).
     """
-    block = materialize(block)
-    dtype = np.float32 if block.dtype == np.float32 else np.float64
-    return dense_block(block, dtype)
+    loaded = materialize(block)
+    dtype = np.float32 if loaded.dtype == np.float32 else np.float64
+    return dense_block(loaded, dtype)
 
 
 def compact_rows(array: np.ndarray, keep: np.ndarray, block_rows: int) -> np.ndarray:

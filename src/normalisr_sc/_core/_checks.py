@@ -6,6 +6,7 @@ import weakref
 
 import numpy as np
 
+from .._types import is_sparse
 from ._blocks import count_non_finite, row_slices
 
 #: A residual sum of squares below this fraction of the raw sum of squares is zero.
@@ -22,8 +23,12 @@ def name_source(matrix: object, name: str) -> None:
     A kernel that checks its sums with :func:`check_finite_sums` then names the layer.
     """
     key = id(matrix)
+
+    def forget(_: weakref.ref) -> None:
+        _SOURCES.pop(key, None)
+
     try:
-        reference = weakref.ref(matrix, lambda _, key=key: _SOURCES.pop(key, None))
+        reference = weakref.ref(matrix, forget)
     except TypeError:  # not weakly referenceable: no name recorded
         return
     _SOURCES[key] = (reference, name)
@@ -84,7 +89,7 @@ def _count_non_finite(matrix: object) -> int | None:
         return None
     if getattr(matrix, "ndim", 0) != 2 or not hasattr(matrix, "__getitem__"):
         return None
-    if hasattr(matrix, "tocsr"):
+    if is_sparse(matrix):
         return count_non_finite(matrix)
     if not isinstance(matrix, np.ndarray):
         return None

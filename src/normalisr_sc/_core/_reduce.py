@@ -21,13 +21,12 @@ import sys
 import threading
 from collections import deque
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Protocol, Self, TypeVar
 
 import dask
 import numpy as np
 from dask import delayed
 from dask.callbacks import Callback
-from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
 from ._blocks import materialize, row_block, row_slices
@@ -35,7 +34,13 @@ from ._blocks import materialize, row_block, row_slices
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
+    import dask.array as da
+    from dask.delayed import Delayed
+    from distributed import Client
     from numpy.typing import ArrayLike
+    from typing_extensions import TypeIs  # typing.TypeIs is Python 3.13+
+
+    from .._types import RowSliceable
 
     Progress = Callable[[Iterable, int, str], Iterable]
 
@@ -96,11 +101,14 @@ class BlockSums(Protocol):
     into a running total (whose memory grows with the blocks in flight).
     """
 
-    def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix, *row_data) -> None:
-        """Add the cells ``rows`` (positions in the whole matrix).
+    @property
+    def add(self) -> Callable[Concatenate[slice, ...], None]:
+        """Add the cells ``rows`` (positions in the whole matrix): ``add(rows, block, ...)``.
 
-        Their ``block`` of the matrix (dense or CSR) and the same rows of each side array
-        in ``row_data``.
+        ``block`` is their block of the matrix (dense or CSR: a ``Block``), followed by
+        the same rows of each array of ``row_data`` and the blocks of the ``beside``
+        matrices that :func:`accumulate` was given. The arguments after ``rows`` depend on
+        the pass, so the type only says that ``rows`` (a slice) comes first.
         """
 
     def merge(self, other: Self) -> Self:
@@ -134,23 +142,24 @@ class PerCell:
 
 
 def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
+    """Return ``iterable`` as it is: the progress display that shows nothing."""
     return iterable
 
 
-def is_dask(matrix: object) -> bool:
-    """Whether ``matrix`` is a dask array (without importing dask when it is not)."""
-    return type(matrix).__module__.split(".")[0] == "dask"
+def is_dask(matrix: object) -> TypeIs[da.Array]:
+    """Whether ``matrix`` is a dask array (without importing dask.array when it is not)."""
+    return type(matrix).__module__.startswith("dask.array.")
 
 
 def accumulate(
     new_sums: Callable[[], S],
-    matrix: ArrayLike,
-    row_data: Sequence[ArrayLike] = (),
+    matrix: RowSliceable,
+    row_data: Sequence[RowSliceable] = (),
     *,
     block_cells: int,
     progress: Progress = no_progress,
     desc: str = "",
-    beside: Sequence[ArrayLike] = (),
+    beside: Sequence[RowSliceable] = (),
     n_jobs: int | None = None,
 ) -> S:
     """Sum the statistics ``new_sums()`` over all cells of ``matrix``, block by block.
@@ -178,8 +187,16 @@ def accumulate(
     """
     _check_beside(matrix, beside)
     if is_dask(matrix):
+        dask_beside = [other for other in beside if is_dask(other)]  # all (_check_beside)
         return _accumulate_dask(
-            new_sums, matrix, row_data, block_cells, progress, desc, beside, thread_count(n_jobs)
+            new_sums,
+            matrix,
+            row_data,
+            block_cells,
+            progress,
+            desc,
+            dask_beside,
+            thread_count(n_jobs),
         )
     sums = new_sums()
     blocks = list(row_slices(matrix.shape[0], block_cells))
@@ -193,7 +210,7 @@ def accumulate(
     return sums
 
 
-def _check_beside(matrix: ArrayLike, beside: Sequence[ArrayLike]) -> None:
+def _check_beside(matrix: RowSliceable, beside: Sequence[RowSliceable]) -> None:
     for other in beside:
         if other.shape[0] != matrix.shape[0] or is_dask(other) != is_dask(matrix):
             msg = (
@@ -203,7 +220,11 @@ def _check_beside(matrix: ArrayLike, beside: Sequence[ArrayLike]) -> None:
 
 
 def _sums_of_block(
-    new_sums: Callable[[], S], rows: slice, block: ArrayLike, n_beside: int, *row_data
+    new_sums: Callable[[], S],
+    rows: slice,
+    block: RowSliceable | ArrayLike,
+    n_beside: int,
+    *row_data: Any,
 ) -> S:
     sums = new_sums()
     n_data = len(row_data) - n_beside
@@ -222,12 +243,12 @@ def _merge(first: S, second: S) -> S:
 
 def _accumulate_dask(
     new_sums: Callable[[], S],
-    matrix,
-    row_data: Sequence[ArrayLike],
+    matrix: da.Array,
+    row_data: Sequence[RowSliceable],
     block_cells: int,
     progress: Progress,
     desc: str,
-    beside: Sequence[ArrayLike] = (),
+    beside: Sequence[da.Array] = (),
     n_jobs: int = 1,
 ) -> S:
     matrix = matrix.rechunk((block_cells, -1))
@@ -290,22 +311,26 @@ class _Shared:
         self.sums = sums
         self.lock = threading.Lock()
 
-    def add(self, rows: slice, block: ArrayLike, n_beside: int, *row_data) -> None:
+    def add(
+        self, rows: slice, block: RowSliceable | ArrayLike, n_beside: int, *row_data: Any
+    ) -> None:
         n_data = len(row_data) - n_beside
-        block = materialize(block)
+        loaded = materialize(block)
         beside = [materialize(other) for other in row_data[n_data:]]
         with self.lock:
-            self.sums.add(rows, block, *row_data[:n_data], *beside)
+            self.sums.add(rows, loaded, *row_data[:n_data], *beside)
 
 
-def _local_workers(n_jobs: int) -> dict:
+def _local_workers(n_jobs: int) -> dict[str, int]:
     """``num_workers`` for the local threaded scheduler, unless another one is configured."""
     default = dask.config.get("scheduler", None) in (None, "threads", "threading")
     return {"num_workers": n_jobs} if default else {}
 
 
-def _merge_as_completed(client, leaves: list, done: Iterator) -> S:
+def _merge_as_completed(client: Client, leaves: list[Delayed], done: Iterator) -> Any:
     """Merge the accumulators of ``leaves`` on the cluster in the order they finish.
+
+    Returns the merged accumulator (of the kind ``leaves`` compute).
 
     Merges run before waiting blocks (higher priority). Workers still compute blocks
     ahead of the merges, so each may hold the sums of several blocks at once.
@@ -324,10 +349,11 @@ def _merge_as_completed(client, leaves: list, done: Iterator) -> S:
         else:
             finished.add(client.submit(_merge, waiting, future, priority=1, pure=False))
             waiting = None
+    assert waiting is not None  # one accumulator is left: leaves is never empty
     return waiting.result()
 
 
-def _active_client():
+def _active_client() -> Client | None:
     """Return the active ``dask.distributed`` client, if distributed is installed and one is."""
     try:
         from distributed import default_client
