@@ -7,6 +7,13 @@ Everything rests on one Gram matrix of the expression, accumulated over blocks o
 covariates are removed from it in place, and the test statistics are then computed in
 bands of genes, so that the only gene x gene matrices held are the Gram matrix and the
 requested outputs.
+
+The p-values of the matrices come from a compiled kernel (numba, GIL released, threads
+over bands of genes) that reads each pair once, in one triangle, and writes the three
+outputs and their mirror images tile by tile. Where ``p >= FAST_P`` it sums the power
+series of the complementary incomplete beta function (:func:`_pvalue_series`); every
+other pair, and any pair whose series does not converge quickly, is computed by
+:func:`~._pvalues.association_pvalues` (scipy's ``betainc``, log space when tiny).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.linalg.blas import dgemm, dsyrk
-from scipy.special import betaincinv
+from scipy.special import betaincinv, gamma
 
 from ._blocks import dense_block
 from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
@@ -30,15 +37,32 @@ from ._reduce import accumulate, limit_threads, no_progress
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from numpy.typing import ArrayLike, DTypeLike
+    from numpy.typing import DTypeLike
     from scipy import sparse
 
+    from .._types import RowSliceable
     from ._reduce import Progress
 
 #: Candidate edges of the per-row Benjamini-Hochberg network: p-values up to
 #: ``qcut * (1 + BH_SLACK)``, which covers every entry whose adjusted p-value can round
 #: to ``qcut`` or below (the rounding of ``p * m / rank`` is far smaller).
 BH_SLACK = 1e-9
+
+#: P-values from this up are summed by the kernel's series (:func:`_pvalue_series`);
+#: smaller ones by scipy's ``betainc``. ``p = 1 - S`` with ``S`` accurate to a few ulp,
+#: so the relative error of ``p`` stays below about ``1e-13`` here.
+FAST_P = 0.01
+#: Most terms of the series before a pair is handed to ``betainc`` (small ``df`` with
+#: large ``|r|`` converge slowly).
+SERIES_TERMS = 400
+#: The series stops once the bound of its remaining terms is below this fraction of its
+#: sum (under the rounding of float64).
+SERIES_RTOL = 1e-17
+#: Genes per tile of the matrices kernel: the tile's mirror images of the three outputs
+#: stay in the L1/L2 cache while a band is written.
+COEX_TILE = 64
+#: ``1 / log(10)``: ``-log10 p = -log1p(-(1 - p)) / log(10)``, exact where ``p`` is near 1.
+INV_LN10 = 1.0 / np.log(10.0)
 
 
 class GramSums:
@@ -97,7 +121,7 @@ class CoexStats:
 
 
 def coex_stats(
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     *,
     dimreduce: int = 0,
@@ -119,7 +143,7 @@ def coex_stats(
 
 
 def _coex_stats(
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     dimreduce: int,
     block_cells: int,
@@ -174,16 +198,175 @@ def _in_bands(
     progress: Progress,
     desc: str,
     n_jobs: int | None = None,
+    *,
+    longest_first: bool = False,
 ) -> list:
     """``work(rows)`` for consecutive bands of ``band_rows`` genes, in ``n_jobs`` threads.
 
     ``n_jobs`` defaults to ``nsc.settings.n_jobs``; BLAS is limited to as many threads.
+    With ``longest_first``, the bands go from the last (in a triangle, the longest) to
+    the first, so that the threads finish together; the results follow that order.
     """
     bands = [
         slice(start, min(start + band_rows, n_genes)) for start in range(0, n_genes, band_rows)
     ]
+    if longest_first:
+        bands.reverse()
     with limit_threads(n_jobs) as threads, ThreadPoolExecutor(max_workers=threads) as pool:
         return list(progress(pool.map(work, bands), len(bands), desc))
+
+
+# ------------------------------------------------------------------ compiled p-values
+#
+# ``p = I_x(df/2, 1/2)`` with ``x = 1 - r^2``, ``a = df / 2``, ``y = 1 - x`` (exact):
+# ``p = 1 - I_y(1/2, a)`` and
+# ``I_y(1/2, a) = y^(1/2) (1-y)^a / ((1/2) B(1/2, a)) * sum_k c_k``, ``c_0 = 1``,
+# ``c_(k+1) = c_k (a + 1/2 + k) y / (3/2 + k)`` (the hypergeometric series
+# ``2F1(a + 1/2, 1; 3/2; y)``), all terms positive. Its ratios tend to ``y`` (falling to
+# it when ``a > 1``, rising otherwise), so after a term ``c`` with ratio ``q`` the
+# remaining terms are below ``c * m / (1 - m)``, ``m = max(q, y)``.
+
+
+def _pvalue_series(x, a, scale, x_cut, inverse):
+    """``1 - I_x(a, 1/2)`` (one minus the p-value) by the series, or NaN outside its domain.
+
+    ``scale = 2 / B(1/2, a)``; ``inverse[k] = 1 / (3/2 + k)`` (its length caps the
+    terms). NaN where ``x < x_cut`` (or NaN) and where the series has not converged.
+    """
+    if not x >= x_cut:
+        return np.nan
+    y = 1.0 - x
+    if y <= 0.0:
+        return 0.0
+    alpha = a + 0.5
+    term = 1.0
+    total = 1.0
+    for k in range(inverse.size):
+        ratio = (alpha + k) * y * inverse[k]
+        term *= ratio
+        total += term
+        bound = max(ratio, y)
+        if bound < 1.0 and term * bound <= SERIES_RTOL * total * (1.0 - bound):
+            return scale * np.sqrt(y) * np.exp(a * np.log(x)) * total
+    return np.nan
+
+
+_series = _pvalue_series  # replaced by its compiled version before the kernels compile
+
+
+def _band_matrices(lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, x_cut, inverse, tile):
+    """Write r, p and ``-log10 p`` of the pairs ``(j, i)``, ``lo <= j < hi``, ``i < j``.
+
+    ``lower[j, i]`` (``i < j``) holds the covariate-removed inner products; each pair is
+    written at ``(j, i)`` and ``(i, j)`` of the outputs, a tile of columns at a time.
+    ``r_out`` may be ``lower`` itself (an entry is read before it is overwritten; the
+    upper triangle of ``lower`` is never read). Pairs outside the series' domain get
+    NaN p-values; returns how many.
+    """
+    missing = 0
+    for i0 in range(0, hi, tile):
+        i1 = min(i0 + tile, hi)
+        for j in range(max(lo, i0 + 1), hi):
+            row = lower[j]
+            inv_j = inv_sd[j]
+            for i in range(i0, min(i1, j)):
+                r = row[i] * (inv_j * inv_sd[i])
+                complement = _series(1.0 - r * r, a, scale, x_cut, inverse)
+                missing += np.isnan(complement)
+                p = 1.0 - complement
+                neg_log = -np.log1p(-complement) * INV_LN10
+                r_out[j, i] = r
+                r_out[i, j] = r
+                p_out[j, i] = p
+                p_out[i, j] = p
+                log_out[j, i] = neg_log
+                log_out[i, j] = neg_log
+    return missing
+
+
+def _values(x, a, scale, x_cut, inverse, p_out, log_out):
+    """P-values and ``-log10`` p-values of the 1-d ``x`` as in :func:`_band_matrices`."""
+    missing = 0
+    for k in range(x.size):
+        complement = _series(x[k], a, scale, x_cut, inverse)
+        missing += np.isnan(complement)
+        p_out[k] = 1.0 - complement
+        log_out[k] = -np.log1p(-complement) * INV_LN10
+    return missing
+
+
+_KERNELS: dict[str, Callable] = {}
+
+
+def _kernel(name: str) -> Callable:
+    """Return the compiled kernel ``name`` (numba, compiled on first use, cached on disk)."""
+    if not _KERNELS:
+        import numba
+
+        global _series  # the kernels call the compiled series by this name
+        jit = numba.njit(nogil=True, cache=True, boundscheck=False)
+        _series = jit(_pvalue_series)
+        _KERNELS.update(matrices=jit(_band_matrices), values=jit(_values))
+    return _KERNELS[name]
+
+
+#: From this ``a`` on, ``Gamma(a + 1/2) / Gamma(a)`` comes from its asymptotic series
+#: (below, from ``gamma`` itself; both accurate to a few ulp, unlike ``betaln`` or
+#: ``poch``, whose errors reach ``1e-10`` for ``a`` in the thousands).
+GAMMA_RATIO_ASYMPTOTIC = 20.0
+#: ``log(Gamma(a + 1/2) / Gamma(a)) - log(a) / 2 = sum_m c_m a^(1 - 2m)``:
+#: ``c_m = (2^(1-2m) - 2) B_2m / (2m (2m - 1))`` (Bernoulli numbers ``B_2m``).
+_GAMMA_RATIO_SERIES = (-1 / 8, 1 / 192, -1 / 640, 17 / 14336, -5115 / 3041280)
+
+
+def half_gamma_ratio(a: float) -> float:
+    """``Gamma(a + 1/2) / Gamma(a)`` for ``a > 0``, to a few ulp."""
+    if a < GAMMA_RATIO_ASYMPTOTIC:
+        return float(gamma(a + 0.5) / gamma(a))
+    inverse = 1.0 / a
+    correction = sum(c * inverse ** (2 * m + 1) for m, c in enumerate(_GAMMA_RATIO_SERIES))
+    return float(np.sqrt(a) * np.exp(correction))
+
+
+@dataclass(frozen=True)
+class SeriesDomain:
+    """Constants of :func:`_pvalue_series` for one ``df``."""
+
+    a: float
+    scale: float
+    x_cut: float
+    inverse: np.ndarray
+
+    @classmethod
+    def of(cls, df: float, fast_p: float = FAST_P) -> SeriesDomain:
+        """Domain where ``p >= fast_p`` (``fast_p = 1`` leaves it empty)."""
+        a = float(df) / 2.0
+        x_cut = float(betaincinv(a, 0.5, fast_p)) if fast_p < 1 else np.inf
+        inverse = 1.0 / (1.5 + np.arange(SERIES_TERMS, dtype=np.float64))
+        # 2 / B(1/2, a) = 2 Gamma(a + 1/2) / (Gamma(1/2) Gamma(a))
+        return cls(a, 2.0 / np.sqrt(np.pi) * half_gamma_ratio(a), x_cut, inverse)
+
+    def args(self) -> tuple[float, float, float, np.ndarray]:
+        return self.a, self.scale, self.x_cut, self.inverse
+
+
+def series_pvalues(
+    one_minus_r2: np.ndarray, df: float, *, fast_p: float = FAST_P
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~._pvalues.association_pvalues` for one ``df``, by the kernel's series where it applies.
+
+    The same p-values and ``-log10`` p-values as the matrices of :func:`coex_matrices`
+    give for the same ``1 - r^2`` (same arithmetic).
+    """
+    x = np.ascontiguousarray(one_minus_r2, dtype=np.float64).ravel()
+    p = np.empty_like(x)
+    neg_log10 = np.empty_like(x)
+    missing = _kernel("values")(x, *SeriesDomain.of(df, fast_p).args(), p, neg_log10)
+    if missing:
+        where = np.flatnonzero(np.isnan(p))
+        p[where], neg_log10[where] = association_pvalues(x[where], df)
+    shape = np.shape(one_minus_r2)
+    return p.reshape(shape), neg_log10.reshape(shape)
 
 
 def coex_matrices(
@@ -192,30 +375,46 @@ def coex_matrices(
     dtype: DTypeLike = np.float64,
     band_rows: int = 256,
     progress: Progress = no_progress,
+    fast_p: float = FAST_P,
+    n_jobs: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P-values, ``-log10`` p-values and Pearson r of all gene pairs, ``(g, g)`` of ``dtype``.
 
-    Each band of genes is computed once, for the upper triangle, and mirrored. Diagonal:
+    Each pair is computed once, in the lower triangle of ``stats.dot.T``, and written at
+    both of its places (:func:`_band_matrices`, in bands of ``band_rows`` genes over
+    ``n_jobs`` threads, the longest bands first); the pairs with ``p < fast_p`` are then
+    computed by :func:`~._pvalues.association_pvalues`, in their band. Diagonal:
     ``p = 1``, ``r = 1``. In float64, ``r`` is written over ``stats.dot``, which is
-    consumed: a band overwrites only entries that it or an earlier band has read.
+    consumed: a pair's entry is overwritten only after it has been read.
     """
     n_genes = stats.inv_sd.size
-    inv_sd = stats.inv_sd
+    inv_sd = np.ascontiguousarray(stats.inv_sd, dtype=np.float64)
     pvals = np.empty((n_genes, n_genes), dtype=dtype)
     neg_log10 = np.empty_like(pvals)
-    # The transpose of the Fortran-order Gram matrix is C-contiguous; r is symmetric.
-    r = stats.dot.T if pvals.dtype == np.float64 else np.empty_like(pvals)
+    # The transpose of the Fortran-order Gram matrix is C-contiguous, its lower triangle
+    # valid; r is symmetric.
+    lower = stats.dot.T
+    r = lower if pvals.dtype == np.float64 else np.empty_like(pvals)
+    domain = SeriesDomain.of(stats.df, fast_p)
+    kernel = _kernel("matrices")
 
     def band(rows: slice) -> None:
-        start = rows.start
-        band_r = _symmetric_rows(stats.dot, rows, start)
-        band_r *= inv_sd[rows, None] * inv_sd[None, start:]
-        band_p, band_log = association_pvalues(1.0 - band_r * band_r, stats.df)
-        for out, values in ((r, band_r), (pvals, band_p), (neg_log10, band_log)):
-            out[rows, start:] = values
-            out[start:, rows] = values.T
+        lo, hi = rows.start, rows.stop
+        missing = kernel(lower, inv_sd, r, pvals, neg_log10, lo, hi, *domain.args(), COEX_TILE)
+        if not missing:
+            return
+        row, column = np.nonzero(np.isnan(pvals[lo:hi, :hi]))
+        row += lo
+        pair = column < row
+        row, column = row[pair], column[pair]
+        dot = lower[row, column]
+        values = dot if r is lower else dot * (inv_sd[row] * inv_sd[column])
+        band_p, band_log = association_pvalues(1.0 - values * values, stats.df)
+        for out, value in ((pvals, band_p), (neg_log10, band_log)):
+            out[row, column] = value
+            out[column, row] = value
 
-    _in_bands(band, n_genes, band_rows, progress, "coex: tests")
+    _in_bands(band, n_genes, band_rows, progress, "coex: tests", n_jobs, longest_first=True)
     for out, diagonal in ((r, 1.0), (pvals, 1.0), (neg_log10, 0.0)):
         np.fill_diagonal(out, diagonal)
     return pvals, neg_log10, r
@@ -276,7 +475,8 @@ def coex_network(
 
     Equal to :func:`pvalue_network` of the p-values of :func:`coex_matrices`, without
     them: each band computes r over whole rows, then p-values only where ``r^2`` is large
-    enough for ``p <= 2 qcut`` (``p`` increases with ``1 - r^2``).
+    enough for ``p <= 2 qcut`` (``p`` increases with ``1 - r^2``), by the arithmetic of the
+    matrices (:func:`series_pvalues`).
     """
     n_genes = stats.inv_sd.size
     inv_sd = stats.inv_sd
@@ -290,7 +490,7 @@ def coex_network(
         candidates[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = False
 
         def pvals(band_row: np.ndarray, column: np.ndarray) -> np.ndarray:
-            return association_pvalues(one_minus_r2[band_row, column], stats.df)[0]
+            return series_pvalues(one_minus_r2[band_row, column], stats.df)[0]
 
         return _band_edges(rows, candidates, pvals, n_genes - 1, qcut)
 
@@ -312,7 +512,9 @@ def pvalue_network(
         band = np.asarray(pvals[rows], dtype=np.float64)
         candidates = band <= limit
         candidates[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = False
-        pieces.append(
-            _band_edges(rows, candidates, lambda i, j, band=band: band[i, j], n_genes - 1, qcut)
-        )
+
+        def entries(i: np.ndarray, j: np.ndarray, band: np.ndarray = band) -> np.ndarray:
+            return band[i, j]
+
+        pieces.append(_band_edges(rows, candidates, entries, n_genes - 1, qcut))
     return _joined(pieces)
