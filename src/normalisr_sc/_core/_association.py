@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial, wraps
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,13 +27,22 @@ from scipy import sparse
 
 from ._blocks import float_block, row_slices
 from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
-from ._linalg import add_class_sums, add_products, pinv_gram, pinv_psd
+from ._linalg import (
+    add_class_chunks,
+    add_class_nonzero,
+    add_class_sums,
+    add_products,
+    class_order,
+    pinv_gram,
+    pinv_psd,
+)
 from ._pvalues import association_pvalues
 from ._reduce import accumulate, limit_threads, no_progress
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
+    from .._types import RowSliceable
     from ._reduce import Progress
 
     #: ``terms(rows)``: residual sums of the predictors ``rows`` (see :func:`_finish`).
@@ -69,6 +79,10 @@ class AssociationResult:
         Shape ``(m, g)`` when the fold change's inputs were given (:class:`Effect`): the
         predictor's coefficient in the same design fitted to the log CPM with the
         un-normalised covariates (0 where it is not estimable); else None.
+    n_nonzero, n_nonzero_base
+        :func:`class_design` with ``counts``: shape ``(m, g)`` int32, the cells of each
+        predictor's class with a nonzero count of each gene, and shape ``(g,)``, those
+        of the baseline class; else None.
     """
 
     pvals: np.ndarray
@@ -80,6 +94,8 @@ class AssociationResult:
     df: np.ndarray
     tested: np.ndarray
     logfc: np.ndarray | None = None
+    n_nonzero: np.ndarray | None = None
+    n_nonzero_base: np.ndarray | None = None
 
 
 def _with_threads(kernel: Callable) -> Callable:
@@ -102,6 +118,73 @@ def _step(n_columns: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, n_columns))
 
 
+class _Results:
+    """The test statistics of ``n_predictors`` predictors and ``n_genes`` genes, filled by ranges.
+
+    Arrays are allocated once, at their final size; :meth:`fill` writes the rows of a
+    range of predictors from their residual sums (no temporary of the results' size).
+    """
+
+    def __init__(
+        self,
+        n_predictors: int,
+        n_genes: int,
+        n_cells: np.ndarray,
+        df: np.ndarray,
+        tested: np.ndarray,
+    ) -> None:
+        check_df(df, tested)
+        shape = (n_predictors, n_genes)
+        self.pvals, self.neg_log10, self.gamma, self.var_y = (np.empty(shape) for _ in range(4))
+        self.var_x = np.empty(n_predictors)
+        self.n_cells, self.df, self.tested = n_cells, df, tested
+
+    def fill_rows(self, terms: Terms, rows: slice) -> None:
+        """Write the statistics of the predictors ``rows`` (see :func:`_finish`)."""
+        n_cells, tested = self.n_cells, self.tested
+        xx, raw_xx, yy, raw_yy, xy = terms(rows)
+        zero_x = xx <= ZERO_VARIANCE_RTOL * raw_xx
+        zero_y = yy <= ZERO_VARIANCE_RTOL * raw_yy
+        cells = n_cells[rows, None].astype(np.float64)
+        xx = np.where(zero_x, cells, xx)
+        yy = np.where(zero_y, cells, yy)
+        xy = np.where(zero_x | zero_y | ~tested[rows, None], 0.0, xy)
+        gamma = self.gamma[rows]
+        np.divide(xy, xx, out=gamma)
+        one_minus_r2 = 1.0 - gamma * xy / yy
+        self.pvals[rows], self.neg_log10[rows] = association_pvalues(
+            one_minus_r2, np.maximum(self.df[rows], 1)[:, None]
+        )
+        self.var_x[rows] = np.where(tested[rows], xx[:, 0] / n_cells[rows], np.nan)
+        self.var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)
+
+    def fill(
+        self, terms: Terms, start: int, stop: int, n_jobs: int, pool: ThreadPoolExecutor
+    ) -> None:
+        """Write the rows ``start:stop``, ranges of them in parallel threads of ``pool``.
+
+        The p-values dominate; numpy and scipy release the GIL. All threads together
+        hold about ``CHUNK_ELEMENTS`` elements per temporary, and every thread gets work.
+        """
+        n_genes = self.pvals.shape[1]
+        count = stop - start
+        step = max(1, min(_step(n_genes) // n_jobs, -(-count // n_jobs)))
+        ranges = [slice(start + r.start, start + r.stop) for r in row_slices(count, step)]
+        list(pool.map(partial(self.fill_rows, terms), ranges))
+
+    def result(self) -> AssociationResult:
+        return AssociationResult(
+            self.pvals,
+            self.neg_log10,
+            self.gamma,
+            self.var_x,
+            self.var_y,
+            self.n_cells,
+            self.df,
+            self.tested,
+        )
+
+
 def _finish(
     terms: Terms,
     n_predictors: int,
@@ -119,35 +202,10 @@ def _finish(
     the residual sums of products ``xy`` (r, g). A residual sum of squares counts as
     zero against its raw one.
     """
-    check_df(df, tested)
-    shape = (n_predictors, n_genes)
-    pvals, neg_log10, gamma, var_y = (np.empty(shape) for _ in range(4))
-    var_x = np.empty(n_predictors)
-
-    def finish_rows(rows: slice) -> None:
-        xx, raw_xx, yy, raw_yy, xy = terms(rows)
-        zero_x = xx <= ZERO_VARIANCE_RTOL * raw_xx
-        zero_y = yy <= ZERO_VARIANCE_RTOL * raw_yy
-        cells = n_cells[rows, None].astype(np.float64)
-        xx = np.where(zero_x, cells, xx)
-        yy = np.where(zero_y, cells, yy)
-        xy = np.where(zero_x | zero_y | ~tested[rows, None], 0.0, xy)
-        gamma[rows] = xy / xx
-        one_minus_r2 = 1.0 - gamma[rows] * xy / yy
-        pvals[rows], neg_log10[rows] = association_pvalues(
-            one_minus_r2, np.maximum(df[rows], 1)[:, None]
-        )
-        var_x[rows] = np.where(tested[rows], xx[:, 0] / n_cells[rows], np.nan)
-        var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)
-
-    # Ranges of predictors in parallel threads (the p-values dominate; numpy and scipy
-    # release the GIL), each writing its own rows of the results. All threads together
-    # hold about ``CHUNK_ELEMENTS`` elements per temporary, and every thread gets work.
-    threads = n_jobs
-    step = max(1, min(_step(n_genes) // threads, -(-n_predictors // threads)))
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(finish_rows, row_slices(n_predictors, step)))
-    return AssociationResult(pvals, neg_log10, gamma, var_x, var_y, n_cells, df, tested)
+    results = _Results(n_predictors, n_genes, n_cells, df, tested)
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        results.fill(terms, 0, n_predictors, n_jobs, pool)
+    return results.result()
 
 
 def _as_csr(groups: ArrayLike) -> sparse.csr_matrix:
@@ -416,27 +474,96 @@ def _with_ones(covariates: np.ndarray) -> np.ndarray:
     return np.column_stack([covariates, np.ones(covariates.shape[0])])
 
 
+def _sum_weights(covariates: np.ndarray) -> tuple[bool, int, float]:
+    """How the class sums of a matrix are read off its covariate products.
+
+    Returns whether a column of ones must be appended to the covariates, the column of
+    the (extended) covariates whose products hold the sums, and its constant value: a
+    covariate constant on all cells (an intercept) gives the sums without a column of
+    ones, one row fewer per class.
+    """
+    constant = np.flatnonzero(
+        (covariates == covariates[:1]).all(axis=0) & (covariates[:1] != 0).ravel()
+    )
+    if constant.size:
+        return False, int(constant[0]), float(covariates[0, constant[0]])
+    return True, covariates.shape[1], 1.0
+
+
+class _PoolHolder:
+    """A thread pool passed to accumulators, left behind when they are pickled.
+
+    On a ``dask.distributed`` cluster the accumulators travel to the workers, which
+    start their own threads (``pool`` is None there).
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor | None = None) -> None:
+        self.pool = pool
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_PoolHolder, ())
+
+
+#: Float64 elements of one chunk of the per-class sums: they are held in chunks of
+#: consecutive classes, and each chunk is freed as soon as its groups are finished.
+CLASS_CHUNK_ELEMENTS = 1 << 25
+
+
+class _ClassChunk:
+    """The sums of the classes ``first`` to ``first + size`` (see :class:`_ClassSums`)."""
+
+    def __init__(
+        self, first: int, size: int, k1: int, n_genes: int, raw_k1: int, counts: bool
+    ) -> None:
+        self.first, self.size = first, size
+        self.cross = np.zeros((size * k1, n_genes))
+        self.yy = np.zeros((size, n_genes))
+        self.raw_cross = np.zeros((size * raw_k1, n_genes)) if raw_k1 else None
+        self.raw_yy = np.zeros((size, n_genes)) if raw_k1 else None
+        self.nonzero = np.zeros((size, n_genes), dtype=np.int32) if counts else None
+
+
 class _ClassSums:
     """Per class of cells (:func:`exclusive_class`): ``[C, 1]'y`` and ``y'y`` per gene.
 
-    The sums of class ``j`` are rows ``j * (k + 1)`` to ``(j + 1) * (k + 1)`` of
-    ``cross`` (``k`` covariates and the ones) and row ``j`` of ``yy``; with the fold
-    change's inputs, ``raw_cross`` holds ``[C_raw, 1]'l`` of the log CPM ``l`` alike.
-    The squares of the cells of no class (-1) go to the last row of ``yy`` and those of
-    ``l`` to ``lsq``: they show NaN and infinity anywhere in the matrices. One
+    The sums of class ``j`` are rows ``j * k1`` to ``(j + 1) * k1`` of the ``cross`` of
+    its chunk (``k`` covariates, and the ones unless a covariate is constant) and a row
+    of its ``yy``; with the fold change's inputs, ``raw_cross`` holds ``[C_raw, 1]'l``
+    of the log CPM ``l`` alike; with the raw counts, ``nonzero`` the number of cells of
+    the class with a nonzero count of each gene (pair QC). Class 0 (the baseline) is a
+    chunk of its own; the others come in chunks of about ``CLASS_CHUNK_ELEMENTS``, freed
+    one at a time once used. The squares of the cells of no class (-1) go to ``none_yy``
+    (and ``none_lsq``): they show NaN and infinity anywhere in the matrices. One
     accumulator per pass: adds go into it in place.
     """
 
     shared = True
 
     def __init__(
-        self, n_class: int, n_cov: int, n_genes: int, n_raw: int = 0, n_jobs: int = 1
+        self,
+        n_class: int,
+        n_cov: int,
+        n_genes: int,
+        ones: bool,
+        n_raw: int = 0,
+        raw_ones: bool = False,
+        counts: bool = False,
+        n_jobs: int = 1,
+        pool: _PoolHolder | None = None,
     ) -> None:
-        self.cross = np.zeros((n_class * (n_cov + 1), n_genes))
-        self.yy = np.zeros((n_class + 1, n_genes))
-        self.raw_cross = np.zeros((n_class * (n_raw + 1), n_genes)) if n_raw else None
-        self.lsq = np.zeros((1, n_genes)) if n_raw else None
-        self.n_jobs = n_jobs
+        self.n_class, self.ones, self.raw_ones = n_class, ones, raw_ones
+        k1 = n_cov + ones
+        raw_k1 = n_raw + raw_ones if n_raw else 0
+        size = max(1, CLASS_CHUNK_ELEMENTS // max(1, (k1 + raw_k1 + 2) * n_genes))
+        edges = [0, *range(1, n_class, size), n_class] if n_class > 1 else [0, n_class]
+        self.chunks = [
+            _ClassChunk(lo, hi - lo, k1, n_genes, raw_k1, counts) for lo, hi in pairwise(edges)
+        ]
+        self.none_yy = np.zeros((1, n_genes))
+        self.none_lsq = np.zeros((1, n_genes)) if n_raw else None
+        self.with_effect, self.with_counts = bool(n_raw), counts
+        self.negative = False
+        self.n_jobs, self.pool = n_jobs, pool
 
     def add(
         self,
@@ -444,42 +571,52 @@ class _ClassSums:
         block: np.ndarray,
         label: np.ndarray,
         covariates: np.ndarray,
-        *effect: np.ndarray,
+        *more: np.ndarray | sparse.csr_matrix,
     ) -> None:
-        # In place, per class: the sums of a class's cells read through an index into
-        # the block (no copy), a tile of genes at a time (``add_class_sums``). Cells of
-        # no class (-1) form one more class that only adds squares.
-        y = float_block(block)
-        n_class = self.yy.shape[0] - 1
+        # ``more``: the raw covariates (with the fold change), then the blocks read
+        # beside: the log CPM (with the fold change) and the raw counts (pair QC).
+        n_class = self.n_class
         classes = np.where(label >= 0, label, n_class)
-        add_class_sums(
-            self.cross,
-            self.yy,
-            classes,
-            _with_ones(covariates),
-            y,
-            square_row=np.arange(n_class + 1),
-            n_jobs=self.n_jobs,
-        )
-        if effect:
-            raw_covariates, log_cpm = effect
-            add_class_sums(
-                self.raw_cross,
-                self.lsq,
-                classes,
-                _with_ones(raw_covariates),
-                float_block(log_cpm),
-                square_row=np.zeros(n_class + 1, dtype=np.int64),
-                n_jobs=self.n_jobs,
+        order, starts = class_order(classes, n_class + 1)
+        none = (np.zeros((0, self.none_yy.shape[1])), self.none_yy, n_class)
+        threads = {"n_jobs": self.n_jobs, "pool": None if self.pool is None else self.pool.pool}
+        ext = _with_ones(covariates) if self.ones else covariates
+        parts = [(c.cross, c.yy, c.first) for c in self.chunks]
+        add_class_chunks([*parts, none], order, starts, ext, float_block(block), **threads)
+        if self.with_effect:
+            raw_covariates, log_cpm = more[0], more[1]
+            raw_ext = _with_ones(raw_covariates) if self.raw_ones else raw_covariates
+            parts = [(c.raw_cross, c.raw_yy, c.first) for c in self.chunks]
+            none = (none[0], self.none_lsq, n_class)
+            add_class_chunks(
+                [*parts, none], order, starts, raw_ext, float_block(log_cpm), **threads
             )
+        if self.with_counts:
+            counts = more[-1]
+            values = counts.data if sparse.issparse(counts) else np.asarray(counts)
+            if values.size and values.min() < 0:
+                self.negative = True
+            pattern = counts if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
+            add_class_nonzero([(c.nonzero, c.first) for c in self.chunks], order, starts, pattern)
 
     def merge(self, other: _ClassSums) -> _ClassSums:
-        self.cross += other.cross
-        self.yy += other.yy
-        if self.raw_cross is not None:
-            self.raw_cross += other.raw_cross
-            self.lsq += other.lsq
+        for mine, theirs in zip(self.chunks, other.chunks, strict=True):
+            for name in ("cross", "yy", "raw_cross", "raw_yy", "nonzero"):
+                if getattr(mine, name) is not None:
+                    getattr(mine, name)[...] += getattr(theirs, name)
+        self.none_yy += other.none_yy
+        if self.none_lsq is not None:
+            self.none_lsq += other.none_lsq
+        self.negative |= other.negative
         return self
+
+    def finite(self, raw: bool = False) -> bool:
+        """Whether all sums of squares (of the log CPM with ``raw``) are finite."""
+        name = "raw_yy" if raw else "yy"
+        rest = self.none_lsq if raw else self.none_yy
+        return bool(np.isfinite(rest).all()) and all(
+            np.isfinite(getattr(c, name)).all() for c in self.chunks
+        )
 
 
 def _class_grams(
@@ -500,44 +637,66 @@ def _class_grams(
     return ext_gram[:, :n_cov, :n_cov], ext_gram[:, n_cov, :n_cov], ext_gram[:, n_cov, n_cov]
 
 
-def _class_coefficients(
-    label: np.ndarray, covariates: np.ndarray, raw_cross: np.ndarray, tested: np.ndarray
-) -> np.ndarray:
-    """Coefficient of class ``j`` (against class 0, with the covariates) from class sums."""
-    n_class = tested.size + 1
-    n_cov = covariates.shape[1]
-    n_genes = raw_cross.shape[1]
-    cc, c_sum, class_size = _class_grams(label, covariates, n_class)
-    ones = np.ones((n_class, 1, 1))
-    # The model of group j on classes 0 and j: [x, C, 1] (the ones as a covariate).
-    ext_cc = np.block(
-        [[cc, c_sum[:, :, None]], [c_sum[:, None, :], class_size[:, None, None] * ones]]
-    )
-    pinv, _ = pinv_psd(ext_cc[0] + ext_cc[1:])
-    cx = np.concatenate([c_sum[1:], class_size[1:, None]], axis=1)[:, :, None]
-    raw_xx = class_size[1:]
-    xx = raw_xx - _residualize(pinv, cx, cx)[:, 0, 0]
-    ok = tested & (xx > ZERO_VARIANCE_RTOL * np.maximum(raw_xx, 1.0))
-    cross = raw_cross.reshape(n_class, n_cov + 1, n_genes)
-    out = np.zeros((tested.size, n_genes))
-    for rows in row_slices(tested.size, _step(n_genes * (n_cov + 1))):
-        group_cy = cross[0] + cross[1:][rows]
-        xy = cross[1:][rows, n_cov] - _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
-        out[rows] = np.where(ok[rows, None], xy / np.where(ok[rows], xx[rows], 1.0)[:, None], 0.0)
-    return out
+class _ClassCoefficients:
+    """Coefficient of class ``j`` (against class 0, with the covariates) from class sums.
+
+    The model of group ``j`` on classes 0 and ``j``: ``[x, C, 1]`` (the ones as a
+    covariate; left out when a covariate is constant, which spans the same columns).
+    """
+
+    def __init__(
+        self, label: np.ndarray, covariates: np.ndarray, tested: np.ndarray, ones: bool
+    ) -> None:
+        n_class = tested.size + 1
+        ext = _with_ones(covariates) if ones else covariates
+        cc, c_sum, class_size = _class_grams(label, ext, n_class)
+        self.pinv, _ = pinv_psd(cc[0] + cc[1:])
+        self.cx = c_sum[1:, :, None]
+        raw_xx = class_size[1:]
+        xx = raw_xx - _residualize(self.pinv, self.cx, self.cx)[:, 0, 0]
+        self.ok = tested & (xx > ZERO_VARIANCE_RTOL * np.maximum(raw_xx, 1.0))
+        self.xx = np.where(self.ok, xx, 1.0)
+        self.k1 = ext.shape[1]
+
+    def fill(
+        self,
+        out: np.ndarray,
+        base: np.ndarray,
+        cross: np.ndarray,
+        first: int,
+        sum_row: int,
+        sum_value: float,
+    ) -> None:
+        """Write the coefficients of the groups of the classes of ``cross`` into ``out``.
+
+        ``base`` and ``cross``: the raw products of class 0 and of the classes ``first``
+        on ((classes x k1) x genes); row ``sum_row`` of each class's products holds
+        ``sum_value`` times the class sums.
+        """
+        n_genes = cross.shape[1]
+        cross = cross.reshape(-1, self.k1, n_genes)
+        step = _step(n_genes * self.k1)
+        for rows in row_slices(cross.shape[0], step):
+            groups = slice(first - 1 + rows.start, first - 1 + rows.stop)
+            group_cy = base + cross[rows]
+            xy = cross[rows, sum_row] / sum_value
+            xy -= _residualize(self.pinv[groups], self.cx[groups], group_cy)[:, 0, :]
+            ok = self.ok[groups, None]
+            out[groups] = np.where(ok, xy / self.xx[groups, None], 0.0)
 
 
 @_with_threads
 def class_design(
     label: np.ndarray,
     n_groups: int,
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     *,
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
     effect: Effect | None = None,
+    counts: RowSliceable | None = None,
     n_jobs: int = 1,
 ) -> AssociationResult:
     """Each class of cells against class 0, on the cells of the two classes only.
@@ -546,6 +705,13 @@ def class_design(
     (not used by any test). The test of group ``j`` uses the cells of classes 0 and
     ``j + 1`` and removes the covariates on that subset. Sums over cells are
     accumulated per class, so each group's statistics are sums over two classes.
+
+    With ``counts`` (cells x genes raw counts, read in the same pass: both dask arrays
+    or neither), ``result.n_nonzero`` and ``result.n_nonzero_base`` count the cells
+    with a nonzero count per class (the pair QC). Memory: the per-class sums, about
+    ``(k + 2)`` (``2 k + 4`` with the fold change) float64 per class and gene, held in
+    chunks of classes that are freed as the results (allocated once, at their final
+    size) are filled.
     """
     label = np.asarray(label, dtype=np.int64)
     if label.shape != (expression.shape[0],) or label.max(initial=0) > n_groups:
@@ -554,48 +720,130 @@ def class_design(
     n_genes = expression.shape[1]
     n_cov = covariates.shape[1]
     n_class = n_groups + 1
-    n_raw = 0 if effect is None else effect.covariates.shape[1]
-    row_data = (label, covariates) + (() if effect is None else (effect.covariates,))
-    sums = accumulate(
-        partial(_ClassSums, n_class, n_cov, n_genes, n_raw, n_jobs),
-        expression,
-        row_data,
-        block_cells=block_cells,
-        progress=progress,
-        desc="de: accumulating",
-        beside=() if effect is None else (effect.expression,),
-        n_jobs=n_jobs,
-    )
-    check_finite_sums(sums.yy, matrix=expression)
-    if sums.raw_cross is not None:
-        check_finite_sums(sums.lsq, "log CPM", effect.expression)
-    sums.yy = sums.yy[:n_class]
-    # The expression-covariate products with the ones hold the expression sums.
-    cc, c_sum, class_size = _class_grams(label, covariates, n_class)
-    cross = sums.cross.reshape(n_class, n_cov + 1, n_genes)
-    cy = cross[:, :n_cov]
-    y_sum = cross[:, n_cov]
+    ones, sum_row, sum_value = _sum_weights(covariates)
+    n_raw, raw_ones, raw_row, raw_value = 0, False, 0, 1.0
+    row_data: tuple[RowSliceable, ...] = (label, covariates)
+    beside: tuple[RowSliceable, ...] = ()
+    if effect is not None:
+        n_raw = effect.covariates.shape[1]
+        raw_ones, raw_row, raw_value = _sum_weights(effect.covariates)
+        row_data += (effect.covariates,)
+        beside += (effect.expression,)
+    if counts is not None:
+        beside += (counts,)
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        sums = accumulate(
+            partial(
+                _ClassSums,
+                n_class,
+                n_cov,
+                n_genes,
+                ones,
+                n_raw,
+                raw_ones,
+                counts is not None,
+                n_jobs,
+                _PoolHolder(pool),
+            ),
+            expression,
+            row_data,
+            block_cells=block_cells,
+            progress=progress,
+            desc="de: accumulating",
+            beside=beside,
+            n_jobs=n_jobs,
+        )
+        if not sums.finite():
+            check_finite_sums(np.array([np.nan]), matrix=expression)
+        if effect is not None and not sums.finite(raw=True):
+            check_finite_sums(np.array([np.nan]), "log CPM", effect.expression)
+        if sums.negative:
+            msg = (
+                "the counts layer holds negative values, so they are not raw counts; the "
+                "pair QC counts the cells with a nonzero count of each gene: name the "
+                "layer of raw counts."
+            )
+            raise ValueError(msg)
+        return _class_results(
+            sums,
+            label,
+            covariates,
+            effect,
+            dimreduce,
+            (sum_row, sum_value),
+            (raw_row, raw_value),
+            n_jobs,
+            pool,
+        )
 
+
+def _class_results(
+    sums: _ClassSums,
+    label: np.ndarray,
+    covariates: np.ndarray,
+    effect: Effect | None,
+    dimreduce: int,
+    sum_at: tuple[int, float],
+    raw_sum_at: tuple[int, float],
+    n_jobs: int,
+    pool: ThreadPoolExecutor,
+) -> AssociationResult:
+    """Finish :func:`class_design` a chunk of classes at a time, freeing each chunk."""
+    n_class = sums.n_class
+    n_groups = n_class - 1
+    n_cov = covariates.shape[1]
+    n_genes = sums.none_yy.shape[1]
+    cc, c_sum, class_size = _class_grams(label, covariates, n_class)
     # Group j combines the baseline class 0 and its own class j + 1.
     pinv, rank = pinv_psd(cc[0] + cc[1:])
     cx = c_sum[1:, :, None]
     raw_xx = class_size[1:]
     xx = raw_xx - _residualize(pinv, cx, cx)[:, 0, 0]
-
-    def terms(rows: slice) -> tuple[np.ndarray, ...]:
-        group_cy = cy[0] + cy[1:][rows]
-        group_yy = sums.yy[0] + sums.yy[1:][rows]
-        res_yy = group_yy - np.einsum(
-            "mkg,mkl,mlg->mg", group_cy, pinv[rows], group_cy, optimize=True
-        )
-        res_xy = y_sum[1:][rows] - _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
-        return xx[rows, None], raw_xx[rows, None], res_yy, group_yy, res_xy
-
     size = (class_size[0] + class_size[1:]).astype(np.int64)
     tested = (class_size[1:] > 0) & (class_size[0] > 0)
-    result = _finish(terms, n_groups, n_genes, size, size - 1 - rank - dimreduce, tested, n_jobs)
+    results = _Results(n_groups, n_genes, size, size - 1 - rank - dimreduce, tested)
+    coefficients = None
+    logfc = None
     if effect is not None:
-        result.logfc = _class_coefficients(label, effect.covariates, sums.raw_cross, tested)
+        coefficients = _ClassCoefficients(label, effect.covariates, tested, sums.raw_ones)
+        logfc = np.empty((n_groups, n_genes))
+    n_nonzero = np.empty((n_groups, n_genes), dtype=np.int32) if sums.with_counts else None
+    base = sums.chunks.pop(0)
+    k1 = base.cross.shape[0]
+    base_cy = base.cross[:n_cov]
+    base_yy = base.yy[0]
+    sum_row, sum_value = sum_at
+    while sums.chunks:
+        chunk = sums.chunks.pop(0)
+        cross = chunk.cross.reshape(chunk.size, k1, n_genes)
+        offset = chunk.first - 1
+
+        def terms(
+            rows: slice, cross: np.ndarray = cross, chunk: _ClassChunk = chunk, offset: int = offset
+        ) -> tuple[np.ndarray, ...]:
+            own = slice(rows.start - offset, rows.stop - offset)
+            group_cy = base_cy + cross[own, :n_cov]
+            group_yy = base_yy + chunk.yy[own]
+            res_yy = group_yy - np.einsum(
+                "mkg,mkl,mlg->mg", group_cy, pinv[rows], group_cy, optimize=True
+            )
+            res_xy = cross[own, sum_row] / sum_value
+            res_xy -= _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
+            return xx[rows, None], raw_xx[rows, None], res_yy, group_yy, res_xy
+
+        results.fill(terms, offset, offset + chunk.size, n_jobs, pool)
+        if coefficients is not None and logfc is not None and chunk.raw_cross is not None:
+            raw_k1 = coefficients.k1
+            coefficients.fill(
+                logfc, base.raw_cross[:raw_k1], chunk.raw_cross, chunk.first, *raw_sum_at
+            )
+        if n_nonzero is not None and chunk.nonzero is not None:
+            n_nonzero[offset : offset + chunk.size] = chunk.nonzero
+        del chunk, cross, terms
+    result = results.result()
+    result.logfc = logfc
+    if n_nonzero is not None and base.nonzero is not None:
+        result.n_nonzero, result.n_nonzero_base = n_nonzero, base.nonzero[0]
     return result
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 from scipy.linalg import blas, lapack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 #: Eigenvalues below this fraction of the largest are treated as zero (METHOD 7-8).
 PINV_RTOL = 1e-8
@@ -132,48 +136,104 @@ def _sparse_columns(out, indptr, indices, data, y_t, squares, square_rows, squar
 #: Genes per tile of the kernels: the sums of a class (or column) over one tile and the
 #: tile of a cell's row stay in the L1 cache.
 CLASS_TILE = 512
+#: Classes with fewer cells in a block add straight into their sums (no buffer).
+SMALL_CLASS = 4
 SPARSE_TILE = 1024
 
 
-def _class_rows(cross, squares, square_row, order, starts, ext, y, lo, hi, tile):
+def _class_rows(cross, squares, square_row, order, starts, ext, y, small, lo, hi, tile):
     """Add the sums of each class of cells over genes ``lo:hi``, a tile at a time.
 
     Per class ``j``: ``cross[j*k1:(j+1)*k1] += ext_j' y_j`` and
     ``squares[square_row[j]] += 1' y_j**2``. The cells of class ``j`` are
-    ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each cell's ``k1`` weights. Classes past ``cross.shape[0] // k1`` only add squares. A
-    class's sums of one tile are held in a small buffer while its cells are read (each
-    row tile of ``y`` read once), then added into ``cross`` and ``squares``.
+    ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each cell's ``k1`` weights.
+    Classes past ``cross.shape[0] // k1`` only add squares.
+
+    A class of fewer than ``small`` cells adds straight into ``cross`` (with thousands
+    of classes most have a cell or two per block). A larger class's sums of one tile are
+    held in a small buffer while its cells are read four at a time (each row tile of
+    ``y`` read once, each buffer element updated once per four cells), then added into
+    ``cross`` and ``squares``.
     """
     k1 = ext.shape[1]
     n_cross = cross.shape[0] // k1
     acc = np.empty((k1 + 1, tile))
     for t0 in range(lo, hi, tile):
         width = min(t0 + tile, hi) - t0
+        t1 = t0 + width
         for j in range(starts.size - 1):
             a, b = starts[j], starts[j + 1]
             if a == b:
                 continue
-            acc[:, :width] = 0.0
             with_cross = j < n_cross
-            for q in range(a, b):
+            target = squares[square_row[j]]
+            if b - a < small:
+                for q in range(a, b):
+                    i = order[q]
+                    row = y[i, t0:t1]
+                    for g in range(width):
+                        value = np.float64(row[g])
+                        target[t0 + g] += value * value
+                    if with_cross:
+                        for r in range(k1):
+                            weight = ext[i, r]
+                            out = cross[j * k1 + r]
+                            for g in range(width):
+                                out[t0 + g] += weight * row[g]
+                continue
+            acc[:, :width] = 0.0
+            sq = acc[k1]
+            q = a
+            while q + 4 <= b:
+                i0, i1, i2, i3 = order[q], order[q + 1], order[q + 2], order[q + 3]
+                r0, r1, r2, r3 = y[i0, t0:t1], y[i1, t0:t1], y[i2, t0:t1], y[i3, t0:t1]
+                for g in range(width):
+                    v0, v1 = np.float64(r0[g]), np.float64(r1[g])
+                    v2, v3 = np.float64(r2[g]), np.float64(r3[g])
+                    sq[g] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+                if with_cross:
+                    for r in range(k1):
+                        w0, w1, w2, w3 = ext[i0, r], ext[i1, r], ext[i2, r], ext[i3, r]
+                        part = acc[r]
+                        for g in range(width):
+                            part[g] += (w0 * r0[g] + w1 * r1[g]) + (w2 * r2[g] + w3 * r3[g])
+                q += 4
+            while q < b:
                 i = order[q]
-                row = y[i, t0 : t0 + width]
+                row = y[i, t0:t1]
                 for g in range(width):
                     value = np.float64(row[g])
-                    acc[k1, g] += value * value
+                    sq[g] += value * value
                 if with_cross:
                     for r in range(k1):
                         weight = ext[i, r]
+                        part = acc[r]
                         for g in range(width):
-                            acc[r, g] += weight * row[g]
+                            part[g] += weight * row[g]
+                q += 1
             if with_cross:
                 for r in range(k1):
-                    target = cross[j * k1 + r]
+                    out = cross[j * k1 + r]
+                    part = acc[r]
                     for g in range(width):
-                        target[t0 + g] += acc[r, g]
-            target = squares[square_row[j]]
+                        out[t0 + g] += part[g]
             for g in range(width):
-                target[t0 + g] += acc[k1, g]
+                target[t0 + g] += sq[g]
+
+
+def _class_nonzero(counts, order, starts, indptr, indices, data):
+    """``counts[j, gene] += 1`` for every stored nonzero of every cell of class ``j``.
+
+    The cells of class ``j`` are ``order[starts[j]:starts[j + 1]]``; the block is given
+    by its CSR arrays (stored zeros count 0).
+    """
+    for j in range(starts.size - 1):
+        row = counts[j]
+        for q in range(starts[j], starts[j + 1]):
+            i = order[q]
+            for p in range(indptr[i], indptr[i + 1]):
+                if data[p] != 0:
+                    row[indices[p]] += 1
 
 
 def _csr_arrays(matrix: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,7 +249,12 @@ def _kernel(name: str):
     if name not in _KERNELS:
         import numba
 
-        source = {"rows": _sparse_rows, "columns": _sparse_columns, "classes": _class_rows}[name]
+        source = {
+            "rows": _sparse_rows,
+            "columns": _sparse_columns,
+            "classes": _class_rows,
+            "nonzero": _class_nonzero,
+        }[name]
         _KERNELS[name] = numba.njit(nogil=True, cache=True, boundscheck=False)(source)
     return _KERNELS[name]
 
@@ -207,15 +272,23 @@ def _gene_ranges(n_genes: int, n_jobs: int) -> list[tuple[int, int]]:
     return [(int(lo), int(hi)) for lo, hi in pairwise(edges) if hi > lo]
 
 
-def _run_ranges(run, n_genes: int, n_jobs: int) -> None:
-    """``run((lo, hi))`` over the ranges of genes, in a pool of ``n_jobs`` threads."""
+def _run_ranges(
+    run: Callable[[tuple[int, int]], None],
+    n_genes: int,
+    n_jobs: int,
+    pool: ThreadPoolExecutor | None = None,
+) -> None:
+    """``run((lo, hi))`` over the ranges of genes, in ``pool`` or a new one of ``n_jobs`` threads."""
     ranges = _gene_ranges(n_genes, n_jobs)
     if n_jobs == 1 or len(ranges) == 1:
         for genes in ranges:
             run(genes)
         return
-    with ThreadPoolExecutor(max_workers=min(n_jobs, len(ranges))) as pool:
+    if pool is not None:
         list(pool.map(run, ranges))
+        return
+    with ThreadPoolExecutor(max_workers=min(n_jobs, len(ranges))) as new_pool:
+        list(new_pool.map(run, ranges))
 
 
 def dense_is_cheaper(n_cells: int, n_columns: int, nnz: int) -> bool:
@@ -359,9 +432,89 @@ def add_class_sums(
     square_row = np.asarray(square_row, dtype=np.int64)
 
     def run(genes: tuple[int, int]) -> None:
-        kernel(cross, squares, square_row, order, starts, ext, y, *genes, CLASS_TILE)
+        kernel(cross, squares, square_row, order, starts, ext, y, SMALL_CLASS, *genes, CLASS_TILE)
 
     _run_ranges(run, n_genes, n_jobs)
+
+
+def class_order(classes: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the cells sorted by class and where each class starts (``n_total + 1`` offsets).
+
+    ``classes`` are in ``[0, n_total)``; the cells of class ``j`` are
+    ``order[starts[j]:starts[j + 1]]``, in their original order.
+    """
+    order = np.argsort(classes, kind="stable")
+    starts = np.zeros(n_total + 1, dtype=np.int64)
+    np.cumsum(np.bincount(classes, minlength=n_total), out=starts[1:])
+    return order, starts
+
+
+def add_class_chunks(
+    chunks: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    order: np.ndarray,
+    starts: np.ndarray,
+    ext: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_jobs: int = 1,
+    pool: ThreadPoolExecutor | None = None,
+) -> None:
+    """:func:`add_class_sums` into sums held in chunks of consecutive classes.
+
+    Parameters
+    ----------
+    chunks
+        ``(cross, squares, first)`` per chunk: the sums of classes ``first`` to
+        ``first + squares.shape[0]``, as :func:`add_class_sums` lays them out (``cross``
+        may have no rows: squares only).
+    order, starts
+        The cells sorted by class (:func:`class_order`).
+    ext
+        Cells x ``k1`` float64 weights.
+    y
+        Cells x genes block, float32 or float64 (made C-ordered if it is not).
+    n_jobs, pool
+        Threads, each over its own genes; ``pool`` (of ``n_jobs`` threads) is used
+        instead of starting new threads.
+    """
+    y = np.ascontiguousarray(y)
+    ext = np.ascontiguousarray(ext, dtype=np.float64)
+    kernel = _kernel("classes")
+    parts = [
+        (cross, squares, np.arange(squares.shape[0]), starts[first : first + squares.shape[0] + 1])
+        for cross, squares, first in chunks
+    ]
+
+    def run(genes: tuple[int, int]) -> None:
+        for cross, squares, rows, bounds in parts:
+            kernel(cross, squares, rows, order, bounds, ext, y, SMALL_CLASS, *genes, CLASS_TILE)
+
+    _run_ranges(run, y.shape[1], n_jobs, pool)
+
+
+def add_class_nonzero(
+    chunks: Sequence[tuple[np.ndarray, int]],
+    order: np.ndarray,
+    starts: np.ndarray,
+    block: sparse.csr_matrix,
+) -> None:
+    """Per class of cells and gene, add the number of cells with a nonzero value.
+
+    ``chunks`` holds ``(counts, first)``: the integer counts of classes ``first`` to
+    ``first + counts.shape[0]`` (classes x genes, C-ordered); ``order`` and ``starts``
+    sort the cells of the CSR ``block`` by class (:func:`class_order`). O(nnz).
+    """
+    kernel = _kernel("nonzero")
+    indptr = np.asarray(block.indptr, dtype=np.int64)
+    for counts, first in chunks:
+        kernel(
+            counts,
+            order,
+            starts[first : first + counts.shape[0] + 1],
+            indptr,
+            block.indices,
+            block.data,
+        )
 
 
 def _add_dense(out: np.ndarray, matrix: np.ndarray, y: np.ndarray) -> None:
