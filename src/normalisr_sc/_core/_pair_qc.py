@@ -177,19 +177,43 @@ def qc_pass(n_group: np.ndarray, n_control: np.ndarray, min_nonzero: int) -> np.
     return (np.asarray(n_group) >= min_nonzero) & (np.asarray(n_control) >= min_nonzero)
 
 
+#: Elements of the p-values handled at once by :func:`family_qvalues` (each block's
+#: temporaries: a few arrays of this many elements).
+QVALUE_BLOCK = 1 << 22
+
+
 def family_qvalues(
     pvals: np.ndarray, family: np.ndarray | None = None, *, axis: int | None = 0
 ) -> np.ndarray:
     """Benjamini-Hochberg q-values over the pairs of ``family``; NaN outside it.
 
     ``axis`` is the axis of the hypotheses of one family (0: the genes of each group
-    of a genes x groups array); ``None`` makes all entries one family.
+    of a genes x groups array); ``None`` makes all entries one family. The families of
+    a 2-D array are adjusted a block of them at a time, and one family over all entries
+    only over its members, so that the temporaries stay small beside the result.
     """
     pvals = np.asarray(pvals, dtype=np.float64)
-    masked = pvals if family is None else np.where(family, pvals, np.nan)
+    out = np.full(pvals.shape, np.nan)
     if axis is None:
-        return bh_qvalues(masked.ravel()).reshape(masked.shape)
-    return bh_qvalues(masked, axis=axis)
+        if family is None:
+            return bh_qvalues(pvals.ravel()).reshape(pvals.shape)
+        members = np.nonzero(family)
+        out[members] = bh_qvalues(pvals[members])
+        return out
+    if pvals.ndim != 2:
+        masked = pvals if family is None else np.where(family, pvals, np.nan)
+        return bh_qvalues(masked, axis=axis)
+    axis = axis % 2
+    other = 1 - axis
+    n_families = pvals.shape[other]
+    step = max(1, QVALUE_BLOCK // max(1, pvals.shape[axis]))
+    for start in range(0, n_families, step):
+        index: list[slice] = [slice(None), slice(None)]
+        index[other] = slice(start, min(start + step, n_families))
+        part = tuple(index)
+        values = pvals[part] if family is None else np.where(family[part], pvals[part], np.nan)
+        out[part] = bh_qvalues(values, axis=axis)
+    return out
 
 
 def read_pairs(name: str, value: object) -> tuple[np.ndarray, np.ndarray]:
