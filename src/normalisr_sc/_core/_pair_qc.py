@@ -216,6 +216,72 @@ def family_qvalues(
     return out
 
 
+def top_order(keys: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Return the first ``n`` positions of each row in the order of ``np.lexsort(keys)``.
+
+    ``keys`` are 2-D arrays of the same shape (rows x positions; the last key is the
+    primary one, as in :func:`numpy.lexsort`, ties kept in position order). Returns rows
+    x ``min(n, positions)`` int64. When ``n`` is small beside the positions, only the
+    candidates that can reach the first ``n`` are sorted: the positions below the n-th
+    smallest primary key, and those at it whose second key is small enough (found by
+    partitions, not sorts); the result is the same as sorting everything.
+    """
+    n_rows, n_positions = keys[0].shape
+    n = min(n, n_positions)
+    out = np.empty((n_rows, n), dtype=np.int64)
+    if n == 0 or n_rows == 0:
+        return out
+    step = max(1, QVALUE_BLOCK // n_positions)
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(start + step, n_rows))
+        out[rows] = _top_order_block([np.asarray(key[rows]) for key in keys], n)
+    return out
+
+
+def _top_order_block(keys: list[np.ndarray], n: int) -> np.ndarray:
+    n_rows, n_positions = keys[0].shape
+    if 4 * n >= n_positions or len(keys) < 2:
+        return np.lexsort(keys, axis=-1)[:, :n]
+    primary, second = keys[-1], keys[-2]
+    level = np.partition(primary, n - 1, axis=1)[:, n - 1 : n]
+    below = primary < level
+    at = primary == level
+    n_below = below.sum(axis=1)
+    out = np.empty((n_rows, n), dtype=np.int64)
+
+    def sort_candidates(row: int, candidate: np.ndarray) -> None:
+        columns = np.flatnonzero(candidate)
+        out[row] = columns[np.lexsort([key[row, columns] for key in keys])[:n]]
+
+    # Rows whose first n all share the n-th primary key: one threshold on the second.
+    common = np.flatnonzero(n_below == 0)
+    if common.size:
+        second_at = np.where(at[common], second[common], np.nan)
+        threshold = np.partition(second_at, n - 1, axis=1)[:, n - 1 : n]
+        mask = at[common] & (second[common] <= threshold)
+        counts = mask.sum(axis=1)
+        exact = np.flatnonzero(counts == n)
+        if exact.size:
+            columns = np.nonzero(mask[exact])[1].reshape(exact.size, n)
+            gathered = [np.take_along_axis(key[common[exact]], columns, axis=1) for key in keys]
+            order = np.lexsort(gathered, axis=-1)
+            out[common[exact]] = np.take_along_axis(columns, order, axis=1)
+        for i in np.flatnonzero(counts != n):
+            row = int(common[i])
+            # more candidates (ties at the threshold), or a NaN threshold: all at the level
+            sort_candidates(row, mask[i] if counts[i] > n else at[row] | np.isnan(level[row]))
+    for row in np.flatnonzero(n_below > 0):
+        if np.isnan(level[row, 0]):
+            sort_candidates(row, np.ones(n_positions, dtype=bool))
+            continue
+        wanted = n - int(n_below[row])
+        values = second[row, at[row]]
+        threshold = np.partition(values, wanted - 1)[wanted - 1]
+        chosen = at[row] & (second[row] <= threshold) if not np.isnan(threshold) else at[row]
+        sort_candidates(row, below[row] | chosen)
+    return out
+
+
 def read_pairs(name: str, value: object) -> tuple[np.ndarray, np.ndarray]:
     """Return the groups and genes (object arrays of str) of a table of pairs.
 
