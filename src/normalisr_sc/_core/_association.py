@@ -519,7 +519,6 @@ class _ClassChunk:
         self.cross = np.zeros((size * k1, n_genes))
         self.yy = np.zeros((size, n_genes))
         self.raw_cross = np.zeros((size * raw_k1, n_genes)) if raw_k1 else None
-        self.raw_yy = np.zeros((size, n_genes)) if raw_k1 else None
         self.nonzero = np.zeros((size, n_genes), dtype=np.int32) if counts else None
 
 
@@ -532,8 +531,9 @@ class _ClassSums:
     of the log CPM ``l`` alike; with the raw counts, ``nonzero`` the number of cells of
     the class with a nonzero count of each gene (pair QC). Class 0 (the baseline) is a
     chunk of its own; the others come in chunks of about ``CLASS_CHUNK_ELEMENTS``, freed
-    one at a time once used. The squares of the cells of no class (-1) go to ``none_yy``
-    (and ``none_lsq``): they show NaN and infinity anywhere in the matrices. One
+    one at a time once used. The squares of the cells of no class (-1) go to ``none_yy``,
+    and those of ``l`` to ``lsq`` (one row): they show NaN and infinity anywhere in the
+    matrices. One
     accumulator per pass: adds go into it in place.
     """
 
@@ -560,7 +560,7 @@ class _ClassSums:
             _ClassChunk(lo, hi - lo, k1, n_genes, raw_k1, counts) for lo, hi in pairwise(edges)
         ]
         self.none_yy = np.zeros((1, n_genes))
-        self.none_lsq = np.zeros((1, n_genes)) if n_raw else None
+        self.lsq = np.zeros((1, n_genes))
         self.with_effect, self.with_counts = bool(n_raw), counts
         self.negative = False
         self.n_jobs, self.pool = n_jobs, pool
@@ -578,16 +578,18 @@ class _ClassSums:
         n_class = self.n_class
         classes = np.where(label >= 0, label, n_class)
         order, starts = class_order(classes, n_class + 1)
-        none = (np.zeros((0, self.none_yy.shape[1])), self.none_yy, n_class)
+        none = (np.zeros((0, self.none_yy.shape[1])), self.none_yy, None, n_class)
         threads = {"n_jobs": self.n_jobs, "pool": None if self.pool is None else self.pool.pool}
         ext = _with_ones(covariates) if self.ones else covariates
-        parts = [(c.cross, c.yy, c.first) for c in self.chunks]
+        parts = [(c.cross, c.yy, None, c.first) for c in self.chunks]
         add_class_chunks([*parts, none], order, starts, ext, float_block(block), **threads)
         if self.with_effect:
             raw_covariates, log_cpm = more[0], more[1]
             raw_ext = _with_ones(raw_covariates) if self.raw_ones else raw_covariates
-            parts = [(c.raw_cross, c.raw_yy, c.first) for c in self.chunks]
-            none = (none[0], self.none_lsq, n_class)
+            # The squares of the log CPM, only to show NaN and infinity: one row for all.
+            lsq = self.lsq
+            parts = [(c.raw_cross, lsq, np.zeros(c.size, np.int64), c.first) for c in self.chunks]
+            none = (none[0], lsq, None, n_class)
             add_class_chunks(
                 [*parts, none], order, starts, raw_ext, float_block(log_cpm), **threads
             )
@@ -601,21 +603,20 @@ class _ClassSums:
 
     def merge(self, other: _ClassSums) -> _ClassSums:
         for mine, theirs in zip(self.chunks, other.chunks, strict=True):
-            for name in ("cross", "yy", "raw_cross", "raw_yy", "nonzero"):
+            for name in ("cross", "yy", "raw_cross", "nonzero"):
                 if getattr(mine, name) is not None:
                     getattr(mine, name)[...] += getattr(theirs, name)
         self.none_yy += other.none_yy
-        if self.none_lsq is not None:
-            self.none_lsq += other.none_lsq
+        self.lsq += other.lsq
         self.negative |= other.negative
         return self
 
     def finite(self, raw: bool = False) -> bool:
         """Whether all sums of squares (of the log CPM with ``raw``) are finite."""
-        name = "raw_yy" if raw else "yy"
-        rest = self.none_lsq if raw else self.none_yy
-        return bool(np.isfinite(rest).all()) and all(
-            np.isfinite(getattr(c, name)).all() for c in self.chunks
+        if raw:
+            return bool(np.isfinite(self.lsq).all())
+        return bool(np.isfinite(self.none_yy).all()) and all(
+            np.isfinite(c.yy).all() for c in self.chunks
         )
 
 
@@ -708,10 +709,11 @@ def class_design(
 
     With ``counts`` (cells x genes raw counts, read in the same pass: both dask arrays
     or neither), ``result.n_nonzero`` and ``result.n_nonzero_base`` count the cells
-    with a nonzero count per class (the pair QC). Memory: the per-class sums, about
-    ``(k + 2)`` (``2 k + 4`` with the fold change) float64 per class and gene, held in
-    chunks of classes that are freed as the results (allocated once, at their final
-    size) are filled.
+    with a nonzero count per class (the pair QC). Memory: the per-class sums, ``k + 2``
+    float64 per class and gene (``k`` covariates, the sums unless a covariate is
+    constant, the squares), ``k_raw + 1`` more with the fold change and an int32 with
+    the counts, held in chunks of classes that are freed as the results (allocated
+    once, at their final size) are filled.
     """
     label = np.asarray(label, dtype=np.int64)
     if label.shape != (expression.shape[0],) or label.max(initial=0) > n_groups:

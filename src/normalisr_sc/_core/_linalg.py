@@ -450,7 +450,7 @@ def class_order(classes: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarr
 
 
 def add_class_chunks(
-    chunks: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]],
     order: np.ndarray,
     starts: np.ndarray,
     ext: np.ndarray,
@@ -464,9 +464,11 @@ def add_class_chunks(
     Parameters
     ----------
     chunks
-        ``(cross, squares, first)`` per chunk: the sums of classes ``first`` to
-        ``first + squares.shape[0]``, as :func:`add_class_sums` lays them out (``cross``
-        may have no rows: squares only).
+        ``(cross, squares, square_row, first)`` per chunk of ``m`` classes, ``first`` to
+        ``first + m``: their sums as :func:`add_class_sums` lays them out (``cross`` may
+        have no rows: squares only); the squares of class ``first + j`` go to row
+        ``square_row[j]`` of ``squares`` (None: row ``j``, and ``m`` is the number of rows
+        of ``squares``).
     order, starts
         The cells sorted by class (:func:`class_order`).
     ext
@@ -480,10 +482,10 @@ def add_class_chunks(
     y = np.ascontiguousarray(y)
     ext = np.ascontiguousarray(ext, dtype=np.float64)
     kernel = _kernel("classes")
-    parts = [
-        (cross, squares, np.arange(squares.shape[0]), starts[first : first + squares.shape[0] + 1])
-        for cross, squares, first in chunks
-    ]
+    parts = []
+    for cross, squares, square_row, first in chunks:
+        rows = np.arange(squares.shape[0]) if square_row is None else square_row
+        parts.append((cross, squares, rows, starts[first : first + rows.size + 1]))
 
     def run(genes: tuple[int, int]) -> None:
         for cross, squares, rows, bounds in parts:
