@@ -1,0 +1,139 @@
+"""Kernels of the normalisation: the compiled sparse log CPM (bit for bit the arithmetic of
+fill, scatter and subtract) and the weighted regression pass of normvar (against plain
+numpy), independent of the number of threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+from scipy.special import digamma
+
+import normalisr_sc as nsc
+from normalisr_sc._core import _counts, _normalize
+
+
+def _counts_matrix(n_cells: int = 300, n_genes: int = 120, seed: int = 0) -> sparse.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = rng.poisson(rng.gamma(0.4, 2.0, size=(n_cells, n_genes)))
+    dense[0, :] = 0
+    dense[0, 3] = 7  # a cell with one detected gene
+    dense[1, :] = rng.integers(1, 50, n_genes)  # a cell without zeros
+    matrix = sparse.csr_matrix(dense)
+    # explicit zeros are stored entries with the value of a zero count
+    matrix.data[::17] = 0
+    return matrix
+
+
+def _lcpm_reference(block: sparse.csr_matrix, total: float) -> np.ndarray:
+    """Fill with the zero value, scatter the stored values, subtract each cell's log mass."""
+    digamma_total = digamma(total + 2.0)
+    n_cells, n_genes = block.shape
+    zero_value = float(digamma(1.0) - digamma_total)
+    stored = digamma(block.data.astype(np.float64) + 1.0) - digamma_total
+    rows = np.repeat(np.arange(n_cells), np.diff(block.indptr))
+    out = np.full((n_cells, n_genes), zero_value)
+    out[rows, block.indices] = stored
+    mass = np.bincount(rows, weights=np.exp(stored), minlength=n_cells)
+    n_stored = np.diff(block.indptr)
+    log_mass = np.log(mass + (n_genes - n_stored) * np.exp(zero_value))
+    return out - (log_mass - np.log(_counts.CPM_SCALE))[:, None]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, np.float64])
+def test_sparse_lcpm_is_the_dense_arithmetic_bit_for_bit(dtype):
+    matrix = _counts_matrix().astype(dtype)
+    total = float(matrix.sum())
+    out = _counts.lcpm_block(matrix, total)
+    np.testing.assert_array_equal(out, _lcpm_reference(matrix, total))
+    assert np.isfinite(out).all()
+    # each cell's proportions sum to one million
+    np.testing.assert_allclose(np.exp(out).sum(axis=1), _counts.CPM_SCALE, rtol=1e-12)
+
+
+def test_sparse_lcpm_with_large_counts_uses_the_distinct_values():
+    matrix = _counts_matrix(seed=2)
+    matrix.data[5] = 10**7  # beyond the direct table: np.unique path
+    total = float(matrix.sum())
+    np.testing.assert_array_equal(_counts.lcpm_block(matrix, total), _lcpm_reference(matrix, total))
+
+
+def test_sparse_lcpm_agrees_with_dense_input():
+    matrix = _counts_matrix(seed=3)
+    total = float(matrix.sum())
+    sparse_out = _counts.lcpm_block(matrix, total)
+    dense_out = _counts.lcpm_block(matrix.toarray(), total)
+    # the dense route sums each cell's mass pairwise: rounding only
+    np.testing.assert_allclose(sparse_out, dense_out, rtol=1e-13, atol=0)
+
+
+def test_sparse_lcpm_writes_into_out_and_returns_it():
+    matrix = _counts_matrix(seed=4)
+    out = np.full(matrix.shape, np.nan)
+    result = _counts.lcpm_block(matrix, float(matrix.sum()), out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, _lcpm_reference(matrix, float(matrix.sum())))
+
+
+def _regression_inputs(n_cells: int = 700, n_genes: int = 90, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    expression = rng.normal(size=(n_cells, n_genes)) + rng.uniform(-3, 3, n_genes)
+    covariates = np.column_stack([rng.normal(size=(n_cells, 3)), np.ones(n_cells)])
+    weights = rng.uniform(1.0, 3.0, n_cells)
+    scale = rng.uniform(0.0, 1.0, n_genes)
+    scale[:3] = 0.0
+    return expression, covariates, weights, scale
+
+
+def _regression_reference(expression, covariates, weights, scale):
+    """Per-gene weighted Gram matrices, cross products, moments: plain numpy."""
+    w = weights[:, None] ** scale[None, :]
+    gram = np.einsum("cg,ci,cj->gij", w**2, covariates, covariates)
+    cross = np.einsum("cg,cg,ci->gi", w**2, expression, covariates)
+    weighted = expression * w
+    return gram, cross, weighted.mean(axis=0), weighted.var(axis=0)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_weighted_regression_matches_numpy(keep):
+    expression, covariates, weights, scale = _regression_inputs()
+    gram, cross, mean, variance = _regression_reference(expression, covariates, weights, scale)
+    out = np.empty(expression.shape) if keep else None
+    sums = _normalize._WeightedRegression(scale, covariates.shape[1], out, n_jobs=2)
+    for start in range(0, expression.shape[0], 256):
+        rows = slice(start, min(start + 256, expression.shape[0]))
+        sums.add(rows, expression[rows], covariates[rows], np.log(weights[rows]))
+    upper = np.triu_indices(covariates.shape[1])
+    np.testing.assert_allclose(sums.gram_upper, gram[:, upper[0], upper[1]], rtol=1e-12)
+    np.testing.assert_allclose(sums.cross, cross, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(sums.before.mean, mean, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(sums.before.variance, variance, rtol=1e-12)
+    if keep:
+        np.testing.assert_allclose(out, weights[:, None] ** scale[None, :], rtol=1e-14)
+
+
+def test_fit_normalisation_does_not_depend_on_threads(monkeypatch):
+    expression, covariates, weights, scale = _regression_inputs(seed=1)
+    results = []
+    for n_jobs in (1, 2):
+        monkeypatch.setattr(nsc.settings, "n_jobs", n_jobs)
+        out = np.empty(expression.shape)
+        fit = _normalize.fit_normalisation(
+            expression, covariates, weights, scale, block_cells=200, out=out
+        )
+        results.append((fit.coefficients, fit.factor, out))
+    for first, second in zip(*results, strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_fit_normalisation_removes_the_weighted_fit():
+    # the normalised expression is orthogonal to the weighted covariates, gene by gene
+    expression, covariates, weights, scale = _regression_inputs(seed=2)
+    out = np.empty(expression.shape)
+    fit = _normalize.fit_normalisation(
+        expression, covariates, weights, scale, keepvar=False, block_cells=300, out=out
+    )
+    w = weights[:, None] ** scale[None, :]
+    projections = np.einsum("cg,ci->gi", out * w, covariates)
+    assert np.abs(projections).max() < 1e-9 * np.abs(expression * w).sum(axis=0).max()
+    np.testing.assert_array_equal(fit.factor, np.ones_like(scale))
