@@ -185,7 +185,7 @@ def test_normalize_streamed_equals_in_memory(tmp_path):
             == 0
         )
     memory, streamed = (ad.read_h5ad(tmp_path / f"{name}.h5ad") for name in ("memory", "streamed"))
-    assert streamed.uns["normalisr"]["lcpm"] == memory.uns["normalisr"]["lcpm"]
+    assert streamed.uns["lcpm"]["params"] == memory.uns["lcpm"]["params"]
     np.testing.assert_allclose(
         streamed.layers["normalisr"], memory.layers["normalisr"], rtol=1e-8, atol=1e-10
     )

@@ -38,8 +38,8 @@ def test_dtype_float32_layers(raw, tmp_path):
         assert f64.layers[layer].dtype == np.float64
         assert f32.layers[layer].dtype == np.float32
         np.testing.assert_allclose(f32.layers[layer], f64.layers[layer], rtol=1e-6, atol=1e-6)
-    assert f32.uns["normalisr"]["normvar"]["dtype"] == "float32"
-    assert f64.uns["normalisr"]["normvar"]["dtype"] == "float64"
+    assert f32.uns["normalisr"]["params"]["dtype"] == "float32"
+    assert f64.uns["normalisr"]["params"]["dtype"] == "float64"
     assert (tmp_path / "f32.h5ad").stat().st_size < 0.8 * (tmp_path / "f64.h5ad").stat().st_size
 
 

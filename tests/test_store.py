@@ -9,7 +9,18 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from normalisr_sc._store import RECORD, check_writable, fingerprint, owned, store, subsetting
+from normalisr_sc._store import (
+    _CHUNK,
+    WRITTEN,
+    check_writable,
+    fingerprint,
+    owned,
+    read_params,
+    read_record,
+    recorded_params,
+    store,
+    subsetting,
+)
 
 
 def _adata() -> ad.AnnData:
@@ -31,7 +42,9 @@ def test_store_writes_and_records_then_may_replace_its_own():
         obs={"nsc_w": np.arange(20.0)},
         uns={"nsc_x": {"n": 3}},
     )
-    assert adata.uns[RECORD]["step"] == {"a": 1}
+    assert adata.uns["step"] == {"params": {"a": 1}}
+    assert read_params(adata, "step") == {"a": 1}
+    assert adata.uns["nsc_x"] == {"n": 3}
     assert owned(adata, "layers", "lcpm")
     assert owned(adata, "obs", "nsc_w")
     store(adata, "step", {}, layers={"lcpm": np.zeros((20, 6))})
@@ -59,7 +72,8 @@ def test_user_data_is_refused_before_any_change(container, key, value):
     with pytest.raises(ValueError, match=f"{key}.*not written by normalisr_sc"):
         store(adata, "step", {}, var={"nsc_new": np.ones(6)}, **{container: {key: value}})
     assert "nsc_new" not in adata.var
-    assert RECORD not in adata.uns
+    assert WRITTEN not in adata.uns
+    assert "step" not in adata.uns
     assert set(adata.uns) == set(before.uns)
 
 
@@ -73,8 +87,8 @@ def test_result_replaced_by_the_user_is_theirs():
 
 
 def test_record_key_is_reserved():
-    with pytest.raises(ValueError, match="record"):
-        check_writable(_adata(), {"uns": [RECORD]})
+    with pytest.raises(ValueError, match="fingerprints"):
+        check_writable(_adata(), {"uns": [WRITTEN]})
 
 
 def test_ownership_survives_h5ad_round_trip(tmp_path):
@@ -131,7 +145,87 @@ def test_drop_removes_own_stale_keys_and_refuses_user_keys():
 @pytest.mark.parametrize("foreign", ["mine", ["mine"], {"written": "x"}])
 def test_a_foreign_record_is_refused_by_name(foreign):
     adata = _adata()
-    adata.uns[RECORD] = foreign
-    with pytest.raises(ValueError, match=r"adata\.uns\['normalisr'\] holds something"):
+    adata.uns[WRITTEN] = foreign
+    with pytest.raises(ValueError, match=r"adata\.uns\['nsc_written'\] holds something"):
         store(adata, "step", {}, layers={"lcpm": np.ones((20, 6))})
     assert "lcpm" not in adata.layers
+
+
+def _rank_layout(n_genes: int, groups: list[str]) -> dict[str, np.ndarray]:
+    """Scanpy's rank_genes_groups record arrays (one field per group)."""
+    rng = np.random.default_rng(3)
+    names = np.rec.fromarrays(
+        [np.array([f"g{i}" for i in rng.permutation(n_genes)], dtype=object) for _ in groups],
+        dtype=[(g, "O") for g in groups],
+    )
+    scores = np.rec.fromarrays(
+        [rng.normal(size=n_genes).astype(np.float32) for _ in groups],
+        dtype=[(g, "float32") for g in groups],
+    )
+    return {"names": names, "scores": scores}
+
+
+def test_params_go_beside_the_record_of_results():
+    adata = _adata()
+    store(adata, "nsc_de", {"groupby": "batch", "method": "x"}, uns={"nsc_de": {"df": 3}})
+    assert adata.uns["nsc_de"] == {"df": 3, "params": {"groupby": "batch", "method": "x"}}
+    assert read_record(adata, "nsc_de")["df"] == 3
+    store(adata, "lcpm", {"seed": 0}, layers={"lcpm": np.ones((20, 6))})
+    assert recorded_params(adata) == {
+        "nsc_de": {"groupby": "batch", "method": "x"},
+        "lcpm": {"seed": 0},
+    }
+    assert owned(adata, "uns", "lcpm")
+    assert read_params(adata, "absent") == {}
+    adata.uns["mine"] = "text"
+    assert read_record(adata, "mine") == {}
+
+
+def test_params_key_of_user_data_is_refused_before_any_change():
+    adata = _adata()
+    adata.uns["lcpm"] = {"user": True}
+    with pytest.raises(ValueError, match=r"uns\['lcpm'\].*not written by normalisr_sc"):
+        store(adata, "lcpm", {"seed": 0}, layers={"lcpm": np.ones((20, 6))})
+    assert "lcpm" not in adata.layers
+    assert adata.uns["lcpm"] == {"user": True}
+
+
+def test_rank_genes_groups_layout_round_trip(tmp_path):
+    adata = _adata()
+    groups = ["A", "B", "C"]
+    record = _rank_layout(adata.n_vars, groups)
+    mixed = pd.DataFrame({"n": np.arange(6), "x": np.linspace(0, 1, 6), "s": list("abcdef")})
+    store(
+        adata,
+        "nsc_de",
+        {"groupby": "batch", "reference": "rest", "reference_groups": []},
+        uns={"nsc_de": record},
+        varm={"nsc_de_mixed": mixed},
+    )
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    read = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert owned(read, "uns", "nsc_de")
+    assert owned(read, "varm", "nsc_de_mixed")
+    assert read_params(read, "nsc_de")["groupby"] == "batch"
+    # still replaceable after the round trip, and a user's edit is noticed
+    store(read, "nsc_de", {"groupby": "batch"}, uns={"nsc_de": record})
+    read.uns["nsc_de"]["scores"]["C"][-1] += 1
+    assert not owned(read, "uns", "nsc_de")
+
+
+def test_fingerprint_sees_every_value_of_large_arrays():
+    values = np.arange(3 * _CHUNK + 5, dtype=np.float32)
+    base = fingerprint({"x": values})
+    changed = values.copy()
+    changed[-1] += 1
+    assert fingerprint({"x": changed}) != base
+    assert fingerprint({"x": values.astype(np.float64)}) == base  # dtype-independent
+    names = np.array([f"g{i}" for i in range(_CHUNK + 3)], dtype=object)
+    renamed = names.copy()
+    renamed[-1] = "other"
+    assert fingerprint(names) != fingerprint(renamed)
+    layout = _rank_layout(200, ["A", "B"])
+    edited = {k: v.copy() for k, v in layout.items()}
+    edited["names"]["B"][-1] = "gX"
+    assert fingerprint(layout) != fingerprint(edited)
+    assert fingerprint(layout) == fingerprint({k: v.copy() for k, v in layout.items()})

@@ -295,12 +295,11 @@ def _write_table(outputs: _io.Outputs, table: pd.DataFrame, target: str | None) 
 
 
 def _print_qc_summary(adata: AnnData) -> None:
-    summary = adata.uns.get("normalisr", {}).get("qc_summary")
+    from ._store import read_record
+    from .pp._qc import QC_KEY, SUMMARY, format_qc_summary
+
+    summary = read_record(adata, QC_KEY).get(SUMMARY)
     if summary is None:
-        return
-    try:
-        from .pp._qc import format_qc_summary
-    except ImportError:  # an API without QC summaries
         return
     print("quality control:")
     print("\n".join(f"  {line}" for line in format_qc_summary(summary).splitlines()))
@@ -477,7 +476,9 @@ def _pairs_option(adata: AnnData, source: str | None, option: str) -> pd.DataFra
 
 
 def _print_positive_controls(adata: AnnData, key: str = "nsc_de") -> None:
-    report = adata.uns.get(key, {}).get("positive_controls")
+    from ._store import read_record
+
+    report = read_record(adata, key).get("positive_controls")
     if report is None:
         return
     import pandas as pd
@@ -603,8 +604,9 @@ def cmd_report(args: argparse.Namespace, outputs: _io.Outputs) -> None:
         keys = list(getattr(adata, container).keys())
         if keys:
             print(f"  {container}: {', '.join(keys)}")
-    record = adata.uns.get("normalisr", {})
-    steps = {k: v for k, v in record.items() if k not in ("written", "qc_summary")}
+    from ._store import recorded_params
+
+    steps = recorded_params(adata)
     if steps:
         print("steps recorded:")
         for step, params in steps.items():

@@ -274,10 +274,10 @@ def assert_user_data_untouched(before: dict[tuple, Any], after: AnnData) -> None
     """Everything in ``before`` (the user's data) is still there, byte for byte.
 
     New keys may have been added, and the record of normalisr_sc's own entries
-    (``uns['normalisr']``) may have changed.
+    (``uns['nsc_written']``) may have changed.
     """
     now = snapshot(after)
-    own = ("uns", nsc._store.RECORD)
+    own = ("uns", nsc._store.WRITTEN)
     # The lists of keys and columns may grow; every old entry must stay as it was.
     paths = [
         p
@@ -420,7 +420,7 @@ def run_refusal(case: Case) -> None:
 
 def _results(flat: dict[tuple, Any], user: dict[tuple, Any]) -> dict[tuple, Any]:
     """The entries of ``flat`` that are not the user's data ``user`` nor fingerprints."""
-    own = ("uns", nsc._store.RECORD, nsc._store.WRITTEN)
+    own = ("uns", nsc._store.WRITTEN)
     return {p: v for p, v in flat.items() if p not in user and p[: len(own)] != own and p[0] != "X"}
 
 

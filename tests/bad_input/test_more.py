@@ -35,11 +35,11 @@ CASES: list[Case] = []
 
 CASES += [
     Case(
-        "lcpm-user-uns-normalisr-string",
+        "lcpm-user-uns-nsc_written-string",
         "counts",
         lambda a: pp.lcpm(a),
-        r"adata.uns\['normalisr'\]",
-        setup=lambda a: a.uns.__setitem__("normalisr", "mine"),
+        r"adata.uns\['nsc_written'\]",
+        setup=lambda a: a.uns.__setitem__("nsc_written", "mine"),
     ),
     Case(
         "normalize-user-uns-normalisr-list",

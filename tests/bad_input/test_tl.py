@@ -107,10 +107,10 @@ CASES += [
         r"adata.layers\['normalisr'\].*nsc.pp",
     ),
     Case(
-        "de-key_added-normalisr",
+        "de-key_added-nsc_written",
         "normalised",
-        lambda a: tl.de(a, "group", key_added="normalisr"),
-        r"normalisr",
+        lambda a: tl.de(a, "group", key_added="nsc_written"),
+        r"nsc_written",
     ),
     Case(
         "de-key_added-user-uns",
@@ -230,10 +230,10 @@ CASES += [
         r"adata.uns\['note'\]",
     ),
     Case(
-        "coex-key_added-normalisr",
+        "coex-key_added-nsc_written",
         "normalised",
-        lambda a: tl.coex(a, key_added="normalisr"),
-        r"normalisr",
+        lambda a: tl.coex(a, key_added="nsc_written"),
+        r"nsc_written",
     ),
     Case(
         "coex-key_added-user-varp",
@@ -328,10 +328,10 @@ CASES += [
         r"adata.uns\['note'\]",
     ),
     Case(
-        "gotop-key_added-normalisr",
+        "gotop-key_added-nsc_written",
         "analysed",
-        lambda a: _gotop(a, key_added="normalisr"),
-        r"normalisr",
+        lambda a: _gotop(a, key_added="nsc_written"),
+        r"nsc_written",
     ),
 ]
 CASES += param_cases(
@@ -476,10 +476,10 @@ CASES += [
         r"grna_counts",
     ),
     Case(
-        "assign_guides-key_added-normalisr",
+        "assign_guides-key_added-nsc_written",
         "normalised",
-        lambda a: tl.assign_guides(a, key_added="normalisr"),
-        r"normalisr",
+        lambda a: tl.assign_guides(a, key_added="nsc_written"),
+        r"nsc_written",
     ),
     Case(
         "assign_guides-key_added-user-obsm",

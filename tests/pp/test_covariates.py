@@ -48,7 +48,7 @@ def test_normcov_names_and_one_hot(lcpm_adata):
     # One-hot dropping the first level, binary column untouched.
     np.testing.assert_array_equal(cov["batch[b2]"], (adata.obs["batch"] == "b2").astype(float))
     np.testing.assert_array_equal(cov["intercept"], np.ones(adata.n_obs))
-    params = adata.uns["normalisr"]["normcov"]
+    params = adata.uns["nsc_covariates"]["params"]
     assert params["covariates"] == ["batch"]
     assert params["columns"] == [*SUMMARY, "batch[b2]", "intercept"]
     assert params["intercept"] is True

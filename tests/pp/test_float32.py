@@ -38,9 +38,9 @@ def test_normalize_float32_is_the_float64_result_rounded(screen, dtype):
     np.testing.assert_array_equal(narrow.obs["nsc_weight"], wide.obs["nsc_weight"])
     np.testing.assert_array_equal(narrow.varm["nsc_normvar"], wide.varm["nsc_normvar"])
     assert narrow.obsm["nsc_covariates_norm"].dtypes.eq(np.float64).all()
-    record = narrow.uns["normalisr"]
-    assert record["lcpm"]["dtype"] == record["normvar"]["dtype"] == "float32"
-    assert wide.uns["normalisr"]["lcpm"]["dtype"] == "float64"
+    assert narrow.uns["lcpm"]["params"]["dtype"] == "float32"
+    assert narrow.uns["normalisr"]["params"]["dtype"] == "float32"
+    assert wide.uns["lcpm"]["params"]["dtype"] == "float64"
 
 
 @pytest.mark.slow
@@ -117,7 +117,8 @@ def test_cpm_and_minmax_dtype(screen, fmt, chunked):
         if key == "cpm":  # minmax densifies: some genes have no zero
             assert sparse.issparse(narrow) == (fmt == "csr")
         np.testing.assert_array_equal(dense(narrow), dense(wide).astype(np.float32))
-        assert adata.uns["normalisr"][key]["dtype"] == "float32"
+        assert adata.uns[f"{key}32"]["params"]["dtype"] == "float32"
+        assert adata.uns[f"{key}64"]["params"]["dtype"] == "float64"
 
 
 @pytest.mark.parametrize("bad", ["float16", np.int32, "double precision", True, 4])

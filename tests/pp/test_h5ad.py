@@ -35,9 +35,9 @@ def assert_same_after_round_trip(written: AnnData, read: AnnData) -> None:
             pd.testing.assert_frame_equal(read.obsm[key], value)
         else:
             assert_matrix_equal(value, read.obsm[key])
-    assert_nested_equal(
-        dict(written.uns["normalisr"]), dict(read.uns["normalisr"]), "uns['normalisr']"
-    )
+    assert set(read.uns) == set(written.uns)
+    for key in written.uns:
+        assert_nested_equal(written.uns[key], read.uns[key], f"uns[{key!r}]")
 
 
 @pytest.fixture
@@ -73,27 +73,20 @@ def test_normalize_round_trip(normalized, tmp_path):
         "log_total_counts_sq",
     ]
     assert read.obs["nsc_outlier"].dtype == bool
-    assert set(read.uns["normalisr"]) == {
-        "qc_reads",
-        "lcpm",
-        "normcov",
-        "compute_var",
-        "qc_outlier",
-        "normvar",
-        "qc_summary",
-        "written",
-    }
-    written = read.uns["normalisr"]["written"]
+    written = read.uns["nsc_written"]
+    steps = {"nsc_qc", "lcpm", "nsc_covariates", "nsc_weight", "nsc_outlier", "normalisr"}
+    assert set(written["uns"]) == steps
+    assert all("params" in read.uns[key] for key in steps)
     assert set(written["layers"]) == {"lcpm", "normalisr"}
     assert set(written["obs"]) == {"nsc_weight", "nsc_outlier"}
     assert set(written["obsm"]) == {"nsc_cov", "nsc_covariates", "nsc_covariates_norm"}
-    summary = read.uns["normalisr"]["qc_summary"]
+    summary = read.uns["nsc_qc"]["summary"]
     assert (summary["n_cells_kept"], summary["n_genes_kept"]) == read.shape
-    assert read.uns["normalisr"]["compute_var"]["steps"] == 2
-    assert list(read.uns["normalisr"]["normcov"]["covariates"]) == ["batch", "dose"]
+    assert read.uns["nsc_weight"]["params"]["steps"] == 2
+    assert list(read.uns["nsc_covariates"]["params"]["covariates"]) == ["batch", "dose"]
     # What was read back is still normalisr_sc's: a rerun may replace it.
     nsc.pp.normalize(read, covariates=["batch", "dose"], qc=None)
-    assert read.uns["normalisr"]["compute_var"]["steps"] == 1
+    assert read.uns["nsc_weight"]["params"]["steps"] == 1
 
 
 @pytest.mark.slow
@@ -117,10 +110,10 @@ def test_simple_and_scaling_factor_round_trip(counts_adata, tmp_path):
     assert read.layers["cpm_csc"].format == "csc"
     assert isinstance(read.layers["minmax"], np.ndarray)  # some gene had no zero
     assert read.layers["minmax_sparse"].format == "csr"
-    params = read.uns["normalisr"]
-    assert params["scaling_factor"]["zero_at"] == "max"
-    assert list(params["minmax"]["feature_range"]) == [0.0, 2.0]
-    assert params["cpm"]["target_sum"] == 1e4
+    assert read.uns["f_mean"]["params"]["zero_at"] == "max"
+    assert list(read.uns["minmax"]["params"]["feature_range"]) == [0.0, 2.0]
+    assert read.uns["cpm"]["params"]["target_sum"] == 1e6
+    assert read.uns["cpm_csc"]["params"]["target_sum"] == 1e4
 
 
 def test_lcpm_options_round_trip(counts_adata, tmp_path):
@@ -129,7 +122,7 @@ def test_lcpm_options_round_trip(counts_adata, tmp_path):
     read = round_trip(adata, tmp_path / "lcpm.h5ad")
     assert_same_after_round_trip(adata, read)
     assert read.layers["lcpm"].dtype == np.float32
-    assert read.uns["normalisr"]["lcpm"]["seed"] == 3
+    assert read.uns["lcpm"]["params"]["seed"] == 3
 
 
 @pytest.mark.slow
@@ -151,4 +144,4 @@ def test_pipeline_resumes_after_round_trip(counts_adata, tmp_path):
     again = round_trip(read, tmp_path / "full.h5ad")
     assert_same_after_round_trip(read, again)
     nsc.pp.normvar(again, keepvar=False)  # overwrites its own layer after reading
-    assert again.uns["normalisr"]["normvar"]["keepvar"] is not True
+    assert again.uns["normalisr"]["params"]["keepvar"] is not True

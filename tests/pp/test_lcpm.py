@@ -84,7 +84,7 @@ def test_lcpm_summary_covariates_by_hand():
 def test_lcpm_records_parameters():
     adata = counts_adata(SMALL, batch=False)
     nsc.pp.lcpm(adata)
-    params = adata.uns["normalisr"]["lcpm"]
+    params = adata.uns["lcpm"]["params"]
     assert params["total_counts"] == 6.0
     assert params["varscale"] == 0.0
     assert params["dtype"] == "float64"
@@ -130,7 +130,7 @@ def test_lcpm_float32_dtype(make_counts):
     np.testing.assert_array_equal(
         single.layers["lcpm"], reference.layers["lcpm"].astype(np.float32)
     )
-    assert single.uns["normalisr"]["lcpm"]["dtype"] == "float32"
+    assert single.uns["lcpm"]["params"]["dtype"] == "float32"
     pd.testing.assert_frame_equal(single.obsm["nsc_cov"], reference.obsm["nsc_cov"])
 
 
@@ -142,8 +142,9 @@ def test_lcpm_layer_and_key_added(make_counts):
     nsc.pp.lcpm(adata, layer="counts", key_added="bayes")
     assert "lcpm" not in adata.layers
     assert_close(adata.layers["bayes"], explicit_lcpm(counts), rtol=1e-13)
-    assert adata.uns["normalisr"]["lcpm"]["layer"] == "counts"
-    assert adata.uns["normalisr"]["lcpm"]["key_added"] == "bayes"
+    assert adata.uns["bayes"]["params"]["layer"] == "counts"
+    assert adata.uns["bayes"]["params"]["key_added"] == "bayes"
+    assert "lcpm" not in adata.uns
 
 
 def test_lcpm_can_rerun_over_its_own_layer(make_counts):
@@ -218,8 +219,8 @@ def test_varscale_without_seed_runs(make_counts):
     adata = counts_adata(make_counts(50, 10, seed=1))
     nsc.pp.lcpm(adata, varscale=0.3)
     assert np.isfinite(adata.layers["lcpm"]).all()
-    assert adata.uns["normalisr"]["lcpm"]["varscale"] == 0.3
-    assert "seed" not in adata.uns["normalisr"]["lcpm"]  # None is not stored
+    assert adata.uns["lcpm"]["params"]["varscale"] == 0.3
+    assert "seed" not in adata.uns["lcpm"]["params"]  # None is not stored
 
 
 @pytest.mark.parametrize("varscale", [0.5, 2.0])
@@ -341,7 +342,7 @@ def test_scaling_factor_default_equals_lcpm(fmt):
     adata = counts_adata(SCALE_COUNTS, fmt, batch=False)
     nsc.pp.scaling_factor(adata)
     np.testing.assert_allclose(adata.var["nsc_scale"], [1.0, 0.5, 0.0, 1.0], rtol=1e-12, atol=1e-15)
-    assert adata.uns["normalisr"]["scaling_factor"]["variable"] == "zero_fraction"
+    assert adata.uns["nsc_scale"]["params"]["variable"] == "zero_fraction"
     assert "lcpm" not in adata.layers
 
 
@@ -425,7 +426,7 @@ def test_scaling_factor_key_added_and_layer():
         adata.var["f_detected"], _mapped(LOG_DETECTED, np.log(1 / 3), 0.0), rtol=1e-13
     )
     assert "nsc_scale" not in adata.var
-    params = adata.uns["normalisr"]["scaling_factor"]
+    params = adata.uns["f_detected"]["params"]
     assert params == {
         "variable": "log_detected_fraction",
         "zero_at": "min",

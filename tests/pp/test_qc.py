@@ -78,7 +78,7 @@ def test_qc_reads_second_round_removes_more(fmt):
     assert adata.shape == (2, 2)
     assert list(adata.obs_names) == ["cell0", "cell1"]
     assert list(adata.var_names) == ["gene0", "gene1"]
-    params = adata.uns["normalisr"]["qc_reads"]
+    params = adata.uns["nsc_qc"]["params"]
     assert params["rounds"] == 3
     assert params["min_gene_cells"] == 2
     assert params["min_cell_counts"] == 3
@@ -282,7 +282,7 @@ def test_qc_outlier_finds_planted(planted_weights):
     assert adata.n_obs == weights.size
     assert adata.obs["nsc_outlier"].dtype == bool
     np.testing.assert_array_equal(np.flatnonzero(adata.obs["nsc_outlier"]), planted)
-    params = adata.uns["normalisr"]["qc_outlier"]
+    params = adata.uns["nsc_outlier"]["params"]
     assert params["n_outliers"] == planted.size
     assert params["removed"] is False
     assert params["iterations"] >= 3
@@ -393,7 +393,7 @@ def test_qc_outlier_keeps_obs_columns(planted_weights):
 def test_qc_reads_summary_per_bound():
     adata = counts_adata(ITERATIVE)
     nsc.pp.qc_reads(adata, min_gene_cells=2, min_cell_counts=3)
-    summary = adata.uns["normalisr"]["qc_summary"]
+    summary = adata.uns["nsc_qc"]["summary"]
     assert (summary["n_cells_in"], summary["n_cells_kept"]) == (4, 2)
     assert (summary["n_genes_in"], summary["n_genes_kept"]) == (3, 2)
     # Cell 3 fails min_cell_counts on the input; cell 2 goes in round 2 only.
@@ -446,8 +446,8 @@ def test_qc_reads_bounds_scaled_to_the_genes_measured():
     )
     np.testing.assert_array_equal(same, [False, False, True, False])
     nsc.pp.qc_reads(adata, min_cell_counts=6, min_cell_genes=2, transcriptome_genes=6)
-    assert adata.uns["normalisr"]["qc_reads"]["min_cell_counts"] == 3
-    assert adata.uns["normalisr"]["qc_reads"]["transcriptome_genes"] == 6
+    assert adata.uns["nsc_qc"]["params"]["min_cell_counts"] == 3
+    assert adata.uns["nsc_qc"]["params"]["transcriptome_genes"] == 6
 
 
 @pytest.mark.parametrize(
@@ -470,9 +470,9 @@ def test_qc_reads_parameters_checked(kwargs, match):
 def test_qc_outlier_summary_and_parameters(planted_weights):
     adata = weights_adata(planted_weights[0])
     nsc.pp.qc_outlier(adata)
-    n_outliers = adata.uns["normalisr"]["qc_outlier"]["n_outliers"]
+    n_outliers = adata.uns["nsc_outlier"]["params"]["n_outliers"]
     assert n_outliers > 0
-    summary = adata.uns["normalisr"]["qc_summary"]
+    summary = adata.uns["nsc_qc"]["summary"]
     assert summary["outliers_removed"] == n_outliers
     assert summary["n_cells_in"] - summary["n_cells_kept"] == n_outliers
     assert summary["n_cells_kept"] == adata.n_obs

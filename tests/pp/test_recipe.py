@@ -28,8 +28,8 @@ from .._helpers import (
 
 #: The paper's absolute bounds (the default's cell bounds scale down on 300 genes).
 QC = dict(nsc.pp.DEFAULT_QC, transcriptome_genes=None)
-#: Entries of uns['normalisr'] that are bookkeeping, not a step's parameters.
-RETIRED = ("keys_written",)
+#: The uns records of the recipe's steps (results and params), keyed by their output.
+STEP_RECORDS = ("lcpm", "nsc_covariates", "nsc_weight", "nsc_outlier", "normalisr")
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +108,20 @@ def test_normalize_equals_steps(recipe_data):
     assert nsc.pp.normalize(result, covariates=["batch"], qc=QC) is None
     expected = stepwise(adata, ["batch"])
     assert_same_outputs(result, expected)
-    steps = {k: v for k, v in expected.uns["normalisr"].items() if k not in RETIRED}
-    # qc_outlier(inplace=True) counts the cells after the read QC; the recipe the input's.
-    summary, recipe_summary = steps.pop("qc_summary"), dict(result.uns["normalisr"]["qc_summary"])
     assert_nested_equal(
-        steps, {k: v for k, v in result.uns["normalisr"].items() if k != "qc_summary"}
+        {k: expected.uns[k] for k in STEP_RECORDS}, {k: result.uns[k] for k in STEP_RECORDS}
     )
+    assert_nested_equal(expected.uns["nsc_qc"]["params"], result.uns["nsc_qc"]["params"])
+    # qc_outlier(inplace=True) counts the cells after the read QC; the recipe the input's.
+    summary = expected.uns["nsc_qc"]["summary"]
+    recipe_summary = dict(result.uns["nsc_qc"]["summary"])
     assert recipe_summary == {**summary, "n_cells_in": 600, "n_genes_in": 300}
     # QC removed the shallow cells and the rare genes, qc_outlier the deep cells.
     assert result.shape == (600 - 20 - 5, 300 - 5)
     assert not result.obs_names.isin(adata.obs_names[shallow]).any()
     assert not result.obs_names.isin(adata.obs_names[deep]).any()
     assert not result.var_names.isin(adata.var_names[:5]).any()
-    assert result.uns["normalisr"]["qc_outlier"]["n_outliers"] == 5
+    assert result.uns["nsc_outlier"]["params"]["n_outliers"] == 5
     assert not result.obs["nsc_outlier"].any()
     # The counts themselves are the subset of the input, untouched.
     cells = adata.obs_names.get_indexer(result.obs_names)
@@ -154,18 +155,12 @@ def test_normalize_outputs_are_valid(recipe_data):
         assert isinstance(frame, pd.DataFrame)
         pd.testing.assert_index_equal(frame.index, result.obs_names)
         assert np.isfinite(frame.to_numpy()).all()
-    assert set(result.uns["normalisr"]) == {
-        "qc_reads",
-        "lcpm",
-        "normcov",
-        "compute_var",
-        "qc_outlier",
-        "normvar",
-        "qc_summary",
-        "written",
-    }
     # Every result is recorded as normalisr_sc's, so a rerun may replace it.
-    written = result.uns["normalisr"]["written"]
+    written = result.uns["nsc_written"]
+    assert set(written["uns"]) == {*STEP_RECORDS, "nsc_qc"}
+    for key in written["uns"]:
+        assert "params" in result.uns[key], key
+    assert set(result.uns["nsc_qc"]) == {"params", "summary"}
     assert set(written["layers"]) == set(OUTPUT_LAYERS)
     assert set(written["obsm"]) == set(OUTPUT_OBSM)
     assert set(written["obs"]) == {"nsc_weight", "nsc_outlier"}
@@ -188,7 +183,7 @@ def test_normalize_keeps_existing_annotations(recipe_data):
     adata.layers["counts"] = adata.X.copy()
     adata.obsm["pos"] = np.arange(adata.n_obs * 2, dtype=float).reshape(-1, 2)
     adata.var["id"] = np.arange(adata.n_vars)
-    adata.uns["normalisr"] = {"note": "kept"}
+    adata.uns["note"] = {"kept": True}
     adata.uns["other"] = [1, 2]
     nsc.pp.normalize(adata, covariates=["batch"])
     cells = recipe_data[0].obs_names.get_indexer(adata.obs_names)
@@ -197,8 +192,8 @@ def test_normalize_keeps_existing_annotations(recipe_data):
     np.testing.assert_array_equal(
         adata.var["id"], recipe_data[0].var_names.get_indexer(adata.var_names)
     )
-    assert adata.uns["normalisr"]["note"] == "kept"
-    assert "normvar" in adata.uns["normalisr"]
+    assert adata.uns["note"] == {"kept": True}
+    assert adata.uns["normalisr"]["params"]["keepvar"] is True
     assert adata.uns["other"] == [1, 2]
     assert list(adata.obs["group"].cat.categories) == ["control", "case"]
 
@@ -210,8 +205,9 @@ def test_normalize_without_qc_or_outlier_removal(recipe_data):
     )
     assert result.shape == adata.shape
     assert "nsc_outlier" not in result.obs
-    assert "qc_reads" not in result.uns["normalisr"]
-    assert "qc_outlier" not in result.uns["normalisr"]
+    assert "params" not in result.uns["nsc_qc"]  # no read-count QC ran
+    assert result.uns["nsc_qc"]["summary"]["n_cells_kept"] == adata.n_obs
+    assert "nsc_outlier" not in result.uns
     expected = stepwise(adata, ["batch"], qc=None, remove_outliers=False)
     assert_same_outputs(result, expected)
 
@@ -223,9 +219,9 @@ def test_normalize_options_pass_through(recipe_data):
     result = nsc.pp.normalize(adata, ["batch", "group"], qc=qc, stepmax=3, keepvar=False, copy=True)
     expected = stepwise(adata, ["batch", "group"], qc=qc, stepmax=3, keepvar=False)
     assert_same_outputs(result, expected)
-    assert result.uns["normalisr"]["compute_var"]["steps"] == 3
-    assert result.uns["normalisr"]["normvar"]["keepvar"] is False
-    assert result.uns["normalisr"]["qc_reads"]["min_cell_counts"] == 800
+    assert result.uns["nsc_weight"]["params"]["steps"] == 3
+    assert result.uns["normalisr"]["params"]["keepvar"] is False
+    assert result.uns["nsc_qc"]["params"]["min_cell_counts"] == 800
     assert "group[case]" in result.obsm["nsc_covariates"].columns
 
 
@@ -362,7 +358,7 @@ def test_papalexi_normalize(shared_data):
     n_cells, n_genes = adata.shape
     nsc.pp.normalize(adata, covariates=["bio_rep"], qc=None)
     assert adata.n_vars == n_genes
-    assert adata.n_obs == n_cells - adata.uns["normalisr"]["qc_outlier"]["n_outliers"]
+    assert adata.n_obs == n_cells - adata.uns["nsc_outlier"]["params"]["n_outliers"]
     assert adata.n_obs > 0.95 * n_cells
     for key in OUTPUT_LAYERS:
         assert adata.layers[key].shape == adata.shape
@@ -394,7 +390,7 @@ def test_papalexi_default_qc_keeps_the_panel(shared_data, caplog):
     adata = read_h5ad(shared_data / "papalexi_lowmoi.h5ad")
     n_cells, n_genes = adata.shape
     nsc.pp.normalize(adata, covariates=["bio_rep"])
-    summary = adata.uns["normalisr"]["qc_summary"]
+    summary = adata.uns["nsc_qc"]["summary"]
     assert adata.n_obs >= 0.9 * n_cells
     assert (summary["n_cells_in"], summary["n_genes_in"]) == (n_cells, n_genes)
     assert (summary["n_cells_kept"], summary["n_genes_kept"]) == adata.shape
@@ -455,7 +451,7 @@ def test_normalize_summary_and_outlier_warning(recipe_data, caplog):
     caplog.set_level(logging.WARNING, logger="normalisr_sc")
     adata = recipe_data[0]
     result = nsc.pp.normalize(adata, ["batch"], qc=QC, copy=True)
-    summary = result.uns["normalisr"]["qc_summary"]
+    summary = result.uns["nsc_qc"]["summary"]
     assert summary["cells_removed"]["min_cell_counts"] == 20
     assert summary["outliers_removed"] == 5
     assert summary["n_cells_kept"] == result.n_obs == 575

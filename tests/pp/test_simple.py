@@ -59,7 +59,7 @@ def test_cpm_by_hand(fmt):
         assert sparse.issparse(result)
         assert result.format == fmt
         assert result.nnz == np.count_nonzero(HAND)
-    assert adata.uns["normalisr"]["cpm"]["target_sum"] == 1e6
+    assert adata.uns["cpm"]["params"]["target_sum"] == 1e6
 
 
 def test_cpm_target_sum_key_and_layer():
@@ -72,7 +72,8 @@ def test_cpm_target_sum_key_and_layer():
     np.testing.assert_allclose(
         result.toarray(), HAND / HAND.sum(axis=1, keepdims=True) * 1e4, rtol=1e-15
     )
-    assert adata.uns["normalisr"]["cpm"] == {
+    assert "cpm" not in adata.uns  # the record follows key_added
+    assert adata.uns["per10k"]["params"] == {
         "layer": "counts",
         "key_added": "per10k",
         "target_sum": 1e4,
@@ -85,7 +86,7 @@ def test_cpm_does_not_touch_input():
     before = adata.copy()
     nsc.pp.cpm(adata)
     del adata.layers["cpm"]
-    del adata.uns["normalisr"]
+    del adata.uns["cpm"], adata.uns["nsc_written"]
     assert_unchanged(before, adata)
 
 
@@ -135,7 +136,7 @@ def test_minmax_feature_range_dense():
         rtol=1e-15,
         atol=1e-15,
     )
-    assert adata.uns["normalisr"]["minmax"]["feature_range"] == [-1.0, 1.0]
+    assert adata.uns["minmax"]["params"]["feature_range"] == [-1.0, 1.0]
 
 
 def test_minmax_constant_gene_maps_to_low():
@@ -192,7 +193,8 @@ def test_minmax_layer_and_key():
     nsc.pp.minmax(adata, layer="lc", key_added="scaled")
     assert "minmax" not in adata.layers
     np.testing.assert_array_equal(adata.layers["scaled"][:, 0], [0.5, 1.0, 0.0])
-    assert adata.uns["normalisr"]["minmax"]["layer"] == "lc"
+    assert adata.uns["scaled"]["params"]["layer"] == "lc"
+    assert "minmax" not in adata.uns
 
 
 def test_minmax_after_normalize_of_lcpm(counts_adata):

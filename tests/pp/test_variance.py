@@ -93,7 +93,7 @@ def test_compute_var_matches_explicit(prepared):
     assert weights.min() == 1.0
     assert np.isfinite(weights).all()
     assert weights.max() > 1.05  # the fit is not trivial
-    params = adata.uns["normalisr"]["compute_var"]
+    params = adata.uns["nsc_weight"]["params"]
     assert params["steps"] == 1
     assert params["stepmax"] == 1
 
@@ -104,7 +104,7 @@ def test_compute_var_iterated_matches_explicit(prepared, stepmax):
     nsc.pp.compute_var(adata, stepmax=stepmax, eps=1e-12)
     expected, steps = explicit_weights(*_arrays(adata), stepmax=stepmax, eps=1e-12)
     np.testing.assert_allclose(adata.obs["nsc_weight"], expected, rtol=1e-9)
-    assert adata.uns["normalisr"]["compute_var"]["steps"] == steps == stepmax
+    assert adata.uns["nsc_weight"]["params"]["steps"] == steps == stepmax
     single = prepared.copy()
     nsc.pp.compute_var(single)
     assert not np.allclose(adata.obs["nsc_weight"], single.obs["nsc_weight"], rtol=1e-6)
@@ -113,7 +113,7 @@ def test_compute_var_iterated_matches_explicit(prepared, stepmax):
 def test_compute_var_stops_under_eps(prepared):
     adata = prepared.copy()
     nsc.pp.compute_var(adata, stepmax=10, eps=1e3)
-    assert adata.uns["normalisr"]["compute_var"]["steps"] == 1
+    assert adata.uns["nsc_weight"]["params"]["steps"] == 1
     expected, _ = explicit_weights(*_arrays(adata))
     np.testing.assert_allclose(adata.obs["nsc_weight"], expected, rtol=1e-10)
 
@@ -178,7 +178,7 @@ def test_normvar_matches_explicit(weighted, keepvar):
     # Continuous covariates and the intercept are weighted, the binary batch column is not.
     np.testing.assert_array_equal(norm_cov["intercept"], weights)
     np.testing.assert_array_equal(norm_cov["batch[b2]"], adata.obsm["nsc_covariates"]["batch[b2]"])
-    assert adata.uns["normalisr"]["normvar"]["keepvar"] is keepvar
+    assert adata.uns["normalisr"]["params"]["keepvar"] is keepvar
 
 
 def test_normvar_keepvar_keeps_variance_scale(weighted):

@@ -117,7 +117,8 @@ def test_null_screen_is_calibrated(low_moi):
     assert record["ks_statistic"] == pytest.approx(stats.kstest(pvals, "uniform").statistic)
     np.testing.assert_allclose(record["log10p"], -np.log10(pvals), rtol=1e-9)
     assert list(record["groups"]) == _nt_guides(adata)
-    assert adata.uns["normalisr"]["calibration_check"]["construction"] == "guides"
+    assert adata.uns["nsc_calibration"]["params"]["construction"] == "guides"
+    assert adata.uns["nsc_calibration"]["params"]["design"] == "low_moi"
     assert "guides" in str(summary)
     assert "calibrated" in str(summary)
 
@@ -322,7 +323,7 @@ BAD = [
     ({"guides": "guide_ids", "nt_guides": "grna_group", "group_size": 9}, "construction='random'"),
     ({"guides_per_group": 2}, "applies to construction='guides'"),
     ({"key": None, "groupby": "nsc_guides", "design": "low_moi", "n_pairs": "discovery"}, "needs"),
-    ({"key_added": "normalisr"}, "normalisr_sc's record"),
+    ({"key_added": "nsc_written"}, "fingerprints of its results"),
     ({"key_added": "grna_group"}, "was not written by normalisr_sc"),
     ({"layer": "missing"}, "missing"),
     ({"min_nonzero": -1}, "`min_nonzero` must be"),

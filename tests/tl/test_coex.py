@@ -153,7 +153,7 @@ def test_coex_results_survive_h5ad(adata, tmp_path):
         (lambda a: nsc.tl.binnet(a), r"nsc\.tl\.coex"),
         (lambda a: nsc.tl.binnet(a, qcut=1.5), "qcut"),
         (lambda a: nsc.tl.binnet(a, qcut="0.05"), "qcut"),
-        (lambda a: nsc.tl.coex(a, key_added="normalisr"), "record"),
+        (lambda a: nsc.tl.coex(a, key_added="nsc_written"), "fingerprints"),
         (lambda a: nsc.tl.coex(a, key_added=""), "key_added"),
         (lambda a: nsc.tl.coex(a, dtype="bogus"), "dtype"),
     ],

@@ -103,7 +103,7 @@ def test_float32_matches_float64(adata):
     nsc.tl.coex(adata)
     reference = {name: adata.varp[f"nsc_coex_{name}"].copy() for name in MATRICES}
     nsc.tl.coex(adata, dtype="float32")
-    assert adata.uns["nsc_coex"]["dtype"] == "float32"
+    assert adata.uns["nsc_coex"]["params"]["dtype"] == "float32"
     for name in MATRICES:
         stored = adata.varp[f"nsc_coex_{name}"]
         assert stored.dtype == np.float32

@@ -11,6 +11,7 @@ from scipy import sparse, stats
 
 import normalisr_sc as nsc
 from normalisr_sc._core._association import case_control, high_moi, low_moi
+from normalisr_sc._store import owned
 
 from .._helpers import assert_unchanged, block_size
 from ._data import normalised_adata, normalised_arrays, random_guides, simulate_screen
@@ -194,13 +195,17 @@ def test_results_stored_and_survive_h5ad(arrays, tmp_path):
         assert list(frame.columns) == ["sg1", "sg3"]
         assert frame.index.equals(adata.var_names)
     record = adata.uns["hm"]
-    assert record["design"] == "high_moi"
+    assert record["params"]["design"] == "high_moi"
+    assert record["params"]["groups"] == ["sg1", "sg3"]
     assert list(record["groups"]) == ["sg1", "sg3"]
     path = tmp_path / "de.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
     pd.testing.assert_frame_equal(back.varm["hm_log10p"], adata.varm["hm_log10p"])
     np.testing.assert_array_equal(back.uns["hm"]["df"], record["df"])
+    assert back.uns["hm"]["params"]["design"] == "high_moi"
+    assert list(back.uns["hm"]["params"]["groups"]) == ["sg1", "sg3"]
+    assert owned(back, "uns", "hm")
 
 
 @pytest.fixture

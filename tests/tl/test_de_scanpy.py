@@ -77,10 +77,21 @@ def test_layout_survives_h5ad_and_rerun(tested, tmp_path):
         sc.get.rank_genes_groups_df(tested, "case", key="nsc_de"),
     )
     assert owned(back, "uns", "nsc_de")
+    # One dict of parameters, scanpy's and ours, kept whole by the round trip.
+    params = back.uns["nsc_de"]["params"]
+    assert set(tested.uns["nsc_de"]["params"]) == set(params)
+    assert {"groupby", "reference", "method", "use_raw", "layer", "corr_method"} <= set(params)
+    assert {"design", "min_cells", "covariates_key", "n_genes", "qcut"} <= set(params)
+    assert not any(isinstance(v, dict) for v in params.values())
+    assert "normalisr" not in back.uns or "de" not in back.uns["normalisr"]
+    sc.pl.rank_genes_groups(back, key="nsc_de", n_genes=3, show=False)
+    plt.close("all")
     nsc.tl.de(back, "group", reference="control", n_genes=5, rankby_abs=True)
     assert len(back.uns["nsc_de"]["names"]) == 5
     assert back.uns["nsc_de"]["names"].dtype.names == ("case",)
     assert back.uns["nsc_de"]["params"]["reference"] == "control"
+    assert list(back.uns["nsc_de"]["params"]["reference_groups"]) == ["control"]
+    assert back.uns["nsc_de"]["params"]["rankby_abs"]
     first = back.uns["nsc_de"]["names"]["case"][0]
     assert first == back.varm["nsc_de_log10p"]["case"].idxmax()
 
@@ -95,4 +106,4 @@ def test_many_groups_keep_only_the_top_genes_by_default():
     assert adata.varm["nsc_de_pvals"].shape == (120, 101)
     nsc.tl.de(adata, "cluster", groups=["c0", "c1"], n_genes=0)
     assert "names" not in adata.uns["nsc_de"]
-    assert "params" not in adata.uns["nsc_de"]
+    assert adata.uns["nsc_de"]["params"]["n_genes"] == 0

@@ -79,7 +79,8 @@ def test_reference_equals_the_explicit_two_group_subset(pbmc_three, design):
     _assert_same(adata, "ref", pair, "pair")
     assert adata.uns["ref"]["n_cells_test"][0] == pair.n_obs < adata.n_obs
     assert adata.uns["ref"]["n_cells"][0] == (labels == "B").sum()
-    assert list(adata.uns["ref"]["reference"]) == ["CD14+ Mono"]
+    assert list(adata.uns["ref"]["params"]["reference_groups"]) == ["CD14+ Mono"]
+    assert adata.uns["ref"]["params"]["reference"] == "CD14+ Mono"
 
 
 @pytest.mark.slow
@@ -312,4 +313,4 @@ def test_results_survive_h5ad_and_are_replaced_on_rerun(labelled, tmp_path):
     assert list(back.uns["nsc_de"]["skipped"]) == ["solo"]  # 1 cell < min_cells=2
     nsc.tl.de(back, "cluster", reference="ref", min_cells=3)  # own results are replaced
     assert sorted(back.uns["nsc_de"]["skipped"]) == ["solo", "tiny"]
-    assert back.uns["normalisr"]["de"]["min_cells"] == 3
+    assert back.uns["nsc_de"]["params"]["min_cells"] == 3

@@ -391,7 +391,8 @@ def test_gotop_reports_the_bonferroni_p_of_the_top_term(hub_adata, go_files):
     assert result["top_term_pval_bonferroni"] < 0.05
     assert result["best_pval_bonferroni"] == result["top_term_pval_bonferroni"]
     assert "no_top_term" not in result
-    assert "nsc_gotop" in hub_adata.uns["normalisr"]["written"]["uns"]
+    assert "nsc_gotop" in hub_adata.uns["nsc_written"]["uns"]
+    assert hub_adata.uns["nsc_gotop"]["params"]["n_principal"] > 0
 
 
 def test_gotop_no_term_below_pcut_means_no_top_term(hub_adata, go_files, caplog):
@@ -405,7 +406,7 @@ def test_gotop_no_term_below_pcut_means_no_top_term(hub_adata, go_files, caplog)
     assert result["best_pval_bonferroni"] == best
     assert f"below pcut={best:g} (best: {best:.3g})" in result["no_top_term"]
     assert "no top term" in caplog.text
-    assert hub_adata.uns["normalisr"]["gotop"]["pcut"] == best
+    assert hub_adata.uns["nsc_gotop"]["params"]["pcut"] == best
 
 
 def test_gotop_no_enriched_term(hub_adata, go_files):
@@ -450,7 +451,8 @@ def test_pccovt_stores_through_the_writer(normalized):
     nsc.tl.pccovt(normalized, list(normalized.var_names[:5]), name="hk")
     nsc.tl.pccovt(normalized, list(normalized.var_names[5:10]))
     assert list(normalized.uns["nsc_pccovt"]) == ["hk", "pc_covariate_2"]
-    written = normalized.uns["normalisr"]["written"]
+    assert normalized.uns["nsc_pccovt"]["hk"]["params"]["name"] == "hk"
+    written = normalized.uns["nsc_written"]
     assert "nsc_covariates_norm" in written["obsm"]
     assert "nsc_pccovt" in written["uns"]
     with pytest.raises(ValueError, match="`genes` names"):
@@ -512,7 +514,8 @@ def test_coex_peel_stops_and_says_why(go_files, caplog):
     assert "go_round1" in adata.obsm["nsc_covariates_norm"].columns
     assert "go_round2" not in adata.obsm["nsc_covariates_norm"].columns
     assert {"nsc_coex_net_round1", "nsc_coex_net_round2"} <= set(adata.varp)
-    written = adata.uns["normalisr"]["written"]
+    written = adata.uns["nsc_written"]
     assert {"nsc_coex_net_round1", "nsc_coex_net"} <= set(written["varp"])
     assert {"nsc_coex_peel", "nsc_gotop", "nsc_pccovt"} <= set(written["uns"])
-    assert adata.uns["normalisr"]["coex_peel"]["rounds"] == 3
+    assert peel["params"]["rounds"] == 3
+    assert adata.uns["nsc_gotop"]["params"]["key"] == "nsc_coex"

@@ -44,7 +44,7 @@ def test_max_assignment(adata):
     assert adata.uns["nsc_guides"]["names"] == NAMES
     # Counts per guide would go stale when cells are filtered: they are not stored.
     assert "n_cells" not in adata.uns["nsc_guides"]
-    assert adata.uns["normalisr"]["assign_guides"]["mode"] == "max"
+    assert adata.uns["nsc_guides"]["params"]["mode"] == "max"
 
 
 def test_threshold_assignment_pooled_by_target(adata):

@@ -116,7 +116,7 @@ def test_low_moi_counts_and_exclusion(low_moi, caplog):
     assert 0 < excluded.sum() < excluded.size  # the test exercises both kinds of pair
     assert f"de: {excluded.sum()} of {excluded.size} (group, gene) pairs" in caplog.text
     np.testing.assert_array_equal(adata.uns["nsc_de"]["n_excluded"], excluded.sum(axis=0))
-    assert adata.uns["nsc_de"]["min_nonzero"] == 7
+    assert adata.uns["nsc_de"]["params"]["min_nonzero"] == 7
     _check_qvalues(adata, excluded)
 
 
@@ -216,7 +216,7 @@ def test_streamed_counts_give_the_same(low_moi, tmp_path):
             pd.testing.assert_frame_equal(
                 other.varm[f"nsc_de_{suffix}"], adata.varm[f"nsc_de_{suffix}"], rtol=1e-9
             )
-    assert lazy.uns["nsc_de"]["counts_layer"] == "counts"
+    assert lazy.uns["nsc_de"]["params"]["counts_layer"] == "counts"
     backed.file.close()
 
 
@@ -261,7 +261,7 @@ def test_results_survive_h5ad_and_rerun(low_moi, tmp_path):
         back.uns["nsc_de"]["n_excluded"], adata.uns["nsc_de"]["n_excluded"]
     )
     nsc.tl.de(back, SCREEN, design="low_moi", reference=NT, min_nonzero=3)
-    assert back.uns["nsc_de"]["min_nonzero"] == 3
+    assert back.uns["nsc_de"]["params"]["min_nonzero"] == 3
 
 
 def _negate_counts(adata):

@@ -175,7 +175,10 @@ def test_everything_survives_h5ad(screen, tmp_path):
         pd.testing.assert_frame_equal(
             back.uns["nsc_de"][name], adata.uns["nsc_de"][name], check_dtype=False
         )
-    assert back.uns["nsc_de"]["qcut"] == 0.1
+    assert back.uns["nsc_de"]["params"]["qcut"] == 0.1
+    assert back.uns["nsc_de"]["params"]["n_positive_controls"] == len(
+        adata.uns["nsc_de"]["positive_controls"]
+    )
     pd.testing.assert_frame_equal(nsc.get.de_df(back), nsc.get.de_df(adata))
     assert owned(back, "uns", "nsc_de")
     nsc.tl.de(back, SCREEN, design="low_moi", reference=NT)  # replaces the results

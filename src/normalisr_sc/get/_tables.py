@@ -10,6 +10,7 @@ import pandas as pd
 from .._core._pair_qc import family_qvalues, locate_pairs, qc_pass, read_pairs
 from .._core._pvalues import bh_qvalues
 from .._readers import coex_block
+from .._store import read_params, read_record
 from .._utils import require
 from .._validate import as_names, check_int, check_number, check_str
 
@@ -106,11 +107,10 @@ def de_df(
     given = None if pairs is None or every else read_pairs("pairs", pairs)
     for suffix in DE_RESULTS:
         require(adata, "varm", f"{key}_{suffix}", "nsc.tl.de")
-    record = adata.uns.get(key, {})
-    record = record if isinstance(record, dict) else {}
+    record, params = read_record(adata, key), read_params(adata, key)
     has_qc = all(f"{key}_{suffix}" in adata.varm for suffix in PAIR_QC)
     if min_nonzero is None:
-        min_nonzero = int(record.get("min_nonzero", 0)) if has_qc else 0
+        min_nonzero = int(params.get("min_nonzero", 0)) if has_qc else 0
     elif min_nonzero and not has_qc:
         msg = (
             f"adata.varm[{key + '_n_nonzero_group'!r}] not found: `nsc.tl.de` ran without "

@@ -10,6 +10,7 @@ from scipy import stats
 from .._core._pvalues import genomic_inflation
 from .._docs import doc_params
 from .._readers import coex_block
+from .._store import read_params
 from .._utils import require
 from .._validate import as_names, check_bool, check_int, check_number, check_str
 from ..get import de_df
@@ -315,9 +316,9 @@ def volcano(
         frameon=False,
         fontsize=7,
     )
-    record = adata.uns.get(key, {})
-    reference = list(np.atleast_1d(record.get("reference", []))) if hasattr(record, "get") else []
-    baseline = "rest" if record.get("design", "case_control") == "case_control" else "no group"
+    params = read_params(adata, key)
+    reference = list(np.atleast_1d(params.get("reference_groups", [])))
+    baseline = "rest" if params.get("design", "case_control") == "case_control" else "no group"
     against = ", ".join(map(str, reference)) if reference else baseline
     ax.set_title(f"{key}: {group} vs {against}")
     return finish(ax, show=show, save=save)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._docs import doc_params
+from .._store import read_params, read_record
 from .._validate import check_bool, check_str
 from ._association import SERIES_COLORS, draw_qq
 from ._utils import check_plot_args, doc_show_save_ax, finish, finite_values, new_axes
@@ -23,8 +24,8 @@ NEEDED = ("log10p", "group", "groups", "fraction_below_05", "n_false_discoveries
 
 
 def _record(adata: AnnData, key: str) -> Mapping:
-    record = adata.uns.get(key)
-    if not isinstance(record, Mapping) or any(entry not in record for entry in NEEDED):
+    record = read_record(adata, key)
+    if any(entry not in record for entry in NEEDED):
         msg = (
             f"no calibration check under adata.uns[{key!r}]; run "
             f"`nsc.tl.calibration_check(adata, key_added={key!r})` first."
@@ -95,8 +96,8 @@ def calibration(
     ax = draw_qq(new_axes(ax), series, clip=clip)
     if by_group and len(series) > len(SERIES_COLORS):
         ax.get_legend().remove()
-    params = record.get("params", {})
-    qcut = params.get("qcut", 0.1) if isinstance(params, Mapping) else 0.1
+    params = read_params(adata, key)
+    qcut = params.get("qcut", 0.1)
     ax.text(
         0.97,
         0.03,
@@ -107,7 +108,6 @@ def calibration(
         va="bottom",
         fontsize=7,
     )
-    params = params if isinstance(params, Mapping) else {}
     construction = str(params.get("construction", ""))
     per_group = int(params.get("guides_per_group", 1))
     built = {

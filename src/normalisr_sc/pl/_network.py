@@ -11,6 +11,7 @@ from scipy.spatial.distance import squareform
 
 from .._docs import doc_params
 from .._readers import coex_block
+from .._store import read_record
 from .._utils import gene_positions, require
 from .._validate import as_names, check_int, check_str
 from ._utils import check_plot_args, doc_show_save_ax, finish, new_axes
@@ -125,7 +126,7 @@ def coex_network(
     graph = nx.relabel_nodes(graph, dict(enumerate(names)))
     from_gotop = highlight is None
     if from_gotop:
-        highlight = adata.uns.get("nsc_gotop", {}).get("principal_genes", [])
+        highlight = read_record(adata, "nsc_gotop").get("principal_genes", [])
     highlighted = set(as_names("highlight", highlight))
 
     nodes = list(graph.nodes)

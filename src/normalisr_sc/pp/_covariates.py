@@ -89,7 +89,7 @@ def normcov(
     check_bool("intercept", intercept)
     check_bool("summary", summary)
     check_str("key_added", key_added)
-    check_writable(adata, {"obsm": [key_added]})
+    check_writable(adata, {"obsm": [key_added], "uns": [key_added]})
     parts = []
     if summary:
         require(adata, "obsm", COV_KEY, "nsc.pp.lcpm")
@@ -113,7 +113,7 @@ def normcov(
         names.append(INTERCEPT)
     store(
         adata,
-        "normcov",
+        key_added,
         {
             "covariates": columns,
             "intercept": intercept,

@@ -159,7 +159,7 @@ def lcpm(
     ``adata.var['nsc_scale']``
         Gene scaling factor in [0, 1] (zero-count fraction, maximum mapped to 1), see
         :func:`normalisr_sc.pp.scaling_factor`.
-    ``adata.uns['normalisr']['lcpm']``
+    ``adata.uns[key_added]['params']``
         Parameters and the matrix total.
 
     Examples
@@ -174,7 +174,10 @@ def lcpm(
     seed = check_int("seed", seed, minimum=0, allow_none=True)
     dtype = float_dtype("dtype", dtype)
     check_chunking(chunked, chunk_size)
-    check_writable(adata, {"layers": [key_added], "obsm": [COV_KEY], "var": [SCALE_KEY]})
+    check_writable(
+        adata,
+        {"layers": [key_added], "obsm": [COV_KEY], "var": [SCALE_KEY], "uns": [key_added]},
+    )
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     streamed = is_dask(counts)
     if streamed and varscale > 0:
@@ -203,7 +206,7 @@ def lcpm(
     )
     store(
         adata,
-        "lcpm",
+        key_added,
         {
             "layer": layer,
             "key_added": key_added,
@@ -269,7 +272,7 @@ def scaling_factor(
     check_bool("inplace", inplace)
     check_chunking(chunked, chunk_size)
     if inplace:
-        check_writable(adata, {"var": [key_added]})
+        check_writable(adata, {"var": [key_added], "uns": [key_added]})
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     *_, gene_stats = _summarise_counts(adata, counts, layer, size, "scaling factor")
     scale = scaling_factor_values(gene_stats, variable, zero_at=zero_at, one_at=one_at)
@@ -277,7 +280,7 @@ def scaling_factor(
         return scale
     store(
         adata,
-        "scaling_factor",
+        key_added,
         {
             "variable": variable,
             "zero_at": zero_at,

@@ -1,7 +1,7 @@
 """Quality control: read-count bounds (METHOD 1) and variance-outlier cells (METHOD 6).
 
-Both steps record what they removed, per criterion, in ``adata.uns['normalisr']
-['qc_summary']`` (read it as text with :func:`format_qc_summary`), and warn when more
+Both steps record what they removed, per criterion, in ``adata.uns['nsc_qc']
+['summary']`` (read it as text with :func:`format_qc_summary`), and warn when more
 than :data:`WARN_FRACTION` of the cells or genes go.
 """
 
@@ -18,7 +18,7 @@ from .._core._normalize import variance_outliers
 from .._core._reduce import accumulate
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
-from .._store import RECORD, check_writable, store, subsetting
+from .._store import check_writable, read_record, store, subsetting
 from .._utils import ensure_actual, input_matrix, logger, matrix_name, require
 from .._validate import check_bool, check_int, check_number, check_str
 
@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 
 #: Removing more than this fraction of the cells or of the genes is a logged WARNING.
 WARN_FRACTION = 0.1
-#: Entry of ``adata.uns['normalisr']`` holding what QC removed.
-SUMMARY = "qc_summary"
+#: Key of ``adata.uns`` of the QC record: :func:`qc_reads`'s ``params`` and the
+#: ``summary`` of what QC removed (updated by :func:`qc_outlier`).
+QC_KEY = "nsc_qc"
+#: Entry of ``adata.uns[QC_KEY]`` holding what QC removed.
+SUMMARY = "summary"
 #: Cell bounds, with what each bounds (for summaries and warnings).
 CELL_BOUNDS = {
     "min_cell_counts": "total counts",
@@ -153,8 +156,7 @@ def _warn_reads(summary: Mapping[str, Any], parameter: str) -> None:
 
 
 def _current_summary(adata: AnnData) -> dict[str, Any]:
-    record = adata.uns.get(RECORD, {})
-    summary = record.get(SUMMARY) if isinstance(record, Mapping) else None
+    summary = read_record(adata, QC_KEY).get(SUMMARY)
     return dict(summary) if isinstance(summary, Mapping) else {}
 
 
@@ -164,7 +166,7 @@ def format_qc_summary(summary: Mapping) -> str:
     Parameters
     ----------
     summary
-        ``adata.uns['normalisr']['qc_summary']``, as written by :func:`qc_reads`,
+        ``adata.uns['nsc_qc']['summary']``, as written by :func:`qc_reads`,
         :func:`qc_outlier` and :func:`normalize`.
 
     Returns
@@ -175,12 +177,10 @@ def format_qc_summary(summary: Mapping) -> str:
 
     Examples
     --------
-    >>> print(nsc.pp.format_qc_summary(adata.uns["normalisr"]["qc_summary"]))
+    >>> print(nsc.pp.format_qc_summary(adata.uns["nsc_qc"]["summary"]))
     """
     if not isinstance(summary, Mapping):
-        msg = (
-            f"`summary` must be a mapping (adata.uns['normalisr']['qc_summary']), got {summary!r}."
-        )
+        msg = f"`summary` must be a mapping (adata.uns['nsc_qc']['summary']), got {summary!r}."
         raise ValueError(msg)
     lines = []
     for axis in ("cells", "genes"):
@@ -232,7 +232,7 @@ def qc_reads(
     ``min(1, n_genes / N)``, so that a gene panel or a subset of genes is held to the
     same standard per gene measured (:func:`normalize`'s default).
 
-    What was removed, per bound, goes to ``adata.uns['normalisr']['qc_summary']``
+    What was removed, per bound, goes to ``adata.uns['nsc_qc']['summary']``
     (:func:`format_qc_summary`); removing more than 10% of the cells or genes is a
     logged WARNING naming the bounds responsible.
 
@@ -267,8 +267,8 @@ def qc_reads(
     Returns
     -------
     ``None`` if ``inplace``, else boolean masks ``(cells_kept, genes_kept)``. In place,
-    the bounds applied are recorded in ``adata.uns['normalisr']['qc_reads']`` and the
-    summary in ``adata.uns['normalisr']['qc_summary']``.
+    the bounds applied are recorded in ``adata.uns['nsc_qc']['params']`` and the
+    summary in ``adata.uns['nsc_qc']['summary']``.
 
     Examples
     --------
@@ -302,6 +302,8 @@ def qc_reads(
             "`adata[cells, genes].to_memory()`."
         )
         raise ValueError(msg)
+    if inplace:
+        check_writable(adata, {"uns": [QC_KEY]})
     bounds = ReadBounds(
         **scaled_bounds(
             {name: float(value) for name, value in given.items()},
@@ -340,8 +342,7 @@ def qc_reads(
     with subsetting(adata):
         # One copy for cells and genes at once (anndata copies per call), lazy for a dask X.
         adata._init_as_actual(adata[cells, genes].copy())
-    store(adata, "qc_reads", params)
-    store(adata, SUMMARY, summary)
+    store(adata, QC_KEY, params, uns={QC_KEY: {SUMMARY: summary}})
     return None
 
 
@@ -380,8 +381,8 @@ def qc_outlier(
     Returns
     -------
     Nothing; sets ``adata.obs[key_added]`` (``True`` for outliers), records the
-    parameters in ``adata.uns['normalisr']['qc_outlier']`` and the cells removed in
-    ``adata.uns['normalisr']['qc_summary']['outliers_removed']``. Removing more than
+    parameters in ``adata.uns[key_added]['params']`` and the cells removed in
+    ``adata.uns['nsc_qc']['summary']['outliers_removed']``. Removing more than
     10% of the cells is a logged WARNING.
     """
     check_number("pcut", pcut, minimum=0, maximum=1, min_open=True, max_open=True)
@@ -390,7 +391,7 @@ def qc_outlier(
     check_str("key_added", key_added)
     check_bool("inplace", inplace)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
-    check_writable(adata, {"obs": [key_added]})
+    check_writable(adata, {"obs": [key_added], "uns": [key_added, QC_KEY]})
     weights = adata.obs[weights_key].to_numpy(dtype=np.float64)
     if not (np.isfinite(weights) & (weights > 0)).all():
         msg = f"adata.obs[{weights_key!r}] must hold finite positive weights; rerun compute_var."
@@ -437,5 +438,5 @@ def qc_outlier(
         with subsetting(adata):
             adata._inplace_subset_obs(~outliers)
         flags = outliers[~outliers]
-    store(adata, "qc_outlier", params, obs={key_added: flags})
-    store(adata, SUMMARY, summary)
+    qc_record = {**read_record(adata, QC_KEY), SUMMARY: summary}
+    store(adata, key_added, params, obs={key_added: flags}, uns={QC_KEY: qc_record})

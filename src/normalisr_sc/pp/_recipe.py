@@ -13,12 +13,12 @@ from anndata import AnnData
 
 from .._core._blocks import compact_rows
 from .._core._reduce import is_dask
-from .._store import RECORD, WRITTEN, check_writable, owned_keys, store, subsetting
+from .._store import PARAMS, check_writable, owned_keys, read_record, store, subsetting
 from .._utils import ensure_actual, float_dtype, input_matrix, logger, obs_columns
 from .._validate import as_names, check_bool, check_int, check_keys, check_number, check_str
 from ._covariates import normcov
 from ._lcpm import lcpm
-from ._qc import SUMMARY, WARN_FRACTION, qc_outlier, qc_reads
+from ._qc import QC_KEY, SUMMARY, WARN_FRACTION, qc_outlier, qc_reads
 from ._variance import compute_var, normvar
 
 if TYPE_CHECKING:
@@ -120,6 +120,14 @@ def _writes(remove_outliers: bool) -> dict[str, list[str]]:
         "var": ["nsc_scale"],
         "obsm": ["nsc_cov", "nsc_covariates", "nsc_covariates_norm"],
         "varm": ["nsc_normvar"],
+        "uns": [
+            "lcpm",
+            "normalisr",
+            "nsc_covariates",
+            "nsc_weight",
+            *(["nsc_outlier"] if remove_outliers else []),
+            QC_KEY,
+        ],
     }
 
 
@@ -143,7 +151,7 @@ def _results(work: AnnData) -> dict[str, dict]:
 
 def _summary(work: AnnData, n_cells: int, n_genes: int, n_outliers: int | None) -> dict:
     """Return the QC summary of the whole recipe, in terms of the user's cells and genes."""
-    summary = dict(work.uns[RECORD].get(SUMMARY, {}))
+    summary = dict(read_record(work, QC_KEY).get(SUMMARY, {}))
     summary.update(
         n_cells_in=n_cells, n_genes_in=n_genes, n_genes_kept=work.n_vars, n_cells_kept=work.n_obs
     )
@@ -181,7 +189,7 @@ def normalize(
     cell needs at least 500 counts and 100 detected genes per 20,000 genes measured
     (so a whole transcriptome is held to the paper's bounds and a 300-gene panel to
     7.5 counts and 1.5 genes). What QC removed, per criterion, is in
-    ``adata.uns['normalisr']['qc_summary']`` (:func:`format_qc_summary`); removing more
+    ``adata.uns['nsc_qc']['summary']`` (:func:`format_qc_summary`); removing more
     than 10% of the cells or genes is a logged WARNING saying by which bound.
 
     Parameters
@@ -234,8 +242,11 @@ def normalize(
     genes passing QC and receives every result of the steps: ``layers['lcpm']``,
     ``layers['normalisr']``, ``obsm['nsc_cov']``, ``obsm['nsc_covariates']``,
     ``obsm['nsc_covariates_norm']``, ``obs['nsc_weight']``, ``obs['nsc_outlier']``,
-    ``var['nsc_scale']``, ``varm['nsc_normvar']``, the steps' parameters in
-    ``uns['normalisr'][step]`` and ``uns['normalisr']['qc_summary']``.
+    ``var['nsc_scale']``, ``varm['nsc_normvar']``, the parameters of each step under
+    the key of its output (``uns['lcpm']['params']``, ``uns['nsc_covariates']['params']``,
+    ``uns['nsc_weight']['params']``, ``uns['nsc_outlier']['params']``,
+    ``uns['normalisr']['params']``) and the QC record ``uns['nsc_qc']`` (``params`` of
+    the read-count QC and the ``summary``).
 
     Examples
     --------
@@ -293,22 +304,19 @@ def normalize(
             work._init_as_actual(_drop_cells(work, ~outliers, size))
     normvar(work, keepvar=keepvar, dtype=dtype, chunk_size=size)
 
-    steps = {
-        step: dict(params)
-        for step, params in work.uns[RECORD].items()
-        if isinstance(params, Mapping) and step not in (WRITTEN, SUMMARY)
-    }
-    if remove_outliers:
-        steps["qc_outlier"]["removed"] = True
     summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)
     results = _results(work)
+    records = results["uns"] = {key: deepcopy(dict(value)) for key, value in results["uns"].items()}
+    if remove_outliers:
+        records["nsc_outlier"][PARAMS]["removed"] = True
+    records[QC_KEY] = {**records.get(QC_KEY, {}), SUMMARY: summary}
     if dtype != np.float64:
         # normvar read the float64 log CPM; its stored copy is rounded only now.
         log_cpm = results["layers"].pop("lcpm")
         del work.layers["lcpm"]
         results["layers"]["lcpm"] = _as_dtype(log_cpm, dtype)
         del log_cpm
-        steps["lcpm"]["dtype"] = dtype.name
+        records["lcpm"][PARAMS]["dtype"] = dtype.name
     if copy:
         adata = _detached(adata, counts) if adata.isbacked else adata.copy()
     check_writable(adata, {container: list(values) for container, values in results.items()})
@@ -318,9 +326,6 @@ def normalize(
             adata._inplace_subset_obs(work.obs[_POSITION].to_numpy())
         if work.n_vars != adata.n_vars:
             adata._inplace_subset_var(work.var[_POSITION].to_numpy())
-    store(adata, **results)
-    for step, params in steps.items():
-        store(adata, step, params)  # parameters only: nothing left to refuse
-    store(adata, SUMMARY, summary)
+    store(adata, None, None, **results)
     logger.info("normalize: %d cells x %d genes normalised", adata.n_obs, adata.n_vars)
     return adata if copy else None

@@ -171,7 +171,7 @@ def cpm(
     target_sum = check_number("target_sum", target_sum, minimum=0, min_open=True)
     dtype = float_dtype("dtype", dtype)
     check_chunking(chunked, chunk_size)
-    check_writable(adata, {"layers": [key_added]})
+    check_writable(adata, {"layers": [key_added], "uns": [key_added]})
     counts, size = input_matrix(
         adata, layer, chunked=chunked, chunk_size=chunk_size, what="counts", keep_format=True
     )
@@ -212,7 +212,7 @@ def cpm(
         result = _scaled(counts, factor, axis=0, dtype=dtype)
     store(
         adata,
-        "cpm",
+        key_added,
         {"layer": layer, "key_added": key_added, "target_sum": target_sum, "dtype": dtype.name},
         layers={key_added: result},
     )
@@ -284,7 +284,7 @@ def minmax(
     low, high = _feature_range(feature_range)
     dtype = float_dtype("dtype", dtype)
     check_chunking(chunked, chunk_size)
-    check_writable(adata, {"layers": [key_added]})
+    check_writable(adata, {"layers": [key_added], "uns": [key_added]})
     matrix, size = input_matrix(
         adata,
         layer,
@@ -344,7 +344,7 @@ def minmax(
         result = _shifted(dense, lowest, factor, low, dtype)
     store(
         adata,
-        "minmax",
+        key_added,
         {
             "layer": layer,
             "key_added": key_added,

@@ -150,7 +150,7 @@ def compute_var(
     stepmax = check_int("stepmax", stepmax, minimum=1)
     eps = check_number("eps", eps, minimum=0, min_open=True)
     check_str("key_added", key_added)
-    check_writable(adata, {"obs": [key_added]})
+    check_writable(adata, {"obs": [key_added], "uns": [key_added]})
     expression, size, covariates = _expression_and_covariates(
         adata, layer, covariates_key, chunked, chunk_size
     )
@@ -167,7 +167,7 @@ def compute_var(
         raise ValueError(msg)
     store(
         adata,
-        "compute_var",
+        key_added,
         {
             "stepmax": stepmax,
             "eps": eps,
@@ -253,7 +253,13 @@ def normvar(
         check_str(name, value)
     dtype = float_dtype("dtype", dtype, allow_none=True)
     check_writable(
-        adata, {"layers": [key_added], "varm": [NORMVAR_KEY], "obsm": [COVARIATES_NORM_KEY]}
+        adata,
+        {
+            "layers": [key_added],
+            "varm": [NORMVAR_KEY],
+            "obsm": [COVARIATES_NORM_KEY],
+            "uns": [key_added],
+        },
     )
     expression, size, covariates = _expression_and_covariates(
         adata, layer, covariates_key, chunked, chunk_size
@@ -326,7 +332,7 @@ def normvar(
     )
     store(
         adata,
-        "normvar",
+        key_added,
         {
             "keepvar": keepvar,
             "key_added": key_added,

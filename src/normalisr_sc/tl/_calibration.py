@@ -29,7 +29,7 @@ from .._core._pair_qc import nonzero_counts, qc_pass
 from .._core._pvalues import bh_qvalues, genomic_inflation
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
-from .._store import check_writable, store
+from .._store import check_writable, read_params, read_record, store
 from .._utils import input_matrix, logger
 from .._validate import as_names, check_bool, check_choice, check_int, check_number, check_str
 from ._de import MIN_NONZERO, PAIR_QC
@@ -135,7 +135,7 @@ class _Setup:
     counts_layer: str | None
 
 
-def _family_size(adata: AnnData, key: str | None, record: Mapping) -> int | None:
+def _family_size(adata: AnnData, key: str | None, record: Mapping, params: Mapping) -> int | None:
     """Pairs in the discovery analysis' multiple-testing family.
 
     Its tested groups x genes, or its chosen pairs (``tl.de(pairs=...)``), each restricted
@@ -155,10 +155,10 @@ def _family_size(adata: AnnData, key: str | None, record: Mapping) -> int | None
         inside = (rows >= 0) & (columns >= 0)
         rows, columns = rows[inside], columns[inside]
     qc_keys = [f"{key}_{suffix}" for suffix in PAIR_QC]
-    if record.get("min_nonzero") and all(k in adata.varm for k in qc_keys):
+    if params.get("min_nonzero") and all(k in adata.varm for k in qc_keys):
         n_group, n_control = (np.asarray(adata.varm[k]) for k in qc_keys)
         if n_group.shape == (n_genes, len(names)):
-            passing = qc_pass(n_group, n_control, int(record["min_nonzero"]))
+            passing = qc_pass(n_group, n_control, int(params["min_nonzero"]))
             return int(passing[rows, columns].sum())
     return int(rows.size)
 
@@ -170,9 +170,10 @@ def _discovery_setup(
 ) -> _Setup:
     """Read the discovery analysis' parameters (``adata.uns[key]``), overridden where given."""
     record: Mapping = {}
+    params: Mapping = {}
     if key is not None:
-        found = adata.uns.get(key)
-        if not isinstance(found, Mapping) or "design" not in found or "groupby" not in found:
+        record, params = read_record(adata, key), read_params(adata, key)
+        if "design" not in params or "groupby" not in params:
             msg = (
                 f"no differential-expression results under adata.uns[{key!r}]: the check "
                 f"repeats the design of a discovery analysis. Run `nsc.tl.de(adata, ..., "
@@ -180,18 +181,17 @@ def _discovery_setup(
                 "with `groupby=`, `design=` and `control=`."
             )
             raise ValueError(msg)
-        record = found
     elif overrides["groupby"] is None or overrides["design"] is None:
         msg = "with `key=None` (no discovery analysis to follow), pass `groupby=` and `design=`."
         raise ValueError(msg)
 
     def pick(name: str, default: object) -> object:
         value = overrides[name]
-        return value if value is not None else record.get(name, default)
+        return value if value is not None else params.get(name, default)
 
     control = overrides["control"]
     if control is None:
-        control = [str(c) for c in np.atleast_1d(record.get("reference", []))]
+        control = [str(c) for c in np.atleast_1d(params.get("reference_groups", []))]
     if not control:
         where = f"the discovery analysis under key {key!r}" if key else "the check"
         msg = (
@@ -208,9 +208,9 @@ def _discovery_setup(
     groups = record.get("groups")
     min_nonzero = overrides["min_nonzero"]
     if min_nonzero is None:
-        min_nonzero = int(record.get("min_nonzero", MIN_NONZERO.get(design, 0)))
-    counts_layer = overrides["counts_layer"] or record.get("counts_layer")
-    n_pairs = _family_size(adata, key, record)
+        min_nonzero = int(params.get("min_nonzero", MIN_NONZERO.get(design, 0)))
+    counts_layer = overrides["counts_layer"] or params.get("counts_layer")
+    n_pairs = _family_size(adata, key, record, params)
     return _Setup(
         groupby=str(pick("groupby", None)),
         design=design,
@@ -533,7 +533,7 @@ def calibration_check(
     ``n_pairs``, ``n_excluded``, ``n_groups``, ``n_cells``, ``calibrated``), the NT pairs' ``pvals``
     and ``log10p`` (``-log10 p``, exact beyond underflow) with their ``group``
     (position in ``groups``, the NT group names) and ``gene`` (position in
-    ``adata.var_names``), the per-group table ``per_group`` and the parameters used:
+    ``adata.var_names``), the per-group table ``per_group`` and ``params`` (those used):
     what :func:`normalisr_sc.pl.calibration` draws.
 
     Examples
@@ -800,9 +800,8 @@ def calibration_check(
         "gene": gene_index,
         "groups": list(names),
         "per_group": per_group,
-        "params": {k: v for k, v in params.items() if v is not None},
     }
-    store(adata, "calibration_check", params, uns={key_added: record})
+    store(adata, key_added, params, uns={key_added: record})
     if calibrated:
         logger.info("%s", summary)
     else:

@@ -14,7 +14,7 @@ from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._readers import coex_block, network_only
-from .._store import check_writable
+from .._store import check_writable, read_record
 from .._store import store as store_results
 from .._utils import gene_positions, logger, matrix_name
 from .._validate import as_names, check_number, check_str
@@ -192,8 +192,8 @@ def coex(
     With ``store='network'``, sets ``adata.varp[key_added + '_net']`` and
     ``adata.uns[key_added]['binnet']`` as :func:`binnet` does; results of an earlier run
     under the same key are removed. Both set ``adata.var[key_added + '_var']``
-    (residual variance of each gene) and ``adata.uns[key_added]`` (``n_cells``, ``df``
-    and the parameters). The matrices are dense when all genes are used. With
+    (residual variance of each gene) and ``adata.uns[key_added]`` (``n_cells``, ``df``,
+    ``store`` and ``params``). The matrices are dense when all genes are used. With
     ``genes=``, they are sparse (CSR) and store only the computed block, among the
     listed genes (``adata.uns[key_added]['genes']``); the entries of other genes are
     absent (read them as "not tested", not as 0), and their variance is NaN.
@@ -253,23 +253,25 @@ def coex(
         _check_not_empty(rows.size, qcut)
         matrices = {"net": _network_matrix(adata.n_vars, index, rows, cols)}
         stale = [f"{key_added}_{name}" for name in COEX_MATRICES]
-    record = {
-        "n_cells": n_cells,
-        "df": df,
-        "layer": layer,
-        "covariates_key": covariates_key,
-        "dimreduce": int(dimreduce),
-        "store": store,
-        "dtype": dtype.name,
-    }
+    record = {"n_cells": n_cells, "df": df, "store": store}
     if index is not None:
         record["genes"] = list(adata.var_names[index])
     if qcut is not None:
         record["binnet"] = _network_record(matrices["net"], qcut)
+    params = {
+        "layer": layer,
+        "covariates_key": covariates_key,
+        "dimreduce": int(dimreduce),
+        "store": store,
+        "qcut": qcut,
+        "dtype": dtype.name,
+        "n_genes": None if index is None else int(index.size),
+        "key_added": key_added,
+    }
     store_results(
         adata,
-        "coex",
-        {"key_added": key_added, "store": store, "dtype": dtype.name},
+        key_added,
+        params,
         drop={"varp": stale},
         var={f"{key_added}_var": variance},
         varp={f"{key_added}_{name}": matrix for name, matrix in matrices.items()},
@@ -330,7 +332,6 @@ def binnet(adata: AnnData, *, qcut: float = QCUT, key: str = "nsc_coex") -> None
     rows, cols = pvalue_network(pvals, qcut=qcut)
     _check_not_empty(rows.size, qcut)
     net = _network_matrix(adata.n_vars, index, rows, cols)
-    record = {**adata.uns.get(key, {}), "binnet": _network_record(net, qcut)}
-    store_results(
-        adata, "binnet", {"key": key, "qcut": qcut}, varp={f"{key}_net": net}, uns={key: record}
-    )
+    # The network's record (qcut, edges) beside coex's results and params.
+    record = {**read_record(adata, key), "binnet": _network_record(net, qcut)}
+    store_results(adata, varp={f"{key}_net": net}, uns={key: record})

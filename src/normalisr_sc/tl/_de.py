@@ -65,9 +65,8 @@ def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray, df: np.ndar
         ratio = np.where(var_y > 0, var_x / var_y, 0.0)
         r2 = np.clip(gamma**2 * ratio, 0.0, 1.0)
         t = gamma * np.sqrt(ratio) * np.sqrt(df / (1.0 - r2))
-    return np.nan_to_num(
-        t, nan=0.0, posinf=np.finfo(np.float32).max, neginf=-np.finfo(np.float32).max
-    )
+    largest = float(np.finfo(np.float32).max)
+    return np.nan_to_num(np.asarray(t), nan=0.0, posinf=largest, neginf=-largest)
 
 
 def _records(columns: dict[str, np.ndarray], dtype: str) -> np.recarray:
@@ -97,7 +96,9 @@ def rank_genes_layout(
     the pair QC, or not among the chosen pairs), whose NaN pairs are ranked after all
     others. Without ``qvals``, Benjamini-Hochberg over all genes of each group.
     """
-    fields = {key: {} for key in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")}
+    fields: dict[str, dict[str, np.ndarray]] = {
+        key: {} for key in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")
+    }
     gene_names = np.asarray(genes, dtype=object)
     qvals = result.get("qvals")
     if qvals is None:
@@ -263,6 +264,7 @@ def _pair_counts(
     n_cells = matrix.shape[0]
     k = tested.size
     if plan.kind == "classes":
+        assert plan.label is not None  # a class design labels every cell
         column = np.full(matrix.shape[1] + 1, -1, dtype=np.int64)
         column[0] = 0
         column[tested + 1] = np.arange(1, k + 1)
@@ -563,26 +565,27 @@ def de(
     - ``adata.varm[key_added + '_n_nonzero_group']`` and ``['_n_nonzero_control']``
       (int32; with ``min_nonzero`` above 0): the pair QC counts (see above);
 
-    and ``adata.uns[key_added]`` with ``design``, ``groupby``, ``groups``,
-    ``reference``, ``n_cells`` (cells carrying each group in its test), ``n_cells_test``
-    (cells used by each test), ``n_cells_unlabelled`` (cells left out for a missing
-    label), ``skipped`` (groups not tested for having fewer than ``min_cells`` cells),
-    ``df`` (residual degrees of freedom), ``var_group`` (residual variance of each group
-    indicator), ``min_nonzero``, ``n_excluded`` (pairs of each group excluded by the
-    pair QC), ``pairs`` (with ``pairs=``: the chosen pairs, columns ``group`` and
-    ``gene``), ``positive_controls`` (the report, with ``positive_controls=``) and the
-    other parameters. ``adata.uns[key_added]`` also holds scanpy's
-    :func:`~scanpy.tl.rank_genes_groups` layout (unless ``n_genes=0``): ``names``,
+    and ``adata.uns[key_added]``, in the layout of scanpy's
+    :func:`~scanpy.tl.rank_genes_groups`: ``groups`` (the tested groups), ``n_cells``
+    (cells carrying each group in its test), ``n_cells_test`` (cells used by each test),
+    ``n_cells_unlabelled`` (cells left out for a missing label), ``skipped`` (groups
+    not tested for having fewer than ``min_cells`` cells), ``df`` (residual degrees of
+    freedom), ``var_group`` (residual variance of each group indicator), ``n_excluded``
+    (pairs of each group excluded by the pair QC), ``pairs`` (with ``pairs=``: the
+    chosen pairs, columns ``group`` and ``gene``), ``positive_controls`` (the report,
+    with ``positive_controls=``); scanpy's arrays (unless ``n_genes=0``): ``names``,
     ``scores`` (signed t statistics of the tests), ``logfoldchanges`` (``logfc`` in
     log2, as scanpy has it), ``pvals``, ``pvals_adj`` (Benjamini-Hochberg over the genes
     of each group passing the pair QC, or over the chosen pairs; NaN for the others) as
     record arrays with one field per group, ordered per group as scanpy orders them
     (most significant up-regulated gene first, see ``rankby_abs``; the genes with a NaN
-    ``pvals_adj`` after the others),
-    and ``params`` (``groupby``, ``reference`` -- ``'rest'`` without
-    one --, ``method``, ``design`` and the other parameters), so that
-    :func:`scanpy.get.rank_genes_groups_df` and the ``scanpy.pl.rank_genes_groups_*``
-    plots read the results (the plots need ``groupby`` to be an ``obs`` column).
+    ``pvals_adj`` after the others); and ``params``, one dict with scanpy's keys
+    (``groupby``, ``reference`` -- ``'rest'`` without one, several joined by commas --,
+    ``method``, ``use_raw``, ``layer``, ``corr_method``) and the other parameters of
+    this call (``design``, ``reference_groups`` -- the list --, ``min_cells``,
+    ``min_nonzero``, ``n_genes``, ``qcut``, ...). So :func:`scanpy.get.rank_genes_groups_df` and
+    the ``scanpy.pl.rank_genes_groups_*`` plots read the results (pass
+    ``key=key_added``; the plots need ``groupby`` to be an ``obs`` column).
 
     Examples
     --------
@@ -755,48 +758,47 @@ def de(
                 chosen_excluded,
                 len(chosen[0]),
             )
+    if n_genes is None:
+        n_genes = adata.n_vars if len(names) <= RANK_ALL_UP_TO else RANK_ALL_UP_TO
+    n_genes = min(n_genes, adata.n_vars)
+    # One dict of parameters: scanpy's rank_genes_groups keys (read by sc.get and
+    # sc.pl: groupby, reference, method, use_raw, layer, corr_method) and ours.
     params = {
         "groupby": groupby,
+        "reference": reference[0]
+        if len(reference) == 1
+        else (",".join(reference) if reference else "rest"),
+        "method": "normalisr_sc",
+        "use_raw": False,
+        "layer": layer,
+        "corr_method": "benjamini-hochberg",
         "design": design,
-        "reference": reference,
+        "reference_groups": list(reference),
         "groups": groups,
         "min_cells": min_cells,
-        "layer": layer,
         "covariates_key": covariates_key,
         "logfc_layer": logfc_layer,
         "logfc_covariates": logfc_covariates,
         "key_added": key_added,
-        "n_genes": n_genes,
+        "n_genes": int(n_genes),
         "rankby_abs": rankby_abs,
         "dimreduce": dimreduce,
-        "counts_layer": counts_layer,
+        "counts_layer": counts_layer if pair_qc is not None else None,
         "min_nonzero": min_nonzero,
         "n_pairs": None if chosen is None else len(chosen[0]),
         "n_positive_controls": None if controls is None else len(controls[0]),
         "qcut": qcut,
     }
     record = {
-        "design": design,
-        "groupby": groupby,
         "groups": names,
-        "reference": list(reference),
         "n_cells": plan.carrying[tested],
         "n_cells_test": n_cells_test,
         "n_cells_unlabelled": unlabelled,
         "skipped": np.array(skipped, dtype=object),
-        "min_cells": min_cells,
         "df": result.df[rows],
         "var_group": result.var_x[rows],
-        "layer": layer,
-        "covariates_key": covariates_key,
-        "logfc_layer": logfc_layer,
-        "logfc_covariates": logfc_covariates,
-        "dimreduce": dimreduce,
-        "min_nonzero": min_nonzero,
         "n_excluded": n_excluded,
     }
-    if counts_layer is not None and pair_qc is not None:
-        record["counts_layer"] = counts_layer
     if chosen is not None:
         record["pairs"] = _pair_frame(*chosen)
     varm = {
@@ -829,10 +831,7 @@ def de(
             qcut,
         )
         record["positive_controls"] = report
-        record["qcut"] = qcut
         _log_positive_controls(report, qcut)
-    if n_genes is None:
-        n_genes = adata.n_vars if len(names) <= RANK_ALL_UP_TO else RANK_ALL_UP_TO
     if n_genes:
         columns = {
             "log10p": result.neg_log10_pvals,
@@ -847,32 +846,13 @@ def de(
                 names,
                 {k: v[rows].T for k, v in columns.items()}
                 | {"var_group": result.var_x[rows], "df": result.df[rows], "qvals": qvals},
-                min(n_genes, adata.n_vars),
+                n_genes,
                 rankby_abs=rankby_abs,
             )
         )
-        record["params"] = {
-            "groupby": groupby,
-            "reference": reference[0]
-            if len(reference) == 1
-            else (",".join(reference) if reference else "rest"),
-            "method": "normalisr_sc",
-            "use_raw": False,
-            "layer": layer,
-            "corr_method": "benjamini-hochberg",
-            "design": design,
-            "n_genes": int(n_genes),
-            "rankby_abs": rankby_abs,
-            "min_cells": min_cells,
-            "min_nonzero": min_nonzero,
-            "logfc_layer": logfc_layer,
-            "logfc_covariates": logfc_covariates,
-            "covariates_key": covariates_key,
-            "dimreduce": dimreduce,
-        }
     store(
         adata,
-        "de",
+        key_added,
         params,
         varm=varm,
         uns={key_added: record},

@@ -20,7 +20,7 @@ from .._go import (
     read_annotations,
     read_godag,
 )
-from .._store import RECORD, WRITTEN, check_writable, fingerprint, owned_keys, store
+from .._store import PARAMS, check_writable, fingerprints, owned_keys, read_record, store
 from .._utils import (
     chunk_cells,
     covariate_frame,
@@ -39,7 +39,7 @@ def _network(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, np.ndarray]:
     net_key = f"{key}_net"
     require(adata, "varp", net_key, "nsc.tl.binnet")
     net = sparse.csr_matrix(adata.varp[net_key], dtype=bool)
-    genes = adata.uns.get(key, {}).get("genes")
+    genes = read_record(adata, key).get("genes")
     covered = (
         np.arange(adata.n_vars)
         if genes is None
@@ -186,8 +186,8 @@ def gotop(
     Nothing; sets ``adata.uns[key_added]`` with ``principal_genes``, ``enrichment``
     (DataFrame: term, name, namespace, depth, pval, pval_bonferroni, odds_ratio,
     study/population counts and sizes, genes), ``best_pval_bonferroni`` (of the terms
-    with odds ratio above 1 and ``min_genes`` principal genes; NaN if none) and the
-    parameters; with a significant term also ``top_term``, ``top_term_name``,
+    with odds ratio above 1 and ``min_genes`` principal genes; NaN if none) and
+    ``params``; with a significant term also ``top_term``, ``top_term_name``,
     ``top_term_pval_bonferroni`` and ``top_term_genes``, without one
     ``no_top_term`` (why, in words).
     """
@@ -229,7 +229,6 @@ def gotop(
         "principal_genes": list(principal),
         "enrichment": table,
         "best_pval_bonferroni": best,
-        "params": params,
     }
     candidates = enriched[enriched["pval_bonferroni"] < pcut]
     if candidates.empty:
@@ -254,7 +253,7 @@ def gotop(
             top["name"],
             top["pval_bonferroni"],
         )
-    store(adata, "gotop", params, uns={key_added: result})
+    store(adata, key_added, params, uns={key_added: result})
 
 
 def _covariates_removed(expression: np.ndarray, covariates: np.ndarray) -> np.ndarray:
@@ -317,7 +316,8 @@ def pccovt(
     Returns
     -------
     Nothing; adds ``adata.obsm[covariates_key][name]`` and records the genes and the
-    explained variance ratio in ``adata.uns['nsc_pccovt'][name]``. NaN or infinite
+    explained variance ratio in ``adata.uns['nsc_pccovt'][name]`` (with its ``params``:
+    one record per covariate added). NaN or infinite
     values in the genes' expression or in the covariates are refused.
     """
     genes = as_names("genes", genes, allow_none=False)
@@ -380,23 +380,19 @@ def pccovt(
         )
         expression = expression[:, ~constant]
     scores, explained = top_principal_component(expression)
-    records = dict(adata.uns.get("nsc_pccovt", {}))
+    records = dict(read_record(adata, "nsc_pccovt"))
     records[name] = {
         "genes": genes,
-        "condition_on_covariates": condition_on_covariates,
         "explained_variance_ratio": explained,
-        "layer": layer,
-    }
-    params = {
-        "name": name,
-        "condition_on_covariates": condition_on_covariates,
-        "layer": layer,
-        "covariates_key": covariates_key,
+        PARAMS: {
+            "name": name,
+            "condition_on_covariates": condition_on_covariates,
+            "layer": layer,
+            "covariates_key": covariates_key,
+        },
     }
     store(
         adata,
-        "pccovt",
-        params,
         obsm={covariates_key: covariates.assign(**{name: scores})},
         uns={"nsc_pccovt": records},
     )
@@ -408,10 +404,9 @@ def pccovt(
     )
 
 
-def _changed(work: AnnData, adata: AnnData) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Return what the rounds stored in ``work`` that ``adata`` does not hold: results, steps."""
-    before = adata.uns.get(RECORD, {}).get(WRITTEN, {})
-    after = work.uns[RECORD].get(WRITTEN, {})
+def _changed(work: AnnData, adata: AnnData) -> dict[str, dict]:
+    """Return what the rounds stored in ``work`` that ``adata`` does not hold (with params)."""
+    before, after = fingerprints(adata), fingerprints(work)
     results: dict[str, dict] = {}
     for container, keys in owned_keys(work).items():
         source = getattr(work, container)
@@ -421,14 +416,7 @@ def _changed(work: AnnData, adata: AnnData) -> tuple[dict[str, dict], dict[str, 
                 results.setdefault(container, {})[key] = (
                     value.to_numpy() if container in ("obs", "var") else value
                 )
-    steps = {
-        step: dict(params)
-        for step, params in work.uns[RECORD].items()
-        if isinstance(params, Mapping)
-        and step != WRITTEN
-        and fingerprint(params) != fingerprint(adata.uns.get(RECORD, {}).get(step, {}))
-    }
-    return results, steps
+    return results
 
 
 def coex_peel(
@@ -447,13 +435,14 @@ def coex_peel(
     key: str = "nsc_coex",
     layer: str = "normalisr",
     covariates_key: str = "nsc_covariates_norm",
+    key_added: str = "nsc_coex_peel",
 ) -> None:
     """Peel housekeeping programmes off a co-expression network, one per round.
 
     Each round runs :func:`coex`, :func:`binnet` and :func:`gotop`, keeps the round's
     network, and adds the top principal component of the top term's genes as a
     covariate with :func:`pccovt`. It stops early when no term is significant (a
-    WARNING and ``uns['nsc_coex_peel']['stopped']`` say why). The co-expression is
+    WARNING and ``uns[key_added]['stopped']`` say why). The co-expression is
     finally recomputed with every peeled covariate removed.
 
     Parameters
@@ -474,14 +463,17 @@ def coex_peel(
         Layer holding the normalised expression.
     covariates_key
         ``adata.obsm`` key of the normalised covariates, which receives the new ones.
+    key_added
+        ``adata.uns`` key receiving the table of peeled terms.
 
     Returns
     -------
     Nothing; sets the final co-expression results under ``key`` (with
     ``adata.varp[key + '_net']``), each round's network as
     ``adata.varp[key + '_net_round<r>']`` (round 1 is the network before any peeling),
-    the new covariates ``go_round<r>`` in ``adata.obsm['nsc_covariates_norm']``, and
-    ``adata.uns['nsc_coex_peel']`` with a table of the peeled terms (round, term, name,
+    the new covariates ``go_round<r>`` in ``adata.obsm[covariates_key]`` (recorded in
+    ``adata.uns['nsc_pccovt']``), the last round's :func:`gotop` in
+    ``adata.uns['nsc_gotop']``, and ``adata.uns[key_added]`` with ``params`` and a table of the peeled terms (round, term, name,
     pval, pval_bonferroni, odds_ratio, n_genes, n_edges of the round's network) and
     ``stopped``: why the peeling ended.
 
@@ -495,7 +487,12 @@ def coex_peel(
     check_int("rounds", rounds, minimum=1)
     check_number("qcut", qcut, minimum=0, maximum=1, min_open=True)
     _check_go_params(n_principal, min_genes, pcut, evidence, gene_id)
-    for parameter, value in (("key", key), ("layer", layer), ("covariates_key", covariates_key)):
+    for parameter, value in (
+        ("key", key),
+        ("layer", layer),
+        ("covariates_key", covariates_key),
+        ("key_added", key_added),
+    ):
         check_str(parameter, value)
     if genes is not None:
         genes = as_names("genes", genes)
@@ -509,7 +506,7 @@ def coex_peel(
         {
             "obsm": [covariates_key],
             "varp": [f"{key}_net", *(f"{key}_net_round{r}" for r in range(1, int(rounds) + 1))],
-            "uns": [key, "nsc_gotop", "nsc_pccovt", "nsc_coex_peel"],
+            "uns": [key, "nsc_gotop", "nsc_pccovt", key_added],
         },
     )
     # The rounds run on an AnnData sharing only the (read-only) expression with ``adata``,
@@ -573,6 +570,9 @@ def coex_peel(
         "min_genes": int(min_genes),
         "pcut": float(pcut),
         "key": key,
+        "layer": layer,
+        "covariates_key": covariates_key,
+        "key_added": key_added,
     }
     summary = {
         "terms": pd.DataFrame(
@@ -589,11 +589,7 @@ def coex_peel(
             ],
         ),
         "stopped": stopped,
-        "params": params,
     }
-    results, steps = _changed(work, adata)
-    results.setdefault("uns", {})["nsc_coex_peel"] = summary
-    check_writable(adata, {container: list(values) for container, values in results.items()})
-    store(adata, "coex_peel", params, **results)
-    for step, step_params in steps.items():
-        store(adata, step, step_params)  # parameters only: nothing left to refuse
+    results = _changed(work, adata)
+    results.setdefault("uns", {})[key_added] = summary
+    store(adata, key_added, params, **results)

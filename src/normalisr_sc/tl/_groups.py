@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._store import read_record
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -43,8 +45,8 @@ def obsm_group_names(adata: AnnData, key: str) -> list[str]:
     matrix = adata.obsm[key]
     if isinstance(matrix, pd.DataFrame):
         return [str(c) for c in matrix.columns]
-    stored = adata.uns.get(key, {})
-    if isinstance(stored, dict) and NAMES in stored:
+    stored = read_record(adata, key)
+    if NAMES in stored:
         names = [str(n) for n in np.asarray(stored[NAMES])]
         if len(names) == matrix.shape[1]:
             return names

@@ -232,7 +232,7 @@ def assign_guides(
     -------
     Nothing; sets (for a MuData, in its expression modality) ``adata.obsm[key_added]`` (CSR boolean, cells x guides or groups) and
     ``adata.uns[key_added]`` with ``names`` (the column names, read by
-    :func:`normalisr_sc.tl.de`) and the parameters. Cells per column are not stored,
+    :func:`normalisr_sc.tl.de`) and ``params``. Cells per column are not stored,
     since they change when cells are filtered: count them from the matrix
     (``adata.obsm[key_added].sum(axis=0)``); :func:`normalisr_sc.tl.de` counts the cells
     of each test itself. In ``'mixture'`` mode, ``adata.uns[key_added]['mixture']`` holds
@@ -348,13 +348,13 @@ def assign_guides(
         **({"min_posterior": min_posterior} if mode == "mixture" else {}),
     }
     obsm: dict[str, Any] = {key_added: assigned}
-    uns = {NAMES: list(columns), **params}
+    uns: dict[str, Any] = {NAMES: list(columns)}
     if mode == "mixture":
         uns["mixture"] = mixture
         if posterior:
             obsm[posterior_key] = fit.posterior
     stale = [] if mode == "mixture" and posterior else [posterior_key]
-    store(adata, "assign_guides", params, drop={"obsm": stale}, obsm=obsm, uns={key_added: uns})
+    store(adata, key_added, params, drop={"obsm": stale}, obsm=obsm, uns={key_added: uns})
     logger.info(
         "assign_guides: %d cells carry at least one of %d %s",
         int((np.diff(assigned.indptr) > 0).sum()),
