@@ -11,7 +11,7 @@ requested outputs.
 The p-values of the matrices come from a compiled kernel (numba, GIL released, threads
 over bands of genes) that reads each pair once, in one triangle, and writes the three
 outputs and their mirror images tile by tile. Where ``p >= FAST_P`` it sums the power
-series of the complementary incomplete beta function (:func:`_pvalue_series`); every
+series of the complementary incomplete beta function (:func:`_complements`); every
 other pair, and any pair whose series does not converge quickly, is computed by
 :func:`~._pvalues.association_pvalues` (scipy's ``betainc``, log space when tiny).
 """
@@ -48,12 +48,12 @@ if TYPE_CHECKING:
 #: to ``qcut`` or below (the rounding of ``p * m / rank`` is far smaller).
 BH_SLACK = 1e-9
 
-#: P-values from this up are summed by the kernel's series (:func:`_pvalue_series`);
+#: P-values from this up are summed by the kernel's series (:func:`_complements`);
 #: smaller ones by scipy's ``betainc``. ``p = 1 - S`` with ``S`` accurate to a few ulp,
 #: so the relative error of ``p`` stays below about ``1e-13`` here.
 FAST_P = 0.01
-#: Most terms of the series before a pair is handed to ``betainc`` (small ``df`` with
-#: large ``|r|`` converge slowly).
+#: Most terms of the series; where more would be needed (small ``df`` with large
+#: ``|r|``), the pairs are handed to ``betainc``.
 SERIES_TERMS = 400
 #: The series stops once the bound of its remaining terms is below this fraction of its
 #: sum (under the rounding of float64).
@@ -218,43 +218,53 @@ def _in_bands(
 
 # ------------------------------------------------------------------ compiled p-values
 #
-# ``p = I_x(df/2, 1/2)`` with ``x = 1 - r^2``, ``a = df / 2``, ``y = 1 - x`` (exact):
+# ``p = I_x(df/2, 1/2)`` with ``x = 1 - r^2``, ``a = df / 2``, ``y = 1 - x``:
 # ``p = 1 - I_y(1/2, a)`` and
 # ``I_y(1/2, a) = y^(1/2) (1-y)^a / ((1/2) B(1/2, a)) * sum_k c_k``, ``c_0 = 1``,
 # ``c_(k+1) = c_k (a + 1/2 + k) y / (3/2 + k)`` (the hypergeometric series
 # ``2F1(a + 1/2, 1; 3/2; y)``), all terms positive. Its ratios tend to ``y`` (falling to
 # it when ``a > 1``, rising otherwise), so after a term ``c`` with ratio ``q`` the
-# remaining terms are below ``c * m / (1 - m)``, ``m = max(q, y)``.
+# remaining terms are below ``c * m / (1 - m)``, ``m = max(q, y)``. Every term grows
+# with ``y``: the number of terms that is enough at the domain's largest ``y`` is enough
+# for all (:func:`series_terms`). Every pair sums that many terms, so that its p-value
+# depends on its ``x`` only, and the pairs of a tile row are summed together (SIMD).
 
 
-def _pvalue_series(x, a, scale, x_cut, inverse):
-    """``1 - I_x(a, 1/2)`` (one minus the p-value) by the series, or NaN outside its domain.
+def _complements(x, width, a, scale, x_cut, inverse, n_terms, y, term, total, out):
+    """``1 - I_x(a, 1/2)`` of ``x[:width]`` into ``out[:width]``; NaN outside the domain.
 
-    ``scale = 2 / B(1/2, a)``; ``inverse[k] = 1 / (3/2 + k)`` (its length caps the
-    terms). NaN where ``x < x_cut`` (or NaN) and where the series has not converged.
+    ``y``, ``term`` and ``total`` are scratch arrays of at least ``width`` values; the
+    first ``n_terms`` of ``inverse[k] = 1 / (3/2 + k)`` are used. Returns the number of
+    entries outside the domain (``x < x_cut`` or NaN).
     """
-    if not x >= x_cut:
-        return np.nan
-    y = 1.0 - x
-    if y <= 0.0:
-        return 0.0
+    missing = 0
+    for q in range(width):
+        value = x[q]
+        if value >= x_cut:
+            y[q] = 1.0 - value
+        else:
+            y[q] = np.nan
+            missing += 1
+        term[q] = 1.0
+        total[q] = 1.0
     alpha = a + 0.5
-    term = 1.0
-    total = 1.0
-    for k in range(inverse.size):
-        ratio = (alpha + k) * y * inverse[k]
-        term *= ratio
-        total += term
-        bound = max(ratio, y)
-        if bound < 1.0 and term * bound <= SERIES_RTOL * total * (1.0 - bound):
-            return scale * np.sqrt(y) * np.exp(a * np.log(x)) * total
-    return np.nan
+    for k in range(n_terms):
+        factor = alpha + k
+        inverse_k = inverse[k]
+        for q in range(width):
+            term[q] *= factor * y[q] * inverse_k
+            total[q] += term[q]
+    for q in range(width):
+        out[q] = scale * np.sqrt(y[q]) * np.exp(a * np.log(x[q])) * total[q]
+    return missing
 
 
-_series = _pvalue_series  # replaced by its compiled version before the kernels compile
+_complement_kernel = _complements  # replaced by its compiled version before the kernels
 
 
-def _band_matrices(lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, x_cut, inverse, tile):
+def _band_matrices(
+    lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, x_cut, inverse, n_terms, tile
+):
     """Write r, p and ``-log10 p`` of the pairs ``(j, i)``, ``lo <= j < hi``, ``i < j``.
 
     ``lower[j, i]`` (``i < j``) holds the covariate-removed inner products; each pair is
@@ -264,19 +274,29 @@ def _band_matrices(lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, x_cut
     NaN p-values; returns how many.
     """
     missing = 0
+    r = np.empty(tile)
+    x = np.empty(tile)
+    complement = np.empty(tile)
+    y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
     for i0 in range(0, hi, tile):
         i1 = min(i0 + tile, hi)
         for j in range(max(lo, i0 + 1), hi):
             row = lower[j]
             inv_j = inv_sd[j]
-            for i in range(i0, min(i1, j)):
-                r = row[i] * (inv_j * inv_sd[i])
-                complement = _series(1.0 - r * r, a, scale, x_cut, inverse)
-                missing += np.isnan(complement)
-                p = 1.0 - complement
-                neg_log = -np.log1p(-complement) * INV_LN10
-                r_out[j, i] = r
-                r_out[i, j] = r
+            width = min(i1, j) - i0
+            for q in range(width):
+                value = row[i0 + q] * (inv_j * inv_sd[i0 + q])
+                r[q] = value
+                x[q] = 1.0 - value * value
+            missing += _complement_kernel(
+                x, width, a, scale, x_cut, inverse, n_terms, y, term, total, complement
+            )
+            for q in range(width):
+                i = i0 + q
+                p = 1.0 - complement[q]
+                neg_log = -np.log1p(-complement[q]) * INV_LN10
+                r_out[j, i] = r[q]
+                r_out[i, j] = r[q]
                 p_out[j, i] = p
                 p_out[i, j] = p
                 log_out[j, i] = neg_log
@@ -284,14 +304,19 @@ def _band_matrices(lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, x_cut
     return missing
 
 
-def _values(x, a, scale, x_cut, inverse, p_out, log_out):
+def _values(x, a, scale, x_cut, inverse, n_terms, tile, p_out, log_out):
     """P-values and ``-log10`` p-values of the 1-d ``x`` as in :func:`_band_matrices`."""
     missing = 0
-    for k in range(x.size):
-        complement = _series(x[k], a, scale, x_cut, inverse)
-        missing += np.isnan(complement)
-        p_out[k] = 1.0 - complement
-        log_out[k] = -np.log1p(-complement) * INV_LN10
+    complement = np.empty(tile)
+    y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
+    for start in range(0, x.size, tile):
+        width = min(tile, x.size - start)
+        missing += _complement_kernel(
+            x[start:], width, a, scale, x_cut, inverse, n_terms, y, term, total, complement
+        )
+        for q in range(width):
+            p_out[start + q] = 1.0 - complement[q]
+            log_out[start + q] = -np.log1p(-complement[q]) * INV_LN10
     return missing
 
 
@@ -303,9 +328,9 @@ def _kernel(name: str) -> Callable:
     if not _KERNELS:
         import numba
 
-        global _series  # the kernels call the compiled series by this name
+        global _complement_kernel  # the kernels call the compiled function by this name
         jit = numba.njit(nogil=True, cache=True, boundscheck=False)
-        _series = jit(_pvalue_series)
+        _complement_kernel = jit(_complements)
         _KERNELS.update(matrices=jit(_band_matrices), values=jit(_values))
     return _KERNELS[name]
 
@@ -328,26 +353,60 @@ def half_gamma_ratio(a: float) -> float:
     return float(np.sqrt(a) * np.exp(correction))
 
 
+def series_terms(y: float, a: float, limit: int = SERIES_TERMS) -> int | None:
+    """Terms of the series after which the rest is below ``SERIES_RTOL`` at ``y``.
+
+    The same number is enough for every smaller ``y`` (each term grows with ``y``, and
+    the sum is at least 1); None if more than ``limit`` would be needed.
+    """
+    alpha = a + 0.5
+    term = 1.0
+    for k in range(limit):
+        ratio = (alpha + k) * y / (1.5 + k)
+        term *= ratio
+        bound = max(ratio, y)
+        if bound < 1.0 and term * bound <= SERIES_RTOL * (1.0 - bound):
+            return k + 1
+    return None
+
+
 @dataclass(frozen=True)
 class SeriesDomain:
-    """Constants of :func:`_pvalue_series` for one ``df``."""
+    """Constants of :func:`_complements` for one ``df``.
+
+    The domain is ``x >= x_cut``: ``p >= fast_p`` and the series converged within
+    :data:`SERIES_TERMS` terms (``n_terms``, enough at ``x_cut``).
+    """
 
     a: float
     scale: float
     x_cut: float
     inverse: np.ndarray
+    n_terms: int
 
     @classmethod
     def of(cls, df: float, fast_p: float = FAST_P) -> SeriesDomain:
-        """Domain where ``p >= fast_p`` (``fast_p = 1`` leaves it empty)."""
+        """Domain where ``p >= fast_p`` and the series is short (``fast_p = 1``: empty)."""
         a = float(df) / 2.0
-        x_cut = float(betaincinv(a, 0.5, fast_p)) if fast_p < 1 else np.inf
         inverse = 1.0 / (1.5 + np.arange(SERIES_TERMS, dtype=np.float64))
         # 2 / B(1/2, a) = 2 Gamma(a + 1/2) / (Gamma(1/2) Gamma(a))
-        return cls(a, 2.0 / np.sqrt(np.pi) * half_gamma_ratio(a), x_cut, inverse)
+        scale = 2.0 / np.sqrt(np.pi) * half_gamma_ratio(a)
+        if fast_p >= 1:
+            return cls(a, scale, np.inf, inverse, 0)
+        x_cut = float(betaincinv(a, 0.5, fast_p))
+        n_terms = series_terms(1.0 - x_cut, a)
+        if n_terms is None:
+            # Shrink the domain to where the series converges: bisect on y.
+            low, high = 0.0, 1.0 - x_cut
+            for _ in range(60):
+                middle = 0.5 * (low + high)
+                low, high = (middle, high) if series_terms(middle, a) else (low, middle)
+            x_cut = 1.0 - low
+            n_terms = series_terms(low, a) or 0
+        return cls(a, scale, x_cut, inverse, n_terms)
 
-    def args(self) -> tuple[float, float, float, np.ndarray]:
-        return self.a, self.scale, self.x_cut, self.inverse
+    def args(self) -> tuple[float, float, float, np.ndarray, int]:
+        return self.a, self.scale, self.x_cut, self.inverse, self.n_terms
 
 
 def series_pvalues(
@@ -361,7 +420,7 @@ def series_pvalues(
     x = np.ascontiguousarray(one_minus_r2, dtype=np.float64).ravel()
     p = np.empty_like(x)
     neg_log10 = np.empty_like(x)
-    missing = _kernel("values")(x, *SeriesDomain.of(df, fast_p).args(), p, neg_log10)
+    missing = _kernel("values")(x, *SeriesDomain.of(df, fast_p).args(), COEX_TILE, p, neg_log10)
     if missing:
         where = np.flatnonzero(np.isnan(p))
         p[where], neg_log10[where] = association_pvalues(x[where], df)

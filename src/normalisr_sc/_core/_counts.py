@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike, DTypeLike
 
+    from .._types import InputMatrix, RowSliceable
     from ._reduce import Progress
 
 #: Counts are scaled to this many per cell before the log (log CPM).
@@ -107,7 +108,7 @@ class CountCheck:
 
 
 def validate_counts(
-    counts: ArrayLike, *, source: str, block_cells: int, progress: Progress = no_progress
+    counts: InputMatrix, *, source: str, block_cells: int, progress: Progress = no_progress
 ) -> None:
     """Raise ``ValueError`` unless every entry is a finite, non-negative integer.
 
@@ -184,7 +185,11 @@ class ReadSums:
 
 
 def filter_reads(
-    counts: ArrayLike, bounds: ReadBounds, *, block_cells: int, progress: Progress = no_progress
+    counts: RowSliceable,
+    bounds: ReadBounds,
+    *,
+    block_cells: int,
+    progress: Progress = no_progress,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Run the iterative read-count QC.
 
@@ -289,7 +294,8 @@ def _kernel(name: str) -> Callable:
     if name not in _KERNELS:
         import numba
 
-        source = {"mass": _sparse_mass, "write": _sparse_write}[name]
+        sources: dict[str, Callable[..., None]] = {"mass": _sparse_mass, "write": _sparse_write}
+        source = sources[name]
         _KERNELS[name] = numba.njit(nogil=True, cache=True, boundscheck=False)(source)
     return _KERNELS[name]
 
@@ -357,6 +363,9 @@ def lcpm_block(
         table, index = _table(log_proportion, block)
         np.take(table, index, out=out)
     if varscale > 0:
+        if rng is None:
+            msg = "lcpm_block: resampling (varscale > 0) needs a random generator `rng`."
+            raise ValueError(msg)
         trigamma_total = polygamma(1, total + 2.0)
 
         def posterior_variance(k: np.ndarray) -> np.ndarray:

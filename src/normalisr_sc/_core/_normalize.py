@@ -23,8 +23,7 @@ from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from numpy.typing import ArrayLike
-
+    from .._types import RowSliceable
     from ._reduce import Progress
 
 
@@ -92,7 +91,7 @@ class _CrossProducts:
         return self
 
 
-def _block_threads(expression: ArrayLike) -> int:
+def _block_threads(expression: RowSliceable) -> int:
     """Threads sharing the work on one block: one when dask already runs blocks in parallel."""
     return 1 if is_dask(expression) else thread_count()
 
@@ -162,7 +161,7 @@ class _LogRmsPerCell:
 
 
 def _log_rms_standardized_residuals(
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     cell_scale: np.ndarray,
     *,
@@ -201,7 +200,7 @@ def _log_rms_standardized_residuals(
 
 
 def cell_weights(
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     *,
     stepmax: int = 1,
@@ -340,9 +339,8 @@ class _WeightedRegression:
 
         def genes(part: slice) -> None:
             values = block[:, part]
-            weight = np.multiply.outer(
-                log_weights, self.scale[part], out=self.weights_out[rows, part] if kept else None
-            )
+            kept_part = None if self.weights_out is None else self.weights_out[rows, part]
+            weight = np.multiply.outer(log_weights, self.scale[part], out=kept_part)
             np.exp(weight, out=weight)
             weighted = values * weight
             # Unless kept, ``weight`` is reused for w^2 and then y w^2: one array fewer.
@@ -398,6 +396,7 @@ class _NormalisedSquares:
 
         def genes(part: slice) -> None:
             if self.weights_in_out:
+                assert self.out is not None  # weights_in_out: the weights are in ``out``
                 residual = covariates @ self.coefficients[part].T
                 np.subtract(block[:, part], residual, out=residual)
                 out = self.out[rows, part]
@@ -423,7 +422,7 @@ class _NormalisedSquares:
 
 
 def fit_normalisation(
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     weights: np.ndarray,
     scale: np.ndarray,
