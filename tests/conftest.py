@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from anndata import AnnData
-from scipy import sparse
 
 import normalisr_sc as nsc
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+# anndata (and scipy.sparse) are imported in the fixtures, not here: pytest-xdist's
+# controller process loads this file too, and never needs them.
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -45,6 +50,9 @@ def random_counts(
 @pytest.fixture
 def counts_adata() -> AnnData:
     """Small AnnData with CSR int counts and a categorical ``batch`` column."""
+    from anndata import AnnData
+    from scipy import sparse
+
     counts = random_counts()
     adata = AnnData(X=sparse.csr_matrix(counts))
     adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 3 == 0, "b1", "b2")
