@@ -137,3 +137,28 @@ def test_fit_normalisation_removes_the_weighted_fit():
     projections = np.einsum("cg,ci->gi", out * w, covariates)
     assert np.abs(projections).max() < 1e-9 * np.abs(expression * w).sum(axis=0).max()
     np.testing.assert_array_equal(fit.factor, np.ones_like(scale))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, np.float64])
+def test_count_summaries_of_csr_blocks_are_scipys_sums_bit_for_bit(dtype):
+    matrix = _counts_matrix(seed=6).astype(dtype)
+    matrix.data[::11] = 0  # explicit zeros: stored, not detected
+    sums = _counts.CountSummaries(matrix.shape[1])
+    expected_cells, expected = [], _counts.GeneStatistics(matrix.shape[1])
+    for start in range(0, matrix.shape[0], 70):
+        rows = slice(start, min(start + 70, matrix.shape[0]))
+        block = matrix[rows]
+        sums.add(rows, block)
+        totals, zeros = _counts.cell_summaries(block)
+        expected_cells.append(np.column_stack([totals, zeros]))
+        expected.update(block, totals)
+    np.testing.assert_array_equal(sums.cells.values(), np.concatenate(expected_cells))
+    assert sums.genes.n_cells == expected.n_cells == matrix.shape[0]
+    for name in ("detected", "total", "proportion_sum"):
+        np.testing.assert_array_equal(getattr(sums.genes, name), getattr(expected, name))
+    # and the dense route agrees up to the order of its sums
+    dense = _counts.CountSummaries(matrix.shape[1])
+    dense.add(slice(0, matrix.shape[0]), matrix.toarray())
+    np.testing.assert_allclose(dense.genes.proportion_sum, sums.genes.proportion_sum, rtol=1e-13)
+    np.testing.assert_array_equal(dense.cells.values(), sums.cells.values())
+    np.testing.assert_array_equal(dense.genes.detected, sums.genes.detected)
