@@ -40,13 +40,16 @@ from ._pvalues import association_pvalues
 from ._reduce import accumulate, limit_threads, no_progress
 
 if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
+    from .._types import Block, RowSliceable, SparseMatrix
 
-    from .._types import RowSliceable
+    #: Cells x groups 0/1 indicators as the kernels take them.
+    Indicators = np.ndarray | SparseMatrix
     from ._reduce import Progress
 
+    #: Residual sums of a range of predictors (see :func:`_finish`).
+    TermArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     #: ``terms(rows)``: residual sums of the predictors ``rows`` (see :func:`_finish`).
-    Terms = Callable[[slice], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    Terms = Callable[[slice], TermArrays]
 
 #: A group is estimable in the joint regression when the projector onto the range of
 #: the Gram matrix keeps its unit vector up to this tolerance.
@@ -208,11 +211,11 @@ def _finish(
     return results.result()
 
 
-def _as_csr(groups: ArrayLike) -> sparse.csr_matrix:
+def _as_csr(groups: Indicators) -> sparse.csr_matrix:
     return sparse.csr_matrix(groups, dtype=np.float64)
 
 
-def _used_cells(cells: ArrayLike | None, n_cells: int) -> np.ndarray:
+def _used_cells(cells: np.ndarray | None, n_cells: int) -> np.ndarray:
     if cells is None:
         return np.ones(n_cells, dtype=bool)
     used = np.asarray(cells, dtype=bool)
@@ -303,15 +306,17 @@ class _ProductSums:
     ) -> None:
         y = float_block(block)
         _add_cross(self.cross, self.yy, groups, covariates, y, used, self.n_jobs)
-        if effect:
+        if effect and self.raw_cross is not None and self.lsq is not None:
             raw_covariates, log_cpm = effect
-            log_cpm = float_block(log_cpm)
-            _add_cross(self.raw_cross, self.lsq, groups, raw_covariates, log_cpm, used, self.n_jobs)
+            values = float_block(log_cpm)
+            _add_cross(self.raw_cross, self.lsq, groups, raw_covariates, values, used, self.n_jobs)
 
     def merge(self, other: _ProductSums) -> _ProductSums:
         self.cross += other.cross
         self.yy += other.yy
-        if self.raw_cross is not None:
+        if self.raw_cross is not None and self.lsq is not None:
+            assert other.raw_cross is not None  # same kind of accumulator
+            assert other.lsq is not None
             self.raw_cross += other.raw_cross
             self.lsq += other.lsq
         return self
@@ -331,13 +336,13 @@ class Effect:
         of them is constant.
     """
 
-    expression: ArrayLike
+    expression: RowSliceable
     covariates: np.ndarray
 
 
 def _product_sums(
     groups: sparse.csr_matrix,
-    expression: ArrayLike,
+    expression: RowSliceable,
     covariates: np.ndarray,
     used: np.ndarray,
     block_cells: int,
@@ -349,10 +354,10 @@ def _product_sums(
     new_sums = partial(
         _ProductSums, groups.shape[1], covariates.shape[1], expression.shape[1], n_raw, n_jobs
     )
-    row_data = (_masked(used, groups), covariates, used)
+    row_data: tuple[RowSliceable, ...] = (_masked(used, groups), covariates, used)
     if effect is not None:
         row_data += (effect.covariates,)
-    beside = () if effect is None else (effect.expression,)
+    beside: tuple[RowSliceable, ...] = () if effect is None else (effect.expression,)
     sums = accumulate(
         new_sums,
         expression,
@@ -364,7 +369,7 @@ def _product_sums(
         n_jobs=n_jobs,
     )
     check_finite_sums(sums.yy, matrix=expression)
-    if sums.raw_cross is not None:
+    if effect is not None and sums.lsq is not None:
         check_finite_sums(sums.lsq, "log CPM", effect.expression)
     sums.yy = sums.yy[0]
     return sums
@@ -390,14 +395,14 @@ def _coefficients_on_all(
 
 @_with_threads
 def case_control(
-    groups: ArrayLike,
-    expression: ArrayLike,
+    groups: Indicators,
+    expression: RowSliceable,
     covariates: np.ndarray,
     *,
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
-    cells: ArrayLike | None = None,
+    cells: np.ndarray | None = None,
     effect: Effect | None = None,
     n_jobs: int = 1,
 ) -> AssociationResult:
@@ -418,30 +423,30 @@ def case_control(
         Inputs of the fold change; ``result.logfc`` is then the group coefficient of the
         same regression fitted to the log CPM with the un-normalised covariates.
     """
-    groups = _as_csr(groups)
+    matrix = _as_csr(groups)
     n_genes = expression.shape[1]
-    n_groups = groups.shape[1]
+    n_groups = matrix.shape[1]
     used = _used_cells(cells, expression.shape[0])
     if effect is not None:
         effect = Effect(effect.expression, _with_intercept(effect.covariates))
     sums = _product_sums(
-        groups, expression, covariates, used, block_cells, progress, effect, n_jobs
+        matrix, expression, covariates, used, block_cells, progress, effect, n_jobs
     )
-    groups, covariates = groups[used], covariates[used]
+    indicators, covariates = matrix[used], covariates[used]
     n_cells = int(used.sum())
     pinv, rank = pinv_psd(covariates.T @ covariates)
-    cx = np.asarray(groups.T @ covariates).T
+    cx = np.asarray(indicators.T @ covariates).T
     cy = sums.cross[n_groups:]
     fitted = pinv @ cy
-    raw_xx = np.asarray(groups.multiply(groups).sum(axis=0)).ravel()
+    raw_xx = np.asarray(indicators.multiply(indicators).sum(axis=0)).ravel()
     xx = raw_xx - np.einsum("ki,kl,li->i", cx, pinv, cx)
     res_yy = sums.yy - np.einsum("kg,kg->g", cy, fitted)
 
-    def terms(rows: slice) -> tuple[np.ndarray, ...]:
+    def terms(rows: slice) -> TermArrays:
         res_xy = sums.cross[rows] - cx[:, rows].T @ fitted
         return xx[rows, None], raw_xx[rows, None], res_yy, sums.yy, res_xy
 
-    n_in = np.asarray((groups != 0).sum(axis=0)).ravel()
+    n_in = _carried(indicators)
     tested = (n_in > 0) & (n_in < n_cells)
     cells_used = np.full(n_groups, n_cells)
     result = _finish(
@@ -454,13 +459,23 @@ def case_control(
         n_jobs,
     )
     if effect is not None:
-        result.logfc = _coefficients_on_all(groups, effect.covariates[used], sums.raw_cross, tested)
+        assert sums.raw_cross is not None  # read with the fold change's inputs
+        result.logfc = _coefficients_on_all(
+            indicators, effect.covariates[used], sums.raw_cross, tested
+        )
     return result
+
+
+def _carried(groups: sparse.csr_matrix) -> np.ndarray:
+    """Return the number of cells with a nonzero value in each column."""
+    stored = groups.copy()
+    stored.eliminate_zeros()
+    return np.bincount(stored.indices, minlength=groups.shape[1])
 
 
 def exclusive_class(groups: sparse.csr_matrix) -> np.ndarray:
     """Per cell: 0 if it carries no group, ``j + 1`` if only group ``j``, -1 if several."""
-    carried = sparse.csr_matrix(groups != 0)
+    carried = groups.copy()
     carried.eliminate_zeros()
     count = np.diff(carried.indptr)
     label = np.zeros(groups.shape[0], dtype=np.int64)
@@ -568,10 +583,10 @@ class _ClassSums:
     def add(
         self,
         rows: slice,
-        block: np.ndarray,
+        block: Block,
         label: np.ndarray,
         covariates: np.ndarray,
-        *more: np.ndarray | sparse.csr_matrix,
+        *more: Block,
     ) -> None:
         # ``more``: the raw covariates (with the fold change), then the blocks read
         # beside: the log CPM (with the fold change) and the raw counts (pair QC).
@@ -579,27 +594,41 @@ class _ClassSums:
         classes = np.where(label >= 0, label, n_class)
         order, starts = class_order(classes, n_class + 1)
         none = (np.zeros((0, self.none_yy.shape[1])), self.none_yy, None, n_class)
-        threads = {"n_jobs": self.n_jobs, "pool": None if self.pool is None else self.pool.pool}
+        n_jobs, pool = self.n_jobs, None if self.pool is None else self.pool.pool
         ext = _with_ones(covariates) if self.ones else covariates
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]]
         parts = [(c.cross, c.yy, None, c.first) for c in self.chunks]
-        add_class_chunks([*parts, none], order, starts, ext, float_block(block), **threads)
+        y = float_block(block)
+        add_class_chunks([*parts, none], order, starts, ext, y, n_jobs=n_jobs, pool=pool)
         if self.with_effect:
-            raw_covariates, log_cpm = more[0], more[1]
+            raw_covariates, log_cpm = np.asarray(more[0]), more[1]
             raw_ext = _with_ones(raw_covariates) if self.raw_ones else raw_covariates
             # The squares of the log CPM, only to show NaN and infinity: one row for all.
             lsq = self.lsq
-            parts = [(c.raw_cross, lsq, np.zeros(c.size, np.int64), c.first) for c in self.chunks]
+            parts = [
+                (c.raw_cross, lsq, np.zeros(c.size, np.int64), c.first)
+                for c in self.chunks
+                if c.raw_cross is not None
+            ]
+            values = float_block(log_cpm)
             none = (none[0], lsq, None, n_class)
             add_class_chunks(
-                [*parts, none], order, starts, raw_ext, float_block(log_cpm), **threads
+                [*parts, none], order, starts, raw_ext, values, n_jobs=n_jobs, pool=pool
             )
         if self.with_counts:
-            counts = more[-1]
-            values = counts.data if sparse.issparse(counts) else np.asarray(counts)
-            if values.size and values.min() < 0:
-                self.negative = True
-            pattern = counts if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
-            add_class_nonzero([(c.nonzero, c.first) for c in self.chunks], order, starts, pattern)
+            self._add_nonzero(order, starts, more[-1])
+
+    def _add_nonzero(self, order: np.ndarray, starts: np.ndarray, counts: Block) -> None:
+        """Add the cells with a nonzero count per class (the pair QC)."""
+        if isinstance(counts, sparse.csr_matrix):
+            pattern, values = counts, np.asarray(counts.data)
+        else:
+            values = np.asarray(counts)
+            pattern = sparse.csr_matrix(values)
+        if values.size and values.min() < 0:
+            self.negative = True
+        chunks = [(c.nonzero, c.first) for c in self.chunks if c.nonzero is not None]
+        add_class_nonzero(chunks, order, starts, pattern)
 
     def merge(self, other: _ClassSums) -> _ClassSums:
         for mine, theirs in zip(self.chunks, other.chunks, strict=True):
@@ -815,14 +844,13 @@ def _class_results(
     base_cy = base.cross[:n_cov]
     base_yy = base.yy[0]
     sum_row, sum_value = sum_at
-    while sums.chunks:
-        chunk = sums.chunks.pop(0)
+
+    def chunk_terms(chunk: _ClassChunk) -> Terms:
+        """Return the residual sums of the groups of the classes of ``chunk``."""
         cross = chunk.cross.reshape(chunk.size, k1, n_genes)
         offset = chunk.first - 1
 
-        def terms(
-            rows: slice, cross: np.ndarray = cross, chunk: _ClassChunk = chunk, offset: int = offset
-        ) -> tuple[np.ndarray, ...]:
+        def terms(rows: slice) -> TermArrays:
             own = slice(rows.start - offset, rows.stop - offset)
             group_cy = base_cy + cross[own, :n_cov]
             group_yy = base_yy + chunk.yy[own]
@@ -833,15 +861,25 @@ def _class_results(
             res_xy -= _residualize(pinv[rows], cx[rows], group_cy)[:, 0, :]
             return xx[rows, None], raw_xx[rows, None], res_yy, group_yy, res_xy
 
-        results.fill(terms, offset, offset + chunk.size, n_jobs, pool)
-        if coefficients is not None and logfc is not None and chunk.raw_cross is not None:
+        return terms
+
+    while sums.chunks:
+        chunk = sums.chunks.pop(0)
+        offset = chunk.first - 1
+        results.fill(chunk_terms(chunk), offset, offset + chunk.size, n_jobs, pool)
+        if (
+            coefficients is not None
+            and logfc is not None
+            and chunk.raw_cross is not None
+            and base.raw_cross is not None
+        ):
             raw_k1 = coefficients.k1
             coefficients.fill(
                 logfc, base.raw_cross[:raw_k1], chunk.raw_cross, chunk.first, *raw_sum_at
             )
         if n_nonzero is not None and chunk.nonzero is not None:
             n_nonzero[offset : offset + chunk.size] = chunk.nonzero
-        del chunk, cross, terms
+        del chunk  # its sums are freed
     result = results.result()
     result.logfc = logfc
     if n_nonzero is not None and base.nonzero is not None:
@@ -851,14 +889,14 @@ def _class_results(
 
 @_with_threads
 def low_moi(
-    groups: ArrayLike,
-    expression: ArrayLike,
+    groups: Indicators,
+    expression: RowSliceable,
     covariates: np.ndarray,
     *,
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
-    cells: ArrayLike | None = None,
+    cells: np.ndarray | None = None,
     effect: Effect | None = None,
     n_jobs: int = 1,
 ) -> AssociationResult:
@@ -869,12 +907,12 @@ def low_moi(
     :func:`exclusive_class`; cells with several groups are never used, nor the cells
     outside the mask ``cells``).
     """
-    groups = _as_csr(groups)
-    label = exclusive_class(groups)
-    label[~_used_cells(cells, groups.shape[0])] = -1
+    matrix = _as_csr(groups)
+    label = exclusive_class(matrix)
+    label[~_used_cells(cells, matrix.shape[0])] = -1
     return class_design(
         label,
-        groups.shape[1],
+        matrix.shape[1],
         expression,
         covariates,
         dimreduce=dimreduce,
@@ -936,14 +974,14 @@ def _joint_fit(
 
 @_with_threads
 def high_moi(
-    groups: ArrayLike,
-    expression: ArrayLike,
+    groups: Indicators,
+    expression: RowSliceable,
     covariates: np.ndarray,
     *,
     dimreduce: int = 0,
     block_cells: int,
     progress: Progress = no_progress,
-    cells: ArrayLike | None = None,
+    cells: np.ndarray | None = None,
     effect: Effect | None = None,
     n_jobs: int = 1,
 ) -> AssociationResult:
@@ -965,15 +1003,15 @@ def high_moi(
     Working memory besides the results: ``A'y`` and ``b`` (columns x genes each) and a
     few columns x columns matrices for the pseudo-inverse.
     """
-    groups = _as_csr(groups)
+    matrix = _as_csr(groups)
     n_genes = expression.shape[1]
-    n_groups = groups.shape[1]
+    n_groups = matrix.shape[1]
     used = _used_cells(cells, expression.shape[0])
     n_cells = int(used.sum())
-    n_in = np.asarray((groups[used] != 0).sum(axis=0)).ravel()
+    n_in = _carried(matrix[used])
     tested = (n_in > 0) & (n_in < n_cells)
     in_model = np.flatnonzero(tested)
-    active = groups[:, in_model]
+    active = matrix[:, in_model]
     if effect is not None:
         effect = Effect(effect.expression, _with_intercept(effect.covariates))
     sums = _product_sums(
@@ -982,12 +1020,14 @@ def high_moi(
     yy = sums.yy
     active_used = active[used]
     fit, estimable, pinv_diag, rss, rank = _joint_fit(active_used, covariates[used], sums.cross, yy)
+    assert rss is not None  # with ``yy``
     coef = np.zeros((n_groups, n_genes))
     coef[in_model] = fit
     del fit
     logfc = None
     if effect is not None:
         logfc = np.zeros((n_groups, n_genes))
+        assert sums.raw_cross is not None  # read with the fold change's inputs
         logfc[in_model] = _joint_fit(active_used, effect.covariates[used], sums.raw_cross)[0]
     del sums
     xx = np.zeros(n_groups)
@@ -995,7 +1035,7 @@ def high_moi(
     raw_xx = np.ones(n_groups)
     raw_xx[tested] = n_in[tested]
 
-    def terms(rows: slice) -> tuple[np.ndarray, ...]:
+    def terms(rows: slice) -> TermArrays:
         b = coef[rows]
         res_xy = b * xx[rows, None]
         return xx[rows, None], raw_xx[rows, None], rss + b * res_xy, yy, res_xy

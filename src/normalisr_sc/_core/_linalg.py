@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
@@ -249,7 +249,8 @@ def _kernel(name: str):
     if name not in _KERNELS:
         import numba
 
-        source = {
+        # numba's stubs type njit's argument as a typed function; these are plain ones.
+        source: Any = {
             "rows": _sparse_rows,
             "columns": _sparse_columns,
             "classes": _class_rows,
@@ -359,7 +360,7 @@ def add_products(
         by_column = sparse.csr_matrix(weights.T)  # the cells of each column, in order
         kernel = _kernel("rows")
         arguments = (*_csr_arrays(by_column), y, squares, square_rows, square_weights)
-        tail = (SPARSE_TILE,)
+        tail: tuple[int, ...] = (SPARSE_TILE,)
     else:
         kernel = _kernel("columns")
         arguments = (*_csr_arrays(weights), y.T, squares, square_rows, square_weights)

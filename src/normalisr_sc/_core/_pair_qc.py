@@ -15,11 +15,12 @@ QC, optionally restricted to chosen pairs) and the reading of a table of chosen 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
+from .._types import is_sparse
 from ._blocks import materialize
 from ._pvalues import bh_qvalues
 from ._reduce import accumulate, no_progress
@@ -27,8 +28,7 @@ from ._reduce import accumulate, no_progress
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from numpy.typing import ArrayLike
-
+    from .._types import Block, RowSliceable, SparseMatrix
     from ._reduce import Progress
 
 #: Column names of a table of pairs: ours first, then SCEPTRE's (``grna_group``,
@@ -40,9 +40,9 @@ LISTED = 10
 _PAIR_TYPES = (tuple, list, np.ndarray)
 
 
-def _pattern(block: np.ndarray | sparse.csr_matrix, dtype: type) -> sparse.csr_matrix:
+def _pattern(block: Block, dtype: type) -> sparse.csr_matrix:
     """Return the nonzero pattern of a block: CSR ones (stored zeros count 0)."""
-    if sparse.issparse(block):
+    if isinstance(block, sparse.csr_matrix):
         # Around the block's own index arrays, without the constructor's O(nnz) checks
         # (a canonical block from ``materialize`` or ``row_block``).
         pattern = sparse.csr_matrix(block.shape, dtype=dtype)
@@ -69,8 +69,10 @@ class _NonzeroSums:
         self.total = total
         self.negative = False
 
-    def add(self, rows: slice, block, indicators: sparse.csr_matrix, *cells: np.ndarray) -> None:
-        values = block.data if sparse.issparse(block) else np.asarray(block)
+    def add(
+        self, rows: slice, block: Block, indicators: sparse.csr_matrix, *cells: np.ndarray
+    ) -> None:
+        values = block.data if isinstance(block, sparse.csr_matrix) else np.asarray(block)
         if values.size and values.min() < 0:
             self.negative = True
         # Float32 products (faster than integer ones in scipy) are exact counts here.
@@ -99,13 +101,13 @@ class _NonzeroSums:
 
 
 def nonzero_counts(
-    indicators: ArrayLike,
-    counts: ArrayLike,
+    indicators: np.ndarray | SparseMatrix,
+    counts: RowSliceable,
     *,
     block_cells: int,
     progress: Progress = no_progress,
     what: str = "the counts",
-    cells: ArrayLike | None = None,
+    cells: np.ndarray | None = None,
 ) -> np.ndarray:
     """Count the cells with a nonzero count of each gene in each set of cells.
 
@@ -131,26 +133,28 @@ def nonzero_counts(
     -------
     Sets x genes int64 array: ``[indicators, cells]' @ (counts != 0)``.
     """
-    indicators = sparse.csr_matrix(indicators)
-    if indicators.shape[0] != counts.shape[0]:
+    sets = sparse.csr_matrix(indicators)
+    n_cells, n_genes = counts.shape[0], counts.shape[1]
+    if sets.shape[0] != n_cells:
         msg = (
-            f"the indicators cover {indicators.shape[0]} cells and the counts "
-            f"{counts.shape[0]}; they must be the same cells."
+            f"the indicators cover {sets.shape[0]} cells and the counts "
+            f"{n_cells}; they must be the same cells."
         )
         raise ValueError(msg)
-    if indicators.nnz and not np.isin(indicators.data, (0, 1)).all():
+    if sets.nnz and not np.isin(sets.data, (0, 1)).all():
         msg = "the set indicators must be 0/1."
         raise ValueError(msg)
-    extra = ()
+    extra: tuple[np.ndarray, ...] = ()
     if cells is not None:
-        extra = (np.asarray(cells, dtype=bool),)
-        if extra[0].shape != (counts.shape[0],):
-            msg = f"the cell mask has shape {extra[0].shape}, expected ({counts.shape[0]},)."
+        mask = np.asarray(cells, dtype=bool)
+        if mask.shape != (n_cells,):
+            msg = f"the cell mask has shape {mask.shape}, expected ({n_cells},)."
             raise ValueError(msg)
+        extra = (mask,)
     sums = accumulate(
-        partial(_NonzeroSums, indicators.shape[1], counts.shape[1], cells is not None),
+        partial(_NonzeroSums, sets.shape[1], n_genes, cells is not None),
         counts,
-        (indicators, *extra),
+        (sets, *extra),
         block_cells=block_cells,
         progress=progress,
         desc="de: pair QC",
@@ -164,11 +168,14 @@ def nonzero_counts(
     return sums.counts
 
 
-def dense_nonzero_counts(indicators: ArrayLike, counts: ArrayLike) -> np.ndarray:
+def dense_nonzero_counts(
+    indicators: np.ndarray | SparseMatrix, counts: RowSliceable | np.ndarray
+) -> np.ndarray:
     """:func:`nonzero_counts` in one dense product (a reference for small data)."""
     block = materialize(counts)
-    dense = block.toarray() if sparse.issparse(block) else np.asarray(block)
-    groups = indicators.toarray() if sparse.issparse(indicators) else np.asarray(indicators)
+    dense = block.toarray() if isinstance(block, sparse.csr_matrix) else np.asarray(block)
+    groups = sparse.csr_matrix(indicators).toarray() if is_sparse(indicators) else indicators
+    groups = np.asarray(groups)
     return (groups.T.astype(np.int64) @ (dense != 0).astype(np.int64)).astype(np.int64)
 
 
@@ -267,10 +274,11 @@ def _top_order_block(keys: list[np.ndarray], n: int) -> np.ndarray:
             order = np.lexsort(gathered, axis=-1)
             out[common[exact]] = np.take_along_axis(columns, order, axis=1)
         for i in np.flatnonzero(counts != n):
-            row = int(common[i])
+            tied = int(common[i])
             # more candidates (ties at the threshold), or a NaN threshold: all at the level
-            sort_candidates(row, mask[i] if counts[i] > n else at[row] | np.isnan(level[row]))
-    for row in np.flatnonzero(n_below > 0):
+            sort_candidates(tied, mask[i] if counts[i] > n else at[tied] | np.isnan(level[tied]))
+    for mixed in np.flatnonzero(n_below > 0):
+        row = int(mixed)
         if np.isnan(level[row, 0]):
             sort_candidates(row, np.ones(n_positions, dtype=bool))
             continue
@@ -299,7 +307,8 @@ def read_pairs(name: str, value: object) -> tuple[np.ndarray, np.ndarray]:
                 f"{list(PAIR_COLUMNS[1])}); it has {present[:LISTED]}."
             )
             raise ValueError(msg)
-        groups, genes = (np.asarray(value[c], dtype=object) for c in chosen)
+        table: Any = value  # a DataFrame-like table (it has columns)
+        groups, genes = (np.asarray(table[c], dtype=object) for c in chosen)
     else:
         if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
             msg = (
