@@ -74,7 +74,8 @@ def normcov(
     Returns
     -------
     Nothing; sets ``adata.obsm[key_added]`` (cells x covariates DataFrame with readable
-    column names such as ``log_total_counts`` and ``batch[b2]``).
+    column names such as ``log_total_counts`` and ``batch[b2]``), and its parameters in
+    ``adata.uns[key_added]['params']``.
 
     Examples
     --------

@@ -263,7 +263,8 @@ def scaling_factor(
 
     Returns
     -------
-    The factor per gene if not ``inplace``.
+    The factor per gene if not ``inplace``; else ``None``, and sets
+    ``adata.var[key_added]`` and the parameters in ``adata.uns[key_added]['params']``.
     """
     check_choice("variable", variable, list(SCALING_VARIABLES))
     zero_at, one_at = _mapping_end("zero_at", zero_at), _mapping_end("one_at", one_at)

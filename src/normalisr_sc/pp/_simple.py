@@ -164,7 +164,8 @@ def cpm(
     Returns
     -------
     Nothing; sets ``adata.layers[key_added]`` (``dtype``, same format as the input; a
-    lazy dask array when streamed).
+    lazy dask array when streamed), and its parameters in
+    ``adata.uns[key_added]['params']``.
     """
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)
@@ -277,7 +278,7 @@ def minmax(
     Returns
     -------
     Nothing; sets ``adata.layers[key_added]`` (``dtype``; a lazy dask array when
-    streamed).
+    streamed), and its parameters in ``adata.uns[key_added]['params']``.
     """
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)

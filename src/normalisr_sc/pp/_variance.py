@@ -145,7 +145,8 @@ def compute_var(
 
     Returns
     -------
-    Nothing; sets ``adata.obs[key_added]`` (float, minimum 1).
+    Nothing; sets ``adata.obs[key_added]`` (float, minimum 1), and its parameters in
+    ``adata.uns[key_added]['params']``.
     """
     stepmax = check_int("stepmax", stepmax, minimum=1)
     eps = check_number("eps", eps, minimum=0, min_open=True)
@@ -242,7 +243,8 @@ def normvar(
     Nothing; sets ``adata.layers[key_added]`` (dense cells x genes, or lazy dask when
     chunked), ``adata.obsm['nsc_covariates_norm']`` (DataFrame, same columns as the
     covariates) and the fitted per-gene parameters in ``adata.varm['nsc_normvar']``
-    (covariate coefficients, then the rescaling factor).
+    (covariate coefficients, then the rescaling factor); its parameters go to
+    ``adata.uns[key_added]['params']``.
     """
     check_bool("keepvar", keepvar)
     for name, value in (
