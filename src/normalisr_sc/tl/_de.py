@@ -15,8 +15,16 @@ from .._core._association import (
     exclusive_class,
     high_moi,
 )
-from .._core._pair_qc import family_qvalues, locate_pairs, nonzero_counts, qc_pass, read_pairs
-from .._core._pvalues import bh_qvalues
+from .._core._pair_qc import (
+    QVALUE_BLOCK,
+    family_qvalues,
+    locate_pairs,
+    nonzero_counts,
+    qc_pass,
+    read_pairs,
+    top_order,
+)
+from .._core._reduce import is_dask
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
@@ -71,6 +79,7 @@ def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray, df: np.ndar
 
 def _records(columns: dict[str, np.ndarray], dtype: str) -> np.recarray:
     """One field per group (in order), as scanpy's ``rank_genes_groups`` stores them."""
+    dtype = "O" if dtype == "|O" else dtype
     return np.rec.fromarrays(list(columns.values()), dtype=[(name, dtype) for name in columns])
 
 
@@ -96,33 +105,43 @@ def rank_genes_layout(
     the pair QC, or not among the chosen pairs), whose NaN pairs are ranked after all
     others. Without ``qvals``, Benjamini-Hochberg over all genes of each group.
     """
-    fields: dict[str, dict[str, np.ndarray]] = {
-        key: {} for key in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")
-    }
     gene_names = np.asarray(genes, dtype=object)
+    n_groups = len(names)
+    n = min(n_genes, gene_names.size)
     qvals = result.get("qvals")
     if qvals is None:
-        qvals = bh_qvalues(result["pvals"], axis=0)
-    for j, name in enumerate(names):
-        log10p, logfc = result["log10p"][:, j], result["logfc"][:, j]
-        scores = _scores(
-            result["gamma"][:, j], result["var"][:, j], result["var_group"][j], result["df"][j]
-        )
-        rank = log10p if rankby_abs else np.sign(scores) * log10p
-        order = np.lexsort((-np.abs(logfc), -rank, np.isnan(qvals[:, j])))[:n_genes]
-        fields["names"][name] = gene_names[order]
-        fields["scores"][name] = scores[order]
-        fields["logfoldchanges"][name] = logfc[order] / np.log(2.0)
-        fields["pvals"][name] = result["pvals"][:, j][order]
-        fields["pvals_adj"][name] = qvals[:, j][order]
-    dtypes = {
-        "names": "O",
-        "scores": "float32",
-        "logfoldchanges": "float32",
-        "pvals": "float64",
-        "pvals_adj": "float64",
+        qvals = family_qvalues(result["pvals"], axis=0)
+    var_group = np.asarray(result["var_group"], dtype=np.float64)
+    df = np.asarray(result["df"], dtype=np.float64)
+    # Groups x genes views of the genes x groups arrays; a block of groups at a time.
+    log10p, logfc = result["log10p"].T, result["logfc"].T
+    gamma, var, pvals, adjusted = result["gamma"].T, result["var"].T, result["pvals"].T, qvals.T
+    columns = {
+        "names": np.empty((n, n_groups), dtype=object),
+        "scores": np.empty((n, n_groups), dtype=np.float32),
+        "logfoldchanges": np.empty((n, n_groups), dtype=np.float32),
+        "pvals": np.empty((n, n_groups)),
+        "pvals_adj": np.empty((n, n_groups)),
     }
-    return {key: _records(columns, dtypes[key]) for key, columns in fields.items()}
+    step = max(1, QVALUE_BLOCK // max(1, gene_names.size))
+    for start in range(0, n_groups, step):
+        block = slice(start, min(start + step, n_groups))
+        scores = _scores(gamma[block], var[block], var_group[block, None], df[block, None])
+        rank = log10p[block] if rankby_abs else np.sign(scores) * log10p[block]
+        order = top_order([-np.abs(logfc[block]), -rank, np.isnan(adjusted[block])], n)
+
+        def take(values: np.ndarray, order: np.ndarray = order) -> np.ndarray:
+            return np.take_along_axis(values, order, axis=1).T
+
+        columns["names"][:, block] = gene_names[order].T
+        columns["scores"][:, block] = take(scores)
+        columns["logfoldchanges"][:, block] = take(logfc[block]) / np.log(2.0)
+        columns["pvals"][:, block] = take(pvals[block])
+        columns["pvals_adj"][:, block] = take(adjusted[block])
+    return {
+        key: _records(dict(zip(names, values.T, strict=True)), values.dtype.str)
+        for key, values in columns.items()
+    }
 
 
 @dataclass
@@ -224,6 +243,17 @@ def _tested_groups(
     return tested, skipped
 
 
+def _tested_classes(plan: _Plan, n_groups: int, tested: np.ndarray) -> np.ndarray:
+    """Return the cells' classes with the tested groups only: ``j + 1`` for ``tested[j]``.
+
+    The cells of the other groups are used by no test (-1); class 0 is unchanged.
+    """
+    column = np.full(n_groups + 1, -1, dtype=np.int64)
+    column[0] = 0
+    column[tested + 1] = np.arange(1, tested.size + 1)
+    return np.where(plan.label >= 0, column[np.maximum(plan.label, 0)], -1)
+
+
 def _run(
     plan: _Plan,
     matrix: sparse.csr_matrix,
@@ -233,12 +263,18 @@ def _run(
     effect: object,
     dimreduce: int,
     size: int,
+    counts: object = None,
 ):
-    """Run the kernel; return its result and the rows of it holding the tested groups."""
+    """Run the kernel; return its result and the rows of it holding the tested groups.
+
+    With classes, ``counts`` (raw counts read in the same pass) gives the pair QC
+    counts in ``result.n_nonzero`` and ``result.n_nonzero_base``.
+    """
     options = {"dimreduce": dimreduce, "block_cells": size, "progress": progress, "effect": effect}
     if plan.kind == "classes":
-        result = class_design(plan.label, matrix.shape[1], expression, covariates, **options)
-        return result, tested
+        label = _tested_classes(plan, matrix.shape[1], tested)
+        result = class_design(label, tested.size, expression, covariates, counts=counts, **options)
+        return result, np.arange(tested.size)
     if plan.kind == "all":
         result = case_control(
             matrix[:, tested], expression, covariates, cells=plan.cells, **options
@@ -707,11 +743,30 @@ def de(
         )
         raise ValueError(msg)
     pair_qc = None
-    if counts is not None:
+    # With classes the pair QC counts come from the kernel's pass over the expression
+    # (the counts read beside it), unless one of them is streamed and the other not.
+    fused = counts is not None and plan.kind == "classes" and is_dask(counts) == is_dask(expression)
+    if counts is not None and not fused:
         pair_qc = _pair_counts(plan, group_set.matrix, tested, counts, size)
     result, rows = _run(
-        plan, group_set.matrix, tested, expression, covariates, effect, dimreduce, size
+        plan,
+        group_set.matrix,
+        tested,
+        expression,
+        covariates,
+        effect,
+        dimreduce,
+        size,
+        counts if fused else None,
     )
+    if fused:
+        if result.n_nonzero is None or result.n_nonzero_base is None:  # pragma: no cover
+            msg = "internal error: the kernel returned no pair QC counts."
+            raise AssertionError(msg)
+        pair_qc = (
+            result.n_nonzero,
+            np.broadcast_to(result.n_nonzero_base, result.n_nonzero.shape),
+        )
     names = [group_set.names[i] for i in tested]
     if rows.size == result.pvals.shape[0] and (np.diff(rows) == 1).all():
         rows = slice(None)  # selects the results without copying them
@@ -728,17 +783,23 @@ def de(
     column_of = np.full(len(group_set.names), -1, dtype=np.int64)
     column_of[tested] = np.arange(tested.size)
     pvals = result.pvals[rows].T
-    family = np.ones(pvals.shape, dtype=bool)
+    # groups x genes, as the kernel's results (their .T: genes x groups views)
+    family_by_group = np.ones(pvals.shape[::-1], dtype=bool)
     n_excluded = np.zeros(len(names), dtype=np.int64)
+    passing = None
     if pair_qc is not None:
-        family = qc_pass(pair_qc[0], pair_qc[1], min_nonzero).T
-        n_excluded = (~family).sum(axis=0)
+        family_by_group = qc_pass(pair_qc[0], pair_qc[1], min_nonzero)
+        passing = family_by_group.T
+        n_excluded = (~family_by_group).sum(axis=1)
     if chosen is not None:
-        in_pairs = np.zeros(pvals.shape, dtype=bool)
+        in_pairs = np.zeros(family_by_group.shape, dtype=bool)
         group_pos, gene_pos = located["pairs"]
-        in_pairs[gene_pos, column_of[group_pos]] = True
-        family &= in_pairs
-    qvals = family_qvalues(pvals, family, axis=None if chosen is not None else 0)
+        in_pairs[column_of[group_pos], gene_pos] = True
+        family_by_group = family_by_group & in_pairs
+    qvals = family_qvalues(
+        result.pvals[rows], family_by_group, axis=None if chosen is not None else 1
+    ).T
+    family = family_by_group.T
     total_excluded = int(n_excluded.sum())
     if total_excluded:
         logger.warning(
@@ -810,9 +871,16 @@ def de(
     }
     if pair_qc is not None:
         for suffix, values in zip(PAIR_QC, pair_qc, strict=True):
+            stored = values  # groups x genes int32, copied only if it is not one
+            if not (
+                values.dtype == np.int32 and values.flags.c_contiguous and values.flags.writeable
+            ):
+                stored = np.empty(values.shape, dtype=np.int32)
+                stored[...] = values
             varm[f"{key_added}_{suffix}"] = pd.DataFrame(
-                values.T.astype(np.int32), index=adata.var_names.copy(), columns=names
+                stored.T, index=adata.var_names.copy(), columns=names
             )
+            del stored
     if controls is not None:
         group_pos, gene_pos = located["positive_controls"]
         report = _positive_controls(
@@ -825,9 +893,7 @@ def de(
                 "logfc": result.logfc[rows].T,
             }
             | ({} if pair_qc is None else dict(zip(PAIR_QC, (v.T for v in pair_qc), strict=True))),
-            np.ones(pvals.shape, dtype=bool)
-            if pair_qc is None
-            else qc_pass(pair_qc[0], pair_qc[1], min_nonzero).T,
+            np.ones(pvals.shape, dtype=bool) if passing is None else passing,
             qcut,
         )
         record["positive_controls"] = report
