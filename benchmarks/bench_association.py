@@ -144,7 +144,14 @@ class Bench:
         self.rows.append(h.Row(scenario, runs))
 
 
-def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray, reference: str) -> None:
+def de_rows(
+    bench: Bench,
+    name: str,
+    adata: ad.AnnData,
+    labels: np.ndarray,
+    reference: str,
+    designs: tuple[str, ...] = ("case_control", "low_moi"),
+) -> None:
     """Case-control and low-MOI DE of one labelled dataset: ours, normalisr, scanpy."""
     import normalisr.normalisr as nr
 
@@ -162,6 +169,8 @@ def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray, refe
         ("case_control", 0, None, "rest"),
         ("low_moi", 1, reference, reference),
     ):
+        if design not in designs:
+            continue
         measures = {
             "ours": lambda d=design, r=ours_reference: h.timed(
                 nsc.tl.de, adata, "label", design=d, reference=r, groups=groups, **DE_PARAMS
@@ -179,7 +188,9 @@ def de_rows(bench: Bench, name: str, adata: ad.AnnData, labels: np.ndarray, refe
         bench.measure(f"{name} {design}", measures)
 
 
-def papalexi_rows(bench: Bench, n_cells: int | None, n_groups: int | None) -> None:
+def papalexi_rows(
+    bench: Bench, n_cells: int | None, n_groups: int | None, designs: tuple[str, ...]
+) -> None:
     """DE on Papalexi, each cell labelled by the target of its most counted guide.
 
     ``n_cells``: a random subset of the cells; ``n_groups``: only the cells of the
@@ -210,16 +221,19 @@ def papalexi_rows(bench: Bench, n_cells: int | None, n_groups: int | None) -> No
         f"{len(set(labels)) - 1} groups + non-targeting",
         flush=True,
     )
-    de_rows(bench, "Papalexi", adata, labels, "non-targeting")
+    de_rows(bench, "Papalexi", adata, labels, "non-targeting", designs)
 
 
-def generated_de_rows(bench: Bench, n_cells: int, n_genes: int, n_groups: int) -> None:
+def generated_de_rows(
+    bench: Bench, n_cells: int, n_genes: int, n_groups: int, designs: tuple[str, ...]
+) -> None:
     adata = generated(n_cells, n_genes)
     rng = np.random.default_rng(2)
     labels = np.array([f"grp{i:02d}" for i in rng.integers(0, n_groups + 1, n_cells)], dtype=object)
     labels[labels == f"grp{n_groups:02d}"] = "reference"
     print(f"generated DE: {n_cells} cells x {n_genes} genes x {n_groups} groups", flush=True)
-    de_rows(bench, f"{n_cells // 1000}k x {n_genes} x {n_groups}", adata, labels, "reference")
+    name = f"{n_cells // 1000}k x {n_genes} x {n_groups}"
+    de_rows(bench, name, adata, labels, "reference", designs)
 
 
 def high_moi_rows(
@@ -392,7 +406,8 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["papalexi", "de", "high_moi", "coex", "memory"],
+        choices=["papalexi", "de", "case_control", "low_moi", "high_moi", "coex", "memory"],
+        help="scenarios left out (case_control, low_moi: that design of the DE scenarios)",
     )
     args = parser.parse_args()
     if args.quick:  # the quick shapes replace the defaults, not the options given
@@ -412,10 +427,11 @@ def main() -> None:
         n_jobs=nsc.settings.n_jobs,
     )
     warm_up()
-    if "papalexi" not in args.skip and (DATA / "papalexi_lowmoi.h5ad").exists():
-        papalexi_rows(bench, args.papalexi_cells, args.papalexi_groups)
-    if "de" not in args.skip:
-        generated_de_rows(bench, args.cells, args.genes, args.groups)
+    designs = tuple(d for d in ("case_control", "low_moi") if d not in args.skip)
+    if "papalexi" not in args.skip and (DATA / "papalexi_lowmoi.h5ad").exists() and designs:
+        papalexi_rows(bench, args.papalexi_cells, args.papalexi_groups, designs)
+    if "de" not in args.skip and designs:
+        generated_de_rows(bench, args.cells, args.genes, args.groups, designs)
     if "high_moi" not in args.skip:
         high_moi_rows(bench, args.cells, args.moi_genes, args.moi_groups, args.moi_ours_only)
     if "coex" not in args.skip:
