@@ -1,0 +1,97 @@
+"""The matrix helpers of ``_core._blocks`` and the type guards of ``_types``, on every format."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import sparse
+
+from normalisr_sc._core._blocks import canonical, count_non_finite, materialize, row_block
+from normalisr_sc._core._reduce import is_dask
+from normalisr_sc._types import is_sparse
+
+#: Every scipy sparse format, as matrix and as array.
+FORMATS = ("csr", "csc", "coo", "lil", "dok", "bsr", "dia")
+CLASSES = [getattr(sparse, f"{f}_{kind}") for f in FORMATS for kind in ("matrix", "array")]
+
+
+def _with_bad_values() -> np.ndarray:
+    values = np.zeros((6, 5))
+    values[0, 1] = 2.0
+    values[1, 2] = np.nan
+    values[3, 0] = np.inf
+    values[4, 4] = -np.inf
+    values[5, 3] = 1.5
+    return values
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_count_non_finite_reads_every_sparse_format(cls):
+    dense = _with_bad_values()
+    matrix = cls(dense)
+    assert is_sparse(matrix)
+    assert count_non_finite(matrix) == 3
+    assert count_non_finite(cls(np.nan_to_num(dense, nan=0.0, posinf=0.0, neginf=0.0))) == 0
+
+
+def test_count_non_finite_of_arrays():
+    assert count_non_finite(_with_bad_values()) == 3
+    assert count_non_finite(np.arange(6).reshape(2, 3)) == 0  # integers are finite
+    assert count_non_finite(np.empty((0, 3))) == 0
+    assert count_non_finite([1.0, np.nan]) == 1
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_materialize_gives_read_only_canonical_csr(cls):
+    dense = np.arange(30, dtype=np.float64).reshape(6, 5) % 4
+    block = materialize(cls(dense))
+    assert isinstance(block, sparse.csr_matrix)
+    assert block.has_canonical_format
+    np.testing.assert_array_equal(block.toarray(), dense)
+    with pytest.raises(ValueError, match="read-only"):
+        block.data[0] = 1.0
+
+
+def test_materialize_of_dense_and_dask():
+    dense = np.arange(12.0).reshape(4, 3)
+    view = materialize(dense)
+    assert isinstance(view, np.ndarray)
+    assert np.shares_memory(view, dense)
+    assert not view.flags.writeable
+    assert dense.flags.writeable  # the source stays writable
+    np.testing.assert_array_equal(materialize(da.from_array(dense, chunks=2)), dense)
+
+
+def test_canonical_sums_duplicates_on_a_copy():
+    # Entry (0, 1) stored twice and the indices of row 0 unsorted.
+    matrix = sparse.csr_matrix(
+        (np.array([1.0, 2.0, 3.0]), np.array([1, 0, 1]), np.array([0, 3, 3])), shape=(2, 2)
+    )
+    data_before = matrix.data.copy()
+    fixed = canonical(matrix)
+    assert fixed is not matrix
+    assert fixed.has_canonical_format
+    np.testing.assert_array_equal(fixed.toarray(), [[2.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(matrix.data, data_before)  # the input is left as it was
+    assert canonical(fixed) is fixed
+
+
+def test_row_block_of_csr_shares_and_is_canonical():
+    dense = np.arange(40.0).reshape(8, 5) % 3
+    matrix = sparse.csr_array(dense)
+    block = row_block(matrix, slice(2, 6))
+    assert isinstance(block, sparse.csr_matrix)
+    np.testing.assert_array_equal(block.toarray(), dense[2:6])
+    assert np.shares_memory(block.data, matrix.data)
+    np.testing.assert_array_equal(row_block(dense, slice(6, 8)), dense[6:8])
+
+
+def test_type_guards():
+    assert is_dask(da.zeros((2, 2)))
+    assert not is_dask(np.zeros((2, 2)))
+    assert not is_dask(dask.delayed(sum)([1, 2]))  # a dask object, but not an array
+    assert not is_dask(sparse.csr_matrix((2, 2)))
+    assert not is_sparse(np.zeros((2, 2)))
+    assert not is_sparse(da.zeros((2, 2)))
