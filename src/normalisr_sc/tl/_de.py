@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from .._types import RowSliceable
     from ._groups import Groups
 
 Design = Literal["case_control", "low_moi", "high_moi"]
@@ -251,7 +252,9 @@ def _tested_classes(plan: _Plan, n_groups: int, tested: np.ndarray) -> np.ndarra
     column = np.full(n_groups + 1, -1, dtype=np.int64)
     column[0] = 0
     column[tested + 1] = np.arange(1, tested.size + 1)
-    return np.where(plan.label >= 0, column[np.maximum(plan.label, 0)], -1)
+    label = plan.label
+    assert label is not None  # a plan of classes
+    return np.where(label >= 0, column[np.maximum(label, 0)], -1)
 
 
 def _run(
@@ -284,7 +287,7 @@ def _run(
 
 
 def _pair_counts(
-    plan: _Plan, matrix: sparse.csr_matrix, tested: np.ndarray, counts: object, size: int
+    plan: _Plan, matrix: sparse.csr_matrix, tested: np.ndarray, counts: RowSliceable, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Count the cells with a nonzero count among each group's cells and its controls.
 
