@@ -75,11 +75,11 @@ def cli_words(message: str, options: Mapping[str, str] | None = None) -> str:
 
     message = _FUNCTION.sub(command, message)
     for parameter, option in (options or {}).items():
-        message = re.sub(
-            rf"`{parameter}(?:=([^`]*))?`",
-            lambda m, option=option: f"`{_option_text(option, m[1])}`",
-            message,
-        )
+
+        def spelled(m: re.Match[str], option: str = option) -> str:
+            return f"`{_option_text(option, m[1])}`"
+
+        message = re.sub(rf"`{parameter}(?:=([^`]*))?`", spelled, message)
         message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}=", f"{option} ", message)
         if "_" in parameter:  # a bare identifier, not an English word
             message = re.sub(rf"(?<![\w.'\"`\[-]){parameter}(?![\w'\"`=])", option, message)

@@ -69,7 +69,7 @@ SERIES_COLORS = (
 def _as_groups(group: str | Sequence[str] | None) -> list[str | None]:
     if group is None:
         return [None]
-    return as_names("group", group, allow_none=False)
+    return list(as_names("group", group, allow_none=False))
 
 
 #: The band is drawn through every rank up to this one and about as many more, spaced
@@ -101,8 +101,8 @@ def draw_qq(ax: Axes, series: dict[str, np.ndarray], *, clip: bool = True) -> Ax
     n_max = max(obs.size for obs in series.values())
     rank = _band_ranks(n_max)
     expected_all = -np.log10((rank - 0.5) / n_max)
-    low, high = stats.beta.ppf(
-        [(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None], n_max - rank[:, None] + 1
+    low, high = np.asarray(
+        stats.beta.ppf([(1 - BAND) / 2, (1 + BAND) / 2], rank[:, None], n_max - rank[:, None] + 1)
     ).T
     ax.fill_between(
         expected_all,
@@ -113,10 +113,12 @@ def draw_qq(ax: Axes, series: dict[str, np.ndarray], *, clip: bool = True) -> Ax
         zorder=0,
     )
     ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", zorder=1)
-    ax.nsc_qq = {}
+    drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    # What was drawn, per series, for the tests and for users' own annotations.
+    ax.nsc_qq = drawn  # type: ignore[attr-defined]  # our attribute on a matplotlib Axes
     # Values beyond the axis: one legend entry for all series (their colour tells which).
     n_beyond = sum(int((observed > top).sum()) for observed in series.values())
-    beyond_label = f"{n_beyond} beyond the axis"
+    beyond_label: str | None = f"{n_beyond} beyond the axis"
     if len(series) > 1 and n_beyond:
         ax.scatter([], [], s=18, marker="^", color="black", label=beyond_label)
         beyond_label = None
@@ -145,7 +147,7 @@ def draw_qq(ax: Axes, series: dict[str, np.ndarray], *, clip: bool = True) -> Ax
                 label=beyond_label,
             )
             beyond_label = None
-        ax.nsc_qq[label] = (expected, observed)
+        drawn[label] = (expected, observed)
     ax.set_xlim(0, top)
     ax.set_ylim(0, top * 1.03)
     ax.set_xlabel("expected $-\\log_{10} p$")

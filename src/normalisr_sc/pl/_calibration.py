@@ -95,7 +95,9 @@ def calibration(
         series = {f"{log10p.size} NT pairs": np.sort(log10p)[::-1]}
     ax = draw_qq(new_axes(ax), series, clip=clip)
     if by_group and len(series) > len(SERIES_COLORS):
-        ax.get_legend().remove()
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
     params = read_params(adata, key)
     qcut = params.get("qcut", 0.1)
     ax.text(

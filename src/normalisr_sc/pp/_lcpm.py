@@ -172,7 +172,9 @@ def lcpm(
     check_str("key_added", key_added)
     varscale = check_number("varscale", varscale, minimum=0)
     seed = check_int("seed", seed, minimum=0, allow_none=True)
-    dtype = float_dtype("dtype", dtype)
+    checked = float_dtype("dtype", dtype)
+    assert checked is not None  # allow_none is False
+    dtype = checked
     check_chunking(chunked, chunk_size)
     check_writable(
         adata,
@@ -191,9 +193,12 @@ def lcpm(
     totals, zeros, gene_stats = _summarise_counts(adata, counts, layer, size, "lcpm: counts")
     total = float(totals.sum())
     scale = scaling_factor_values(gene_stats)
-    if streamed:
-        log_cpm = counts.map_blocks(
+    if is_dask(counts):
+        import dask.array as da
+
+        log_cpm = da.map_blocks(
             lcpm_chunk,
+            counts,
             total=total,
             float_type=dtype,
             dtype=dtype,

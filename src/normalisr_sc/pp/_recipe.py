@@ -263,7 +263,9 @@ def normalize(
     check_bool("keepvar", keepvar)
     check_bool("chunked", chunked, allow_none=True)
     check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
-    dtype = float_dtype("dtype", dtype)
+    checked = float_dtype("dtype", dtype)
+    assert checked is not None  # allow_none is False
+    dtype = checked
     check_bool("copy", copy)
     writes = _writes(remove_outliers)
     if not copy:

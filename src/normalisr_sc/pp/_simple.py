@@ -13,6 +13,7 @@ from .._core._reduce import PerCell, accumulate, is_dask
 from .._docs import doc_params
 from .._progress import progress
 from .._store import check_writable, store
+from .._types import COMPRESSED, is_sparse
 from .._utils import float_dtype, input_matrix, logger, matrix_name
 from .._validate import check_number, check_str
 from ._lcpm import check_chunking
@@ -20,6 +21,8 @@ from ._lcpm import check_chunking
 if TYPE_CHECKING:
     from anndata import AnnData
     from numpy.typing import DTypeLike
+
+    from .._types import Compressed
 
 _CHUNKED = """\
 chunked
@@ -36,12 +39,21 @@ dtype
         values are computed in float64 and rounded once, when stored."""
 
 
-def _stored_index(matrix: sparse.spmatrix, axis: int) -> np.ndarray:
+def _stored_index(matrix: Compressed, axis: int) -> np.ndarray:
     """Row (``axis=0``) or column (``axis=1``) of each stored value of a CSR/CSC matrix."""
     compressed = {"csr": 0, "csc": 1}[matrix.format]
     if axis == compressed:
         return np.repeat(np.arange(matrix.shape[axis]), np.diff(matrix.indptr))
     return matrix.indices
+
+
+def _stored_values(block: object) -> np.ndarray:
+    """Return the stored values of a sparse block, or the values of a dense one."""
+    if isinstance(block, COMPRESSED):
+        return block.data
+    if is_sparse(block):
+        return sparse.csr_matrix(block).data
+    return np.asarray(block)
 
 
 class _RowTotals:
@@ -53,7 +65,7 @@ class _RowTotals:
 
     def add(self, rows: slice, block) -> None:
         self.totals.add(rows, np.asarray(block.sum(axis=1, dtype=np.float64)).ravel())
-        values = block.data if sparse.issparse(block) else block
+        values = _stored_values(block)
         if values.size:
             self.minimum = min(self.minimum, float(values.min()))
 
@@ -74,7 +86,7 @@ class _ColumnRange:
         if block.shape[0] == 0:
             return
         low, high = block.min(axis=0), block.max(axis=0)
-        if sparse.issparse(block):
+        if is_sparse(block):
             low, high = low.toarray(), high.toarray()
         np.minimum(self.lowest, np.asarray(low, dtype=np.float64).ravel(), out=self.lowest)
         np.maximum(self.highest, np.asarray(high, dtype=np.float64).ravel(), out=self.highest)
@@ -91,8 +103,9 @@ def _scaled(block, factor: np.ndarray, axis: int, dtype: DTypeLike = np.float64)
     Computed in float64 and returned as ``dtype``. Sparse blocks stay sparse; the values
     are new arrays.
     """
-    if sparse.issparse(block):
+    if is_sparse(block):
         result = block.astype(np.float64, copy=True)
+        assert isinstance(result, COMPRESSED)  # CSR or CSC: _stored_index needs one
         result.data *= factor[_stored_index(result, axis=axis)]
         return result.astype(dtype, copy=False)
     shape = (-1, 1) if axis == 0 else (1, -1)
@@ -121,12 +134,12 @@ def _minmax_chunk(
     block = materialize(block)
     if stays_sparse:
         return _scaled(block, factor, axis=1, dtype=dtype_out)
-    dense = block.toarray() if sparse.issparse(block) else block
+    dense = block.toarray() if is_sparse(block) else block
     return _shifted(dense, lowest, factor, low, dtype_out)
 
 
 def _result_meta(matrix, dtype: np.dtype, stays_sparse: bool = True):
-    if stays_sparse and sparse.issparse(getattr(matrix, "_meta", None)):
+    if stays_sparse and is_sparse(getattr(matrix, "_meta", None)):
         return sparse.csr_matrix((0, 0), dtype=dtype)
     return np.empty((0, 0), dtype=dtype)
 
@@ -170,7 +183,9 @@ def cpm(
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)
     target_sum = check_number("target_sum", target_sum, minimum=0, min_open=True)
-    dtype = float_dtype("dtype", dtype)
+    checked = float_dtype("dtype", dtype)
+    assert checked is not None  # allow_none is False
+    dtype = checked
     check_chunking(chunked, chunk_size)
     check_writable(adata, {"layers": [key_added], "uns": [key_added]})
     counts, size = input_matrix(
@@ -181,7 +196,7 @@ def cpm(
         sums = accumulate(_RowTotals, counts, block_cells=size, progress=progress, desc="cpm")
         totals, minimum = sums.totals.values(), sums.minimum
     else:
-        values = counts.data if sparse.issparse(counts) else np.asarray(counts)
+        values = counts.data if is_sparse(counts) else np.asarray(counts)
         minimum = float(values.min()) if values.size else 0.0
         totals = np.asarray(counts.sum(axis=1, dtype=np.float64)).ravel()
     if minimum < 0:
@@ -283,7 +298,9 @@ def minmax(
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)
     low, high = _feature_range(feature_range)
-    dtype = float_dtype("dtype", dtype)
+    checked = float_dtype("dtype", dtype)
+    assert checked is not None  # allow_none is False
+    dtype = checked
     check_chunking(chunked, chunk_size)
     check_writable(adata, {"layers": [key_added], "uns": [key_added]})
     matrix, size = input_matrix(
@@ -312,9 +329,9 @@ def minmax(
     lowest, highest = span.lowest, span.highest
     spread = highest - lowest
     factor = (high - low) / np.where(spread > 0, spread, 1.0)
-    is_sparse = sparse.issparse(matrix) or sparse.issparse(getattr(matrix, "_meta", None))
-    stays_sparse = is_sparse and low == 0 and not lowest.any()
-    if is_sparse and not stays_sparse:
+    sparse_input = is_sparse(matrix) or is_sparse(getattr(matrix, "_meta", None))
+    stays_sparse = sparse_input and low == 0 and not lowest.any()
+    if sparse_input and not stays_sparse:
         reason = (
             "feature_range starts at a non-zero value"
             if low != 0
@@ -326,9 +343,12 @@ def minmax(
             "a zero in every gene to keep it sparse."
         )
         warnings.warn(msg, UserWarning, stacklevel=2)
-    if streamed:
-        result = matrix.map_blocks(
+    if is_dask(matrix):
+        import dask.array as da
+
+        result = da.map_blocks(
             _minmax_chunk,
+            matrix,
             lowest=lowest,
             factor=factor,
             low=low,
@@ -341,7 +361,7 @@ def minmax(
         # (x - 0) * factor + 0 of the dense formula is exactly x * factor.
         result = _scaled(matrix, factor, axis=1, dtype=dtype)
     else:
-        dense = matrix.toarray() if sparse.issparse(matrix) else matrix
+        dense = matrix.toarray() if is_sparse(matrix) else matrix
         result = _shifted(dense, lowest, factor, low, dtype)
     store(
         adata,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._blocks import row_block, row_slices
+from .._core._blocks import float_block, row_block, row_slices
 from .._core._moments import in_parts
 from .._core._normalize import (
     NormalisationFit,
@@ -37,13 +37,15 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from numpy.typing import DTypeLike
 
+    from .._types import InputMatrix
+
 #: Keys :func:`normvar` writes besides its layer.
 NORMVAR_KEY, COVARIATES_NORM_KEY = "nsc_normvar", "nsc_covariates_norm"
 
 
 def _expression_and_covariates(
     adata: AnnData, layer: str, covariates_key: str, chunked: bool | None, chunk_size: int | None
-) -> tuple[object, int, pd.DataFrame]:
+) -> tuple[InputMatrix, int, pd.DataFrame]:
     check_str("layer", layer)
     check_str("covariates_key", covariates_key)
     check_chunking(chunked, chunk_size)
@@ -315,7 +317,7 @@ def normvar(
             def fill(part: slice, start: int = rows.start) -> None:
                 chosen = slice(start + part.start, start + part.stop)
                 out[chosen] = normalised_block(
-                    row_block(expression, chosen),
+                    float_block(row_block(expression, chosen)),
                     cov[chosen],
                     log_weights[chosen],
                     fit.coefficients,

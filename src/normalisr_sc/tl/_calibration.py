@@ -18,7 +18,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -150,8 +150,8 @@ def _family_size(adata: AnnData, key: str | None, record: Mapping, params: Mappi
     columns = np.tile(np.arange(len(names)), n_genes)
     chosen = record.get("pairs")
     if isinstance(chosen, pd.DataFrame) and {"group", "gene"} <= set(chosen.columns):
-        rows = adata.var_names.get_indexer(chosen["gene"].astype(str))
-        columns = pd.Index(names).get_indexer(chosen["group"].astype(str))
+        rows = adata.var_names.get_indexer(pd.Index(chosen["gene"].astype(str)))
+        columns = pd.Index(names).get_indexer(pd.Index(chosen["group"].astype(str)))
         inside = (rows >= 0) & (columns >= 0)
         rows, columns = rows[inside], columns[inside]
     qc_keys = [f"{key}_{suffix}" for suffix in PAIR_QC]
@@ -166,7 +166,7 @@ def _family_size(adata: AnnData, key: str | None, record: Mapping, params: Mappi
 def _discovery_setup(
     adata: AnnData,
     key: str | None,
-    overrides: dict[str, object],
+    overrides: dict[str, Any],
 ) -> _Setup:
     """Read the discovery analysis' parameters (``adata.uns[key]``), overridden where given."""
     record: Mapping = {}
@@ -185,7 +185,7 @@ def _discovery_setup(
         msg = "with `key=None` (no discovery analysis to follow), pass `groupby=` and `design=`."
         raise ValueError(msg)
 
-    def pick(name: str, default: object) -> object:
+    def pick(name: str, default: Any) -> Any:
         value = overrides[name]
         return value if value is not None else params.get(name, default)
 
@@ -619,7 +619,8 @@ def calibration_check(
     others = np.diff(group_set.matrix.indptr) > 0
     pool = in_control if high else in_control & ~others
 
-    nt_matrix, nt_names = None, []
+    nt_matrix: sparse.csr_matrix | None = None
+    nt_names: list[str] = []
     if guides is not None and construction != "random":
         nt_matrix, nt_names = _nt_guides(adata, guides, nt_guides, setup.control)
     chosen = construction
@@ -657,6 +658,7 @@ def calibration_check(
                 guides,
             )
         pool = usable
+        assert nt_matrix is not None  # the guides construction read the NT guides
         columns, names = _guide_groups(
             nt_matrix,
             nt_names,

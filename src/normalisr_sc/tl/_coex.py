@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy import sparse
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from numpy.typing import DTypeLike
+
+    from .._types import RowSliceable
 
 #: Matrices of ``adata.varp`` written by :func:`coex`, by suffix.
 COEX_MATRICES = ("pvals", "log10p", "r")
@@ -228,11 +230,12 @@ def coex(
         adata, layer, covariates_key, chunked=chunked, chunk_size=chunk_size
     )
     index = _gene_index(adata, genes)
+    source: RowSliceable = expression
     if index is not None:
-        expression = expression[:, index] if is_dask(expression) else _Columns(expression, index)
-        name_source(expression, matrix_name(layer))
+        source = expression[:, index] if is_dask(expression) else _Columns(expression, index)
+        name_source(source, matrix_name(layer))
     stats = coex_stats(
-        expression, covariates, dimreduce=int(dimreduce), block_cells=size, progress=progress
+        source, covariates, dimreduce=int(dimreduce), block_cells=size, progress=progress
     )
     n_genes, n_cells, df = stats.inv_sd.size, stats.n_cells, stats.df
     variance = stats.var
@@ -240,24 +243,26 @@ def coex(
         variance = np.full(adata.n_vars, np.nan)
         variance[index] = stats.var
     if qcut is None:
-        matrices = dict(
+        dense = dict(
             zip(COEX_MATRICES, coex_matrices(stats, dtype=dtype, progress=progress), strict=True)
         )
-        if index is not None:
-            matrices = {
-                name: _block_matrix(adata.n_vars, index, block) for name, block in matrices.items()
-            }
+        matrices: dict[str, np.ndarray | sparse.csr_matrix] = (
+            dict(dense)
+            if index is None
+            else {name: _block_matrix(adata.n_vars, index, block) for name, block in dense.items()}
+        )
         stale = [f"{key_added}_net"]
     else:
         rows, cols = coex_network(stats, qcut=qcut, progress=progress)
         _check_not_empty(rows.size, qcut)
-        matrices = {"net": _network_matrix(adata.n_vars, index, rows, cols)}
+        network = _network_matrix(adata.n_vars, index, rows, cols)
+        matrices = {"net": network}
         stale = [f"{key_added}_{name}" for name in COEX_MATRICES]
-    record = {"n_cells": n_cells, "df": df, "store": store}
+    record: dict[str, Any] = {"n_cells": n_cells, "df": df, "store": store}
     if index is not None:
         record["genes"] = list(adata.var_names[index])
     if qcut is not None:
-        record["binnet"] = _network_record(matrices["net"], qcut)
+        record["binnet"] = _network_record(network, qcut)
     params = {
         "layer": layer,
         "covariates_key": covariates_key,

@@ -14,6 +14,8 @@ from .._validate import check_int
 if TYPE_CHECKING:
     from anndata import AnnData
 
+    from .._types import InputMatrix
+
 
 def check_dimreduce(dimreduce: int) -> int:
     """``dimreduce`` as a non-negative int (a ValueError naming it otherwise)."""
@@ -38,7 +40,7 @@ def normalised_inputs(
     *,
     chunked: bool | None = None,
     chunk_size: int | None = None,
-) -> tuple[object, int, np.ndarray]:
+) -> tuple[InputMatrix, int, np.ndarray]:
     """Return the normalised expression layer, its cells per block and the covariates.
 
     The normalised covariates come as a float64 array.
@@ -64,7 +66,7 @@ def normalised_inputs(
 
 def effect_inputs(
     adata: AnnData,
-    expression: object,
+    expression: InputMatrix,
     layer: str,
     covariates_key: str,
     logfc_layer: str,
@@ -72,7 +74,7 @@ def effect_inputs(
     *,
     chunked: bool | None = None,
     chunk_size: int | None = None,
-) -> tuple[object, Effect]:
+) -> tuple[InputMatrix, Effect]:
     """Return the normalised expression and the fold change's inputs, read in the same pass.
 
     The log CPM layer and the normalised layer are both streamed (dask) or neither: when
