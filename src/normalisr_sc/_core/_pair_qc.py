@@ -6,10 +6,12 @@ cells with a nonzero count of every gene in every set of cells is ONE sparse pro
 ``indicators' @ (counts != 0)`` (sets x genes), of the cells x sets 0/1 indicator
 matrix with the nonzero pattern of the raw counts, accumulated one block of cells at a
 time by :func:`~._reduce.accumulate` (a loop in memory or on disk, a dask graph for a
-dask array).
+dask array). The low-MOI design counts them per class of cells in the pass of its own
+kernel instead (:func:`~._association.class_design` with ``counts``).
 
 Also here, shared by every layer: the q-values of a family of pairs (the pairs passing
-QC, optionally restricted to chosen pairs) and the reading of a table of chosen pairs.
+QC, optionally restricted to chosen pairs), the first genes of each group in ranking
+order (:func:`top_order`) and the reading of a table of chosen pairs.
 """
 
 from __future__ import annotations
