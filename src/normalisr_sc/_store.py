@@ -54,17 +54,21 @@ def _feed_numbers(digest: hashlib.blake2b, array: np.ndarray) -> None:
         digest.update(numbers.tobytes())
 
 
+def _feed_items(digest: hashlib.blake2b, items: list[Any]) -> None:
+    """Feed one chunk of strings (or other objects, by their ``str``)."""
+    try:
+        text = "\x1f".join(items)
+    except TypeError:  # not all strings
+        text = "\x1f".join(map(str, items))
+    digest.update(text.encode(errors="surrogatepass"))
+    digest.update(b"\x1e")
+
+
 def _feed_objects(digest: hashlib.blake2b, array: np.ndarray) -> None:
     """Feed strings (or other objects by their ``str``), a chunk of entries at a time."""
     flat = array.reshape(-1)
     for start in range(0, flat.size, _CHUNK):
-        items = flat[start : start + _CHUNK].tolist()
-        try:
-            text = "\x1f".join(items)
-        except TypeError:  # not all strings
-            text = "\x1f".join(map(str, items))
-        digest.update(text.encode(errors="surrogatepass"))
-        digest.update(b"\x1e")
+        _feed_items(digest, flat[start : start + _CHUNK].tolist())
 
 
 def _feed_records(digest: hashlib.blake2b, array: np.ndarray) -> None:
@@ -78,7 +82,7 @@ def _feed_records(digest: hashlib.blake2b, array: np.ndarray) -> None:
         step = max(1, _CHUNK // len(fields))
         for start in range(0, array.shape[0], step):
             rows = array[start : start + step].tolist()
-            _feed_objects(digest, np.fromiter(chain.from_iterable(rows), dtype=object))
+            _feed_items(digest, list(chain.from_iterable(rows)))
         return
     packed = array.dtype.itemsize == len(fields) * field.itemsize and [
         offset for _, offset, *_ in fields
