@@ -50,7 +50,8 @@ BH_SLACK = 1e-9
 
 #: P-values from this up are summed by the kernel's series (:func:`_complements`);
 #: smaller ones by scipy's ``betainc``. ``p = 1 - S`` with ``S`` accurate to a few ulp,
-#: so the relative error of ``p`` stays below about ``1e-13`` here.
+#: so the relative error of ``p`` stays below ``2e-13`` here (largest just above the
+#: cut, where ``S`` is largest: 1.3e-13 at ``df = 4`` against 40-digit mpmath).
 FAST_P = 0.01
 #: Most terms of the series; where more would be needed (small ``df`` with large
 #: ``|r|``), the pairs are handed to ``betainc``.
