@@ -116,9 +116,89 @@ def test_ownership_survives_h5ad_round_trip(tmp_path):
         assert owned(read, container, key), (container, key)
 
 
-def test_lazy_layer_has_the_fingerprint_of_its_values():
+def test_lazy_layer_is_sampled_and_stays_ours_in_memory_and_back():
     values = np.random.default_rng(1).normal(size=(50, 4))
-    assert fingerprint(da.from_array(values, chunks=(7, 4))) == fingerprint(values)
+    lazy = da.from_array(values, chunks=(7, 4))
+    # a lazy layer is identified by the sampled form (only a few blocks computed)
+    assert fingerprint(lazy) == fingerprint(values, whole=False)
+    assert fingerprint(lazy) != fingerprint(values)
+    assert fingerprint(lazy, whole=True) == fingerprint(values)
+    adata = ad.AnnData(np.zeros((50, 4)))
+    store(adata, "lcpm", {}, layers={"lcpm": lazy})
+    adata.layers["lcpm"] = values.copy()  # computed: still what was written
+    assert owned(adata, "layers", "lcpm")
+    store(adata, "lcpm", {}, layers={"lcpm": values.copy()})
+    adata.layers["lcpm"] = da.from_array(values, chunks=(7, 4))  # read back lazily
+    assert owned(adata, "layers", "lcpm")
+    edited = values.copy()
+    edited[25, 2] += 1.0
+    adata.layers["lcpm"] = da.from_array(edited, chunks=(7, 4))
+    assert not owned(adata, "layers", "lcpm")
+
+
+def _middle_edits():
+    rng = np.random.default_rng(3)
+    layer = rng.random((41, 6)).astype(np.float32)
+    frame = pd.DataFrame(
+        rng.random((6, 30)),
+        index=[f"g{i}" for i in range(6)],
+        columns=[f"c{j}" for j in range(30)],
+    )
+    frame["label"] = list("abcabc")
+    net = sparse.random(6, 6, density=0.5, format="csr", random_state=1)
+    return layer, frame, net
+
+
+@pytest.mark.parametrize("container", ["layers", "varm", "varp"])
+def test_an_edit_in_a_middle_row_or_column_is_refused(container):
+    layer, frame, net = _middle_edits()
+    adata = ad.AnnData(np.zeros((41, 6)), var=pd.DataFrame(index=[f"g{i}" for i in range(6)]))
+    store(adata, "step", {}, layers={"lcpm": layer}, varm={"frame": frame}, varp={"net": net})
+    assert owned(adata, container, {"layers": "lcpm", "varm": "frame", "varp": "net"}[container])
+    if container == "layers":  # row 5 and column 3: neither sampled row (0, 20, 40)
+        adata.layers["lcpm"][5, 3] = 0
+        key = "lcpm"
+    elif container == "varm":  # an entry of a middle column of a middle row
+        adata.varm["frame"].iloc[1, 17] += 1e-9
+        key = "frame"
+    else:  # a stored entry of a middle row becomes another value
+        adata.varp["net"].data[adata.varp["net"].indptr[2]] += 0.5
+        key = "net"
+    assert not owned(adata, container, key)
+    with pytest.raises(ValueError, match="was changed since normalisr_sc wrote it"):
+        store(adata, "step", {}, **{container: {key: np.zeros((41, 6))}})
+
+
+def test_fingerprint_is_that_of_the_values_not_of_their_storage(tmp_path):
+    layer, frame, net = _middle_edits()
+    assert fingerprint(layer) == fingerprint(sparse.csr_matrix(layer))
+    assert fingerprint(layer) == fingerprint(sparse.csc_matrix(layer.astype(np.float64)))
+    assert fingerprint(net) == fingerprint(net.toarray())
+    adata = ad.AnnData(np.zeros((41, 6)), var=pd.DataFrame(index=[f"g{i}" for i in range(6)]))
+    store(adata, "step", {}, layers={"lcpm": layer}, varm={"frame": frame}, varp={"net": net})
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    read = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert read.layers["lcpm"].dtype == np.float32
+    for container, key in [("layers", "lcpm"), ("varm", "frame"), ("varp", "net")]:
+        assert owned(read, container, key), (container, key)
+
+
+def test_results_of_the_old_layout_are_explained():
+    adata = _adata()
+    adata.layers["lcpm"] = np.ones((20, 6))
+    adata.uns["normalisr"] = {"written": {"layers": {"lcpm": "0123abcd"}}}
+    with pytest.raises(ValueError, match="earlier normalisr_sc layout") as refused:
+        check_writable(adata, {"layers": ["lcpm"]})
+    assert "re-run the steps from the counts" in str(refused.value).lower()
+    assert "del adata.layers['lcpm']" in str(refused.value)
+    # without the old record, the plain message
+    del adata.uns["normalisr"]
+    with pytest.raises(ValueError, match="was not written by normalisr_sc"):
+        check_writable(adata, {"layers": ["lcpm"]})
+    # normvar's params under uns['normalisr'] are not the old record
+    adata.uns["normalisr"] = {"params": {"n": 1}}
+    with pytest.raises(ValueError, match="was not written by normalisr_sc"):
+        check_writable(adata, {"layers": ["lcpm"]})
 
 
 def test_subsetting_keeps_own_keys_only():

@@ -12,7 +12,10 @@ stored (container -> key -> fingerprint). A key that already exists may be repla
 only when normalisr_sc wrote it *and* it still holds what was written: a user's own
 data -- a key normalisr_sc never wrote, or one the user has since replaced or edited --
 is refused with an error naming the key, before anything is changed. Fingerprints
-survive an h5ad round trip, so results read back from disk remain replaceable.
+survive an h5ad round trip, so results read back from disk remain replaceable. An
+in-memory value (numpy, scipy sparse, DataFrame) is fingerprinted from all its entries,
+so any edit is noticed; a lazy one (dask, backed) from its shape and a few rows only, so
+an edit elsewhere in it goes unnoticed (see :func:`fingerprint`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
 #: Key of ``adata.uns`` holding the writer's bookkeeping: container -> key ->
 #: fingerprint of every value normalisr_sc wrote (nothing else).
 WRITTEN = "nsc_written"
+#: Key of ``adata.uns`` where earlier normalisr_sc layouts kept their record (with the
+#: fingerprints under ``'written'``); recognised only to explain a refusal.
+OLD_RECORD = "normalisr"
 #: Entry of ``adata.uns[key]`` holding the parameters of the step that wrote ``key``.
 PARAMS = "params"
 #: The AnnData containers results go to.
@@ -128,31 +135,115 @@ def _sample_rows(n_rows: int) -> list[int]:
     return sorted({0, n_rows // 2, n_rows - 1}) if n_rows else []
 
 
-def _feed_frame(digest: hashlib.blake2b, value: pd.DataFrame) -> None:
-    """Feed a DataFrame's columns and a sample of its rows (the index is the AnnData's)."""
+def _bits(values: Any) -> np.ndarray:
+    """Return numbers as the bit patterns of their float64 values (one NaN, one zero)."""
+    numbers = np.asarray(values, dtype=np.float64) + 0.0  # -0.0 -> 0.0
+    numbers[np.isnan(numbers)] = np.nan
+    return numbers.view(np.uint64)
+
+
+def _feed_sums(digest: hashlib.blake2b, rows: np.ndarray, columns: np.ndarray) -> None:
+    digest.update(b"\x1a")
+    digest.update(np.ascontiguousarray(rows, dtype=np.uint64).tobytes())
+    digest.update(np.ascontiguousarray(columns, dtype=np.uint64).tobytes())
+
+
+def _feed_dense_sums(digest: hashlib.blake2b, array: np.ndarray) -> None:
+    """Feed the per-row and per-column sums of an in-memory numeric matrix.
+
+    The sums are of the float64 bit patterns taken as integers modulo 2**64: exact and
+    independent of the order of summation (so a sparse and a dense copy agree), and
+    changed by any edit of a single entry. A chunk of rows at a time.
+    """
+    matrix = array.reshape(array.shape[0], -1)
+    rows = np.empty(matrix.shape[0], dtype=np.uint64)
+    columns = np.zeros(matrix.shape[1], dtype=np.uint64)
+    step = max(1, _CHUNK // max(1, matrix.shape[1]))
+    for start in range(0, matrix.shape[0], step):
+        bits = _bits(matrix[start : start + step])
+        rows[start : start + step] = bits.sum(axis=1, dtype=np.uint64)
+        columns += bits.sum(axis=0, dtype=np.uint64)
+    _feed_sums(digest, rows, columns)
+
+
+def _feed_sparse_sums(digest: hashlib.blake2b, matrix: Any) -> None:
+    """Feed the sums of :func:`_feed_dense_sums` for a scipy sparse matrix."""
+    coo = sparse.coo_matrix(matrix)
+    bits = _bits(coo.data)
+    rows = np.zeros(coo.shape[0], dtype=np.uint64)
+    columns = np.zeros(coo.shape[1], dtype=np.uint64)
+    np.add.at(rows, coo.row, bits)
+    np.add.at(columns, coo.col, bits)
+    _feed_sums(digest, rows, columns)
+
+
+def _feed_lazy_sums(digest: hashlib.blake2b, matrix: Any) -> None:
+    """Feed the sums of :func:`_feed_dense_sums` for a 2-D dask array (one pass)."""
+    import dask
+
+    bits = matrix.map_blocks(_bits, dtype=np.uint64)
+    rows, columns = dask.compute(
+        bits.sum(axis=1, dtype=np.uint64), bits.sum(axis=0, dtype=np.uint64)
+    )
+    _feed_sums(digest, np.asarray(rows), np.asarray(columns))
+
+
+def _numeric(dtype: Any) -> bool:
+    return getattr(dtype, "kind", "O") in "biuf"
+
+
+def _feed_frame(digest: hashlib.blake2b, value: pd.DataFrame, whole: bool) -> None:
+    """Feed a DataFrame's columns, a sample of its rows and its row and column sums.
+
+    The index is the AnnData's. Numeric columns enter the sums of
+    :func:`_feed_dense_sums` (one column at a time, never a whole float64 copy), other
+    columns are hashed whole.
+    """
     _feed_objects(digest, np.asarray(value.columns, dtype=object))
     _feed_values(digest, [len(value)])
     sample = value.iloc[_sample_rows(len(value))]
     kinds = {dtype.kind for dtype in sample.dtypes}
     if kinds <= set("biuf"):  # all numeric: one block, whatever the column dtypes
         _feed_values(digest, sample.to_numpy(dtype=np.float64))
+    else:
+        for column in range(sample.shape[1]):
+            _feed_values(digest, sample.iloc[:, column].to_numpy())
+    if not whole:
         return
-    for column in range(sample.shape[1]):
-        _feed_values(digest, sample.iloc[:, column].to_numpy())
+    rows = np.zeros(len(value), dtype=np.uint64)
+    columns = np.zeros(value.shape[1], dtype=np.uint64)
+    step = max(1, _CHUNK // max(1, len(value)))
+    for start in range(0, value.shape[1], step):
+        chunk = value.iloc[:, start : start + step]
+        if all(_numeric(dtype) for dtype in chunk.dtypes):  # a block of columns at once
+            bits = _bits(chunk.to_numpy(dtype=np.float64))
+            rows += bits.sum(axis=1, dtype=np.uint64)
+            columns[start : start + step] = bits.sum(axis=0, dtype=np.uint64)
+            continue
+        for j, (_, series) in enumerate(chunk.items(), start=start):
+            if _numeric(series.dtype):
+                bits = _bits(series.to_numpy())
+                rows += bits
+                columns[j] = bits.sum(dtype=np.uint64)
+            else:
+                digest.update(f"\x19{j}".encode())
+                _feed_values(digest, series.to_numpy())
+    _feed_sums(digest, rows, columns)
 
 
-def _feed(digest: hashlib.blake2b, value: Any) -> None:
+def _feed(digest: hashlib.blake2b, value: Any, whole: bool | None) -> None:
     if isinstance(value, Mapping):
         for key in sorted(value, key=str):
             digest.update(f"\x1e{key}\x1d".encode())
-            _feed(digest, value[key])
+            _feed(digest, value[key], whole)
     elif isinstance(value, pd.DataFrame):
-        _feed_frame(digest, value)
+        _feed_frame(digest, value, whole is not False)
     elif isinstance(value, pd.Series | pd.Index):
         _feed_values(digest, value.to_numpy())
     elif getattr(value, "ndim", 0) >= 2 and hasattr(value, "shape"):
-        # A matrix (dense, sparse, dask): its shape and a few whole rows, so that a lazy
-        # layer computes only a few blocks.
+        # A matrix: its shape and a few whole rows; in memory (numpy, scipy sparse) also
+        # every row and column sum, while a lazy one (dask, backed) is identified by
+        # its sampled rows only, so that only a few of its blocks are computed.
         rows = _sample_rows(value.shape[0])
         sample = value[rows]
         if hasattr(sample, "compute"):
@@ -161,19 +252,50 @@ def _feed(digest: hashlib.blake2b, value: Any) -> None:
             sample = sample.toarray()
         digest.update(repr(tuple(value.shape)).encode())
         _feed_values(digest, sample)
+        in_memory = sparse.issparse(value) or isinstance(value, np.ndarray)
+        if not _numeric(value.dtype) or not value.size or not (whole or in_memory):
+            return
+        if whole is False:
+            return
+        if sparse.issparse(value):
+            _feed_sparse_sums(digest, value)
+        elif isinstance(value, np.ndarray):
+            _feed_dense_sums(digest, value)
+        elif hasattr(value, "map_blocks"):  # dask, asked for whole: one pass over it
+            _feed_lazy_sums(digest, value)
     else:
         _feed_values(digest, value)
 
 
-def fingerprint(value: Any) -> str:
+def fingerprint(value: Any, whole: bool | None = None) -> str:
     """Return a short hex digest identifying ``value`` (the same after an h5ad round trip).
 
-    Matrices and DataFrames are identified by their shape and a few rows, other arrays
-    by all their values, hashed a chunk at a time (never copied whole).
+    Arrays are identified by all their values, hashed a chunk at a time (never copied
+    whole). In-memory matrices (numpy, scipy sparse) and DataFrames by their shape, a
+    few whole rows and every row and column sum (exact sums of the values' float64 bit
+    patterns, so any single edit changes them, sparse and dense copies agree, and an
+    h5ad round trip keeps them); lazy matrices (dask, backed) by their shape and the
+    few rows only, so that fingerprinting computes only a few blocks. ``whole=True``
+    takes the sums of a dask matrix too (one pass over it), ``whole=False`` leaves them
+    out for every matrix and DataFrame: the digest a lazy value has by default.
     """
     digest = hashlib.blake2b(digest_size=12)
-    _feed(digest, value)
+    _feed(digest, value, whole)
     return digest.hexdigest()
+
+
+def _matches(recorded: str, value: Any) -> bool:
+    """Whether ``value`` has the fingerprint ``recorded``, in either form.
+
+    A value recorded while lazy (sampled) and now in memory, or the other way round
+    (an h5ad written in memory and read back lazily), is compared in the form recorded.
+    """
+    if recorded == fingerprint(value):
+        return True
+    lazy = not (sparse.issparse(value) or isinstance(value, np.ndarray | pd.DataFrame | Mapping))
+    if lazy:
+        return getattr(value, "ndim", 0) >= 2 and recorded == fingerprint(value, whole=True)
+    return recorded == fingerprint(value, whole=False)
 
 
 # --- reading -------------------------------------------------------------------------
@@ -233,8 +355,14 @@ def owned(adata: AnnData, container: str, key: str) -> bool:
     return (
         recorded is not None
         and _has(adata, container, key)
-        and str(recorded) == fingerprint(_stored(adata, container, key))
+        and _matches(str(recorded), _stored(adata, container, key))
     )
+
+
+def _old_layout(adata: AnnData) -> bool:
+    """Whether ``adata`` holds the record of the layout before ``uns['nsc_written']``."""
+    record = adata.uns.get(OLD_RECORD)
+    return isinstance(record, Mapping) and isinstance(record.get("written"), Mapping)
 
 
 def _where(container: str, key: str) -> str:
@@ -283,6 +411,18 @@ def check_writable(adata: AnnData, keys: Mapping[str, Iterable[str]]) -> None:
                 raise ValueError(msg)
             if _has(adata, container, key) and not owned(adata, container, key):
                 was_ours = key in _written(adata).get(container, {})
+                if not was_ours and _old_layout(adata):
+                    msg = (
+                        f"{_where(container, key)} already exists and was written by an "
+                        f"earlier normalisr_sc layout (its record, "
+                        f"adata.uns[{OLD_RECORD!r}]['written'], is no longer read), so "
+                        "it is not replaced. Re-run the steps from the counts on a fresh "
+                        "AnnData, or delete the old results first (`del "
+                        f"{_where(container, key)}` and the other keys listed in "
+                        f"adata.uns[{OLD_RECORD!r}]['written'], then `del "
+                        f"adata.uns[{OLD_RECORD!r}]`)."
+                    )
+                    raise ValueError(msg)
                 why = (
                     "was changed since normalisr_sc wrote it"
                     if was_ours
