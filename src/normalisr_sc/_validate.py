@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 import numpy as np
@@ -162,7 +163,7 @@ def as_names(name: str, value: Any, *, allow_none: bool = True) -> list[str]:
     if not all(isinstance(v, str | numbers.Number) and not isinstance(v, bool) for v in names):
         _fail(name, "a string or a list of strings", value)
     names = [str(v) for v in names]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
+    duplicated = sorted(n for n, times in Counter(names).items() if times > 1)
     if duplicated:
         msg = f"`{name}` names {duplicated} more than once; give each name once."
         raise ValueError(msg)

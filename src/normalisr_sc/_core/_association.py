@@ -26,7 +26,7 @@ import numpy as np
 from scipy import sparse
 
 from ._blocks import float_block, row_slices
-from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
+from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums, raise_non_finite
 from ._linalg import (
     add_class_chunks,
     add_class_nonzero,
@@ -785,9 +785,9 @@ def class_design(
             n_jobs=n_jobs,
         )
         if not sums.finite():
-            check_finite_sums(np.array([np.nan]), matrix=expression)
+            raise_non_finite(matrix=expression)
         if effect is not None and not sums.finite(raw=True):
-            check_finite_sums(np.array([np.nan]), "log CPM", effect.expression)
+            raise_non_finite("log CPM", effect.expression)
         if sums.negative:
             msg = (
                 "the counts layer holds negative values, so they are not raw counts; the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from typing import NoReturn
 
 import numpy as np
 
@@ -61,11 +62,18 @@ def check_finite_sums(
     The kernels check their inputs through the sums their pass makes anyway: a NaN or an
     infinity anywhere in the matrix makes the sum of squares of its cells (each a
     non-negative term, so nothing cancels: ``inf - inf`` is NaN and stays NaN) NaN or
-    infinite. Only then is an in-memory matrix read again, to tell NaN or infinite
-    values from finite values so large that their squares overflow.
+    infinite (see :func:`raise_non_finite`).
     """
-    if np.isfinite(sums).all():
-        return
+    if not np.isfinite(sums).all():
+        raise_non_finite(what, matrix)
+
+
+def raise_non_finite(what: str = "normalised expression", matrix: object = None) -> NoReturn:
+    """Refuse ``matrix``, whose sums were found not finite, naming why and the fix.
+
+    An in-memory matrix is read again to tell NaN or infinite values from finite values
+    so large that their squares overflow.
+    """
     rerun = "nsc.pp.lcpm" if what == "log CPM" else "nsc.pp.normvar"
     name = source_name(matrix, f"the {what}")
     count = _count_non_finite(matrix)

@@ -279,11 +279,9 @@ def _top_order_block(keys: list[np.ndarray], n: int) -> np.ndarray:
             tied = int(common[i])
             # more candidates (ties at the threshold), or a NaN threshold: all at the level
             sort_candidates(tied, mask[i] if counts[i] > n else at[tied] | np.isnan(level[tied]))
+    # (A NaN level makes no primary key below it, so these rows have a number level.)
     for mixed in np.flatnonzero(n_below > 0):
         row = int(mixed)
-        if np.isnan(level[row, 0]):
-            sort_candidates(row, np.ones(n_positions, dtype=bool))
-            continue
         wanted = n - int(n_below[row])
         values = second[row, at[row]]
         threshold = np.partition(values, wanted - 1)[wanted - 1]
