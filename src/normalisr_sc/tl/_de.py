@@ -838,7 +838,7 @@ def de(
         "corr_method": "benjamini-hochberg",
         "design": design,
         "reference_groups": list(reference),
-        "groups": groups,
+        "groups": groups or None,  # all groups: nothing stored (h5ad keeps no empty list)
         "min_cells": min_cells,
         "covariates_key": covariates_key,
         "logfc_layer": logfc_layer,
