@@ -4,7 +4,8 @@ A generated screen shaped like the genome-wide CRISPRi screens of Replogle et al
 -- 8,000 measured (expressed) genes, 10,000 perturbations plus non-targeting cells (5%),
 exactly one label per cell, a median of 10,000 UMIs per cell, planted knock-downs of
 well expressed genes (``_screen.LowMoiScreen``) -- is written once, block by block, to
-a CSR h5ad file in ``--workdir`` with as many cells as the largest size asked for. Its
+a CSR h5ad file in ``--workdir`` with as many cells as the largest size asked for
+(or ``--file-cells``: smaller sizes read the first cells of a larger cached file). Its
 size on disk is estimated first from a 2,000-cell pilot (about 8 bytes per nonzero:
 float32 values and int32 gene indices) and checked against the free space.
 
@@ -279,6 +280,13 @@ def main() -> None:
     parser.add_argument(
         "--generate-only", action="store_true", help="only write the screen file (and its cost)"
     )
+    parser.add_argument(
+        "--file-cells",
+        type=int,
+        default=None,
+        help="cells of the screen file (default the largest size); sizes read its first "
+        "cells, so one cached 1M-cell file serves every smaller size",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated screen")
     parser.add_argument(
         "--json", type=Path, default=None, help="also write every run's figures to this file"
@@ -288,7 +296,9 @@ def main() -> None:
     repeat = h.repeats(args)
     sizes = args.cells or ([1000, 2000] if args.quick else [125_000, 250_000, 500_000, 1_000_000])
     base = QUICK_LOW_MOI if args.quick else LowMoiScreen()
-    screen = replace(base, n_cells=max(sizes), seed=args.seed)
+    if args.file_cells is not None and args.file_cells < max(sizes):
+        parser.error(f"--file-cells {args.file_cells} is smaller than the size {max(sizes)}.")
+    screen = replace(base, n_cells=args.file_cells or max(sizes), seed=args.seed)
     chunk_size = args.chunk_size or (500 if args.quick else None)
 
     per_cell, estimate = estimate_disk(screen, args.workdir)
