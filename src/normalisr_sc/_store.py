@@ -316,6 +316,29 @@ def read_params(adata: AnnData, key: str) -> Mapping[str, Any]:
     return params if isinstance(params, Mapping) else {}
 
 
+def side_key(key_added: str, default_key: str, historic: str, suffix: str) -> str:
+    """Return the key of a step's side output (scanpy's rule, as for ``neighbors``).
+
+    With the step's default ``key_added`` (``default_key``) the historic name
+    ``historic``; with any other, ``f'{key_added}_{suffix}'``, so that runs under
+    different keys never overwrite each other's side outputs. The step names the key in
+    its record (:func:`written_key` reads it back).
+    """
+    return historic if key_added == default_key else f"{key_added}_{suffix}"
+
+
+def written_key(adata: AnnData, key: str, entry: str, historic: str) -> str:
+    """Return the key of a side output, as named by the record of the step that wrote it.
+
+    ``key`` is that step's main output key (its ``key_added``), ``entry`` the entry of
+    its record ``adata.uns[key]`` naming the side output (e.g. lcpm's ``'cov_key'``).
+    ``historic`` when the record names none (the step ran with its default key, or
+    before records named their keys).
+    """
+    named = read_record(adata, key).get(entry)
+    return named if isinstance(named, str) and named else historic
+
+
 def recorded_params(adata: AnnData) -> dict[str, Mapping[str, Any]]:
     """Return ``uns`` key -> parameters of every step whose record normalisr_sc wrote."""
     keys = _written(adata).get("uns", {})

@@ -255,7 +255,7 @@ def test_normvar_key_added_and_keys(weighted):
         *_arrays(adata), adata.obs["w2"].to_numpy(), adata.var["f2"].to_numpy()
     )
     assert_close(adata.layers["norm2"], expected, rtol=1e-9)
-    assert_close(adata.obsm["nsc_covariates_norm"].to_numpy(), expected_cov)
+    assert_close(adata.obsm["norm2_covariates_norm"].to_numpy(), expected_cov)
 
 
 def test_normvar_on_view(weighted):

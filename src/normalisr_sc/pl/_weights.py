@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._docs import doc_params
+from .._store import read_params, written_key
 from .._utils import require
 from .._validate import check_str
 from ._utils import check_plot_args, doc_show_save_ax, finish, finite_values, new_axes
@@ -52,9 +53,13 @@ def weights(
     check_str("outlier_key", outlier_key)
     check_plot_args(ax, show, save)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
-    require(adata, "obsm", "nsc_cov", "nsc.pp.lcpm")
+    # The summary covariates of the lcpm run the weights were fitted to, as named by
+    # the records of compute_var (its layer) and of that lcpm run (its cov_key).
+    layer = read_params(adata, weights_key).get("layer", "lcpm")
+    cov_key = written_key(adata, str(layer), "cov_key", "nsc_cov")
+    require(adata, "obsm", cov_key, "nsc.pp.lcpm")
     log_total = finite_values(
-        adata.obsm["nsc_cov"]["log_total_counts"], "adata.obsm['nsc_cov']['log_total_counts']"
+        adata.obsm[cov_key]["log_total_counts"], f"adata.obsm[{cov_key!r}]['log_total_counts']"
     )
     weight = finite_values(adata.obs[weights_key], f"adata.obs[{weights_key!r}]")
     outlier = (

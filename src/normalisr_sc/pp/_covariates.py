@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._core._normalize import standardize_covariates
-from .._store import check_writable, store
+from .._store import check_writable, store, written_key
 from .._utils import complete_obs_column, numeric_values, obs_columns, require
 from .._validate import as_names, check_bool, check_str
 from ._lcpm import COV_KEY, SUMMARY_COLUMNS
@@ -48,6 +48,7 @@ def normcov(
     *,
     intercept: bool = True,
     summary: bool = True,
+    layer: str = "lcpm",
     key_added: str = "nsc_covariates",
 ) -> None:
     """Assemble and normalise the covariate matrix removed from expression.
@@ -67,7 +68,11 @@ def normcov(
     intercept
         Append a column of ones named ``'intercept'``.
     summary
-        Include the cellular summary covariates ``adata.obsm['nsc_cov']``.
+        Include the cellular summary covariates of :func:`~normalisr_sc.pp.lcpm`.
+    layer
+        The ``key_added`` of the :func:`~normalisr_sc.pp.lcpm` run whose summary
+        covariates are taken: the ``obsm`` key its record ``uns[layer]['cov_key']``
+        names (``adata.obsm['nsc_cov']`` for the default ``'lcpm'``).
     key_added
         ``adata.obsm`` key receiving the covariate DataFrame.
 
@@ -89,13 +94,15 @@ def normcov(
         raise ValueError(msg)
     check_bool("intercept", intercept)
     check_bool("summary", summary)
+    check_str("layer", layer)
     check_str("key_added", key_added)
     check_writable(adata, {"obsm": [key_added], "uns": [key_added]})
     parts = []
     if summary:
-        require(adata, "obsm", COV_KEY, "nsc.pp.lcpm")
-        where = f"adata.obsm[{COV_KEY!r}]"
-        cov = adata.obsm[COV_KEY]
+        cov_key = written_key(adata, layer, "cov_key", COV_KEY)
+        require(adata, "obsm", cov_key, "nsc.pp.lcpm")
+        where = f"adata.obsm[{cov_key!r}]"
+        cov = adata.obsm[cov_key]
         values = numeric_values(cov, where, "rerun `nsc.pp.lcpm`.")
         names = list(cov.columns) if isinstance(cov, pd.DataFrame) else list(SUMMARY_COLUMNS)
         if values.ndim != 2 or values.shape[1] != len(names):
@@ -119,6 +126,7 @@ def normcov(
             "covariates": columns,
             "intercept": intercept,
             "summary": summary,
+            "layer": layer if summary else None,
             "key_added": key_added,
             "columns": names,
         },

@@ -23,7 +23,7 @@ from .._core._moments import in_parts
 from .._core._reduce import accumulate, is_dask, thread_count
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
-from .._store import check_writable, store
+from .._store import check_writable, side_key, store
 from .._utils import float_dtype, input_matrix, logger, matrix_name
 from .._validate import check_bool, check_choice, check_int, check_number, check_str
 
@@ -135,7 +135,12 @@ def lcpm(
     layer
         Layer holding the counts; ``None`` uses ``adata.X``.
     key_added
-        Layer receiving the log CPM.
+        Layer receiving the log CPM. The side outputs keep their names
+        (``obsm['nsc_cov']``, ``var['nsc_scale']``) with the default ``'lcpm'`` and
+        are keyed by any other (``obsm[key_added + '_cov']``,
+        ``var[key_added + '_scale']``), as scanpy's ``neighbors`` does; the record
+        ``uns[key_added]`` names them (``'cov_key'``, ``'scale_key'``), which is how
+        :func:`~normalisr_sc.pp.normcov` and :func:`~normalisr_sc.pp.normvar` find them.
     varscale
         If positive, resample each entry from a Normal with ``varscale`` times the
         posterior variance (``trigamma(k + 1) - trigamma(T + 2)``) around the mean.
@@ -153,14 +158,15 @@ def lcpm(
 
     ``adata.layers[key_added]``
         Dense log CPM, cells x genes (a lazy dask array when streamed).
-    ``adata.obsm['nsc_cov']``
+    ``adata.obsm['nsc_cov']`` (``key_added + '_cov'`` under another key)
         DataFrame of the cellular summary covariates ``log_total_counts``,
         ``n_zero_genes`` and ``log_total_counts_sq``.
-    ``adata.var['nsc_scale']``
+    ``adata.var['nsc_scale']`` (``key_added + '_scale'`` under another key)
         Gene scaling factor in [0, 1] (zero-count fraction, maximum mapped to 1), see
         :func:`normalisr_sc.pp.scaling_factor`.
-    ``adata.uns[key_added]['params']``
-        Parameters and the matrix total.
+    ``adata.uns[key_added]``
+        ``cov_key`` and ``scale_key``, the keys of the two above; ``params``:
+        parameters and the matrix total.
 
     Examples
     --------
@@ -176,9 +182,11 @@ def lcpm(
     assert checked is not None  # allow_none is False
     dtype = checked
     check_chunking(chunked, chunk_size)
+    cov_key = side_key(key_added, "lcpm", COV_KEY, "cov")
+    scale_key = side_key(key_added, "lcpm", SCALE_KEY, "scale")
     check_writable(
         adata,
-        {"layers": [key_added], "obsm": [COV_KEY], "var": [SCALE_KEY], "uns": [key_added]},
+        {"layers": [key_added], "obsm": [cov_key], "var": [scale_key], "uns": [key_added]},
     )
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
     streamed = is_dask(counts)
@@ -221,8 +229,9 @@ def lcpm(
             "total_counts": total,
         },
         layers={key_added: log_cpm},
-        obsm={COV_KEY: cov},
-        var={SCALE_KEY: scale},
+        obsm={cov_key: cov},
+        var={scale_key: scale},
+        uns={key_added: {"cov_key": cov_key, "scale_key": scale_key}},
     )
     logger.info("lcpm: wrote adata.layers[%r] (%d cells x %d genes)", key_added, *adata.shape)
 

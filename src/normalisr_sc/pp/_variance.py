@@ -20,7 +20,7 @@ from .._core._normalize import (
 from .._core._reduce import is_dask, thread_count
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
-from .._store import check_writable, store
+from .._store import check_writable, side_key, store, written_key
 from .._utils import (
     FLOAT_TYPES,
     covariate_frame,
@@ -31,7 +31,7 @@ from .._utils import (
     require,
 )
 from .._validate import check_bool, check_int, check_number, check_str
-from ._lcpm import check_chunking
+from ._lcpm import SCALE_KEY, check_chunking
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -195,7 +195,7 @@ def normvar(
     layer: str = "lcpm",
     covariates_key: str = "nsc_covariates",
     weights_key: str = "nsc_weight",
-    scale_key: str = "nsc_scale",
+    scale_key: str = SCALE_KEY,
     dtype: DTypeLike | None = None,
     chunked: bool | None = None,
     chunk_size: int | None = None,
@@ -218,7 +218,11 @@ def normvar(
     keepvar
         Keep each gene's variance scale.
     key_added
-        Layer receiving the normalised expression.
+        Layer receiving the normalised expression. The side outputs keep their names
+        (``varm['nsc_normvar']``, ``obsm['nsc_covariates_norm']``) with the default
+        ``'normalisr'`` and are keyed by any other (``varm[key_added + '_normvar']``,
+        ``obsm[key_added + '_covariates_norm']``); the record ``uns[key_added]`` names
+        them (``'normvar_key'``, ``'covariates_norm_key'``).
     layer
         Layer holding the log CPM.
     covariates_key
@@ -226,7 +230,10 @@ def normvar(
     weights_key
         ``adata.obs`` column of the cell weights.
     scale_key
-        ``adata.var`` column of the gene scaling factors.
+        ``adata.var`` column of the gene scaling factors. The default stands for the
+        column written by the :func:`~normalisr_sc.pp.lcpm` run of ``layer``, as its
+        record ``uns[layer]['scale_key']`` names it (``'nsc_scale'`` itself for the
+        default run); any other value is taken as given.
     dtype
         Float type of the stored layer, ``'float32'`` or ``'float64'``; ``None``
         (default) takes that of ``layer`` (float64 unless ``layer`` is float32). The
@@ -245,23 +252,30 @@ def normvar(
     Nothing; sets ``adata.layers[key_added]`` (dense cells x genes, or lazy dask when
     chunked), ``adata.obsm['nsc_covariates_norm']`` (DataFrame, same columns as the
     covariates) and the fitted per-gene parameters in ``adata.varm['nsc_normvar']``
-    (covariate coefficients, then the rescaling factor); its parameters go to
-    ``adata.uns[key_added]['params']``.
+    (covariate coefficients, then the rescaling factor), keyed by ``key_added`` when it
+    is not the default (see ``key_added``); ``adata.uns[key_added]`` names those two
+    keys (``normvar_key``, ``covariates_norm_key``) and holds the parameters
+    (``params``).
     """
     check_bool("keepvar", keepvar)
     for name, value in (
         ("key_added", key_added),
         ("weights_key", weights_key),
         ("scale_key", scale_key),
+        ("layer", layer),
     ):
         check_str(name, value)
+    if scale_key == SCALE_KEY:
+        scale_key = written_key(adata, layer, "scale_key", SCALE_KEY)
+    normvar_key = side_key(key_added, "normalisr", NORMVAR_KEY, "normvar")
+    covariates_norm_key = side_key(key_added, "normalisr", COVARIATES_NORM_KEY, "covariates_norm")
     dtype = float_dtype("dtype", dtype, allow_none=True)
     check_writable(
         adata,
         {
             "layers": [key_added],
-            "varm": [NORMVAR_KEY],
-            "obsm": [COVARIATES_NORM_KEY],
+            "varm": [normvar_key],
+            "obsm": [covariates_norm_key],
             "uns": [key_added],
         },
     )
@@ -347,7 +361,13 @@ def normvar(
             "dtype": dtype.name,
         },
         layers={key_added: out},
-        varm={NORMVAR_KEY: fitted},
-        obsm={COVARIATES_NORM_KEY: covariates_norm},
+        varm={normvar_key: fitted},
+        obsm={covariates_norm_key: covariates_norm},
+        uns={
+            key_added: {
+                "normvar_key": normvar_key,
+                "covariates_norm_key": covariates_norm_key,
+            }
+        },
     )
     logger.info("normvar: wrote adata.layers[%r]", key_added)
