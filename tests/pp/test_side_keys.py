@@ -129,3 +129,15 @@ def test_a_user_key_in_the_way_of_a_side_output_is_refused_before_any_change():
         nsc.pp.lcpm(adata, key_added="sub")
     assert "sub" not in adata.layers
     assert "sub_scale" not in adata.var
+
+
+def test_qc_outlier_under_another_key_keeps_its_own_qc_record(both):
+    nsc.pp.qc_outlier(both, inplace=False)
+    default = dict(both.uns["nsc_qc"]["summary"])
+    assert both.uns["nsc_outlier"]["qc_key"] == "nsc_qc"
+    nsc.pp.qc_outlier(both, weights_key="sub_w", key_added="sub_out", inplace=False)
+    assert both.uns["sub_out"]["qc_key"] == "sub_out_qc"
+    assert dict(both.uns["nsc_qc"]["summary"]) == default  # left as it was
+    assert both.uns["sub_out_qc"]["summary"]["outliers_removed"] == 0
+    assert both.uns["sub_out_qc"]["summary"]["n_cells_kept"] == both.n_obs
+    assert owned(both, "uns", "sub_out_qc")

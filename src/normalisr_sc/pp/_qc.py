@@ -18,7 +18,7 @@ from .._core._normalize import variance_outliers
 from .._core._reduce import accumulate
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
-from .._store import check_writable, read_record, store, subsetting
+from .._store import check_writable, read_record, side_key, store, subsetting
 from .._utils import ensure_actual, input_matrix, logger, matrix_name, require
 from .._validate import check_bool, check_int, check_number, check_str
 
@@ -382,7 +382,10 @@ def qc_outlier(
     -------
     Nothing; sets ``adata.obs[key_added]`` (``True`` for outliers), records the
     parameters in ``adata.uns[key_added]['params']`` and the cells removed in
-    ``adata.uns['nsc_qc']['summary']['outliers_removed']``. Removing more than
+    ``adata.uns['nsc_qc']['summary']['outliers_removed']`` -- with another
+    ``key_added`` than the default, in a copy of that QC record,
+    ``adata.uns[key_added + '_qc']``, so that the default record is left as it was;
+    ``adata.uns[key_added]['qc_key']`` names the QC record written. Removing more than
     10% of the cells is a logged WARNING.
     """
     check_number("pcut", pcut, minimum=0, maximum=1, min_open=True, max_open=True)
@@ -391,7 +394,8 @@ def qc_outlier(
     check_str("key_added", key_added)
     check_bool("inplace", inplace)
     require(adata, "obs", weights_key, "nsc.pp.compute_var")
-    check_writable(adata, {"obs": [key_added], "uns": [key_added, QC_KEY]})
+    qc_key = side_key(key_added, "nsc_outlier", QC_KEY, "qc")
+    check_writable(adata, {"obs": [key_added], "uns": [key_added, qc_key]})
     weights = adata.obs[weights_key].to_numpy(dtype=np.float64)
     if not (np.isfinite(weights) & (weights > 0)).all():
         msg = f"adata.obs[{weights_key!r}] must hold finite positive weights; rerun compute_var."
@@ -439,4 +443,10 @@ def qc_outlier(
             adata._inplace_subset_obs(~outliers)
         flags = outliers[~outliers]
     qc_record = {**read_record(adata, QC_KEY), SUMMARY: summary}
-    store(adata, key_added, params, obs={key_added: flags}, uns={QC_KEY: qc_record})
+    store(
+        adata,
+        key_added,
+        params,
+        obs={key_added: flags},
+        uns={qc_key: qc_record, key_added: {"qc_key": qc_key}},
+    )

@@ -20,7 +20,15 @@ from .._go import (
     read_annotations,
     read_godag,
 )
-from .._store import PARAMS, check_writable, fingerprints, owned_keys, read_record, store
+from .._store import (
+    PARAMS,
+    check_writable,
+    fingerprints,
+    owned_keys,
+    read_record,
+    side_key,
+    store,
+)
 from .._utils import (
     chunk_cells,
     covariate_frame,
@@ -278,6 +286,15 @@ def _finite_or_fail(values: np.ndarray, where: str, fix: str) -> None:
         raise ValueError(msg)
 
 
+def _pccovt_key(covariates_key: str) -> str:
+    """Return the ``uns`` key of the records of :func:`pccovt` into ``covariates_key``.
+
+    ``'nsc_pccovt'`` for the default covariates, ``covariates_key + '_pccovt'`` for any
+    other, so that covariates added to different frames keep separate records.
+    """
+    return side_key(covariates_key, "nsc_covariates_norm", "nsc_pccovt", "pccovt")
+
+
 #: A gene whose residual SD is below this fraction of its scale counts as constant.
 CONSTANT_RTOL = 1e-9
 
@@ -317,7 +334,8 @@ def pccovt(
     -------
     Nothing; adds ``adata.obsm[covariates_key][name]`` and records the genes and the
     explained variance ratio in ``adata.uns['nsc_pccovt'][name]`` (with its ``params``:
-    one record per covariate added). NaN or infinite
+    one record per covariate added); for another ``covariates_key`` than the default,
+    in ``adata.uns[covariates_key + '_pccovt'][name]``. NaN or infinite
     values in the genes' expression or in the covariates are refused.
     """
     genes = as_names("genes", genes, allow_none=False)
@@ -338,11 +356,12 @@ def pccovt(
         raise ValueError(msg)
     index = gene_positions(adata, genes)
     covariates = covariate_frame(adata, covariates_key)
-    name = name or f"pc_covariate_{len(adata.uns.get('nsc_pccovt', {})) + 1}"
+    records_key = _pccovt_key(covariates_key)
+    name = name or f"pc_covariate_{len(read_record(adata, records_key)) + 1}"
     if name in covariates.columns:
         msg = f"covariate {name!r} already exists in adata.obsm[{covariates_key!r}]; pass another `name=`."
         raise ValueError(msg)
-    check_writable(adata, {"obsm": [covariates_key], "uns": ["nsc_pccovt"]})
+    check_writable(adata, {"obsm": [covariates_key], "uns": [records_key]})
     covariate_values = covariates.to_numpy(dtype=np.float64)
     _finite_or_fail(
         covariate_values,
@@ -380,7 +399,7 @@ def pccovt(
         )
         expression = expression[:, ~constant]
     scores, explained = top_principal_component(expression)
-    records = dict(read_record(adata, "nsc_pccovt"))
+    records = dict(read_record(adata, records_key))
     records[name] = {
         "genes": genes,
         "explained_variance_ratio": explained,
@@ -394,7 +413,7 @@ def pccovt(
     store(
         adata,
         obsm={covariates_key: covariates.assign(**{name: scores})},
-        uns={"nsc_pccovt": records},
+        uns={records_key: records},
     )
     logger.info(
         "pccovt: added covariate %r from %d genes (%.1f%% variance)",
@@ -472,7 +491,7 @@ def coex_peel(
     ``adata.varp[key + '_net']``), each round's network as
     ``adata.varp[key + '_net_round<r>']`` (round 1 is the network before any peeling),
     the new covariates ``go_round<r>`` in ``adata.obsm[covariates_key]`` (recorded in
-    ``adata.uns['nsc_pccovt']``), the last round's :func:`gotop` in
+    ``adata.uns['nsc_pccovt']``, or ``covariates_key + '_pccovt'``), the last round's :func:`gotop` in
     ``adata.uns['nsc_gotop']``, and ``adata.uns[key_added]`` with ``params`` and a table of the peeled terms (round, term, name,
     pval, pval_bonferroni, odds_ratio, n_genes, n_edges of the round's network) and
     ``stopped``: why the peeling ended.
@@ -506,7 +525,7 @@ def coex_peel(
         {
             "obsm": [covariates_key],
             "varp": [f"{key}_net", *(f"{key}_net_round{r}" for r in range(1, int(rounds) + 1))],
-            "uns": [key, "nsc_gotop", "nsc_pccovt", key_added],
+            "uns": [key, "nsc_gotop", _pccovt_key(covariates_key), key_added],
         },
     )
     # The rounds run on an AnnData sharing only the (read-only) expression with ``adata``,
