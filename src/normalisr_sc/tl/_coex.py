@@ -18,7 +18,7 @@ from .._store import check_writable, read_record
 from .._store import store as store_results
 from .._utils import gene_positions, logger, matrix_name
 from .._validate import as_names, check_number, check_str
-from ._inputs import check_dimreduce, normalised_inputs
+from ._inputs import check_dimreduce, layer_inputs, normalised_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -163,7 +163,8 @@ def coex(
     genes
         Compute only among these genes (``var_names``); default all genes.
     covariates_key
-        ``adata.obsm`` key of the normalised covariates.
+        ``adata.obsm`` key of the normalised covariates. The default means those of the
+        :func:`~normalisr_sc.pp.normvar` run that wrote ``layer``.
     key_added
         Prefix of the result keys.
     dimreduce
@@ -215,6 +216,7 @@ def coex(
     check_str("layer", layer)
     check_str("covariates_key", covariates_key)
     check_str("key_added", key_added)
+    covariates_key = layer_inputs(adata, layer, covariates_key)[0]
     check_dimreduce(dimreduce)
     dtype = _output_dtype(dtype)
     qcut = _check_store(store, qcut)

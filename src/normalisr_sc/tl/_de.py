@@ -38,7 +38,7 @@ from .._validate import (
     check_str,
 )
 from ._groups import read_groups
-from ._inputs import check_dimreduce, effect_inputs, normalised_inputs
+from ._inputs import check_dimreduce, effect_inputs, layer_inputs, normalised_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -543,13 +543,17 @@ def de(
     layer
         Layer holding the normalised expression.
     covariates_key
-        ``adata.obsm`` key of the normalised covariates (with the intercept).
+        ``adata.obsm`` key of the normalised covariates (with the intercept). The
+        default means those of the :func:`~normalisr_sc.pp.normvar` run that wrote
+        ``layer`` (``obsm['nsc_covariates_norm']`` for the default layer).
     logfc_layer
         Layer holding the Bayesian log CPM the fold changes are fitted to (read in the
         same pass as ``layer``). A missing layer is an error: results of a pipeline
-        that dropped it need it recomputed with :func:`normalisr_sc.pp.lcpm`.
+        that dropped it need it recomputed with :func:`normalisr_sc.pp.lcpm`. The
+        default means the log CPM the normvar run of ``layer`` read.
     logfc_covariates
-        ``adata.obsm`` key of the un-normalised covariates of the fold changes.
+        ``adata.obsm`` key of the un-normalised covariates of the fold changes. The
+        default means those the normvar run of ``layer`` read.
     key_added
         Prefix of the result keys.
     n_genes
@@ -659,6 +663,9 @@ def de(
         ("key_added", key_added),
     ):
         check_str(name, value)
+    covariates_key, logfc_layer, logfc_covariates = layer_inputs(
+        adata, layer, covariates_key, logfc_layer, logfc_covariates
+    )
     n_genes = check_int("n_genes", n_genes, minimum=0, allow_none=True)
     check_bool("rankby_abs", rankby_abs)
     dimreduce = check_dimreduce(dimreduce)

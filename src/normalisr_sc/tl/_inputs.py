@@ -8,6 +8,7 @@ import numpy as np
 
 from .._core._association import Effect
 from .._core._reduce import is_dask
+from .._store import read_params, written_key
 from .._utils import covariate_frame, input_matrix, require
 from .._validate import check_int
 
@@ -15,6 +16,35 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from .._types import InputMatrix
+
+
+#: Defaults of the keys read beside a normalised layer: its normalised covariates, the
+#: log CPM and the un-normalised covariates of the fold changes.
+COVARIATES_KEY, LOGFC_LAYER, LOGFC_COVARIATES = "nsc_covariates_norm", "lcpm", "nsc_covariates"
+
+
+def layer_inputs(
+    adata: AnnData,
+    layer: str,
+    covariates_key: str,
+    logfc_layer: str = LOGFC_LAYER,
+    logfc_covariates: str = LOGFC_COVARIATES,
+) -> tuple[str, str, str]:
+    """Return the keys of the inputs read beside the normalised ``layer``.
+
+    A key left at its default means the one of the ``normvar`` run that wrote ``layer``,
+    as its record names it (its side output, or the inputs it read), so that the tests of
+    a layer normalised under another ``key_added`` never read the covariates of another
+    run. Keys given otherwise are used as given.
+    """
+    params = read_params(adata, layer)
+    if covariates_key == COVARIATES_KEY:
+        covariates_key = written_key(adata, layer, "covariates_norm_key", COVARIATES_KEY)
+    if logfc_layer == LOGFC_LAYER:
+        logfc_layer = str(params.get("layer", LOGFC_LAYER))
+    if logfc_covariates == LOGFC_COVARIATES:
+        logfc_covariates = str(params.get("covariates_key", LOGFC_COVARIATES))
+    return covariates_key, logfc_layer, logfc_covariates
 
 
 def check_dimreduce(dimreduce: int) -> int:
