@@ -11,6 +11,7 @@ from scipy import sparse
 
 from normalisr_sc._store import (
     _CHUNK,
+    UNCHECKED,
     WRITTEN,
     check_writable,
     fingerprint,
@@ -20,6 +21,7 @@ from normalisr_sc._store import (
     recorded_params,
     store,
     subsetting,
+    working,
 )
 
 
@@ -309,3 +311,31 @@ def test_fingerprint_sees_every_value_of_large_arrays():
     edited["names"]["B"][-1] = "gX"
     assert fingerprint(layout) != fingerprint(edited)
     assert fingerprint(layout) == fingerprint({k: v.copy() for k, v in layout.items()})
+
+
+def test_a_working_object_is_not_fingerprinted_and_is_refused_once_out():
+    adata = _adata()
+    with working(adata):
+        store(adata, "step", {"a": 1}, layers={"x": adata.X.toarray()})
+        assert adata.uns[WRITTEN]["layers"]["x"] == UNCHECKED
+        assert owned(adata, "layers", "x")
+        store(adata, "step", {"a": 2}, layers={"x": adata.X.toarray() + 1})  # its own
+    # Out of the block nothing vouches for the value: it is never taken as ours.
+    assert not owned(adata, "layers", "x")
+    with pytest.raises(ValueError, match="was changed since normalisr_sc wrote it"):
+        check_writable(adata, {"layers": ["x"]})
+
+
+def test_normalize_fingerprints_what_it_stores_in_the_users_anndata():
+    import normalisr_sc as nsc
+
+    adata = nsc.datasets.simulate(n_cells=300, n_genes=80, seed=3)
+    nsc.pp.normalize(adata, covariates=["batch"], qc=None)
+    written = adata.uns[WRITTEN]
+    assert UNCHECKED not in {digest for keys in written.values() for digest in keys.values()}
+    for container, keys in written.items():
+        for key, digest in keys.items():
+            assert digest == fingerprint(getattr(adata, container)[key]), (container, key)
+    adata.layers["normalisr"][150, 40] += 1e-9  # an edit the next run must not overwrite
+    with pytest.raises(ValueError, match=r"layers\['normalisr'\] already exists and was changed"):
+        nsc.pp.normalize(adata, covariates=["batch"], qc=None)

@@ -23,12 +23,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+from ._core._fingerprint import dense_bit_sums, entry_bit_sums
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -47,6 +50,12 @@ PARAMS = "params"
 CONTAINERS = ("layers", "obs", "var", "obsm", "varm", "varp", "uns")
 #: Entries hashed at a time: the fingerprint of a large array never copies it whole.
 _CHUNK = 1 << 18
+
+
+#: Stands for the fingerprint of a value stored into a working object (:func:`working`).
+UNCHECKED = "unchecked"
+#: ``id`` of the working objects of the steps running now (:func:`working`).
+_WORKING: ContextVar[frozenset[int]] = ContextVar("nsc_working", default=frozenset())
 
 
 # --- fingerprints --------------------------------------------------------------------
@@ -151,30 +160,17 @@ def _feed_sums(digest: hashlib.blake2b, rows: np.ndarray, columns: np.ndarray) -
 def _feed_dense_sums(digest: hashlib.blake2b, array: np.ndarray) -> None:
     """Feed the per-row and per-column sums of an in-memory numeric matrix.
 
-    The sums are of the float64 bit patterns taken as integers modulo 2**64: exact and
-    independent of the order of summation (so a sparse and a dense copy agree), and
-    changed by any edit of a single entry. A chunk of rows at a time.
+    The sums are of the float64 bit patterns taken as integers modulo 2**64
+    (:mod:`._core._fingerprint`): exact and independent of the order of summation (so a
+    sparse and a dense copy agree), and changed by any edit of a single entry.
     """
-    matrix = array.reshape(array.shape[0], -1)
-    rows = np.empty(matrix.shape[0], dtype=np.uint64)
-    columns = np.zeros(matrix.shape[1], dtype=np.uint64)
-    step = max(1, _CHUNK // max(1, matrix.shape[1]))
-    for start in range(0, matrix.shape[0], step):
-        bits = _bits(matrix[start : start + step])
-        rows[start : start + step] = bits.sum(axis=1, dtype=np.uint64)
-        columns += bits.sum(axis=0, dtype=np.uint64)
-    _feed_sums(digest, rows, columns)
+    _feed_sums(digest, *dense_bit_sums(array.reshape(array.shape[0], -1)))
 
 
 def _feed_sparse_sums(digest: hashlib.blake2b, matrix: Any) -> None:
     """Feed the sums of :func:`_feed_dense_sums` for a scipy sparse matrix."""
     coo = sparse.coo_matrix(matrix)
-    bits = _bits(coo.data)
-    rows = np.zeros(coo.shape[0], dtype=np.uint64)
-    columns = np.zeros(coo.shape[1], dtype=np.uint64)
-    np.add.at(rows, coo.row, bits)
-    np.add.at(columns, coo.col, bits)
-    _feed_sums(digest, rows, columns)
+    _feed_sums(digest, *entry_bit_sums(coo.row, coo.col, coo.data, coo.shape))
 
 
 def _feed_lazy_sums(digest: hashlib.blake2b, matrix: Any) -> None:
@@ -216,15 +212,15 @@ def _feed_frame(digest: hashlib.blake2b, value: pd.DataFrame, whole: bool) -> No
     for start in range(0, value.shape[1], step):
         chunk = value.iloc[:, start : start + step]
         if all(_numeric(dtype) for dtype in chunk.dtypes):  # a block of columns at once
-            bits = _bits(chunk.to_numpy(dtype=np.float64))
-            rows += bits.sum(axis=1, dtype=np.uint64)
-            columns[start : start + step] = bits.sum(axis=0, dtype=np.uint64)
+            chunk_rows, columns[start : start + step] = dense_bit_sums(
+                chunk.to_numpy(dtype=np.float64)
+            )
+            rows += chunk_rows
             continue
         for j, (_, series) in enumerate(chunk.items(), start=start):
             if _numeric(series.dtype):
-                bits = _bits(series.to_numpy())
-                rows += bits
-                columns[j] = bits.sum(dtype=np.uint64)
+                column_rows, columns[j : j + 1] = dense_bit_sums(series.to_numpy()[:, None])
+                rows += column_rows
             else:
                 digest.update(f"\x19{j}".encode())
                 _feed_values(digest, series.to_numpy())
@@ -296,6 +292,32 @@ def _matches(recorded: str, value: Any) -> bool:
     if lazy:
         return getattr(value, "ndim", 0) >= 2 and recorded == fingerprint(value, whole=True)
     return recorded == fingerprint(value, whole=False)
+
+
+@contextmanager
+def working(adata: AnnData) -> Iterator[AnnData]:
+    """Run steps on ``adata``, a working object no one else holds, without fingerprints.
+
+    A recipe runs its steps on a working AnnData of its own and then stores what they
+    wrote into the user's one (fingerprinted there, once). Within the block the steps'
+    results in ``adata`` are recorded as :data:`UNCHECKED` and taken as still holding
+    what was written, since nothing but the steps can have changed them: the cells x
+    genes layers are not hashed again at every step.
+    """
+    token = _WORKING.set(_WORKING.get() | {id(adata)})
+    try:
+        yield adata
+    finally:
+        _WORKING.reset(token)
+
+
+def _is_working(adata: AnnData) -> bool:
+    return id(adata) in _WORKING.get()
+
+
+def _fingerprint_in(adata: AnnData, value: Any) -> str:
+    """Return the fingerprint recorded for ``value`` stored into ``adata``."""
+    return UNCHECKED if _is_working(adata) else fingerprint(value)
 
 
 # --- reading -------------------------------------------------------------------------
@@ -375,11 +397,9 @@ def fingerprints(adata: AnnData) -> Mapping[str, Mapping[str, str]]:
 def owned(adata: AnnData, container: str, key: str) -> bool:
     """Whether ``adata.<container>[key]`` holds exactly what normalisr_sc last wrote there."""
     recorded = _written(adata).get(container, {}).get(key)
-    return (
-        recorded is not None
-        and _has(adata, container, key)
-        and _matches(str(recorded), _stored(adata, container, key))
-    )
+    if recorded is None or not _has(adata, container, key):
+        return False
+    return _is_working(adata) or _matches(str(recorded), _stored(adata, container, key))
 
 
 def _old_layout(adata: AnnData) -> bool:
@@ -538,7 +558,7 @@ def store(
         target = _container(adata, container)
         for name, value in values.items():
             target[name] = _aligned(adata, container, value)
-            written.setdefault(container, {})[name] = fingerprint(target[name])
+            written.setdefault(container, {})[name] = _fingerprint_in(adata, target[name])
     adata.uns[WRITTEN] = written
 
 
@@ -556,7 +576,7 @@ def subsetting(adata: AnnData) -> Iterator[None]:
     for container, keys in keep.items():
         for key in keys:
             if _has(adata, container, key):
-                written[container][key] = fingerprint(_stored(adata, container, key))
+                written[container][key] = _fingerprint_in(adata, _stored(adata, container, key))
             else:
                 del written[container][key]
     adata.uns[WRITTEN] = written

@@ -13,7 +13,15 @@ from anndata import AnnData
 
 from .._core._blocks import compact_rows
 from .._core._reduce import is_dask
-from .._store import PARAMS, check_writable, owned_keys, read_record, store, subsetting
+from .._store import (
+    PARAMS,
+    check_writable,
+    owned_keys,
+    read_record,
+    store,
+    subsetting,
+    working,
+)
 from .._utils import ensure_actual, float_dtype, input_matrix, logger, obs_columns
 from .._validate import as_names, check_bool, check_int, check_keys, check_number, check_str
 from ._covariates import normcov
@@ -283,31 +291,32 @@ def normalize(
     obs[_POSITION] = np.arange(adata.n_obs)
     var = pd.DataFrame({_POSITION: np.arange(adata.n_vars)}, index=_unique_names(adata.var_names))
     work = AnnData(X=counts, obs=obs, var=var)
-    if qc is not None:
-        qc_reads(work, **qc, chunk_size=size)
-    lcpm(work, chunk_size=size)
-    work.X = None  # the remaining steps need no counts
-    normcov(work, columns)
-    compute_var(work, stepmax=stepmax, chunk_size=size)
-    n_outliers = None
-    if remove_outliers:
-        qc_outlier(work, inplace=False)
-        outliers = work.obs["nsc_outlier"].to_numpy()
-        n_outliers = int(outliers.sum())
-        if n_outliers > WARN_FRACTION * outliers.size:
-            logger.warning(
-                "normalize removed %s of %s cells (%.1f%%) as variance outliers; pass "
-                "remove_outliers=False to keep them.",
-                f"{n_outliers:,}",
-                f"{outliers.size:,}",
-                100 * outliers.mean(),
-            )
-        with subsetting(work):
-            work._init_as_actual(_drop_cells(work, ~outliers, size))
-    normvar(work, keepvar=keepvar, dtype=dtype, chunk_size=size)
+    with working(work):
+        if qc is not None:
+            qc_reads(work, **qc, chunk_size=size)
+        lcpm(work, chunk_size=size)
+        work.X = None  # the remaining steps need no counts
+        normcov(work, columns)
+        compute_var(work, stepmax=stepmax, chunk_size=size)
+        n_outliers = None
+        if remove_outliers:
+            qc_outlier(work, inplace=False)
+            outliers = work.obs["nsc_outlier"].to_numpy()
+            n_outliers = int(outliers.sum())
+            if n_outliers > WARN_FRACTION * outliers.size:
+                logger.warning(
+                    "normalize removed %s of %s cells (%.1f%%) as variance outliers; pass "
+                    "remove_outliers=False to keep them.",
+                    f"{n_outliers:,}",
+                    f"{outliers.size:,}",
+                    100 * outliers.mean(),
+                )
+            with subsetting(work):
+                work._init_as_actual(_drop_cells(work, ~outliers, size))
+        normvar(work, keepvar=keepvar, dtype=dtype, chunk_size=size)
 
-    summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)
-    results = _results(work)
+        summary = _summary(work, adata.n_obs, adata.n_vars, n_outliers)
+        results = _results(work)
     records = results["uns"] = {key: deepcopy(dict(value)) for key, value in results["uns"].items()}
     if remove_outliers:
         records["nsc_outlier"][PARAMS]["removed"] = True
