@@ -24,7 +24,6 @@ import hashlib
 from collections.abc import Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -97,8 +96,12 @@ def _feed_records(digest: hashlib.blake2b, array: np.ndarray) -> None:
     if field.kind == "O":  # strings: row by row, a chunk of rows at a time
         step = max(1, _CHUNK // len(fields))
         for start in range(0, array.shape[0], step):
-            rows = array[start : start + step].tolist()
-            _feed_items(digest, list(chain.from_iterable(rows)))
+            chunk = array[start : start + step]
+            # rows x fields, row-major: the rows' items in order, without a tuple per row
+            block = np.empty((chunk.shape[0], len(fields)), dtype=object)
+            for column, name in enumerate(array.dtype.names):
+                block[:, column] = chunk[name]
+            _feed_items(digest, block.reshape(-1).tolist())
         return
     packed = array.dtype.itemsize == len(fields) * field.itemsize and [
         offset for _, offset, *_ in fields
