@@ -94,12 +94,12 @@ def _regression_reference(expression, covariates, weights, scale):
     return gram, cross, weighted.mean(axis=0), weighted.var(axis=0)
 
 
-@pytest.mark.parametrize("keep", [False, True])
-def test_weighted_regression_matches_numpy(keep):
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_weighted_regression_matches_numpy(n_jobs):
     expression, covariates, weights, scale = _regression_inputs()
     gram, cross, mean, variance = _regression_reference(expression, covariates, weights, scale)
-    out = np.empty(expression.shape) if keep else None
-    sums = _normalize._WeightedRegression(scale, covariates.shape[1], out, n_jobs=2)
+    sums = _normalize._WeightedRegression(scale, covariates.shape[1], n_jobs=n_jobs)
+    # blocks of 256 cells (tiles of 64 rows) and a last block of 700 - 512 = 188 rows
     for start in range(0, expression.shape[0], 256):
         rows = slice(start, min(start + 256, expression.shape[0]))
         sums.add(rows, expression[rows], covariates[rows], np.log(weights[rows]))
@@ -108,8 +108,37 @@ def test_weighted_regression_matches_numpy(keep):
     np.testing.assert_allclose(sums.cross, cross, rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(sums.before.mean, mean, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(sums.before.variance, variance, rtol=1e-12)
-    if keep:
-        np.testing.assert_allclose(out, weights[:, None] ** scale[None, :], rtol=1e-14)
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 64, 67, 301])
+def test_normalised_block_is_the_fit_pass_bit_for_bit(n_rows):
+    """The values the in-memory fit writes (times the factor) are normalised_block's.
+
+    normvar's in-memory, float32 and streamed layers then agree exactly; also on tiles of
+    fewer than four rows and on block ends that cut a tile.
+    """
+    expression, covariates, weights, scale = _regression_inputs(n_cells=n_rows, seed=4)
+    out = np.empty(expression.shape)
+    fit = _normalize.fit_normalisation(
+        expression, covariates, weights, scale, block_cells=97, out=out
+    )
+    expected = out * fit.factor
+    for n_jobs in (1, 2):
+        block = _normalize.normalised_block(
+            expression,
+            covariates,
+            np.log(weights),
+            fit.coefficients,
+            scale,
+            fit.factor,
+            n_jobs=n_jobs,
+        )
+        np.testing.assert_array_equal(block, expected)
+    if n_rows > 10 * covariates.shape[1]:
+        # the values of the formula (with fewer cells the residuals are rounding errors)
+        w = weights[:, None] ** scale[None, :]
+        formula = (expression - covariates @ fit.coefficients.T) * w * fit.factor
+        np.testing.assert_allclose(expected, formula, rtol=1e-12, atol=1e-12)
 
 
 def test_fit_normalisation_does_not_depend_on_threads(monkeypatch):

@@ -46,9 +46,17 @@ def in_parts(
     The parts run on up to ``n_jobs`` threads; BLAS and OpenMP pools are then limited to
     one thread (the parts are the parallelism). Exceptions of a part are raised.
     """
-    pieces = parts(n_items, item_values)
+    run_parts(function, parts(n_items, item_values), n_jobs)
+
+
+def run_parts(function: Callable[[slice], object], pieces: list[slice], n_jobs: int) -> None:
+    """Call ``function(piece)`` for each of ``pieces`` on up to ``n_jobs`` threads.
+
+    BLAS and OpenMP pools are limited to one thread meanwhile (the pieces are the
+    parallelism). Exceptions of a piece are raised.
+    """
     threads = min(n_jobs, len(pieces))
-    if threads == 1:
+    if threads <= 1:
         for piece in pieces:
             function(piece)
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,11 +18,11 @@ from scipy import stats
 
 from ._blocks import dense_block
 from ._linalg import pinv_psd
-from ._moments import ColumnMoments, block_moments, in_parts
+from ._moments import ColumnMoments, run_parts
 from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from .._types import RowSliceable
     from ._reduce import Progress
@@ -65,30 +66,253 @@ def _ls_fit(design: np.ndarray, response: np.ndarray) -> np.ndarray:
     return design @ (pinv @ (design.T @ response))
 
 
-def _scaled_residual(
-    block: np.ndarray, covariates: np.ndarray, coefficients: np.ndarray, cell_scale: np.ndarray
+# ---------------------------------------------------------------- compiled kernels
+# Each kernel works on one tile: consecutive rows (cells) of a block, C-contiguous, and
+# the genes ``g0:g1``. Per-gene results are sums over the rows in their order and never
+# mix genes, so a part of the genes is computed exactly as within all of them (whatever
+# the parts, hence the threads); sums over the rows of a tile add four rows at a time.
+# Covariate fits are ``c[0] * b[0] + c[1] * b[1] + ...`` in that order.
+
+
+def _fitted_row(c, coefficients, g0, g1, fit):
+    """``fit[:] = c @ coefficients[:, g0:g1]``, summed in the order of the covariates."""
+    n = g1 - g0
+    first = coefficients[0, g0:g1]
+    c0 = c[0]
+    for g in range(n):
+        fit[g] = c0 * first[g]
+    for k in range(1, c.size):
+        row = coefficients[k, g0:g1]
+        ck = c[k]
+        for g in range(n):
+            fit[g] += ck * row[g]
+
+
+def _add_rows(values, first, design, sums, g0, g1):
+    """Add ``design.T @ values[:, first:first + g1 - g0]`` to ``sums[:, g0:g1]``.
+
+    The rows are summed four at a time into a partial sum of their own, which is then
+    added to ``sums``: the rounding error grows with the rows of one call (a tile), not
+    with all the rows added to ``sums``.
+    """
+    n = g1 - g0
+    last = first + n
+    n_rows = values.shape[0]
+    partial = np.zeros((design.shape[1], n))
+    r = 0
+    while r + 4 <= n_rows:
+        v0, v1 = values[r, first:last], values[r + 1, first:last]
+        v2, v3 = values[r + 2, first:last], values[r + 3, first:last]
+        for k in range(design.shape[1]):
+            d0, d1, d2, d3 = design[r, k], design[r + 1, k], design[r + 2, k], design[r + 3, k]
+            out = partial[k]
+            for g in range(n):
+                out[g] += v0[g] * d0 + v1[g] * d1 + v2[g] * d2 + v3[g] * d3
+        r += 4
+    while r < n_rows:
+        v0 = values[r, first:last]
+        for k in range(design.shape[1]):
+            d0 = design[r, k]
+            out = partial[k]
+            for g in range(n):
+                out[g] += v0[g] * d0
+        r += 1
+    for k in range(design.shape[1]):
+        out = sums[k, g0:g1]
+        part = partial[k]
+        for g in range(n):
+            out[g] += part[g]
+
+
+def _welford_row(x, count, mean, m2):
+    """Add one row ``x`` to the running means and centred sums of squares (``count`` rows)."""
+    inverse = 1.0 / count
+    for g in range(x.size):
+        delta = x[g] - mean[g]
+        mean[g] += delta * inverse
+        m2[g] += delta * (x[g] - mean[g])
+
+
+def _log_weight_tile(log_weights, scale, g0, g1, out):
+    """``out = log_weights[:, None] * scale[None, g0:g1]`` (``exp`` of it: the gene weights)."""
+    n = g1 - g0
+    factors = scale[g0:g1]
+    for r in range(out.shape[0]):
+        a = log_weights[r]
+        row = out[r]
+        for g in range(n):
+            row[g] = a * factors[g]
+
+
+def _regression_tile(values, weights, covariates, products, g0, g1, count, work):
+    """Weighted regression sums of one tile, for the genes ``g0:g1``.
+
+    ``weights`` (tile rows x genes) holds ``w ** scale``. Adds ``(w^2)' products`` to
+    ``work[0]`` (gram), ``(w^2 y)' covariates`` to ``work[1]`` (cross) and ``y w`` to the
+    running moments ``work[2]`` (mean), ``work[3]`` (m2) of ``count`` rows before.
+    """
+    gram, cross, mean, m2 = work
+    n = g1 - g0
+    n_rows = values.shape[0]
+    squared = np.empty((n_rows, n))
+    twice = np.empty((n_rows, n))
+    weighted = np.empty(n)
+    means, m2s = mean[g0:g1], m2[g0:g1]
+    for r in range(n_rows):
+        y, w = values[r, g0:g1], weights[r]
+        w2, w2y = squared[r], twice[r]
+        for g in range(n):
+            a = w[g]
+            b = a * a
+            w2[g] = b
+            w2y[g] = b * y[g]
+            weighted[g] = y[g] * a
+        _welford_row(weighted, count + r + 1, means, m2s)
+    _add_rows(squared, 0, products, gram, g0, g1)
+    _add_rows(twice, 0, covariates, cross, g0, g1)
+
+
+def _normalised_tile(values, weights, covariates, coefficients, factor, g0, g1, out, squares):
+    """Weighted covariate residuals ``w * (y - c b)`` of one tile into ``out[:, g0:g1]``.
+
+    ``squares[g0:g1]`` receives their sums of squares; with a non-empty ``factor`` the
+    values written are then multiplied by it (the sums are of the values before).
+    """
+    n = g1 - g0
+    fit = np.empty(n)
+    partial = np.zeros(n)
+    scaled = factor.size > 0
+    for r in range(values.shape[0]):
+        _fitted_row(covariates[r], coefficients, g0, g1, fit)
+        y, w, o = values[r, g0:g1], weights[r], out[r, g0:g1]
+        for g in range(n):
+            v = w[g] * (y[g] - fit[g])
+            partial[g] += v * v
+            o[g] = v
+        if scaled:
+            f = factor[g0:g1]
+            for g in range(n):
+                o[g] *= f[g]
+    sums = squares[g0:g1]
+    for g in range(n):
+        sums[g] += partial[g]
+
+
+def _residual_moments_tile(values, covariates, coefficients, cell_scale, g0, g1, count, work):
+    """Add the rows of ``(y - c b) / s`` to the running moments (``work``: mean, m2)."""
+    mean, m2 = work
+    n = g1 - g0
+    fit = np.empty(n)
+    means, m2s = mean[g0:g1], m2[g0:g1]
+    divide = cell_scale.size > 0
+    for r in range(values.shape[0]):
+        _fitted_row(covariates[r], coefficients, g0, g1, fit)
+        y = values[r, g0:g1]
+        for g in range(n):
+            fit[g] = y[g] - fit[g]
+        if divide:
+            s = cell_scale[r]
+            for g in range(n):
+                fit[g] /= s
+        _welford_row(fit, count + r + 1, means, m2s)
+
+
+def _square_sum(values):
+    """Sum of squares in eight interleaved partial sums, added in a fixed order."""
+    partial = np.zeros(8)
+    n = values.size - values.size % 8
+    for g in range(0, n, 8):
+        for lane in range(8):
+            partial[lane] += values[g + lane] * values[g + lane]
+    total = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + (
+        (partial[4] + partial[5]) + (partial[6] + partial[7])
+    )
+    for g in range(n, values.size):
+        total += values[g] * values[g]
+    return total
+
+
+def _standardized_square_tile(
+    values, covariates, coefficients, cell_scale, mean, inverse_spread, out
+):
+    """Per row: sum over genes of ``(((y - c b) / s - mean) * inverse_spread) ** 2``."""
+    n = values.shape[1]
+    fit = np.empty(n)
+    divide = cell_scale.size > 0
+    for r in range(values.shape[0]):
+        _fitted_row(covariates[r], coefficients, 0, n, fit)
+        y = values[r]
+        for g in range(n):
+            fit[g] = y[g] - fit[g]
+        if divide:
+            s = cell_scale[r]
+            for g in range(n):
+                fit[g] /= s
+        for g in range(n):
+            fit[g] = (fit[g] - mean[g]) * inverse_spread[g]
+        out[r] = _square_sum(fit)
+
+
+_KERNELS: dict[str, Callable] = {}
+_SOURCES: dict[str, Callable] = {
+    "log_weights": _log_weight_tile,
+    "regression": _regression_tile,
+    "normalised": _normalised_tile,
+    "moments": _residual_moments_tile,
+    "standardized": _standardized_square_tile,
+    "add_rows": _add_rows,
+}
+#: Helpers the kernels call, compiled with them.
+_HELPERS = (_fitted_row, _add_rows, _welford_row, _square_sum)
+
+
+def _kernel(name: str) -> Callable:
+    """Return the compiled kernel ``name`` (numba, compiled on first use, cached on disk)."""
+    if name not in _KERNELS:
+        import numba
+
+        jit = numba.njit(nogil=True, cache=True, boundscheck=False)
+        namespace = globals()
+        for helper in _HELPERS:
+            if not isinstance(namespace[helper.__name__], numba.core.registry.CPUDispatcher):
+                namespace[helper.__name__] = jit(helper)
+        _KERNELS[name] = jit(_SOURCES[name])
+    return _KERNELS[name]
+
+
+#: Rows of a tile of the compiled kernels, and the widest part of the genes a thread
+#: takes in one go: the tile's scratch arrays (a few of rows x part) stay in cache.
+ROW_TILE = 64
+GENE_PART = 1024
+
+
+def _gene_parts(n_genes: int, n_jobs: int) -> list[slice]:
+    """Return slices of the genes, about :data:`GENE_PART` wide, a multiple of ``n_jobs`` of them.
+
+    Results do not depend on the parts (see the kernels), only the balance of the threads.
+    """
+    n_parts = n_jobs * max(1, -(-n_genes // (n_jobs * GENE_PART)))
+    bounds = np.linspace(0, n_genes, n_parts + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
+
+
+def _row_tiles(n_rows: int) -> list[slice]:
+    """Consecutive tiles of :data:`ROW_TILE` rows of a block."""
+    return [slice(a, min(a + ROW_TILE, n_rows)) for a in range(0, n_rows, ROW_TILE)]
+
+
+def _float_rows(block: RowSliceable | np.ndarray) -> np.ndarray:
+    """Return a block as a C-contiguous float64 array (no copy if it already is one)."""
+    return np.ascontiguousarray(dense_block(block))
+
+
+def _gene_weights(
+    log_weights: np.ndarray, scale: np.ndarray, part: slice, buffer: np.ndarray
 ) -> np.ndarray:
-    """``(Y - C B) / s`` of one block of cells, in a new array."""
-    residual = covariates @ coefficients
-    np.subtract(dense_block(block), residual, out=residual)
-    if not (cell_scale == 1).all():
-        residual /= cell_scale[:, None]
-    return residual
-
-
-class _CrossProducts:
-    """``Y' D`` of the expression with a cells x k design ``D``."""
-
-    def __init__(self, n_genes: int, n_columns: int) -> None:
-        self.cross = np.zeros((n_genes, n_columns))
-
-    def add(self, rows: slice, block: np.ndarray, design: np.ndarray) -> None:
-        # Genes first: OpenBLAS threads ``D' Y`` (few rows, long inner dimension) badly.
-        self.cross += dense_block(block).T @ design
-
-    def merge(self, other: _CrossProducts) -> _CrossProducts:
-        self.cross += other.cross
-        return self
+    """``w ** scale`` of a tile's cells (``log_weights``) and the genes ``part``, in ``buffer``."""
+    weights = buffer[: log_weights.size, : part.stop - part.start]
+    _kernel("log_weights")(log_weights, scale, part.start, part.stop, weights)
+    return np.exp(weights, out=weights)
 
 
 def _block_threads(expression: RowSliceable) -> int:
@@ -96,28 +320,73 @@ def _block_threads(expression: RowSliceable) -> int:
     return 1 if is_dask(expression) else thread_count()
 
 
+def _scale_or_empty(cell_scale: np.ndarray) -> np.ndarray:
+    """``cell_scale``, or an empty array when it is all ones (the kernels then skip dividing)."""
+    return np.empty(0) if (cell_scale == 1).all() else np.ascontiguousarray(cell_scale)
+
+
+class _CrossProducts:
+    """``Y' D`` of the expression with a cells x k design ``D`` (stored k x genes)."""
+
+    def __init__(self, n_genes: int, n_columns: int, n_jobs: int = 1) -> None:
+        self.sums = np.zeros((n_columns, n_genes))
+        self.n_jobs = n_jobs
+
+    @property
+    def cross(self) -> np.ndarray:
+        """Genes x k."""
+        return self.sums.T
+
+    def add(self, rows: slice, block: np.ndarray, design: np.ndarray) -> None:
+        values = _float_rows(block)
+        design = np.ascontiguousarray(design)
+        add_rows = _kernel("add_rows")
+        sums = np.zeros_like(self.sums)
+
+        def genes(part: slice) -> None:
+            for tile in _row_tiles(values.shape[0]):
+                add_rows(values[tile], part.start, design[tile], sums, part.start, part.stop)
+
+        run_parts(genes, _gene_parts(values.shape[1], self.n_jobs), self.n_jobs)
+        self.sums += sums
+
+    def merge(self, other: _CrossProducts) -> _CrossProducts:
+        self.sums += other.sums
+        return self
+
+
 class _ResidualMoments:
     """Per-gene mean and spread of the scaled covariate residuals."""
 
     def __init__(self, coefficients: np.ndarray, n_jobs: int = 1) -> None:
-        self.coefficients, self.n_jobs = coefficients, n_jobs
+        self.coefficients, self.n_jobs = np.ascontiguousarray(coefficients), n_jobs
         self.moments = ColumnMoments(coefficients.shape[1])
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
     ) -> None:
-        block = dense_block(block)
-        n_genes = block.shape[1]
-        mean, m2 = np.empty(n_genes), np.empty(n_genes)
+        values = _float_rows(block)
+        covariates = np.ascontiguousarray(covariates)
+        scale = _scale_or_empty(cell_scale)
+        n_rows, n_genes = values.shape
+        work = (np.zeros(n_genes), np.zeros(n_genes))
+        kernel = _kernel("moments")
 
         def genes(part: slice) -> None:
-            residual = _scaled_residual(
-                block[:, part], covariates, self.coefficients[:, part], cell_scale
-            )
-            block_moments(residual, overwrite=True, mean=mean[part], m2=m2[part])
+            for tile in _row_tiles(n_rows):
+                kernel(
+                    values[tile],
+                    covariates[tile],
+                    self.coefficients,
+                    scale[tile] if scale.size else scale,
+                    part.start,
+                    part.stop,
+                    tile.start,
+                    work,
+                )
 
-        in_parts(genes, n_genes, block.shape[0], self.n_jobs)
-        self.moments.add_block(block.shape[0], mean, m2)
+        run_parts(genes, _gene_parts(n_genes, self.n_jobs), self.n_jobs)
+        self.moments.add_block(n_rows, *work)
 
     def merge(self, other: _ResidualMoments) -> _ResidualMoments:
         self.moments.merge(other.moments)
@@ -128,8 +397,8 @@ class _LogRmsPerCell:
     """Per cell: log root-mean-square over genes of the standardised residuals."""
 
     def __init__(self, coefficients: np.ndarray, moments: ColumnMoments, n_jobs: int = 1) -> None:
-        self.coefficients, self.n_jobs = coefficients, n_jobs
-        self.mean = moments.mean
+        self.coefficients, self.n_jobs = np.ascontiguousarray(coefficients), n_jobs
+        self.mean = np.ascontiguousarray(moments.mean)
         spread = moments.std
         informative = spread > 0
         # Genes without spread are left out: their standardised residual is set to 0.
@@ -140,24 +409,37 @@ class _LogRmsPerCell:
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
     ) -> None:
-        block = dense_block(block)
-        mean_square = np.empty(block.shape[0])
+        values = _float_rows(block)
+        covariates = np.ascontiguousarray(covariates)
+        scale = _scale_or_empty(cell_scale)
+        mean_square = np.empty(values.shape[0])
+        kernel = _kernel("standardized")
 
         def cells(part: slice) -> None:
-            standardized = _scaled_residual(
-                block[part], covariates[part], self.coefficients, cell_scale[part]
+            kernel(
+                values[part],
+                covariates[part],
+                self.coefficients,
+                scale[part] if scale.size else scale,
+                self.mean,
+                self.inverse_spread,
+                mean_square[part],
             )
-            standardized -= self.mean
-            standardized *= self.inverse_spread
-            np.einsum("ij,ij->i", standardized, standardized, out=mean_square[part])
 
-        in_parts(cells, block.shape[0], block.shape[1], self.n_jobs)
+        # Each cell's sum depends on its own row only: any parts of the cells will do.
+        run_parts(cells, _row_parts(values.shape[0], self.n_jobs), self.n_jobs)
         mean_square /= self.n_informative
         self.log_rms.add(rows, 0.5 * np.log(mean_square))
 
     def merge(self, other: _LogRmsPerCell) -> _LogRmsPerCell:
         self.log_rms.merge(other.log_rms)
         return self
+
+
+def _row_parts(n_rows: int, n_jobs: int) -> list[slice]:
+    """Return ``n_jobs`` (or fewer) slices of about equal numbers of rows."""
+    bounds = np.linspace(0, n_rows, min(n_jobs, max(n_rows, 1)) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
 def _log_rms_standardized_residuals(
@@ -181,7 +463,7 @@ def _log_rms_standardized_residuals(
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
     # (Y / s)' (C / s) = Y' (C / s^2): the expression block is used as it is.
     cross = stream(
-        partial(_CrossProducts, n_genes, covariates.shape[1]),
+        partial(_CrossProducts, n_genes, covariates.shape[1], n_jobs),
         row_data=(scaled_cov / cell_scale[:, None],),
         desc="variance fit: regression",
     ).cross
@@ -288,6 +570,47 @@ class NormalisationFit:
     factor: np.ndarray
 
 
+def _normalised_into(
+    values: np.ndarray,
+    covariates: np.ndarray,
+    log_weights: np.ndarray,
+    coefficients: np.ndarray,
+    scale: np.ndarray,
+    factor: np.ndarray,
+    out: np.ndarray | None,
+    squares: np.ndarray,
+    n_jobs: int,
+) -> None:
+    """Write ``(Y - C B') * w ** scale`` (times ``factor`` if not empty) of a block into ``out``.
+
+    ``coefficients`` is covariates x genes (C-contiguous); ``squares`` receives each gene's
+    sum of squares of the values before ``factor``. Every value is computed the same way
+    whatever the parts and threads. Without ``out`` only the sums are kept.
+    """
+    n_rows, n_genes = values.shape
+    kernel = _kernel("normalised")
+    # Without ``out``, one tile of scratch rows: each part writes its own genes of it.
+    scratch = np.empty((min(ROW_TILE, n_rows), n_genes) if out is None else (0, n_genes))
+
+    def genes(part: slice) -> None:
+        buffer = np.empty((min(ROW_TILE, n_rows), part.stop - part.start))
+        for tile in _row_tiles(n_rows):
+            weights = _gene_weights(log_weights[tile], scale, part, buffer)
+            kernel(
+                values[tile],
+                weights,
+                covariates[tile],
+                coefficients,
+                factor,
+                part.start,
+                part.stop,
+                scratch[: tile.stop - tile.start] if out is None else out[tile],
+                squares,
+            )
+
+    run_parts(genes, _gene_parts(n_genes, n_jobs), n_jobs)
+
+
 def normalised_block(
     block: np.ndarray,
     covariates: np.ndarray,
@@ -295,67 +618,88 @@ def normalised_block(
     coefficients: np.ndarray,
     scale: np.ndarray,
     factor: np.ndarray | None = None,
+    *,
+    n_jobs: int = 1,
 ) -> np.ndarray:
-    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``."""
-    residual = covariates @ coefficients.T
-    np.subtract(dense_block(block), residual, out=residual)
-    gene_weight = np.multiply.outer(log_weights, scale)
-    residual *= np.exp(gene_weight, out=gene_weight)
-    if factor is not None:
-        residual *= factor
-    return residual
+    """Normalised expression of one block of cells, ``(Y - C B') * w ** scale * factor``.
+
+    The same values, bit for bit, as the in-memory pass of :func:`fit_normalisation`
+    writes (then multiplied by ``factor``), on ``n_jobs`` threads.
+    """
+    values = _float_rows(block)
+    out = np.empty(values.shape)
+    _normalised_into(
+        values,
+        np.ascontiguousarray(covariates, dtype=np.float64),
+        np.ascontiguousarray(log_weights, dtype=np.float64),
+        np.ascontiguousarray(coefficients.T),
+        np.ascontiguousarray(scale, dtype=np.float64),
+        np.empty(0) if factor is None else np.ascontiguousarray(factor, dtype=np.float64),
+        out,
+        np.zeros(values.shape[1]),
+        n_jobs,
+    )
+    return out
 
 
 class _WeightedRegression:
-    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes.
+    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes."""
 
-    With ``weights_out`` (in memory, float64, cells x genes), the gene weights
-    ``w ** scale`` are kept there for the second pass, which then needs no ``exp``.
-    """
-
-    def __init__(
-        self,
-        scale: np.ndarray,
-        n_cov: int,
-        weights_out: np.ndarray | None = None,
-        n_jobs: int = 1,
-    ) -> None:
+    def __init__(self, scale: np.ndarray, n_cov: int, n_jobs: int = 1) -> None:
         n_genes = scale.size
-        self.scale, self.weights_out, self.n_jobs = scale, weights_out, n_jobs
+        self.scale, self.n_jobs = np.ascontiguousarray(scale, dtype=np.float64), n_jobs
         # Gram matrices are symmetric: only the upper triangle is accumulated.
         self.upper = np.triu_indices(n_cov)
-        self.gram_upper = np.zeros((n_genes, self.upper[0].size))
-        self.cross = np.zeros((n_genes, n_cov))
+        self.gram_sums = np.zeros((self.upper[0].size, n_genes))
+        self.cross_sums = np.zeros((n_cov, n_genes))
         self.before = ColumnMoments(n_genes)
+
+    @property
+    def gram_upper(self) -> np.ndarray:
+        """Genes x upper-triangle entries of the weighted Gram matrices."""
+        return self.gram_sums.T
+
+    @property
+    def cross(self) -> np.ndarray:
+        """Genes x covariates weighted cross products."""
+        return self.cross_sums.T
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
     ) -> None:
-        block = dense_block(block)
-        kept = self.weights_out is not None
+        values = _float_rows(block)
+        covariates = np.ascontiguousarray(covariates, dtype=np.float64)
+        log_weights = np.ascontiguousarray(log_weights, dtype=np.float64)
         products = covariates[:, self.upper[0]] * covariates[:, self.upper[1]]
-        n_genes = block.shape[1]
-        mean, m2 = np.empty(n_genes), np.empty(n_genes)
+        n_rows, n_genes = values.shape
+        mean, m2 = np.zeros(n_genes), np.zeros(n_genes)
+        gram, cross = np.zeros_like(self.gram_sums), np.zeros_like(self.cross_sums)
+        work = (gram, cross, mean, m2)
+        kernel = _kernel("regression")
 
         def genes(part: slice) -> None:
-            values = block[:, part]
-            kept_part = None if self.weights_out is None else self.weights_out[rows, part]
-            weight = np.multiply.outer(log_weights, self.scale[part], out=kept_part)
-            np.exp(weight, out=weight)
-            weighted = values * weight
-            # Unless kept, ``weight`` is reused for w^2 and then y w^2: one array fewer.
-            squared_weight = np.multiply(weight, weight, out=None if kept else weight)
-            self.gram_upper[part] += squared_weight.T @ products
-            twice_weighted = np.multiply(squared_weight, values, out=squared_weight)
-            self.cross[part] += twice_weighted.T @ covariates
-            block_moments(weighted, overwrite=True, mean=mean[part], m2=m2[part])
+            buffer = np.empty((min(ROW_TILE, n_rows), part.stop - part.start))
+            for tile in _row_tiles(n_rows):
+                weights = _gene_weights(log_weights[tile], self.scale, part, buffer)
+                kernel(
+                    values[tile],
+                    weights,
+                    covariates[tile],
+                    products[tile],
+                    part.start,
+                    part.stop,
+                    tile.start,
+                    work,
+                )
 
-        in_parts(genes, n_genes, block.shape[0], self.n_jobs)
-        self.before.add_block(block.shape[0], mean, m2)
+        run_parts(genes, _gene_parts(n_genes, self.n_jobs), self.n_jobs)
+        self.gram_sums += gram
+        self.cross_sums += cross
+        self.before.add_block(n_rows, mean, m2)
 
     def merge(self, other: _WeightedRegression) -> _WeightedRegression:
-        self.gram_upper += other.gram_upper
-        self.cross += other.cross
+        self.gram_sums += other.gram_sums
+        self.cross_sums += other.cross_sums
         self.before.merge(other.before)
         return self
 
@@ -372,8 +716,7 @@ class _WeightedRegression:
 class _NormalisedSquares:
     """Per-gene sums of squares of the normalised expression before the keepvar rescaling.
 
-    With ``out`` (an in-memory array), the values are also written there; if
-    ``weights_in_out``, ``out`` holds the gene weights of :class:`_WeightedRegression`.
+    With ``out`` (an in-memory float64 array), the values are also written there.
     """
 
     def __init__(
@@ -381,39 +724,31 @@ class _NormalisedSquares:
         coefficients: np.ndarray,
         scale: np.ndarray,
         out: np.ndarray | None = None,
-        weights_in_out: bool = False,
         n_jobs: int = 1,
     ) -> None:
-        self.coefficients, self.scale = coefficients, scale
-        self.out, self.weights_in_out, self.n_jobs = out, weights_in_out, n_jobs
+        self.coefficients = np.ascontiguousarray(coefficients.T)  # covariates x genes
+        self.scale = np.ascontiguousarray(scale, dtype=np.float64)
+        self.out, self.n_jobs = out, n_jobs
         self.sum_squares = np.zeros(scale.size)
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
     ) -> None:
-        block = dense_block(block)
-        squares = np.empty(block.shape[1])
-
-        def genes(part: slice) -> None:
-            if self.weights_in_out:
-                assert self.out is not None  # weights_in_out: the weights are in ``out``
-                residual = covariates @ self.coefficients[part].T
-                np.subtract(block[:, part], residual, out=residual)
-                out = self.out[rows, part]
-                values = np.multiply(out, residual, out=out)
-            else:
-                values = normalised_block(
-                    block[:, part],
-                    covariates,
-                    log_weights,
-                    self.coefficients[part],
-                    self.scale[part],
-                )
-            np.einsum("ij,ij->j", values, values, out=squares[part])
-            if self.out is not None and not self.weights_in_out:
-                self.out[rows, part] = values
-
-        in_parts(genes, block.shape[1], block.shape[0], self.n_jobs)
+        values = _float_rows(block)
+        n_genes = values.shape[1]
+        out = None if self.out is None else self.out[rows]
+        squares = np.zeros(n_genes)
+        _normalised_into(
+            values,
+            np.ascontiguousarray(covariates, dtype=np.float64),
+            np.ascontiguousarray(log_weights, dtype=np.float64),
+            self.coefficients,
+            self.scale,
+            np.empty(0),
+            out,
+            squares,
+            self.n_jobs,
+        )
         self.sum_squares += squares
 
     def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:
@@ -440,10 +775,10 @@ def fit_normalisation(
 
     Two passes over the cells (the second only with ``keepvar`` or ``out``): per-gene
     weighted Gram matrices, cross products and moments; then the sums of squares of
-    the weighted residuals. With ``out`` (in memory, cells x genes) the second pass
-    also writes the normalised expression *before* the ``factor`` rescaling into it:
-    multiply by ``factor`` to finish. Otherwise :func:`normalised_block` gives it
-    block by block.
+    the weighted residuals. With ``out`` (in memory, float64, cells x genes) the second
+    pass also writes the normalised expression *before* the ``factor`` rescaling into
+    it: multiply by ``factor`` to finish (the values of :func:`normalised_block`, bit for
+    bit). Otherwise :func:`normalised_block` gives it block by block.
     """
     n_cov = covariates.shape[1]
     n_jobs = _block_threads(expression)
@@ -455,17 +790,18 @@ def fit_normalisation(
         block_cells=block_cells,
         progress=progress,
     )
-    # In memory, the float64 output holds the gene weights between the two passes.
-    keep_weights = out is not None and out.dtype == np.float64
+    if out is not None and (out.dtype != np.float64 or not out.flags.c_contiguous):
+        msg = "fit_normalisation: `out` must be a C-contiguous float64 array."
+        raise ValueError(msg)
     regression = stream(
-        partial(_WeightedRegression, scale, n_cov, out if keep_weights else None, n_jobs),
+        partial(_WeightedRegression, scale, n_cov, n_jobs),
         desc="normvar: weighted regression",
     )
     coefficients = regression.coefficients()
     factor = np.ones_like(scale)
     if keepvar or out is not None:
         squares = stream(
-            partial(_NormalisedSquares, coefficients, scale, out, keep_weights, n_jobs),
+            partial(_NormalisedSquares, coefficients, scale, out, n_jobs),
             desc="normvar: residuals",
         )
         if keepvar:
