@@ -49,6 +49,9 @@ PARAMS = "params"
 CONTAINERS = ("layers", "obs", "var", "obsm", "varm", "varp", "uns")
 #: Entries hashed at a time: the fingerprint of a large array never copies it whole.
 _CHUNK = 1 << 18
+#: Entries of a DataFrame's numeric columns summed at a time: each block of columns is
+#: a view of the frame's float64 data, or a copy of at most 128 MB.
+_FRAME_CHUNK = 1 << 24
 
 
 #: Stands for the fingerprint of a value stored into a working object (:func:`working`).
@@ -195,8 +198,8 @@ def _feed_frame(digest: hashlib.blake2b, value: pd.DataFrame, whole: bool) -> No
     """Feed a DataFrame's columns, a sample of its rows and its row and column sums.
 
     The index is the AnnData's. Numeric columns enter the sums of
-    :func:`_feed_dense_sums` (one column at a time, never a whole float64 copy), other
-    columns are hashed whole.
+    :func:`_feed_dense_sums` a block of columns at a time (a view of float64 columns,
+    else a copy of at most :data:`_FRAME_CHUNK` entries), other columns are hashed whole.
     """
     _feed_objects(digest, np.asarray(value.columns, dtype=object))
     _feed_values(digest, [len(value)])
@@ -211,7 +214,7 @@ def _feed_frame(digest: hashlib.blake2b, value: pd.DataFrame, whole: bool) -> No
         return
     rows = np.zeros(len(value), dtype=np.uint64)
     columns = np.zeros(value.shape[1], dtype=np.uint64)
-    step = max(1, _CHUNK // max(1, len(value)))
+    step = max(1, _FRAME_CHUNK // max(1, len(value)))
     for start in range(0, value.shape[1], step):
         chunk = value.iloc[:, start : start + step]
         if all(_numeric(dtype) for dtype in chunk.dtypes):  # a block of columns at once
