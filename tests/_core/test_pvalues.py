@@ -54,3 +54,21 @@ def test_bh_qvalues_match_scipy():
     q = bh_qvalues(with_nan)
     assert np.isnan(q[:10]).all()
     np.testing.assert_allclose(q[10:], stats.false_discovery_control(with_nan[10:]), rtol=1e-12)
+
+
+def test_bh_qvalues_do_not_depend_on_the_order_of_ties():
+    """Tied p-values get one q-value, and permuting the input permutes the q-values
+    bit for bit (the sort is not stable)."""
+    rng = np.random.default_rng(4)
+    pvals = np.round(rng.uniform(size=(6, 500)), 2)  # many ties
+    pvals[:, :20] = 1.0
+    pvals[:, 20:30] = 0.0
+    pvals[rng.random(pvals.shape) < 0.05] = np.nan
+    q = bh_qvalues(pvals, axis=1)
+    for row, qrow in zip(pvals, q, strict=True):
+        for value in np.unique(row[~np.isnan(row)]):
+            assert np.unique(qrow[row == value]).size == 1
+        assert np.isnan(qrow[np.isnan(row)]).all()
+    perm = rng.permutation(pvals.shape[1])
+    assert bh_qvalues(pvals[:, perm], axis=1).tobytes() == q[:, perm].tobytes()
+    assert bh_qvalues(pvals.T, axis=0).tobytes() == q.T.tobytes()

@@ -247,10 +247,59 @@ def top_order(keys: Sequence[np.ndarray], n: int) -> np.ndarray:
     return out
 
 
+def _is_tied(ranked: np.ndarray) -> np.ndarray:
+    """Whether each sorted entry equals the one before it (NaN equals NaN, as in sorts)."""
+    tied = np.zeros(ranked.shape, dtype=bool)
+    before, after = ranked[:, :-1], ranked[:, 1:]
+    np.equal(after, before, out=tied[:, 1:])
+    if ranked.dtype.kind in "fc":
+        tied[:, 1:] |= np.isnan(after) & np.isnan(before)
+    return tied
+
+
+def lexsort_rows(keys: Sequence[np.ndarray]) -> np.ndarray:
+    """Return ``np.lexsort(keys, axis=-1)`` of 2-D keys, from one unstable sort.
+
+    The last key that is not boolean is sorted with :func:`numpy.argsort` (its default,
+    faster kind); only the runs of entries tied on it are sorted again, all rows at
+    once, on the earlier keys and the position (as ``lexsort`` breaks ties). Boolean
+    keys after it (primary keys) are then applied as stable sorts, as ``lexsort``
+    applies every key. The result is the same as ``np.lexsort``.
+    """
+    keys = [np.asarray(key) for key in keys]
+    flags = [key.dtype == bool for key in keys]
+    last = max((i for i, flag in enumerate(flags) if not flag), default=-1)
+    if last < 0:
+        return np.lexsort(keys, axis=-1)
+    major = keys[last]
+    n_positions = major.shape[1]
+    order = np.ascontiguousarray(np.argsort(major, axis=-1))
+    flat = order.reshape(-1)
+    # Runs of entries tied on the major key (-0.0 equals 0.0, NaN equals NaN, as in
+    # the sort): their order comes from the earlier keys, then the position.
+    tied = _is_tied(np.take_along_axis(major, order, axis=-1))
+    if tied.any():
+        in_run = tied.copy()
+        in_run[:, :-1] |= tied[:, 1:]  # the first entry of a run is in it too
+        slots = np.flatnonzero(in_run)
+        rows = slots // n_positions
+        run = np.cumsum(~tied.reshape(-1))[slots]  # the runs, numbered over all rows
+        members = flat[slots]
+        minor = [key[rows, members] for key in keys[:last]]
+        flat[slots] = members[np.lexsort([members, *minor, run])]
+    for key in keys[last + 1 :]:
+        flag = np.take_along_axis(key, order, axis=-1)
+        if flag.any() and not flag.all():
+            moved = np.flatnonzero(flag.any(axis=1) & ~flag.all(axis=1))
+            shift = np.argsort(flag[moved], axis=-1, kind="stable")
+            order[moved] = np.take_along_axis(order[moved], shift, axis=-1)
+    return order
+
+
 def _top_order_block(keys: list[np.ndarray], n: int) -> np.ndarray:
     n_rows, n_positions = keys[0].shape
     if 4 * n >= n_positions or len(keys) < 2:
-        return np.lexsort(keys, axis=-1)[:, :n]
+        return lexsort_rows(keys)[:, :n]
     primary, second = keys[-1], keys[-2]
     level = np.partition(primary, n - 1, axis=1)[:, n - 1 : n]
     below = primary < level

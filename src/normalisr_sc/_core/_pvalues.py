@@ -90,8 +90,12 @@ def association_pvalues(
 def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
     """Benjamini-Hochberg q-values along ``axis`` (NaN entries are ignored)."""
     pvals = np.moveaxis(np.asarray(pvals, dtype=np.float64), axis, -1)
-    order = np.argsort(pvals, axis=-1, kind="stable")
-    ranked = np.take_along_axis(pvals, order, axis=-1)
+    # The sorted values come from a sort (cheaper than gathering them through the
+    # order), and the order need not be stable: tied p-values get the same q-value
+    # whatever their order (the minimum from the last of them on), so the result is
+    # the same as with a stable order.
+    order = np.argsort(pvals, axis=-1)
+    ranked = np.sort(pvals, axis=-1)
     n_valid = (~np.isnan(ranked)).sum(axis=-1, keepdims=True)
     position = np.arange(1, ranked.shape[-1] + 1)
     adjusted = ranked * n_valid / position
