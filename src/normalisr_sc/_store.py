@@ -67,9 +67,12 @@ def _feed_numbers(digest: hashlib.blake2b, array: np.ndarray) -> None:
     """Feed numbers as float64 (one NaN pattern), a chunk of entries at a time."""
     flat = array.reshape(-1)
     for start in range(0, flat.size, _CHUNK):
-        numbers = flat[start : start + _CHUNK].astype(np.float64)
-        numbers[np.isnan(numbers)] = np.nan  # one bit pattern for every NaN
-        digest.update(numbers.tobytes())
+        numbers = flat[start : start + _CHUNK]
+        if numbers.dtype != np.float64 or np.isnan(numbers).any():
+            numbers = numbers.astype(np.float64)
+            numbers[np.isnan(numbers)] = np.nan  # one bit pattern for every NaN
+        # float64 without NaN: hashed as it is, copied only if strided
+        digest.update(np.ascontiguousarray(numbers).data)
 
 
 def _feed_items(digest: hashlib.blake2b, items: list[Any]) -> None:
