@@ -19,7 +19,7 @@ from scipy import stats
 from ._blocks import dense_block
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments, run_parts
-from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
+from ._reduce import PerCell, accumulate, is_dask, limit_threads, no_progress, thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -144,21 +144,17 @@ def _log_weight_tile(log_weights, scale, g0, g1, out):
             row[g] = a * factors[g]
 
 
-def _regression_tile(values, weights, covariates, products, g0, g1, count, work):
-    """Weighted regression sums of one tile, for the genes ``g0:g1``.
+def _weighted_tile(values, weights, g0, g1, count, squared, twice, mean, m2):
+    """The weighted values of one tile, for the genes ``g0:g1``.
 
-    ``weights`` (tile rows x genes) holds ``w ** scale``. Adds ``(w^2)' products`` to
-    ``work[0]`` (gram), ``(w^2 y)' covariates`` to ``work[1]`` (cross) and ``y w`` to the
-    running moments ``work[2]`` (mean), ``work[3]`` (m2) of ``count`` rows before.
+    ``weights`` (tile rows x genes) holds ``w ** scale``; writes ``w^2`` into ``squared``
+    and ``w^2 y`` into ``twice`` (tile rows x genes) and adds the rows of ``y w`` to the
+    running moments ``mean``, ``m2`` of ``count`` rows before.
     """
-    gram, cross, mean, m2 = work
     n = g1 - g0
-    n_rows = values.shape[0]
-    squared = np.empty((n_rows, n))
-    twice = np.empty((n_rows, n))
     weighted = np.empty(n)
     means, m2s = mean[g0:g1], m2[g0:g1]
-    for r in range(n_rows):
+    for r in range(values.shape[0]):
         y, w = values[r, g0:g1], weights[r]
         w2, w2y = squared[r], twice[r]
         for g in range(n):
@@ -168,8 +164,6 @@ def _regression_tile(values, weights, covariates, products, g0, g1, count, work)
             w2y[g] = b * y[g]
             weighted[g] = y[g] * a
         _welford_row(weighted, count + r + 1, means, m2s)
-    _add_rows(squared, 0, products, gram, g0, g1)
-    _add_rows(twice, 0, covariates, cross, g0, g1)
 
 
 def _normalised_tile(values, weights, covariates, coefficients, factor, g0, g1, out, squares):
@@ -256,7 +250,7 @@ def _standardized_square_tile(
 _KERNELS: dict[str, Callable] = {}
 _SOURCES: dict[str, Callable] = {
     "log_weights": _log_weight_tile,
-    "regression": _regression_tile,
+    "weighted": _weighted_tile,
     "normalised": _normalised_tile,
     "moments": _residual_moments_tile,
     "standardized": _standardized_square_tile,
@@ -284,6 +278,10 @@ def _kernel(name: str) -> Callable:
 #: takes in one go: the tile's scratch arrays (a few of rows x part) stay in cache.
 ROW_TILE = 64
 GENE_PART = 1024
+#: Tiles of the weighted regression, whose sums over cells are BLAS products: cells, and
+#: genes (fixed parts, whatever the threads).
+REGRESSION_ROWS = 256
+REGRESSION_GENES = 256
 
 
 def _gene_parts(n_genes: int, n_jobs: int) -> list[slice]:
@@ -296,9 +294,16 @@ def _gene_parts(n_genes: int, n_jobs: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
-def _row_tiles(n_rows: int) -> list[slice]:
-    """Consecutive tiles of :data:`ROW_TILE` rows of a block."""
-    return [slice(a, min(a + ROW_TILE, n_rows)) for a in range(0, n_rows, ROW_TILE)]
+def _fixed_gene_parts(n_genes: int) -> list[slice]:
+    """Consecutive slices of :data:`REGRESSION_GENES` genes (the last one shorter)."""
+    size = REGRESSION_GENES
+    return [slice(a, min(a + size, n_genes)) for a in range(0, n_genes, size)]
+
+
+def _row_tiles(n_rows: int, size: int | None = None) -> list[slice]:
+    """Consecutive tiles of ``size`` (default :data:`ROW_TILE`) rows of a block."""
+    size = ROW_TILE if size is None else size
+    return [slice(a, min(a + size, n_rows)) for a in range(0, n_rows, size)]
 
 
 def _float_rows(block: RowSliceable | np.ndarray) -> np.ndarray:
@@ -674,25 +679,38 @@ class _WeightedRegression:
         n_rows, n_genes = values.shape
         mean, m2 = np.zeros(n_genes), np.zeros(n_genes)
         gram, cross = np.zeros_like(self.gram_sums), np.zeros_like(self.cross_sums)
-        work = (gram, cross, mean, m2)
-        kernel = _kernel("regression")
+        kernel = _kernel("weighted")
+        n_tile = min(REGRESSION_ROWS, n_rows)
 
         def genes(part: slice) -> None:
-            buffer = np.empty((min(ROW_TILE, n_rows), part.stop - part.start))
-            for tile in _row_tiles(n_rows):
+            width = part.stop - part.start
+            buffer = np.empty((n_tile, width))
+            squared, twice = np.empty((n_tile, width)), np.empty((n_tile, width))
+            tile_gram = np.empty((gram.shape[0], width))
+            tile_cross = np.empty((cross.shape[0], width))
+            for tile in _row_tiles(n_rows, REGRESSION_ROWS):
+                size = tile.stop - tile.start
                 weights = _gene_weights(log_weights[tile], self.scale, part, buffer)
                 kernel(
                     values[tile],
                     weights,
-                    covariates[tile],
-                    products[tile],
                     part.start,
                     part.stop,
                     tile.start,
-                    work,
+                    squared,
+                    twice,
+                    mean,
+                    m2,
                 )
+                # Sums over the tile's cells by BLAS, then over the tiles in their order.
+                np.matmul(products[tile].T, squared[:size], out=tile_gram)
+                gram[:, part] += tile_gram
+                np.matmul(covariates[tile].T, twice[:size], out=tile_cross)
+                cross[:, part] += tile_cross
 
-        run_parts(genes, _gene_parts(n_genes, self.n_jobs), self.n_jobs)
+        # Fixed parts of the genes: BLAS sums every gene the same way whatever the threads.
+        with limit_threads(1):
+            run_parts(genes, _fixed_gene_parts(n_genes), self.n_jobs)
         self.gram_sums += gram
         self.cross_sums += cross
         self.before.add_block(n_rows, mean, m2)
