@@ -145,7 +145,7 @@ def _log_weight_tile(log_weights, scale, g0, g1, out):
 
 
 def _weighted_tile(values, weights, g0, g1, count, squared, twice, mean, m2):
-    """The weighted values of one tile, for the genes ``g0:g1``.
+    """Compute the weighted values of one tile, for the genes ``g0:g1``.
 
     ``weights`` (tile rows x genes) holds ``w ** scale``; writes ``w^2`` into ``squared``
     and ``w^2 y`` into ``twice`` (tile rows x genes) and adds the rows of ``y w`` to the
