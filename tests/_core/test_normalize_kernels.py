@@ -143,6 +143,8 @@ def test_normalised_block_is_the_fit_pass_bit_for_bit(n_rows):
 
 def test_fit_normalisation_does_not_depend_on_threads(monkeypatch):
     expression, covariates, weights, scale = _regression_inputs(seed=1)
+    # several parts of the genes for the BLAS sums of the regression
+    monkeypatch.setattr(_normalize, "REGRESSION_GENES", 16)
     results = []
     for n_jobs in (1, 2):
         monkeypatch.setattr(nsc.settings, "n_jobs", n_jobs)
@@ -153,6 +155,38 @@ def test_fit_normalisation_does_not_depend_on_threads(monkeypatch):
         results.append((fit.coefficients, fit.factor, out))
     for first, second in zip(*results, strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+def test_compiled_passes_do_not_depend_on_the_parts_of_the_genes(monkeypatch):
+    """Each gene's sums never mix with another's: parts of 7 genes give the same bits."""
+    expression, covariates, weights, scale = _regression_inputs(seed=3)
+    monkeypatch.setattr(nsc.settings, "n_jobs", 2)
+    results = []
+    for width in (_normalize.GENE_PART, 7):
+        monkeypatch.setattr(_normalize, "GENE_PART", width)
+        cell, _, _ = _normalize.cell_weights(expression, covariates, stepmax=2, block_cells=150)
+        out = np.empty(expression.shape)
+        fit = _normalize.fit_normalisation(
+            expression, covariates, weights, scale, block_cells=150, out=out
+        )
+        results.append((cell, fit.coefficients, fit.factor, out))
+    for first, second in zip(*results, strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_cell_weights_match_numpy():
+    """The compiled variance-fit passes give the weights of the formula (METHOD 5)."""
+    expression, covariates, _, _ = _regression_inputs(seed=5)
+    weights, steps, _ = _normalize.cell_weights(expression, covariates, block_cells=256)
+    coefficients = np.linalg.lstsq(covariates, expression, rcond=None)[0]
+    residual = expression - covariates @ coefficients
+    standardized = (residual - residual.mean(axis=0)) / residual.std(axis=0)
+    log_rms = 0.5 * np.log((standardized**2).mean(axis=1))
+    design = np.column_stack([covariates, np.ones(expression.shape[0])])
+    fitted = design @ np.linalg.lstsq(design, log_rms, rcond=None)[0]
+    expected = np.exp(-fitted)
+    np.testing.assert_allclose(weights, expected / expected.min(), rtol=1e-10)
+    assert steps == 1
 
 
 def test_fit_normalisation_removes_the_weighted_fit():
@@ -191,3 +225,25 @@ def test_count_summaries_of_csr_blocks_are_scipys_sums_bit_for_bit(dtype):
     np.testing.assert_allclose(dense.genes.proportion_sum, sums.genes.proportion_sum, rtol=1e-13)
     np.testing.assert_array_equal(dense.cells.values(), sums.cells.values())
     np.testing.assert_array_equal(dense.genes.detected, sums.genes.detected)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float32, np.float64, bool])
+def test_read_sums_of_csr_blocks_equal_the_dense_route(dtype):
+    """The compiled QC sums of a CSR block are the sparse/dense products' (integers)."""
+    matrix = _counts_matrix(seed=7).astype(dtype)
+    matrix.data[::13] = 0  # explicit zeros: stored, not detected
+    rng = np.random.default_rng(7)
+    keep_genes = rng.random(matrix.shape[1]) > 0.2
+    cell_weights = (rng.random(matrix.shape[0]) > 0.2).astype(np.float64)
+    compiled, dense = _counts.ReadSums(keep_genes), _counts.ReadSums(keep_genes)
+    for start in range(0, matrix.shape[0], 64):
+        rows = slice(start, min(start + 64, matrix.shape[0]))
+        compiled.add(rows, matrix[rows], cell_weights[rows])
+        dense.add(rows, matrix[rows].toarray(), cell_weights[rows])
+    np.testing.assert_array_equal(compiled.gene_counts, dense.gene_counts)
+    np.testing.assert_array_equal(compiled.gene_cells, dense.gene_cells)
+    np.testing.assert_array_equal(compiled.cells.values(), dense.cells.values())
+    values = matrix.toarray().astype(np.float64)
+    np.testing.assert_array_equal(compiled.gene_counts, cell_weights @ values)
+    detected = (values != 0).astype(np.float64)
+    np.testing.assert_array_equal(compiled.cells.values()[:, 1], detected @ keep_genes.astype(float))
