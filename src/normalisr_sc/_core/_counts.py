@@ -344,7 +344,7 @@ def _csr_sums(indptr, indices, data, cells, detected, total, proportion):
 
 
 def _read_sums(indptr, indices, data, cell_weights, gene_weights, counts, detections, cells):
-    """Sums of one round of read-count QC over a CSR block, in one read.
+    """Add the sums of one round of read-count QC over a CSR block, in one read.
 
     Per gene over the cells weighted by ``cell_weights`` (added to ``counts`` and
     ``detections``), per cell over the genes weighted by ``gene_weights`` (into
