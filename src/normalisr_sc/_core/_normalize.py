@@ -313,9 +313,9 @@ def _gene_parts(n_genes: int, n_jobs: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
-def _fixed_gene_parts(n_genes: int) -> list[slice]:
-    """Consecutive slices of :data:`REGRESSION_GENES` genes (the last one shorter)."""
-    size = REGRESSION_GENES
+def _fixed_gene_parts(n_genes: int, size: int | None = None) -> list[slice]:
+    """Consecutive slices of ``size`` (default :data:`REGRESSION_GENES`) genes."""
+    size = REGRESSION_GENES if size is None else size
     return [slice(a, min(a + size, n_genes)) for a in range(0, n_genes, size)]
 
 
@@ -613,26 +613,38 @@ def _normalised_into(
     """
     n_rows, n_genes = values.shape
     kernel = _kernel("normalised")
-    # Without ``out``, one tile of scratch rows: each part writes its own genes of it.
-    scratch = np.empty((min(ROW_TILE, n_rows), n_genes) if out is None else (0, n_genes))
+    tiles = _row_tiles(n_rows)
+    # Each tile's sums of squares apart, added in the order of the tiles at the end: the
+    # same sums whichever thread did which tile.
+    partial = np.zeros((len(tiles), n_genes))
+    genes = _fixed_gene_parts(n_genes, GENE_PART)
 
-    def genes(part: slice) -> None:
-        buffer = np.empty((min(ROW_TILE, n_rows), part.stop - part.start))
-        for tile in _row_tiles(n_rows):
-            weights = _gene_weights(log_weights[tile], scale, part, buffer)
-            kernel(
-                values[tile],
-                weights,
-                covariates[tile],
-                coefficients,
-                factor,
-                part.start,
-                part.stop,
-                scratch[: tile.stop - tile.start] if out is None else out[tile],
-                squares,
-            )
+    def cells(chosen: slice) -> None:
+        # A thread writes whole rows of ``out``: its own pages (first-touch faults of a
+        # new array are costly when threads share pages).
+        width = genes[0].stop
+        buffer = np.empty((min(ROW_TILE, n_rows), width))
+        scratch = np.empty((min(ROW_TILE, n_rows), n_genes)) if out is None else None
+        for t in range(chosen.start, chosen.stop):
+            tile = tiles[t]
+            target = out[tile] if scratch is None else scratch[: tile.stop - tile.start]
+            for part in genes:
+                weights = _gene_weights(log_weights[tile], scale, part, buffer)
+                kernel(
+                    values[tile],
+                    weights,
+                    covariates[tile],
+                    coefficients,
+                    factor,
+                    part.start,
+                    part.stop,
+                    target,
+                    partial[t],
+                )
 
-    run_parts(genes, _gene_parts(n_genes, n_jobs), n_jobs)
+    run_parts(cells, _row_parts(len(tiles), n_jobs), n_jobs)
+    for tile_squares in partial:
+        squares += tile_squares
 
 
 def normalised_block(
