@@ -10,22 +10,27 @@ from normalisr_sc._core import _pair_qc
 from normalisr_sc._core._pvalues import bh_qvalues
 
 
-@pytest.mark.parametrize("block", [1, 7, 1 << 22])
+@pytest.mark.parametrize("block", [1, 7, 256])
 @pytest.mark.parametrize("axis", [0, 1, -1])
-def test_blocks_of_families_equal_one_pass(block, axis, monkeypatch):
-    monkeypatch.setattr(_pair_qc, "QVALUE_BLOCK", block)
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_blocks_of_families_equal_one_pass(block, axis, n_jobs, monkeypatch):
+    """The compiled kernel (tasks of rows in threads) equals bh_qvalues bit for bit."""
+    monkeypatch.setattr(_pair_qc, "BH_TASK_ROWS", block)
     rng = np.random.default_rng(0)
     pvals = rng.random((40, 13)) ** 3
     pvals[rng.random(pvals.shape) < 0.05] = np.nan
+    pvals[:, :3] = np.round(pvals[:, :3], 1)  # ties
+    pvals[0] = 1.0
     family = rng.random(pvals.shape) < 0.7
-    got = _pair_qc.family_qvalues(pvals, family, axis=axis)
+    family[1] = False
+    got = _pair_qc.family_qvalues(pvals, family, axis=axis, n_jobs=n_jobs)
     expected = bh_qvalues(np.where(family, pvals, np.nan), axis=axis)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=0)
+    assert got.tobytes() == expected.tobytes()
     assert np.isnan(got[~family]).all()
-    np.testing.assert_allclose(
-        _pair_qc.family_qvalues(pvals, axis=axis), bh_qvalues(pvals, axis=axis), rtol=0
-    )
+    alone = _pair_qc.family_qvalues(pvals, axis=axis, n_jobs=n_jobs)
+    assert alone.tobytes() == bh_qvalues(pvals, axis=axis).tobytes()
+    strided = _pair_qc.family_qvalues(np.asfortranarray(pvals), family.T.T, axis=axis)
+    assert strided.tobytes() == expected.tobytes()
 
 
 def test_one_family_over_its_members():

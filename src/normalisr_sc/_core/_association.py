@@ -58,6 +58,9 @@ ESTIMABLE_TOL = 1e-6
 #: and the test statistics are computed over ranges of genes or groups this large, so
 #: that no temporary reaches the size of a groups x genes result.
 CHUNK_ELEMENTS = 1 << 20
+#: Float64 elements of each temporary of one thread's range of predictors when the test
+#: statistics are filled in: small enough to stay in the cache.
+FILL_ELEMENTS = 1 << 17
 
 
 @dataclass
@@ -171,7 +174,7 @@ class _Results:
         """
         n_genes = self.pvals.shape[1]
         count = stop - start
-        step = max(1, min(_step(n_genes) // n_jobs, -(-count // n_jobs)))
+        step = max(1, min(FILL_ELEMENTS // max(1, n_genes), -(-count // n_jobs)))
         ranges = [slice(start + r.start, start + r.stop) for r in row_slices(count, step)]
         list(pool.map(partial(self.fill_rows, terms), ranges))
 

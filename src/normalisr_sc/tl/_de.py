@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -16,7 +17,6 @@ from .._core._association import (
     high_moi,
 )
 from .._core._pair_qc import (
-    QVALUE_BLOCK,
     family_qvalues,
     locate_pairs,
     nonzero_counts,
@@ -24,7 +24,7 @@ from .._core._pair_qc import (
     read_pairs,
     top_order,
 )
-from .._core._reduce import is_dask
+from .._core._reduce import is_dask, thread_count
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
@@ -63,6 +63,9 @@ LISTED = 10
 #: With ``n_genes=None``, scanpy's layout holds every gene for up to this many groups,
 #: else the top this many genes of each group.
 RANK_ALL_UP_TO = 100
+#: Elements (groups x genes) of each block of :func:`rank_genes_layout`: its temporaries
+#: stay in the cache (4M-element blocks took 1.5 times longer at 8,000 genes).
+LAYOUT_BLOCK = 1 << 16
 
 
 def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray, df: np.ndarray) -> np.ndarray:
@@ -85,7 +88,11 @@ def _scores(gamma: np.ndarray, var_y: np.ndarray, var_x: np.ndarray, df: np.ndar
         np.multiply(gamma, t, out=t)
         t *= factor
     largest = float(np.finfo(np.float32).max)
-    return np.nan_to_num(t, copy=False, nan=0.0, posinf=largest, neginf=-largest)
+    # np.nan_to_num(t, nan=0, posinf=largest, neginf=-largest), in place
+    np.copyto(t, 0.0, where=np.isnan(t))
+    np.copyto(t, largest, where=t == np.inf)
+    np.copyto(t, -largest, where=t == -np.inf)
+    return t
 
 
 def _gather(values: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -149,9 +156,8 @@ def rank_genes_layout(
         "pvals": np.empty((n, n_groups)),
         "pvals_adj": np.empty((n, n_groups)),
     }
-    step = max(1, QVALUE_BLOCK // max(1, gene_names.size))
-    for start in range(0, n_groups, step):
-        block = slice(start, min(start + step, n_groups))
+
+    def fill(block: slice) -> None:
         scores = _scores(gamma[block], var[block], var_group[block, None], df[block, None])
         rank = log10p[block] if rankby_abs else np.sign(scores) * log10p[block]
         order = top_order([-np.abs(logfc[block]), -rank, np.isnan(adjusted[block])], n)
@@ -161,6 +167,18 @@ def rank_genes_layout(
         columns["logfoldchanges"][:, block] = (_gather(logfc[block], order) / np.log(2.0)).T
         columns["pvals"][:, block] = _gather(pvals[block], order).T
         columns["pvals_adj"][:, block] = _gather(adjusted[block], order).T
+
+    # Blocks of groups small enough for the temporaries to stay in the cache, in
+    # threads (numpy releases the GIL); each block writes its own columns.
+    step = max(1, LAYOUT_BLOCK // max(1, gene_names.size))
+    blocks = [slice(lo, min(lo + step, n_groups)) for lo in range(0, n_groups, step)]
+    threads = min(thread_count(), len(blocks))
+    if threads <= 1:
+        for block in blocks:
+            fill(block)
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(fill, blocks))
     return {"names": names_out} | {key: _records(values, names) for key, values in columns.items()}
 
 

@@ -112,7 +112,8 @@ def read_groups(
         msg = f"the groups of {groupby!r} have duplicate names; give each group a unique name."
         raise ValueError(msg)
     chosen = groups
-    unknown = [g for g in reference + chosen if g not in names]
+    known = set(names)  # sets and a dict: 10,000 groups are not 10^8 list comparisons
+    unknown = [g for g in reference + chosen if g not in known]
     if unknown:
         msg = f"group(s) {unknown} not found in {groupby!r}; available groups: {names[:20]}."
         raise ValueError(msg)
@@ -120,17 +121,19 @@ def read_groups(
     if both:
         msg = f"group(s) {both} are both tested (`groups=`) and reference (`reference=`)."
         raise ValueError(msg)
-    keep = [i for i, name in enumerate(names) if name not in reference]
+    references = set(reference)
+    keep = [i for i, name in enumerate(names) if name not in references]
     kept_names = [names[i] for i in keep]
     if not keep:
         msg = f"every group of {groupby!r} is a reference group; nothing is left to test."
         raise ValueError(msg)
+    position = {name: i for i, name in enumerate(kept_names)}
     tested = (
-        np.array([kept_names.index(g) for g in chosen], dtype=np.int64)
+        np.array([position[g] for g in chosen], dtype=np.int64)
         if chosen
         else np.arange(len(kept_names))
     )
-    dropped = [i for i, name in enumerate(names) if name in reference]
+    dropped = [i for i, name in enumerate(names) if name in references]
     in_reference = np.asarray(matrix[:, dropped].sum(axis=1)).ravel() > 0
     return Groups(
         matrix[:, keep].tocsr(), kept_names, tested, reference, labelled, in_reference, bool(chosen)
