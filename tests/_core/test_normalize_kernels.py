@@ -246,4 +246,6 @@ def test_read_sums_of_csr_blocks_equal_the_dense_route(dtype):
     values = matrix.toarray().astype(np.float64)
     np.testing.assert_array_equal(compiled.gene_counts, cell_weights @ values)
     detected = (values != 0).astype(np.float64)
-    np.testing.assert_array_equal(compiled.cells.values()[:, 1], detected @ keep_genes.astype(float))
+    np.testing.assert_array_equal(
+        compiled.cells.values()[:, 1], detected @ keep_genes.astype(float)
+    )

@@ -622,12 +622,12 @@ def _normalised_into(
     def cells(chosen: slice) -> None:
         # A thread writes whole rows of ``out``: its own pages (first-touch faults of a
         # new array are costly when threads share pages).
-        width = genes[0].stop
+        width = genes[0].stop if genes else 0
         buffer = np.empty((min(ROW_TILE, n_rows), width))
-        scratch = np.empty((min(ROW_TILE, n_rows), n_genes)) if out is None else None
+        scratch = np.empty((min(ROW_TILE, n_rows), n_genes))
         for t in range(chosen.start, chosen.stop):
             tile = tiles[t]
-            target = out[tile] if scratch is None else scratch[: tile.stop - tile.start]
+            target = scratch[: tile.stop - tile.start] if out is None else out[tile]
             for part in genes:
                 weights = _gene_weights(log_weights[tile], scale, part, buffer)
                 kernel(
