@@ -8,6 +8,7 @@ products) over blocks.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
@@ -267,6 +268,7 @@ def _standardized_square_tile(
 
 
 _KERNELS: dict[str, Callable] = {}
+_KERNEL_LOCK = threading.Lock()
 _SOURCES: dict[str, Callable] = {
     "log_weights": _log_weight_tile,
     "weighted": _weighted_tile,
@@ -282,14 +284,17 @@ _HELPERS = (_fitted_row, _add_rows, _welford_row, _square_sum)
 def _kernel(name: str) -> Callable:
     """Return the compiled kernel ``name`` (numba, compiled on first use, cached on disk)."""
     if name not in _KERNELS:
-        import numba
+        with _KERNEL_LOCK:  # dask threads may ask at once
+            if name not in _KERNELS:
+                import numba
 
-        jit = numba.njit(nogil=True, cache=True, boundscheck=False)
-        namespace = globals()
-        for helper in _HELPERS:
-            if not isinstance(namespace[helper.__name__], numba.core.registry.CPUDispatcher):
-                namespace[helper.__name__] = jit(helper)
-        _KERNELS[name] = jit(_SOURCES[name])
+                jit = numba.njit(nogil=True, cache=True, boundscheck=False)
+                namespace = globals()
+                # The kernels call the helpers as compiled functions of this module.
+                for helper in _HELPERS:
+                    if namespace[helper.__name__] is helper:
+                        namespace[helper.__name__] = jit(helper)
+                _KERNELS[name] = jit(_SOURCES[name])
     return _KERNELS[name]
 
 
@@ -613,6 +618,7 @@ def _normalised_into(
     """
     n_rows, n_genes = values.shape
     kernel = _kernel("normalised")
+    _kernel("log_weights")  # compiled (or loaded) here, not by the threads at once
     tiles = _row_tiles(n_rows)
     # Each tile's sums of squares apart, added in the order of the tiles at the end: the
     # same sums whichever thread did which tile.
@@ -711,6 +717,7 @@ class _WeightedRegression:
         mean, m2 = np.zeros(n_genes), np.zeros(n_genes)
         gram, cross = np.zeros_like(self.gram_sums), np.zeros_like(self.cross_sums)
         kernel = _kernel("weighted")
+        _kernel("log_weights")  # compiled (or loaded) here, not by the threads at once
         n_tile = min(REGRESSION_ROWS, n_rows)
 
         def genes(part: slice) -> None:
