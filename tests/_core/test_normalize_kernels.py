@@ -249,3 +249,30 @@ def test_read_sums_of_csr_blocks_equal_the_dense_route(dtype):
     np.testing.assert_array_equal(
         compiled.cells.values()[:, 1], detected @ keep_genes.astype(float)
     )
+
+
+@pytest.mark.parametrize("n_cov", [0, 1, 6])
+def test_fit_normalisation_with_few_or_many_covariates(n_cov):
+    """No covariate (nothing removed), the intercept alone, and more than four at once."""
+    rng = np.random.default_rng(n_cov)
+    expression = rng.normal(size=(260, 40)) + 2.0
+    covariates = np.column_stack([rng.normal(size=(260, max(n_cov - 1, 0))), np.ones(260)])
+    covariates = covariates[:, :n_cov]
+    weights, scale = rng.uniform(1.0, 2.0, 260), rng.uniform(0.0, 1.0, 40)
+    out = np.empty(expression.shape)
+    fit = _normalize.fit_normalisation(
+        expression, covariates, weights, scale, keepvar=False, block_cells=100, out=out
+    )
+    w = weights[:, None] ** scale[None, :]
+    if n_cov == 0:
+        np.testing.assert_allclose(out, expression * w, rtol=1e-14)
+    else:
+        coefficients = np.stack(
+            [
+                np.linalg.lstsq(covariates * w[:, [g]], expression[:, g] * w[:, g])[0]
+                for g in range(40)
+            ]
+        )
+        np.testing.assert_allclose(fit.coefficients, coefficients, rtol=1e-9, atol=1e-11)
+        expected = (expression - covariates @ coefficients.T) * w
+        np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-11)

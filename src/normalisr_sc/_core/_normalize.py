@@ -83,6 +83,9 @@ def _fitted_row(c, coefficients, g0, g1, fit):
     """
     n = g1 - g0
     n_cov = c.size
+    if n_cov == 0:
+        for g in range(n):
+            fit[g] = 0.0
     k = 0
     while k < n_cov:
         if k + 4 <= n_cov:
