@@ -13,9 +13,13 @@ from normalisr_sc._core._pvalues import bh_qvalues
 @pytest.mark.parametrize("block", [1, 7, 256])
 @pytest.mark.parametrize("axis", [0, 1, -1])
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_blocks_of_families_equal_one_pass(block, axis, n_jobs, monkeypatch):
-    """The compiled kernel (tasks of rows in threads) equals bh_qvalues bit for bit."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_blocks_of_families_equal_one_pass(block, axis, n_jobs, compiled, monkeypatch):
+    """The compiled kernel (tasks of rows in threads) and numpy's blocks of families
+    equal bh_qvalues bit for bit."""
     monkeypatch.setattr(_pair_qc, "BH_TASK_ROWS", block)
+    monkeypatch.setattr(_pair_qc, "QVALUE_BLOCK", block * 13)
+    monkeypatch.setattr(_pair_qc, "SPARSE_FAMILY", 1.0 if compiled else 0.0)
     rng = np.random.default_rng(0)
     pvals = rng.random((40, 13)) ** 3
     pvals[rng.random(pvals.shape) < 0.05] = np.nan
