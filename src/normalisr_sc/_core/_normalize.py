@@ -20,7 +20,7 @@ from scipy import stats
 from ._blocks import dense_block
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments, run_parts
-from ._reduce import PerCell, accumulate, is_dask, limit_threads, no_progress, thread_count
+from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -749,9 +749,9 @@ class _WeightedRegression:
                 np.matmul(covariates[tile].T, twice[:size], out=tile_cross)
                 cross[:, part] += tile_cross
 
-        # Fixed parts of the genes: BLAS sums every gene the same way whatever the threads.
-        with limit_threads(1):
-            run_parts(genes, _fixed_gene_parts(n_genes), self.n_jobs)
+        # Fixed parts of the genes: BLAS sums every gene the same way whatever the threads
+        # (run_parts limits BLAS to one thread when the parts run in threads).
+        run_parts(genes, _fixed_gene_parts(n_genes), self.n_jobs)
         self.gram_sums += gram
         self.cross_sums += cross
         self.before.add_block(n_rows, mean, m2)
