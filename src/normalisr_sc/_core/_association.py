@@ -869,7 +869,9 @@ def _class_results(
     while sums.chunks:
         chunk = sums.chunks.pop(0)
         offset = chunk.first - 1
-        results.fill(chunk_terms(chunk), offset, offset + chunk.size, n_jobs, pool)
+        # The fold changes of the chunk's groups in one thread of the pool while the
+        # others start on the test statistics (they write other arrays).
+        fold = None
         if (
             coefficients is not None
             and logfc is not None
@@ -877,9 +879,17 @@ def _class_results(
             and base.raw_cross is not None
         ):
             raw_k1 = coefficients.k1
-            coefficients.fill(
-                logfc, base.raw_cross[:raw_k1], chunk.raw_cross, chunk.first, *raw_sum_at
+            fold = pool.submit(
+                coefficients.fill,
+                logfc,
+                base.raw_cross[:raw_k1],
+                chunk.raw_cross,
+                chunk.first,
+                *raw_sum_at,
             )
+        results.fill(chunk_terms(chunk), offset, offset + chunk.size, n_jobs, pool)
+        if fold is not None:
+            fold.result()
         if n_nonzero is not None and chunk.nonzero is not None:
             n_nonzero[offset : offset + chunk.size] = chunk.nonzero
         del chunk  # its sums are freed
