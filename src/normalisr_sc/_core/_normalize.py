@@ -357,6 +357,25 @@ def _scale_or_empty(cell_scale: np.ndarray) -> np.ndarray:
     return np.empty(0) if (cell_scale == 1).all() else np.ascontiguousarray(cell_scale)
 
 
+def _check_sums(sums: Sequence[np.ndarray], on_non_finite: Callable[[], object] | None) -> None:
+    """Refuse the expression when sums over its cells are not finite.
+
+    A NaN or an infinity anywhere in a gene makes its sums over cells (means and centred
+    sums of squares: ``inf - inf`` is NaN and stays NaN) not finite, so the passes check
+    their input through them. ``on_non_finite`` raises the step's own message (e.g. after
+    counting the values); the error below is for values so large that the sums overflow.
+    """
+    if all(np.isfinite(values).all() for values in sums):
+        return
+    if on_non_finite is not None:
+        on_non_finite()
+    msg = (
+        "the expression's sums over cells are not finite: it holds NaN or infinite values, "
+        "or values so large that their squares overflow float64."
+    )
+    raise ValueError(msg)
+
+
 class _CrossProducts:
     """``Y' D`` of the expression with a cells x k design ``D`` (stored k x genes)."""
 
@@ -481,12 +500,14 @@ def _log_rms_standardized_residuals(
     *,
     block_cells: int,
     progress: Progress,
+    on_non_finite: Callable[[], object] | None = None,
 ) -> np.ndarray:
     """Per cell: log root-mean-square over genes of standardised covariate residuals.
 
     Expression and covariates of each cell are divided by ``cell_scale`` first
     (weighted least squares when the scale is not uniform). Three passes over the
-    cells: regression, residual spread per gene, spread per cell.
+    cells: regression, residual spread per gene, spread per cell. The expression is
+    refused after the second when sums over it are not finite (:func:`_check_sums`).
     """
     n_genes = expression.shape[1]
     n_jobs = _block_threads(expression)
@@ -506,6 +527,7 @@ def _log_rms_standardized_residuals(
         row_data=side,
         desc="variance fit: residual spread",
     ).moments
+    _check_sums((cross, moments.mean, moments.m2), on_non_finite)
     return stream(
         partial(_LogRmsPerCell, coefficients, moments, n_jobs),
         row_data=side,
@@ -521,8 +543,12 @@ def cell_weights(
     eps: float = 1e-6,
     block_cells: int,
     progress: Progress = no_progress,
+    on_non_finite: Callable[[], object] | None = None,
 ) -> tuple[np.ndarray, int, float]:
     """Cell variance weights from a log-linear fit of each cell's residual spread (METHOD 5).
+
+    An expression whose sums over cells are not finite (NaN or infinite values) is
+    refused by ``on_non_finite`` if given (it is meant to raise), else by a ValueError.
 
     Returns
     -------
@@ -536,7 +562,12 @@ def cell_weights(
     steps = 0
     while steps < stepmax and best_change > eps:
         log_rms = _log_rms_standardized_residuals(
-            expression, covariates, scale, block_cells=block_cells, progress=progress
+            expression,
+            covariates,
+            scale,
+            block_cells=block_cells,
+            progress=progress,
+            on_non_finite=on_non_finite,
         )
         new_scale = np.exp(_ls_fit(design, log_rms)) * scale
         new_scale /= new_scale.min()
@@ -825,6 +856,7 @@ def fit_normalisation(
     block_cells: int,
     progress: Progress = no_progress,
     out: np.ndarray | None = None,
+    on_non_finite: Callable[[], object] | None = None,
 ) -> NormalisationFit:
     """Fit the mean and variance normalisation of expression (METHOD 7).
 
@@ -838,6 +870,10 @@ def fit_normalisation(
     pass also writes the normalised expression *before* the ``factor`` rescaling into
     it: multiply by ``factor`` to finish (the values of :func:`normalised_block`, bit for
     bit). Otherwise :func:`normalised_block` gives it block by block.
+
+    An expression whose sums over cells are not finite (NaN or infinite values) is
+    refused after the pass that finds them, by ``on_non_finite`` if given (it is meant
+    to raise), else by a ValueError.
     """
     n_cov = covariates.shape[1]
     n_jobs = _block_threads(expression)
@@ -856,6 +892,9 @@ def fit_normalisation(
         partial(_WeightedRegression, scale, n_cov, n_jobs),
         desc="normvar: weighted regression",
     )
+    _check_sums(
+        (regression.cross_sums, regression.before.mean, regression.before.m2), on_non_finite
+    )
     coefficients = regression.coefficients()
     factor = np.ones_like(scale)
     if keepvar or out is not None:
@@ -863,6 +902,7 @@ def fit_normalisation(
             partial(_NormalisedSquares, coefficients, scale, out, n_jobs),
             desc="normvar: residuals",
         )
+        _check_sums((squares.sum_squares,), on_non_finite)
         if keepvar:
             rms_after = np.sqrt(squares.sum_squares / expression.shape[0])
             sd_before = regression.before.std

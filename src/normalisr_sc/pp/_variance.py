@@ -23,10 +23,12 @@ from .._progress import progress
 from .._store import check_writable, side_key, store, written_key
 from .._utils import (
     FLOAT_TYPES,
+    checked_finite,
     covariate_frame,
     float_dtype,
     input_matrix,
     logger,
+    matrix_name,
     numeric_values,
     require,
 )
@@ -34,6 +36,9 @@ from .._validate import check_bool, check_int, check_number, check_str
 from ._lcpm import SCALE_KEY, check_chunking
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
     from anndata import AnnData
     from numpy.typing import DTypeLike
 
@@ -59,10 +64,32 @@ def _expression_and_covariates(
             "needed (and the method is meant for hundreds of cells)."
         )
         raise ValueError(msg)
+    # In memory the passes find NaN and infinity through their sums (see _refuser): the
+    # layer is not read once more only to check it first. Streamed, each block is checked.
     expression, size = input_matrix(
-        adata, layer, chunked=chunked, chunk_size=chunk_size, what="log CPM"
+        adata, layer, chunked=chunked, chunk_size=chunk_size, what="log CPM", finite_in_sums=True
     )
     return expression, size, covariates
+
+
+def _refuser(expression: InputMatrix, layer: str) -> Callable[[], NoReturn]:
+    """Return what refuses ``expression`` when the sums of a pass over it are not finite.
+
+    The values are counted then, and the message is that of every step's input check.
+    """
+
+    def refuse() -> NoReturn:
+        where = matrix_name(layer)
+        checked_finite(
+            expression, where, "log CPM must be finite: repair or remove those entries first."
+        )
+        msg = (
+            f"{where} holds values so large that sums of their squares overflow float64; "
+            "the log CPM of `nsc.pp.lcpm` is needed."
+        )
+        raise ValueError(msg)
+
+    return refuse
 
 
 def _times(block: np.ndarray, factor: np.ndarray, part: slice) -> None:
@@ -164,6 +191,7 @@ def compute_var(
         eps=eps,
         block_cells=size,
         progress=progress,
+        on_non_finite=_refuser(expression, layer),
     )
     if not (np.isfinite(weights).all() and (weights > 0).all()):
         msg = "the cell variance fit gave non-finite weights; check covariates and QC."
@@ -296,9 +324,17 @@ def normvar(
     if dtype is None:
         dtype = expression.dtype if expression.dtype.name in FLOAT_TYPES else np.dtype(np.float64)
     cov = covariates.to_numpy(dtype=np.float64)
+    refuse = _refuser(expression, layer)
     if is_dask(expression):
         fit = fit_normalisation(
-            expression, cov, weights, scale, keepvar=keepvar, block_cells=size, progress=progress
+            expression,
+            cov,
+            weights,
+            scale,
+            keepvar=keepvar,
+            block_cells=size,
+            progress=progress,
+            on_non_finite=refuse,
         )
         out = lazy_normalised(expression, cov, weights, fit, dtype)
     elif dtype == np.float64:
@@ -312,6 +348,7 @@ def normvar(
             block_cells=size,
             progress=progress,
             out=out,
+            on_non_finite=refuse,
         )
         for rows in row_slices(adata.n_obs, size):
             block = out[rows]
@@ -322,7 +359,14 @@ def normvar(
         # Narrower storage: the fit's passes keep nothing, then each block is computed
         # whole in float64 (factor included) and rounded once, as the streamed path does.
         fit = fit_normalisation(
-            expression, cov, weights, scale, keepvar=keepvar, block_cells=size, progress=progress
+            expression,
+            cov,
+            weights,
+            scale,
+            keepvar=keepvar,
+            block_cells=size,
+            progress=progress,
+            on_non_finite=refuse,
         )
         out = np.empty(adata.shape, dtype=dtype)
         log_weights = np.log(weights)
