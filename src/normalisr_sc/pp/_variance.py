@@ -325,49 +325,32 @@ def normvar(
         dtype = expression.dtype if expression.dtype.name in FLOAT_TYPES else np.dtype(np.float64)
     cov = covariates.to_numpy(dtype=np.float64)
     refuse = _refuser(expression, layer)
+    # In memory and float64, the fit's last pass writes the normalised values into the
+    # layer itself; otherwise the passes keep nothing and the layer is built afterwards.
+    in_place = not is_dask(expression) and dtype == np.float64
+    out = np.empty(adata.shape, dtype=dtype) if in_place else None
+    fit = fit_normalisation(
+        expression,
+        cov,
+        weights,
+        scale,
+        keepvar=keepvar,
+        block_cells=size,
+        progress=progress,
+        out=out,
+        on_non_finite=refuse,
+    )
     if is_dask(expression):
-        fit = fit_normalisation(
-            expression,
-            cov,
-            weights,
-            scale,
-            keepvar=keepvar,
-            block_cells=size,
-            progress=progress,
-            on_non_finite=refuse,
-        )
         out = lazy_normalised(expression, cov, weights, fit, dtype)
-    elif dtype == np.float64:
-        out = np.empty(adata.shape, dtype=dtype)
-        fit = fit_normalisation(
-            expression,
-            cov,
-            weights,
-            scale,
-            keepvar=keepvar,
-            block_cells=size,
-            progress=progress,
-            out=out,
-            on_non_finite=refuse,
-        )
+    elif out is not None:
         for rows in row_slices(adata.n_obs, size):
             block = out[rows]
             in_parts(
                 partial(_times, block, fit.factor), block.shape[0], adata.n_vars, thread_count()
             )
     else:
-        # Narrower storage: the fit's passes keep nothing, then each block is computed
-        # whole in float64 (factor included) and rounded once, as the streamed path does.
-        fit = fit_normalisation(
-            expression,
-            cov,
-            weights,
-            scale,
-            keepvar=keepvar,
-            block_cells=size,
-            progress=progress,
-            on_non_finite=refuse,
-        )
+        # Narrower storage: each block is computed whole in float64 (factor included)
+        # and rounded once, as the streamed path does.
         out = np.empty(adata.shape, dtype=dtype)
         log_weights = np.log(weights)
         for rows in row_slices(adata.n_obs, size):
