@@ -78,6 +78,8 @@ def pinv_gram(gram: np.ndarray) -> tuple[np.ndarray, int]:
 DENSE_SPEEDUP = 16.0
 #: Ranges of genes per thread of the kernels (load balance on a shared machine).
 TASKS_PER_THREAD = 4
+#: Genes of the narrowest range of genes given to a thread (unless there are fewer).
+MIN_RANGE = 512
 
 _KERNELS: dict[str, object] = {}
 
@@ -134,8 +136,9 @@ def _sparse_columns(out, indptr, indices, data, y_t, squares, square_rows, squar
 
 
 #: Genes per tile of the kernels: the sums of a class (or column) over one tile and the
-#: tile of a cell's row stay in the L1 cache.
-CLASS_TILE = 512
+#: tile of a cell's row stay in the L1 or L2 cache (the class kernel cuts each range of
+#: genes into tiles of equal width, at most this many: no narrow last tile).
+CLASS_TILE = 640
 #: Classes with fewer cells in a block add straight into their sums (no buffer).
 SMALL_CLASS = 4
 SPARSE_TILE = 1024
@@ -147,17 +150,21 @@ def _class_rows(cross, squares, square_row, order, starts, ext, y, small, lo, hi
     Per class ``j``: ``cross[j*k1:(j+1)*k1] += ext_j' y_j`` and
     ``squares[square_row[j]] += 1' y_j**2``. The cells of class ``j`` are
     ``order[starts[j]:starts[j + 1]]``; ``ext`` holds each cell's ``k1`` weights.
-    Classes past ``cross.shape[0] // k1`` only add squares.
+    Classes past ``cross.shape[0] // k1`` only add squares. The genes are cut into
+    tiles of equal width, at most ``tile`` each.
 
     A class of fewer than ``small`` cells adds straight into ``cross`` (with thousands
     of classes most have a cell or two per block). A larger class's sums of one tile are
-    held in a small buffer while its cells are read four at a time (each row tile of
-    ``y`` read once, each buffer element updated once per four cells), then added into
-    ``cross`` and ``squares``.
+    held in a small buffer while its cells are read four at a time, then added into
+    ``cross`` and ``squares``: one sweep over the four row tiles adds their squares and
+    the products with the first three weights, the next sweeps two weights each (each
+    buffer element updated once per four cells, always by the same expression).
     """
     k1 = ext.shape[1]
     n_cross = cross.shape[0] // k1
-    acc = np.empty((k1 + 1, tile))
+    n_tiles = max(1, -(-(hi - lo) // tile))
+    tile = -(-(hi - lo) // n_tiles)
+    acc = np.empty((k1 + 1, max(tile, 1)))
     for t0 in range(lo, hi, tile):
         width = min(t0 + tile, hi) - t0
         t1 = t0 + width
@@ -183,20 +190,63 @@ def _class_rows(cross, squares, square_row, order, starts, ext, y, small, lo, hi
                 continue
             acc[:, :width] = 0.0
             sq = acc[k1]
+            n_weights = k1 if with_cross else 0
             q = a
             while q + 4 <= b:
                 i0, i1, i2, i3 = order[q], order[q + 1], order[q + 2], order[q + 3]
                 r0, r1, r2, r3 = y[i0, t0:t1], y[i1, t0:t1], y[i2, t0:t1], y[i3, t0:t1]
-                for g in range(width):
-                    v0, v1 = np.float64(r0[g]), np.float64(r1[g])
-                    v2, v3 = np.float64(r2[g]), np.float64(r3[g])
-                    sq[g] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
-                if with_cross:
-                    for r in range(k1):
-                        w0, w1, w2, w3 = ext[i0, r], ext[i1, r], ext[i2, r], ext[i3, r]
-                        part = acc[r]
-                        for g in range(width):
-                            part[g] += (w0 * r0[g] + w1 * r1[g]) + (w2 * r2[g] + w3 * r3[g])
+                # the squares with up to three weights (unused ones: weight 0, dropped)
+                first = min(n_weights, 3)
+                a0, a1, a2 = acc[0], acc[min(1, k1)], acc[min(2, k1)]
+                w00, w01, w02, w03 = 0.0, 0.0, 0.0, 0.0
+                w10, w11, w12, w13 = 0.0, 0.0, 0.0, 0.0
+                w20, w21, w22, w23 = 0.0, 0.0, 0.0, 0.0
+                if first >= 1:
+                    w00, w01, w02, w03 = ext[i0, 0], ext[i1, 0], ext[i2, 0], ext[i3, 0]
+                if first >= 2:
+                    w10, w11, w12, w13 = ext[i0, 1], ext[i1, 1], ext[i2, 1], ext[i3, 1]
+                if first == 3:
+                    w20, w21, w22, w23 = ext[i0, 2], ext[i1, 2], ext[i2, 2], ext[i3, 2]
+                    for g in range(width):
+                        v0, v1 = np.float64(r0[g]), np.float64(r1[g])
+                        v2, v3 = np.float64(r2[g]), np.float64(r3[g])
+                        sq[g] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+                        a0[g] += (w00 * r0[g] + w01 * r1[g]) + (w02 * r2[g] + w03 * r3[g])
+                        a1[g] += (w10 * r0[g] + w11 * r1[g]) + (w12 * r2[g] + w13 * r3[g])
+                        a2[g] += (w20 * r0[g] + w21 * r1[g]) + (w22 * r2[g] + w23 * r3[g])
+                elif first == 2:
+                    for g in range(width):
+                        v0, v1 = np.float64(r0[g]), np.float64(r1[g])
+                        v2, v3 = np.float64(r2[g]), np.float64(r3[g])
+                        sq[g] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+                        a0[g] += (w00 * r0[g] + w01 * r1[g]) + (w02 * r2[g] + w03 * r3[g])
+                        a1[g] += (w10 * r0[g] + w11 * r1[g]) + (w12 * r2[g] + w13 * r3[g])
+                elif first == 1:
+                    for g in range(width):
+                        v0, v1 = np.float64(r0[g]), np.float64(r1[g])
+                        v2, v3 = np.float64(r2[g]), np.float64(r3[g])
+                        sq[g] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+                        a0[g] += (w00 * r0[g] + w01 * r1[g]) + (w02 * r2[g] + w03 * r3[g])
+                else:
+                    for g in range(width):
+                        v0, v1 = np.float64(r0[g]), np.float64(r1[g])
+                        v2, v3 = np.float64(r2[g]), np.float64(r3[g])
+                        sq[g] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+                r = first
+                while r + 2 <= n_weights:
+                    a0, a1 = acc[r], acc[r + 1]
+                    w00, w01, w02, w03 = ext[i0, r], ext[i1, r], ext[i2, r], ext[i3, r]
+                    w10, w11 = ext[i0, r + 1], ext[i1, r + 1]
+                    w12, w13 = ext[i2, r + 1], ext[i3, r + 1]
+                    for g in range(width):
+                        a0[g] += (w00 * r0[g] + w01 * r1[g]) + (w02 * r2[g] + w03 * r3[g])
+                        a1[g] += (w10 * r0[g] + w11 * r1[g]) + (w12 * r2[g] + w13 * r3[g])
+                    r += 2
+                if r < n_weights:
+                    a0 = acc[r]
+                    w00, w01, w02, w03 = ext[i0, r], ext[i1, r], ext[i2, r], ext[i3, r]
+                    for g in range(width):
+                        a0[g] += (w00 * r0[g] + w01 * r1[g]) + (w02 * r2[g] + w03 * r3[g])
                 q += 4
             while q < b:
                 i = order[q]
@@ -266,7 +316,7 @@ def _gene_ranges(n_genes: int, n_jobs: int) -> list[tuple[int, int]]:
     A thread held up by other jobs leaves its later ranges to the others; each range is
     at least a tile long.
     """
-    tasks = max(1, min(TASKS_PER_THREAD * n_jobs, n_genes // CLASS_TILE))
+    tasks = max(1, min(TASKS_PER_THREAD * n_jobs, n_genes // MIN_RANGE))
     if n_jobs == 1:
         tasks = 1
     edges = np.linspace(0, n_genes, tasks + 1).round().astype(int)
