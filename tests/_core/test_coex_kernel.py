@@ -1,10 +1,11 @@
-"""The compiled co-expression kernel: its series p-values against high-precision values and
+"""The compiled co-expression kernel: its p-values against high-precision values and
 scipy, and its matrices against an independent computation of every pair."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.special import betaincinv
 
 from normalisr_sc._core import _coex
 from normalisr_sc._core._pvalues import association_pvalues
@@ -12,8 +13,8 @@ from normalisr_sc._core._pvalues import association_pvalues
 DFS = [1, 2, 3, 7, 50, 999, 19_995, 10**6]
 
 
-def _one_minus_r2(df: int, rng: np.random.Generator) -> np.ndarray:
-    """Values of ``1 - r^2`` covering the null range of ``df`` and all of ``[0, 1]``."""
+def _correlations(df: int, rng: np.random.Generator) -> np.ndarray:
+    """Values of ``r`` covering the null range of ``df`` and all of ``[-1, 1]``."""
     r = np.concatenate(
         [
             rng.normal(scale=3 / np.sqrt(df + 2), size=20_000),
@@ -21,56 +22,91 @@ def _one_minus_r2(df: int, rng: np.random.Generator) -> np.ndarray:
             [0.0, 1e-12, -1e-8, 1.0, -1.0],
         ]
     )
-    return 1.0 - np.clip(r, -1, 1) ** 2
+    return np.clip(r, -1, 1)
 
 
 @pytest.mark.parametrize("df", DFS)
-def test_series_pvalues_agree_with_scipy(df):
-    x = _one_minus_r2(df, np.random.default_rng(df))
-    p, neg_log10 = _coex.series_pvalues(x, df)
-    expected_p, expected_log = association_pvalues(x, df)
-    fast = x >= _coex.SeriesDomain.of(df).x_cut
+def test_coex_pvalues_agree_with_scipy(df):
+    r = _correlations(df, np.random.default_rng(df))
+    p, neg_log10 = _coex.coex_pvalues(r, df)
+    # scipy's betainc of the rounded 1 - r^2: its rounding costs up to df * 2^-53 of p
+    expected_p, expected_log = association_pvalues(1.0 - r * r, df)
+    fast = r * r <= _coex.SeriesDomain.of(df).y_cut
     assert 0.2 < fast.mean() < 0.9  # both paths are exercised
     if df == 1:
         # scipy's betainc loses up to 1e-8 of p near 1 at df = 1 (against mpmath); the
         # closed form p = 1 - (2 / pi) asin(|r|) is the reference where p is not small
-        closed = 1 - 2 / np.pi * np.arcsin(np.sqrt(1.0 - x))
+        closed = 1 - 2 / np.pi * np.arcsin(np.abs(r))
         expected_p = np.where(fast, closed, expected_p)
         with np.errstate(divide="ignore"):
             expected_log = np.where(fast, -np.log10(closed), expected_log)
-    np.testing.assert_allclose(p, expected_p, rtol=5e-13, atol=0)
-    # outside the series' domain the values are scipy's, bit for bit
-    np.testing.assert_array_equal(p[~fast], expected_p[~fast])
-    np.testing.assert_array_equal(neg_log10[~fast], expected_log[~fast])
+    # scipy's betainc of the rounded 1 - r^2 is no reference (the mpmath test is): its
+    # error grows as 2^-53 / r^2 of 1 - p for small |r|, as df * 2^-53 of p, and in log
+    # space with the error of betaln (1e-11 at p = 1e-265, df = 19,995); this is a
+    # consistency check of both paths and of the structure of the output
     finite = np.isfinite(expected_log)
     np.testing.assert_array_equal(np.isfinite(neg_log10), finite)
-    # -log10 p of p near 1 is tiny; an absolute bound of a few ulp of p there
-    np.testing.assert_allclose(neg_log10[finite], expected_log[finite], rtol=5e-13, atol=1e-15)
+    np.testing.assert_array_equal(p == 0, expected_p == 0)
+    small = r * r < 1e-2
+    np.testing.assert_allclose(p[~small], expected_p[~small], rtol=5e-11, atol=1e-300)
+    np.testing.assert_allclose(p[small], expected_p[small], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(neg_log10[finite], expected_log[finite], rtol=5e-11, atol=1e-6)
 
 
-def test_series_pvalues_at_df_1_match_the_closed_form():
-    # df = 1: p = 1 - (2 / pi) asin(|r|), |r| = sqrt(1 - x)
+def test_coex_pvalues_at_df_1_match_the_closed_form():
+    # df = 1: p = 1 - (2 / pi) asin(|r|)
     r = np.abs(np.random.default_rng(0).normal(scale=0.3, size=5_000)).clip(max=0.99)
     r = np.concatenate([r, [1e-9, 1e-12]])
-    x = 1.0 - r * r
-    p, _ = _coex.series_pvalues(x, 1)
-    np.testing.assert_allclose(p, 1 - 2 / np.pi * np.arcsin(np.sqrt(1.0 - x)), rtol=1e-13)
+    p, _ = _coex.coex_pvalues(r, 1)
+    np.testing.assert_allclose(p, 1 - 2 / np.pi * np.arcsin(r), rtol=1e-13)
 
 
-@pytest.mark.parametrize("df", [2, 3, 4, 50, 19_995, 10**6])
-def test_series_against_high_precision(df):
+def _exact_p(mpmath, r: float, df: int):
+    """P-value of the float ``r`` with ``df``, to 40 digits (60-digit arithmetic)."""
+    with mpmath.workdps(60):
+        y = mpmath.mpf(r) ** 2
+        a = mpmath.mpf(df) / 2
+        p = 1 - mpmath.betainc(0.5, a, 0, y, regularized=True)
+        if p > mpmath.mpf(10) ** -20:
+            return p
+        return mpmath.betainc(a, 0.5, 0, 1 - y, regularized=True)
+
+
+#: Largest relative error of p against mpmath, by df: a few ulp over the p-value where
+#: the series meets the fraction, whose float64 evaluation loses digits there at large df.
+HIGH_PRECISION_RTOL = {3: 2e-13, 4: 2e-13, 50: 1e-13, 999: 1e-13, 19_995: 1.5e-12}
+
+
+@pytest.mark.parametrize("df", sorted(HIGH_PRECISION_RTOL))
+def test_coex_pvalues_against_high_precision(df):
+    # |r| down to 1e-8: the old kernel, reading the rounded 1 - r^2, was off by up to
+    # 1e-16 / r^2 of 1 - p there (2e-10 of p at |r| = 6e-6, df = 19,995)
     mpmath = pytest.importorskip("mpmath")
-    mpmath.mp.dps = 40
     domain = _coex.SeriesDomain.of(df)
     rng = np.random.default_rng(df)
-    # Uniform points, and points just above the cut, where the error of p = 1 - S peaks.
-    above_cut = domain.x_cut * (1.0 + np.array([0.0, 1e-12, 1e-8, 1e-6, 1e-4]))
-    x = np.concatenate([rng.uniform(domain.x_cut, 1.0, 40), above_cut[above_cut <= 1.0]])
-    p, neg_log10 = _coex.series_pvalues(x, df)
-    for value, ours, ours_log in zip(x, p, neg_log10, strict=True):
-        exact = mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, mpmath.mpf(value), regularized=True)
-        assert abs(ours - float(exact)) <= 2e-13 * float(exact)
-        assert abs(ours_log + float(mpmath.log10(exact))) <= 1e-13 * abs(float(mpmath.log10(exact)))
+    cut = np.sqrt(domain.y_cut)
+    # tails, down to p = 1e-300 where r does not round to 1
+    tails = np.sqrt(1.0 - betaincinv(df / 2, 0.5, [1e-30, 1e-100, 1e-300]))
+    r = np.concatenate(
+        [
+            10 ** rng.uniform(-8, np.log10(0.99), 40),
+            rng.normal(scale=3 / np.sqrt(df), size=40).clip(-0.99, 0.99),
+            cut * (1.0 + np.array([-1e-6, 0.0, 1e-12, 1e-6])),
+            [6e-6, 1e-4, 1e-3, 0.02, -0.5, 0.9, 0.99],
+            tails[tails < 1.0],
+        ]
+    )
+    p, neg_log10 = _coex.coex_pvalues(r, df)
+    rtol = HIGH_PRECISION_RTOL[df]
+    for value, ours, ours_log in zip(r, p, neg_log10, strict=True):
+        exact = _exact_p(mpmath, float(value), df)
+        exact_log = -float(mpmath.log10(exact))
+        # in the tail, the rounding of a log(1 - r^2) and of log p: a few ulp of log p
+        tail = 4 * 2.0**-53 * exact_log * np.log(10)
+        assert abs(ours - float(exact)) <= (rtol + tail) * float(exact), value
+        assert abs(ours_log - exact_log) <= rtol * exact_log + 1e-16 * (1 - float(exact)) * 10, (
+            value
+        )
 
 
 @pytest.mark.parametrize("a", [0.5, 1.0, 3.5, 19.9, 20.0, 20.5, 1e3, 5e5, 5e7])
@@ -81,12 +117,17 @@ def test_half_gamma_ratio(a):
     assert abs(_coex.half_gamma_ratio(a) - float(exact)) <= 4e-16 * float(exact)
 
 
-def test_empty_series_domain_is_scipy():
-    x = _one_minus_r2(100, np.random.default_rng(1))
-    p, neg_log10 = _coex.series_pvalues(x, 100, fast_p=1.0)
-    expected_p, expected_log = association_pvalues(x, 100)
-    np.testing.assert_array_equal(p, expected_p)
-    np.testing.assert_array_equal(neg_log10, expected_log)
+def test_empty_series_domain_is_the_fraction_or_scipy():
+    r = _correlations(100, np.random.default_rng(1))
+    p, neg_log10 = _coex.coex_pvalues(r, 100, fast_p=1.0)
+    expected_p, expected_log = association_pvalues(1.0 - r * r, 100)
+    domain = _coex.SeriesDomain.of(100, 1.0)
+    by_scipy = np.isnan([_coex._tail_log(v, domain.a, domain.log_front) for v in r])
+    assert 0.1 < by_scipy.mean() < 0.9
+    np.testing.assert_array_equal(p[by_scipy], expected_p[by_scipy])
+    np.testing.assert_array_equal(neg_log10[by_scipy], expected_log[by_scipy])
+    # scipy's error: see test_coex_pvalues_agree_with_scipy
+    np.testing.assert_allclose(p, expected_p, rtol=5e-11, atol=0)
 
 
 def _stats(n_cells: int = 800, n_genes: int = 150, seed: int = 0) -> _coex.CoexStats:
@@ -127,12 +168,17 @@ def test_matrices_match_an_independent_computation(dtype):
         np.testing.assert_array_equal(out, out.T)
     np.testing.assert_array_equal(r, expected_r.astype(dtype))
     slow = expected_p < _coex.FAST_P
-    assert slow.sum() > 500  # the module and the r = 1 pair go through scipy
-    np.testing.assert_array_equal(p[slow], expected_p[slow].astype(dtype))
-    np.testing.assert_array_equal(neg_log10[slow], expected_log[slow].astype(dtype))
-    rtol = 5e-13 if dtype == np.float64 else 1e-6
+    assert slow.sum() > 500  # the module and the r = 1 pair: the continued fraction
+    # the kernel's own p-values of the same r, bit for bit
+    pair_p, pair_log = _coex.coex_pvalues(expected_r, stats.df)
+    np.fill_diagonal(pair_p, 1.0)
+    np.fill_diagonal(pair_log, 0.0)
+    np.testing.assert_array_equal(p, pair_p.astype(dtype))
+    np.testing.assert_array_equal(neg_log10, pair_log.astype(dtype))
+    # scipy's betainc of the rounded 1 - r^2: see test_coex_pvalues_agree_with_scipy
+    rtol = 5e-11 if dtype == np.float64 else 1e-6
     np.testing.assert_allclose(p, expected_p.astype(dtype), rtol=rtol, atol=0)
-    np.testing.assert_allclose(neg_log10, expected_log.astype(dtype), rtol=rtol, atol=1e-15)
+    np.testing.assert_allclose(neg_log10, expected_log.astype(dtype), rtol=rtol, atol=5e-11)
     assert p[40, 41] == 0
     assert neg_log10[40, 41] > 1000
     others = np.arange(150) != 30

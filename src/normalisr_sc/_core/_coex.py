@@ -10,10 +10,12 @@ requested outputs.
 
 The p-values of the matrices come from a compiled kernel (numba, GIL released, threads
 over bands of genes) that reads each pair once, in one triangle, and writes the three
-outputs and their mirror images tile by tile. Where ``p >= FAST_P`` it sums the power
-series of the complementary incomplete beta function (:func:`_complements`); every
-other pair, and any pair whose series does not converge quickly, is computed by
-:func:`~._pvalues.association_pvalues` (scipy's ``betainc``, log space when tiny).
+outputs and their mirror images tile by tile. Both methods read ``r`` itself, never a
+rounded ``1 - r^2``: where ``p >= FAST_P`` it sums the power series of the
+complementary incomplete beta function in ``r^2`` (:func:`_complements`); below, the
+continued fraction of the incomplete beta function in log space (:func:`_tail_log`).
+The rare pair where neither converges quickly is computed by
+:func:`~._pvalues.association_pvalues` (scipy's ``betainc``).
 """
 
 from __future__ import annotations
@@ -50,13 +52,15 @@ if TYPE_CHECKING:
 BH_SLACK = 1e-9
 
 #: P-values from this up are summed by the kernel's series (:func:`_complements`);
-#: smaller ones by scipy's ``betainc``. ``p = 1 - S`` with ``S`` accurate to a few ulp,
-#: so the relative error of ``p`` given ``x = 1 - r^2`` stays below ``2e-13`` here
-#: (largest just above the cut, where ``S`` is largest: 1.3e-13 at ``df = 4`` against
-#: 40-digit mpmath). The rounding of ``x`` itself adds an error growing as ``r`` shrinks:
-#: against mpmath's p of ``r`` at ``df = 19,995``, 5e-13 at ``|r| = 0.02``, 2e-12 at
-#: ``1e-3``, 3e-11 at ``1e-4``, 2e-10 at ``6e-6`` (carrying ``r^2`` into the series
-#: instead of ``1 - r^2`` would remove it).
+#: smaller ones by the continued fraction (:func:`_tail_log`). ``p = 1 - S`` with ``S``
+#: accurate to a few ulp, so the relative error of ``p`` stays below ``2e-13`` here
+#: (largest just above the cut, where ``S`` is largest). Both read ``r``: the series
+#: ``r^2`` and ``(1 - r^2)^a = exp(a log1p(-r^2))``, the fraction
+#: ``1 - r^2 = (1 - |r|)(1 + |r|)`` where ``|r| >= 1/2``, so that no rounding of
+#: ``1 - r^2`` enters (it cost up to 2e-10 of p at ``|r| = 6e-6``, ``df = 19,995``).
+#: Against 40-digit mpmath of the same ``r`` (``|r|`` from 1e-8 to 0.99, ``df`` from 3
+#: to 1e6): at most 1.5e-13 relative, and ``a |log(1 - r^2)| * 2^-53`` where ``p`` is
+#: tiny (the rounding of ``r^2``; 8e-14 at ``p = 1e-300``).
 FAST_P = 0.01
 #: Most terms of the series; where more would be needed (small ``df`` with large
 #: ``|r|``), the pairs are handed to ``betainc``.
@@ -69,6 +73,10 @@ SERIES_RTOL = 1e-17
 COEX_TILE = 64
 #: ``1 / log(10)``: ``-log10 p = -log1p(-(1 - p)) / log(10)``, exact where ``p`` is near 1.
 INV_LN10 = 1.0 / np.log(10.0)
+#: Relative convergence tolerance, iteration cap and floor of the continued fraction.
+CF_EPS = 1e-16
+CF_MAX_ITER = 5_000
+CF_TINY = 1e-300
 
 
 class GramSums:
@@ -231,7 +239,7 @@ def _in_bands(
 
 # ------------------------------------------------------------------ compiled p-values
 #
-# ``p = I_x(df/2, 1/2)`` with ``x = 1 - r^2``, ``a = df / 2``, ``y = 1 - x``:
+# ``p = I_x(df/2, 1/2)`` with ``x = 1 - r^2``, ``a = df / 2``, ``y = r^2``:
 # ``p = 1 - I_y(1/2, a)`` and
 # ``I_y(1/2, a) = y^(1/2) (1-y)^a / ((1/2) B(1/2, a)) * sum_k c_k``, ``c_0 = 1``,
 # ``c_(k+1) = c_k (a + 1/2 + k) y / (3/2 + k)`` (the hypergeometric series
@@ -243,18 +251,19 @@ def _in_bands(
 # depends on its ``x`` only, and the pairs of a tile row are summed together (SIMD).
 
 
-def _complements(x, width, a, scale, x_cut, inverse, n_terms, y, term, total, out):
-    """``1 - I_x(a, 1/2)`` of ``x[:width]`` into ``out[:width]``; NaN outside the domain.
+def _complements(r, width, a, scale, y_cut, inverse, n_terms, y, term, total, out):
+    """``1 - I_x(a, 1/2)``, ``x = 1 - r^2``, of ``r[:width]`` into ``out[:width]``.
 
-    ``y``, ``term`` and ``total`` are scratch arrays of at least ``width`` values; the
-    first ``n_terms`` of ``inverse[k] = 1 / (3/2 + k)`` are used. Returns the number of
-    entries outside the domain (``x < x_cut`` or NaN).
+    NaN outside the domain (``r^2 > y_cut`` or NaN). ``y``, ``term`` and ``total`` are
+    scratch arrays of at least ``width`` values; the first ``n_terms`` of
+    ``inverse[k] = 1 / (3/2 + k)`` are used. Returns the number of entries outside the
+    domain.
     """
     missing = 0
     for q in range(width):
-        value = x[q]
-        if value >= x_cut:
-            y[q] = 1.0 - value
+        value = r[q] * r[q]
+        if value <= y_cut:
+            y[q] = value
         else:
             y[q] = np.nan
             missing += 1
@@ -268,27 +277,70 @@ def _complements(x, width, a, scale, x_cut, inverse, n_terms, y, term, total, ou
             term[q] *= factor * y[q] * inverse_k
             total[q] += term[q]
     for q in range(width):
-        out[q] = scale * np.sqrt(y[q]) * np.exp(a * np.log(x[q])) * total[q]
+        out[q] = scale * np.sqrt(y[q]) * np.exp(a * np.log1p(-y[q])) * total[q]
     return missing
 
 
-_complement_kernel = _complements  # replaced by its compiled version before the kernels
+def _tail_log(r, a, log_front):
+    """``log I_x(a, 1/2)``, ``x = 1 - r^2``, by the continued fraction; NaN if it fails.
+
+    ``log_front = log(1 / (a B(a, 1/2)))``. The fraction (modified Lentz) converges
+    where ``x < (a + 1) / (a + 3/2 + 1)``, which holds for small p-values; elsewhere, or
+    without convergence in :data:`CF_MAX_ITER` steps, or for ``|r| > 1``, NaN.
+    ``|r| = 1`` gives ``-inf``.
+    """
+    b = 0.5
+    magnitude = abs(r)
+    y = r * r
+    # 1 - |r| is exact where |r| >= 1/2 (Sterbenz)
+    x = (1.0 - magnitude) * (1.0 + magnitude) if magnitude >= 0.5 else 1.0 - y
+    if not x < (a + 1.0) / (a + b + 2.0):
+        return np.nan  # also |r| > 1 and NaN
+    if x == 0.0:
+        return -np.inf
+    log_x = np.log(x) if magnitude >= 0.5 else np.log1p(-y)
+    d = 1.0 - (a + b) * x / (a + 1.0)
+    if abs(d) < CF_TINY:
+        d = CF_TINY
+    d = 1.0 / d
+    c = 1.0
+    fraction = d
+    for m in range(1, CF_MAX_ITER):
+        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + even * d
+        d = 1.0 / (CF_TINY if abs(d) < CF_TINY else d)
+        c = 1.0 + even / c
+        c = CF_TINY if abs(c) < CF_TINY else c
+        fraction *= d * c
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + odd * d
+        d = 1.0 / (CF_TINY if abs(d) < CF_TINY else d)
+        c = 1.0 + odd / c
+        c = CF_TINY if abs(c) < CF_TINY else c
+        step = d * c
+        fraction *= step
+        if abs(step - 1.0) <= CF_EPS:
+            return a * log_x + 0.5 * np.log(y) + log_front + np.log(fraction)
+    return np.nan
+
+
+_complement_kernel = _complements  # replaced by their compiled versions before the kernels
+_tail_kernel = _tail_log
 
 
 def _band_matrices(
-    lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, x_cut, inverse, n_terms, tile
+    lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, y_cut, inverse, n_terms, log_front, tile
 ):
     """Write r, p and ``-log10 p`` of the pairs ``(j, i)``, ``lo <= j < hi``, ``i < j``.
 
     ``lower[j, i]`` (``i < j``) holds the covariate-removed inner products; each pair is
     written at ``(j, i)`` and ``(i, j)`` of the outputs, a tile of columns at a time.
     ``r_out`` may be ``lower`` itself (an entry is read before it is overwritten; the
-    upper triangle of ``lower`` is never read). Pairs outside the series' domain get
-    NaN p-values; returns how many.
+    upper triangle of ``lower`` is never read). Pairs that neither the series nor the
+    continued fraction computes get NaN p-values; returns how many.
     """
     missing = 0
     r = np.empty(tile)
-    x = np.empty(tile)
     complement = np.empty(tile)
     y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
     for i0 in range(0, hi, tile):
@@ -298,16 +350,20 @@ def _band_matrices(
             inv_j = inv_sd[j]
             width = min(i1, j) - i0
             for q in range(width):
-                value = row[i0 + q] * (inv_j * inv_sd[i0 + q])
-                r[q] = value
-                x[q] = 1.0 - value * value
-            missing += _complement_kernel(
-                x, width, a, scale, x_cut, inverse, n_terms, y, term, total, complement
+                r[q] = row[i0 + q] * (inv_j * inv_sd[i0 + q])
+            _complement_kernel(
+                r, width, a, scale, y_cut, inverse, n_terms, y, term, total, complement
             )
             for q in range(width):
                 i = i0 + q
-                p = 1.0 - complement[q]
-                neg_log = -np.log1p(-complement[q]) * INV_LN10
+                if np.isnan(complement[q]):
+                    log_p = _tail_kernel(r[q], a, log_front)
+                    missing += np.isnan(log_p)
+                    p = np.exp(log_p)
+                    neg_log = -log_p * INV_LN10
+                else:
+                    p = 1.0 - complement[q]
+                    neg_log = -np.log1p(-complement[q]) * INV_LN10
                 r_out[j, i] = r[q]
                 r_out[i, j] = r[q]
                 p_out[j, i] = p
@@ -317,19 +373,25 @@ def _band_matrices(
     return missing
 
 
-def _values(x, a, scale, x_cut, inverse, n_terms, tile, p_out, log_out):
-    """P-values and ``-log10`` p-values of the 1-d ``x`` as in :func:`_band_matrices`."""
+def _values(r, a, scale, y_cut, inverse, n_terms, log_front, tile, p_out, log_out):
+    """P-values and ``-log10`` p-values of the 1-d ``r`` as in :func:`_band_matrices`."""
     missing = 0
     complement = np.empty(tile)
     y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
-    for start in range(0, x.size, tile):
-        width = min(tile, x.size - start)
-        missing += _complement_kernel(
-            x[start:], width, a, scale, x_cut, inverse, n_terms, y, term, total, complement
+    for start in range(0, r.size, tile):
+        width = min(tile, r.size - start)
+        _complement_kernel(
+            r[start:], width, a, scale, y_cut, inverse, n_terms, y, term, total, complement
         )
         for q in range(width):
-            p_out[start + q] = 1.0 - complement[q]
-            log_out[start + q] = -np.log1p(-complement[q]) * INV_LN10
+            if np.isnan(complement[q]):
+                log_p = _tail_kernel(r[start + q], a, log_front)
+                missing += np.isnan(log_p)
+                p_out[start + q] = np.exp(log_p)
+                log_out[start + q] = -log_p * INV_LN10
+            else:
+                p_out[start + q] = 1.0 - complement[q]
+                log_out[start + q] = -np.log1p(-complement[q]) * INV_LN10
     return missing
 
 
@@ -341,9 +403,10 @@ def _kernel(name: str) -> Callable:
     if not _KERNELS:
         import numba
 
-        global _complement_kernel  # the kernels call the compiled function by this name
+        global _complement_kernel, _tail_kernel  # the kernels call them by these names
         jit = numba.njit(nogil=True, cache=True, boundscheck=False)
         _complement_kernel = jit(_complements)
+        _tail_kernel = jit(_tail_log)
         _KERNELS.update(matrices=jit(_band_matrices), values=jit(_values))
     return _KERNELS[name]
 
@@ -385,17 +448,19 @@ def series_terms(y: float, a: float, limit: int = SERIES_TERMS) -> int | None:
 
 @dataclass(frozen=True)
 class SeriesDomain:
-    """Constants of :func:`_complements` for one ``df``.
+    """Constants of :func:`_complements` and :func:`_tail_log` for one ``df``.
 
-    The domain is ``x >= x_cut``: ``p >= fast_p`` and the series converged within
-    :data:`SERIES_TERMS` terms (``n_terms``, enough at ``x_cut``).
+    The series' domain is ``r^2 <= y_cut``: ``p >= fast_p`` and the series converged
+    within :data:`SERIES_TERMS` terms (``n_terms``, enough at ``y_cut``).
+    ``log_front = log(1 / (a B(a, 1/2)))`` is the constant of the continued fraction.
     """
 
     a: float
     scale: float
-    x_cut: float
+    y_cut: float
     inverse: np.ndarray
     n_terms: int
+    log_front: float
 
     @classmethod
     def of(cls, df: float, fast_p: float = FAST_P) -> SeriesDomain:
@@ -404,40 +469,43 @@ class SeriesDomain:
         inverse = 1.0 / (1.5 + np.arange(SERIES_TERMS, dtype=np.float64))
         # 2 / B(1/2, a) = 2 Gamma(a + 1/2) / (Gamma(1/2) Gamma(a))
         scale = 2.0 / np.sqrt(np.pi) * half_gamma_ratio(a)
+        log_front = float(np.log(scale / (2.0 * a)))
         if fast_p >= 1:
-            return cls(a, scale, np.inf, inverse, 0)
-        x_cut = float(betaincinv(a, 0.5, fast_p))
-        n_terms = series_terms(1.0 - x_cut, a)
+            return cls(a, scale, -np.inf, inverse, 0, log_front)
+        y_cut = 1.0 - float(betaincinv(a, 0.5, fast_p))
+        n_terms = series_terms(y_cut, a)
         if n_terms is None:
             # Shrink the domain to where the series converges: bisect on y.
-            low, high = 0.0, 1.0 - x_cut
+            low, high = 0.0, y_cut
             for _ in range(60):
                 middle = 0.5 * (low + high)
                 low, high = (middle, high) if series_terms(middle, a) else (low, middle)
-            x_cut = 1.0 - low
+            y_cut = low
             n_terms = series_terms(low, a) or 0
-        return cls(a, scale, x_cut, inverse, n_terms)
+        return cls(a, scale, y_cut, inverse, n_terms, log_front)
 
-    def args(self) -> tuple[float, float, float, np.ndarray, int]:
-        return self.a, self.scale, self.x_cut, self.inverse, self.n_terms
+    def args(self) -> tuple[float, float, float, np.ndarray, int, float]:
+        return self.a, self.scale, self.y_cut, self.inverse, self.n_terms, self.log_front
 
 
-def series_pvalues(
-    one_minus_r2: np.ndarray, df: float, *, fast_p: float = FAST_P
+def coex_pvalues(
+    r: np.ndarray, df: float, *, fast_p: float = FAST_P
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~._pvalues.association_pvalues` for one ``df``, by the kernel's series where it applies.
+    """P-values and ``-log10`` p-values of Pearson correlations ``r`` with ``df``.
 
-    The same p-values and ``-log10`` p-values as the matrices of :func:`coex_matrices`
-    give for the same ``1 - r^2`` (same arithmetic).
+    The values of :func:`~._pvalues.association_pvalues` at ``R^2 = r^2``, computed from
+    ``r`` by the kernel's series and continued fraction (the same arithmetic as the
+    matrices of :func:`coex_matrices`), scipy's ``betainc`` for the rare rest.
     """
-    x = np.ascontiguousarray(one_minus_r2, dtype=np.float64).ravel()
-    p = np.empty_like(x)
-    neg_log10 = np.empty_like(x)
-    missing = _kernel("values")(x, *SeriesDomain.of(df, fast_p).args(), COEX_TILE, p, neg_log10)
+    values = np.ascontiguousarray(r, dtype=np.float64).ravel()
+    p = np.empty_like(values)
+    neg_log10 = np.empty_like(values)
+    domain = SeriesDomain.of(df, fast_p)
+    missing = _kernel("values")(values, *domain.args(), COEX_TILE, p, neg_log10)
     if missing:
         where = np.flatnonzero(np.isnan(p))
-        p[where], neg_log10[where] = association_pvalues(x[where], df)
-    shape = np.shape(one_minus_r2)
+        p[where], neg_log10[where] = association_pvalues(1.0 - values[where] ** 2, df)
+    shape = np.shape(r)
     return p.reshape(shape), neg_log10.reshape(shape)
 
 
@@ -454,8 +522,9 @@ def coex_matrices(
 
     Each pair is computed once, in the lower triangle of ``stats.dot.T``, and written at
     both of its places (:func:`_band_matrices`, in bands of ``band_rows`` genes over
-    ``n_jobs`` threads, the longest bands first); the pairs with ``p < fast_p`` are then
-    computed by :func:`~._pvalues.association_pvalues`, in their band. Diagonal:
+    ``n_jobs`` threads, the longest bands first), by the series where ``p >= fast_p`` and
+    by the continued fraction below; the rare pairs neither computes are then computed
+    by :func:`~._pvalues.association_pvalues`, in their band. Diagonal:
     ``p = 1``, ``r = 1``. In float64, ``r`` is written over ``stats.dot``, which is
     consumed: a pair's entry is overwritten only after it has been read.
     """
@@ -548,7 +617,7 @@ def coex_network(
     Equal to :func:`pvalue_network` of the p-values of :func:`coex_matrices`, without
     them: each band computes r over whole rows, then p-values only where ``r^2`` is large
     enough for ``p <= 2 qcut`` (``p`` increases with ``1 - r^2``), by the arithmetic of the
-    matrices (:func:`series_pvalues`).
+    matrices (:func:`coex_pvalues`).
     """
     n_genes = stats.inv_sd.size
     inv_sd = stats.inv_sd
@@ -562,7 +631,7 @@ def coex_network(
         candidates[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = False
 
         def pvals(band_row: np.ndarray, column: np.ndarray) -> np.ndarray:
-            return series_pvalues(one_minus_r2[band_row, column], stats.df)[0]
+            return coex_pvalues(r[band_row, column], stats.df)[0]
 
         return _band_edges(rows, candidates, pvals, n_genes - 1, qcut)
 
