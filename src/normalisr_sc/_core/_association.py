@@ -664,9 +664,13 @@ def _class_grams(
     members = sparse.csr_matrix(
         (np.ones(used.size), (label[used], np.arange(used.size))), shape=(n_class, used.size)
     )
-    ext_gram = (members @ (ext[:, :, None] * ext[:, None, :]).reshape(used.size, -1)).reshape(
-        n_class, n_cov + 1, n_cov + 1
-    )
+    # The products of each cell's pairs of columns, a column at a time (one broadcast
+    # over all cells x k x k takes several times longer for so few columns).
+    k1 = n_cov + 1
+    products = np.empty((used.size, k1, k1))
+    for column in range(k1):
+        np.multiply(ext[:, column, None], ext, out=products[:, column])
+    ext_gram = (members @ products.reshape(used.size, -1)).reshape(n_class, k1, k1)
     return ext_gram[:, :n_cov, :n_cov], ext_gram[:, n_cov, :n_cov], ext_gram[:, n_cov, n_cov]
 
 

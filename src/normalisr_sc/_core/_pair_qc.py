@@ -245,19 +245,35 @@ SPARSE_FAMILY = 0.2
 
 
 def _dense_family_qvalues(
-    pvals: np.ndarray, family: np.ndarray | None, axis: int, out: np.ndarray
+    pvals: np.ndarray, family: np.ndarray | None, axis: int, out: np.ndarray, n_jobs: int = 1
 ) -> np.ndarray:
-    """:func:`family_qvalues` of a 2-D array by numpy, a block of families at a time."""
+    """:func:`family_qvalues` of a 2-D array by numpy, a block of families at a time.
+
+    The blocks go to ``n_jobs`` threads (numpy's sorts release the GIL), each block
+    writing its own families: the q-values do not depend on how they are cut.
+    """
     axis = axis % 2
     other = 1 - axis
     n_families = pvals.shape[other]
     step = max(1, QVALUE_BLOCK // max(1, pvals.shape[axis]))
-    for start in range(0, n_families, step):
+    if n_jobs > 1:
+        step = min(step, max(1, -(-n_families // n_jobs)))
+
+    def adjust(start: int) -> None:
         index: list[slice] = [slice(None), slice(None)]
         index[other] = slice(start, min(start + step, n_families))
         part = tuple(index)
         values = pvals[part] if family is None else np.where(family[part], pvals[part], np.nan)
         out[part] = bh_qvalues(values, axis=axis)
+
+    starts = range(0, n_families, step)
+    threads = min(n_jobs, len(starts))
+    if threads <= 1:
+        for start in starts:
+            adjust(start)
+        return out
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(adjust, starts))
     return out
 
 
@@ -291,7 +307,7 @@ def family_qvalues(
         masked = pvals if family is None else np.where(family, pvals, np.nan)
         return bh_qvalues(masked, axis=axis)
     if family is None or np.count_nonzero(family) > SPARSE_FAMILY * pvals.size:
-        return _dense_family_qvalues(pvals, family, axis, out)
+        return _dense_family_qvalues(pvals, family, axis, out, thread_count(n_jobs))
     # Families as rows (views: the kernel reads strided arrays as they are).
     rows_first = axis % 2 == 1
     values = pvals if rows_first else pvals.T
