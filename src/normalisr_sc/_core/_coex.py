@@ -12,14 +12,16 @@ The p-values of the matrices come from a compiled kernel (numba, GIL released, t
 over bands of genes) that reads each pair once, in one triangle, and writes the three
 outputs and their mirror images tile by tile. Both methods read ``r`` itself, never a
 rounded ``1 - r^2``: where ``p >= FAST_P`` it sums the power series of the
-complementary incomplete beta function in ``r^2`` (:func:`_complements`); below, the
-continued fraction of the incomplete beta function in log space (:func:`_tail_log`).
-The rare pair where neither converges quickly is computed by
+complementary incomplete beta function in ``r^2`` (:func:`_complements`); below, in
+log space, the asymptotic expansion for large ``df`` (:func:`_tail_asymptotic`), else
+the continued fraction of the incomplete beta function (:func:`_tail_log`). The rare
+pair where none converges quickly is computed by
 :func:`~._pvalues.association_pvalues` (scipy's ``betainc``).
 """
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -52,15 +54,17 @@ if TYPE_CHECKING:
 BH_SLACK = 1e-9
 
 #: P-values from this up are summed by the kernel's series (:func:`_complements`);
-#: smaller ones by the continued fraction (:func:`_tail_log`). ``p = 1 - S`` with ``S``
-#: accurate to a few ulp, so the relative error of ``p`` stays below ``2e-13`` here
-#: (largest just above the cut, where ``S`` is largest). Both read ``r``: the series
-#: ``r^2`` and ``(1 - r^2)^a = exp(a log1p(-r^2))``, the fraction
-#: ``1 - r^2 = (1 - |r|)(1 + |r|)`` where ``|r| >= 1/2``, so that no rounding of
+#: smaller ones by the asymptotic expansion (:func:`_tail_asymptotic`, ``df >= 2
+#: BGRAT_MIN_A``) or the continued fraction (:func:`_tail_log`; it loses digits near
+#: the cut at large ``df``, 1e-11 at ``df = 1e6``). ``p = 1 - S`` with ``S`` accurate
+#: to a few ulp, so the relative error of ``p`` stays below ``2e-13`` here (largest
+#: just above the cut, where ``S`` is largest). All read ``r``: the series ``r^2`` and
+#: ``(1 - r^2)^a = exp(a log1p(-r^2))``, the tails ``log(1 - r^2)`` as ``log1p(-r^2)``,
+#: or ``log((1 - |r|)(1 + |r|))`` where ``|r| >= 1/2``, so that no rounding of
 #: ``1 - r^2`` enters (it cost up to 2e-10 of p at ``|r| = 6e-6``, ``df = 19,995``).
 #: Against 40-digit mpmath of the same ``r`` (``|r|`` from 1e-8 to 0.99, ``df`` from 3
-#: to 1e6): at most 1.5e-13 relative, and ``a |log(1 - r^2)| * 2^-53`` where ``p`` is
-#: tiny (the rounding of ``r^2``; 8e-14 at ``p = 1e-300``).
+#: to 1e6): at most 2e-13 relative where ``p > 1e-20``, and a few ulp of ``log p``
+#: below (the rounding of ``r^2``: 1.5e-13 at ``p = 1e-250``).
 FAST_P = 0.01
 #: Most terms of the series; where more would be needed (small ``df`` with large
 #: ``|r|``), the pairs are handed to ``betainc``.
@@ -73,6 +77,12 @@ SERIES_RTOL = 1e-17
 COEX_TILE = 64
 #: ``1 / log(10)``: ``-log10 p = -log1p(-(1 - p)) / log(10)``, exact where ``p`` is near 1.
 INV_LN10 = 1.0 / np.log(10.0)
+#: From this ``a = df / 2`` on, p-values below :data:`FAST_P` come from the asymptotic
+#: expansion (:func:`_tail_asymptotic`), and where it fails, from the continued fraction.
+BGRAT_MIN_A = 10.0
+#: Most terms of the asymptotic expansion, and its relative tolerance.
+BGRAT_TERMS = 30
+BGRAT_EPS = 1e-16
 #: Relative convergence tolerance, iteration cap and floor of the continued fraction.
 CF_EPS = 1e-16
 CF_MAX_ITER = 5_000
@@ -324,12 +334,97 @@ def _tail_log(r, a, log_front):
     return np.nan
 
 
-_complement_kernel = _complements  # replaced by their compiled versions before the kernels
-_tail_kernel = _tail_log
+def _tail_asymptotic(r, a, log_ratio, c, d):
+    """``log I_x(a, 1/2)``, ``x = 1 - r^2``, for large ``a``; NaN if the expansion fails.
+
+    The expansion in incomplete gamma functions of Didonato and Morris (1992, eq. 9.1),
+    ``T = a - 1/4``, ``u = -T log x``, with ``Q(1/2, u) = erfc(sqrt(u))``, summed until
+    a term is below :data:`BGRAT_EPS` of the sum. ``log_ratio = log(Gamma(a + 1/2) /
+    Gamma(a))``; ``c`` and ``d`` are scratch arrays of :data:`BGRAT_TERMS` values.
+    """
+    b = 0.5
+    magnitude = abs(r)
+    y = r * r
+    # 1 - |r| is exact where |r| >= 1/2 (Sterbenz)
+    x = (1.0 - magnitude) * (1.0 + magnitude) if magnitude >= 0.5 else 1.0 - y
+    if not (x > 0.0 and x < 1.0):
+        return np.nan  # also NaN
+    log_x = np.log(x) if magnitude >= 0.5 else np.log1p(-y)
+    nu = a + 0.5 * (b - 1.0)
+    u = -nu * log_x
+    root = np.sqrt(u)
+    if root < 5.0:
+        erfc = math.erfc(root)
+        log_q = np.log(erfc)
+        # Q(b, u) / (exp(-u) u^b / Gamma(b)): only the corrections use it
+        q_ratio = np.sqrt(np.pi) * erfc * np.exp(u) / root
+    else:
+        # erfc(s) = exp(-s^2) / sqrt(pi) / (s + (1/2) / (s + 1 / (s + (3/2) / (s + ...))))
+        fraction = root
+        for k in range(80, 0, -1):
+            fraction = root + 0.5 * k / fraction
+        log_q = -np.log(fraction) - 0.5 * np.log(np.pi) - u
+        q_ratio = 1.0 / (fraction * root)
+    v = 0.25 / (nu * nu)
+    t2 = 0.25 * log_x * log_x
+    j = q_ratio
+    corrections = 0.0
+    t = 1.0
+    cn = 1.0
+    n2 = 0.0
+    for n in range(1, BGRAT_TERMS + 1):
+        bp2n = b + n2
+        j = (bp2n * (bp2n + 1.0) * j + (u + bp2n + 1.0) * t) * v
+        n2 += 2.0
+        t *= t2
+        cn /= n2 * (n2 + 1.0)
+        c[n - 1] = cn
+        acc = 0.0
+        coef = b - n
+        for i in range(1, n):
+            acc += coef * c[i - 1] * d[n - 1 - i]
+            coef += b
+        d[n - 1] = (b - 1.0) * cn + acc / n
+        term = d[n - 1] * j
+        corrections += term
+        if q_ratio + corrections <= 0.0:
+            return np.nan
+        if abs(term) <= BGRAT_EPS * (q_ratio + corrections):
+            return log_ratio - b * np.log(nu) + log_q + np.log1p(corrections / q_ratio)
+    return np.nan
+
+
+def _tail(r, a, log_front, log_ratio, c, d):
+    """``log p`` of a pair below the series' domain (:func:`_tail_asymptotic`, else the fraction)."""
+    log_p = _asymptotic_kernel(r, a, log_ratio, c, d) if a >= BGRAT_MIN_A else np.nan
+    if np.isnan(log_p):
+        log_p = _fraction_kernel(r, a, log_front)
+    return log_p
+
+
+# replaced by their compiled versions before the kernels
+_complement_kernel = _complements
+_fraction_kernel = _tail_log
+_asymptotic_kernel = _tail_asymptotic
+_tail_kernel = _tail
 
 
 def _band_matrices(
-    lower, inv_sd, r_out, p_out, log_out, lo, hi, a, scale, y_cut, inverse, n_terms, log_front, tile
+    lower,
+    inv_sd,
+    r_out,
+    p_out,
+    log_out,
+    lo,
+    hi,
+    a,
+    scale,
+    y_cut,
+    inverse,
+    n_terms,
+    log_front,
+    log_ratio,
+    tile,
 ):
     """Write r, p and ``-log10 p`` of the pairs ``(j, i)``, ``lo <= j < hi``, ``i < j``.
 
@@ -343,6 +438,7 @@ def _band_matrices(
     r = np.empty(tile)
     complement = np.empty(tile)
     y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
+    c, d = np.empty(BGRAT_TERMS), np.empty(BGRAT_TERMS)
     for i0 in range(0, hi, tile):
         i1 = min(i0 + tile, hi)
         for j in range(max(lo, i0 + 1), hi):
@@ -357,7 +453,7 @@ def _band_matrices(
             for q in range(width):
                 i = i0 + q
                 if np.isnan(complement[q]):
-                    log_p = _tail_kernel(r[q], a, log_front)
+                    log_p = _tail_kernel(r[q], a, log_front, log_ratio, c, d)
                     missing += np.isnan(log_p)
                     p = np.exp(log_p)
                     neg_log = -log_p * INV_LN10
@@ -373,11 +469,12 @@ def _band_matrices(
     return missing
 
 
-def _values(r, a, scale, y_cut, inverse, n_terms, log_front, tile, p_out, log_out):
+def _values(r, a, scale, y_cut, inverse, n_terms, log_front, log_ratio, tile, p_out, log_out):
     """P-values and ``-log10`` p-values of the 1-d ``r`` as in :func:`_band_matrices`."""
     missing = 0
     complement = np.empty(tile)
     y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
+    c, d = np.empty(BGRAT_TERMS), np.empty(BGRAT_TERMS)
     for start in range(0, r.size, tile):
         width = min(tile, r.size - start)
         _complement_kernel(
@@ -385,7 +482,7 @@ def _values(r, a, scale, y_cut, inverse, n_terms, log_front, tile, p_out, log_ou
         )
         for q in range(width):
             if np.isnan(complement[q]):
-                log_p = _tail_kernel(r[start + q], a, log_front)
+                log_p = _tail_kernel(r[start + q], a, log_front, log_ratio, c, d)
                 missing += np.isnan(log_p)
                 p_out[start + q] = np.exp(log_p)
                 log_out[start + q] = -log_p * INV_LN10
@@ -403,10 +500,13 @@ def _kernel(name: str) -> Callable:
     if not _KERNELS:
         import numba
 
-        global _complement_kernel, _tail_kernel  # the kernels call them by these names
+        # the kernels call them by these names
+        global _complement_kernel, _fraction_kernel, _asymptotic_kernel, _tail_kernel
         jit = numba.njit(nogil=True, cache=True, boundscheck=False)
         _complement_kernel = jit(_complements)
-        _tail_kernel = jit(_tail_log)
+        _fraction_kernel = jit(_tail_log)
+        _asymptotic_kernel = jit(_tail_asymptotic)
+        _tail_kernel = jit(_tail)
         _KERNELS.update(matrices=jit(_band_matrices), values=jit(_values))
     return _KERNELS[name]
 
@@ -452,7 +552,8 @@ class SeriesDomain:
 
     The series' domain is ``r^2 <= y_cut``: ``p >= fast_p`` and the series converged
     within :data:`SERIES_TERMS` terms (``n_terms``, enough at ``y_cut``).
-    ``log_front = log(1 / (a B(a, 1/2)))`` is the constant of the continued fraction.
+    ``log_front = log(1 / (a B(a, 1/2)))`` and ``log_ratio = log(Gamma(a + 1/2) /
+    Gamma(a))`` are the constants of the continued fraction and of the expansion.
     """
 
     a: float
@@ -461,6 +562,7 @@ class SeriesDomain:
     inverse: np.ndarray
     n_terms: int
     log_front: float
+    log_ratio: float
 
     @classmethod
     def of(cls, df: float, fast_p: float = FAST_P) -> SeriesDomain:
@@ -468,10 +570,11 @@ class SeriesDomain:
         a = float(df) / 2.0
         inverse = 1.0 / (1.5 + np.arange(SERIES_TERMS, dtype=np.float64))
         # 2 / B(1/2, a) = 2 Gamma(a + 1/2) / (Gamma(1/2) Gamma(a))
-        scale = 2.0 / np.sqrt(np.pi) * half_gamma_ratio(a)
-        log_front = float(np.log(scale / (2.0 * a)))
+        ratio = half_gamma_ratio(a)
+        scale = 2.0 / np.sqrt(np.pi) * ratio
+        log_front, log_ratio = float(np.log(scale / (2.0 * a))), float(np.log(ratio))
         if fast_p >= 1:
-            return cls(a, scale, -np.inf, inverse, 0, log_front)
+            return cls(a, scale, -np.inf, inverse, 0, log_front, log_ratio)
         y_cut = 1.0 - float(betaincinv(a, 0.5, fast_p))
         n_terms = series_terms(y_cut, a)
         if n_terms is None:
@@ -482,10 +585,18 @@ class SeriesDomain:
                 low, high = (middle, high) if series_terms(middle, a) else (low, middle)
             y_cut = low
             n_terms = series_terms(low, a) or 0
-        return cls(a, scale, y_cut, inverse, n_terms, log_front)
+        return cls(a, scale, y_cut, inverse, n_terms, log_front, log_ratio)
 
-    def args(self) -> tuple[float, float, float, np.ndarray, int, float]:
-        return self.a, self.scale, self.y_cut, self.inverse, self.n_terms, self.log_front
+    def args(self) -> tuple[float, float, float, np.ndarray, int, float, float]:
+        return (
+            self.a,
+            self.scale,
+            self.y_cut,
+            self.inverse,
+            self.n_terms,
+            self.log_front,
+            self.log_ratio,
+        )
 
 
 def coex_pvalues(
