@@ -602,22 +602,23 @@ class _ClassSums:
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]]
         parts = [(c.cross, c.yy, None, c.first) for c in self.chunks]
         y = float_block(block)
-        add_class_chunks([*parts, none], order, starts, ext, y, n_jobs=n_jobs, pool=pool)
+        # The log CPM's pass (with the fold change) goes to the threads with this one.
+        beside = []
         if self.with_effect:
             raw_covariates, log_cpm = np.asarray(more[0]), more[1]
             raw_ext = _with_ones(raw_covariates) if self.raw_ones else raw_covariates
             # The squares of the log CPM, only to show NaN and infinity: one row for all.
             lsq = self.lsq
-            parts = [
+            raw_parts = [
                 (c.raw_cross, lsq, np.zeros(c.size, np.int64), c.first)
                 for c in self.chunks
                 if c.raw_cross is not None
             ]
-            values = float_block(log_cpm)
-            none = (none[0], lsq, None, n_class)
-            add_class_chunks(
-                [*parts, none], order, starts, raw_ext, values, n_jobs=n_jobs, pool=pool
-            )
+            raw_none = (none[0], lsq, None, n_class)
+            beside.append(([*raw_parts, raw_none], raw_ext, float_block(log_cpm)))
+        add_class_chunks(
+            [*parts, none], order, starts, ext, y, n_jobs=n_jobs, pool=pool, more=beside
+        )
         if self.with_counts:
             self._add_nonzero(order, starts, more[-1])
 

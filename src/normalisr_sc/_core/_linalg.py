@@ -509,6 +509,9 @@ def add_class_chunks(
     *,
     n_jobs: int = 1,
     pool: ThreadPoolExecutor | None = None,
+    more: Sequence[
+        tuple[Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]], np.ndarray, Any]
+    ] = (),
 ) -> None:
     """:func:`add_class_sums` into sums held in chunks of consecutive classes.
 
@@ -529,20 +532,56 @@ def add_class_chunks(
     n_jobs, pool
         Threads, each over its own genes; ``pool`` (of ``n_jobs`` threads) is used
         instead of starting new threads.
+    more
+        Further passes ``(chunks, ext, y)`` over other blocks of the same cells (e.g. the
+        log CPM beside the normalised expression), into sums of their own: the ranges
+        of genes of every pass are handed to the threads together (one wait, not one
+        per pass). Each sum is added to exactly as in a pass of its own.
     """
-    y = np.ascontiguousarray(y)
-    ext = np.ascontiguousarray(ext, dtype=np.float64)
+    passes = []
+    for pass_chunks, pass_ext, pass_y in [(chunks, ext, y), *more]:
+        parts = []
+        for cross, squares, square_row, first in pass_chunks:
+            rows = np.arange(squares.shape[0]) if square_row is None else square_row
+            parts.append((cross, squares, rows, starts[first : first + rows.size + 1]))
+        passes.append(
+            (
+                parts,
+                np.ascontiguousarray(pass_ext, dtype=np.float64),
+                np.ascontiguousarray(pass_y),
+            )
+        )
     kernel = _kernel("classes")
-    parts = []
-    for cross, squares, square_row, first in chunks:
-        rows = np.arange(squares.shape[0]) if square_row is None else square_row
-        parts.append((cross, squares, rows, starts[first : first + rows.size + 1]))
 
-    def run(genes: tuple[int, int]) -> None:
+    def run(task: tuple[int, tuple[int, int]]) -> None:
+        parts, weights, values = passes[task[0]]
         for cross, squares, rows, bounds in parts:
-            kernel(cross, squares, rows, order, bounds, ext, y, SMALL_CLASS, *genes, CLASS_TILE)
+            kernel(
+                cross,
+                squares,
+                rows,
+                order,
+                bounds,
+                weights,
+                values,
+                SMALL_CLASS,
+                *task[1],
+                CLASS_TILE,
+            )
 
-    _run_ranges(run, y.shape[1], n_jobs, pool)
+    tasks = [
+        (index, genes)
+        for index, (_, _, values) in enumerate(passes)
+        for genes in _gene_ranges(values.shape[1], n_jobs)
+    ]
+    if n_jobs == 1 or len(tasks) == 1:
+        for task in tasks:
+            run(task)
+    elif pool is not None:
+        list(pool.map(run, tasks))
+    else:
+        with ThreadPoolExecutor(max_workers=min(n_jobs, len(tasks))) as new_pool:
+            list(new_pool.map(run, tasks))
 
 
 def add_class_nonzero(
