@@ -41,6 +41,11 @@ CACHE = Path(tempfile.gettempdir()) / "normalisr_sc_bench"
 METHODS = ("ours", "normalisr", "scanpy", "floor")
 #: Steps of ``nsc.pp.normalize`` timed separately (names in ``normalisr_sc.pp._recipe``).
 OUR_STEPS = ("lcpm", "normcov", "compute_var", "qc_outlier", "normvar")
+#: Pieces inside the steps, timed in total over the run: (label, module, function name).
+OUR_PIECES = (
+    ("count summary (in lcpm)", "normalisr_sc.pp._lcpm", "_summarise_counts"),
+    ("store fingerprints (all steps)", "normalisr_sc._store", "_fingerprint_in"),
+)
 
 
 # ---------------------------------------------------------------- datasets (parent side)
@@ -94,6 +99,7 @@ class _Steps:
     def __init__(self, baseline_kib: int) -> None:
         self.baseline = baseline_kib
         self.record: dict[str, dict[str, float]] = {}
+        self.pieces: dict[str, float] = {}
         self.start = time.perf_counter()
 
     def mark(self, name: str) -> None:
@@ -113,6 +119,18 @@ class _Steps:
 
         return timed
 
+    def wrap_piece(self, label: str, function):
+        """``function`` adding its seconds to the piece ``label`` (not a step: no mark)."""
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.pieces[label] = self.pieces.get(label, 0.0) + time.perf_counter() - start
+
+        return timed
+
 
 def _run_ours(adata, covariate: str, steps: _Steps) -> tuple[int, int]:
     import normalisr_sc as nsc
@@ -120,13 +138,24 @@ def _run_ours(adata, covariate: str, steps: _Steps) -> tuple[int, int]:
 
     # per-step times wrap the recipe's steps where it still calls them by these names
     originals = {name: getattr(_recipe, name) for name in OUR_STEPS if hasattr(_recipe, name)}
+    import importlib
+
     for name, function in originals.items():
         setattr(_recipe, name, steps.wrap(name, function))
+    # pieces inside the steps, looked up at call time as globals of their modules
+    pieces = []
+    for label, module_name, name in OUR_PIECES:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            pieces.append((module, name, getattr(module, name)))
+            setattr(module, name, steps.wrap_piece(label, getattr(module, name)))
     try:
         nsc.pp.normalize(adata, covariates=[covariate], qc=None, remove_outliers=True)
     finally:
         for name, function in originals.items():
             setattr(_recipe, name, function)
+        for module, name, function in pieces:
+            setattr(module, name, function)
     return adata.shape
 
 
@@ -242,6 +271,7 @@ def measure_one(method: str, path: str, covariate: str, block_cells: int | None)
         "peak_extra_mb": (peak - baseline) * 1024 / MB,
         "exact_peak": exact_peak,
         "steps": steps.record,
+        "pieces": steps.pieces,
     }
 
 
@@ -325,6 +355,16 @@ def print_tables(results: dict[str, dict[str, list[h.Run]]], methods: list[str])
             )
             print(f"steps {dataset} {method} {h.load_note(done)}: {cells}")
     print("(steps: median seconds of the step / largest peak extra MB reached by its end)")
+    for dataset, runs in results.items():
+        done = [run for run in runs.get("ours", []) if run.ok and run.data.get("pieces")]
+        if not done:
+            continue
+        labels = done[0].data["pieces"]
+        cells = "  ".join(
+            f"{label} {h.median([h.Run(r.data['pieces'].get(label, 0.0), r.load) for r in done]):.2f}s"
+            for label in labels
+        )
+        print(f"pieces {dataset} ours {h.load_note(done)}: {cells}")
 
 
 def main() -> None:
