@@ -16,7 +16,6 @@ order (:func:`top_order`) and the reading of a table of chosen pairs.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from scipy import sparse
 
 from .._types import is_sparse
 from ._blocks import materialize
+from ._moments import run_parts
 from ._pvalues import bh_qvalues
 from ._reduce import accumulate, no_progress, thread_count
 
@@ -259,21 +259,15 @@ def _dense_family_qvalues(
     if n_jobs > 1:
         step = min(step, max(1, -(-n_families // n_jobs)))
 
-    def adjust(start: int) -> None:
+    def adjust(families: slice) -> None:
         index: list[slice] = [slice(None), slice(None)]
-        index[other] = slice(start, min(start + step, n_families))
+        index[other] = families
         part = tuple(index)
         values = pvals[part] if family is None else np.where(family[part], pvals[part], np.nan)
         out[part] = bh_qvalues(values, axis=axis)
 
-    starts = range(0, n_families, step)
-    threads = min(n_jobs, len(starts))
-    if threads <= 1:
-        for start in starts:
-            adjust(start)
-        return out
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(adjust, starts))
+    blocks = [slice(start, min(start + step, n_families)) for start in range(0, n_families, step)]
+    run_parts(adjust, blocks, n_jobs)
     return out
 
 
@@ -319,14 +313,12 @@ def family_qvalues(
         mask = mask if rows_first else mask.T
     kernel = _bh_kernel()
     n_rows = values.shape[0]
-    tasks = [(lo, min(lo + BH_TASK_ROWS, n_rows)) for lo in range(0, n_rows, BH_TASK_ROWS)]
-    threads = min(thread_count(n_jobs), len(tasks))
-    if threads <= 1:
-        for lo, hi in tasks:
-            kernel(values, mask, result, lo, hi)
-        return out
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda task: kernel(values, mask, result, *task), tasks))
+    tasks = [slice(lo, min(lo + BH_TASK_ROWS, n_rows)) for lo in range(0, n_rows, BH_TASK_ROWS)]
+    run_parts(
+        lambda rows: kernel(values, mask, result, rows.start, rows.stop),
+        tasks,
+        thread_count(n_jobs),
+    )
     return out
 
 
