@@ -28,7 +28,17 @@ def _special(shape: tuple[int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "layout",
-    ["c", "fortran", "strided", "float32", "int32", "bool", "one_column"],
+    [
+        "c",
+        "fortran",
+        "strided",
+        "column_block",
+        "row_block_of_fortran",
+        "float32",
+        "int32",
+        "bool",
+        "one_column",
+    ],
 )
 def test_dense_sums_equal_their_definition(layout):
     matrix = _special((41, 17))
@@ -36,6 +46,8 @@ def test_dense_sums_equal_their_definition(layout):
         "c": matrix,
         "fortran": np.asfortranarray(matrix),
         "strided": matrix[:, ::2],
+        "column_block": matrix[:, 3:11],  # rows contiguous, the matrix not
+        "row_block_of_fortran": np.asfortranarray(matrix)[3:20],
         "float32": matrix.astype(np.float32),
         "int32": np.nan_to_num(matrix, posinf=0, neginf=0).astype(np.int32),
         "bool": matrix > 0,
@@ -67,5 +79,23 @@ def test_entry_sums_of_a_sparse_matrix_equal_the_dense_ones():
     matrix.data[:3] = [np.nan, -0.0, np.inf]
     rows, columns = entry_bit_sums(matrix.row, matrix.col, matrix.data, matrix.shape)
     expected_rows, expected_columns = dense_bit_sums(matrix.toarray())
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(columns, expected_columns)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["c", "fortran"])
+def test_threaded_sums_equal_their_definition(n_jobs, layout, monkeypatch):
+    """A matrix large enough for threads: the same sums however its rows are shared out."""
+    import normalisr_sc as nsc
+    from normalisr_sc._core import _fingerprint
+
+    monkeypatch.setattr(nsc.settings, "_n_jobs", n_jobs)
+    matrix = _special((2049, 2051))
+    assert matrix.size >= _fingerprint.THREADED_ENTRIES
+    if layout == "fortran":
+        matrix = np.asfortranarray(matrix)
+    rows, columns = dense_bit_sums(matrix)
+    expected_rows, expected_columns = _by_definition(matrix)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(columns, expected_columns)

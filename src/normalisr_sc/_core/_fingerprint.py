@@ -5,14 +5,20 @@ and every NaN as numpy's NaN, and the patterns are summed as integers modulo ``2
 The sums are exact, so they do not depend on the order of summation (a sparse and a
 dense copy of a matrix agree), and changing any single entry changes its row's and its
 column's sum. One pass over the matrix, in a compiled kernel, without copying it when
-it is C- or Fortran-contiguous float64.
+its float64 values are contiguous along rows or columns; a large one is read by
+``nsc.settings.n_jobs`` threads, each summing its own rows (integer sums: the same
+however the rows are shared out).
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._moments import run_parts
+from ._reduce import thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
 NAN_BITS = np.array(np.nan).view(np.uint64)[()]
 #: Entries converted to float64 at a time for a matrix of another dtype or layout.
 CHUNK_ENTRIES = 1 << 20
+#: Entries of a contiguous float64 matrix from which its rows are shared out to threads.
+THREADED_ENTRIES = 1 << 22
 
 
 def _dense_sums(  # pragma: no cover - compiled
@@ -70,8 +78,24 @@ def _kernel(name: str) -> Callable:
     return _KERNELS[name]
 
 
-def _add_c_contiguous(block: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> None:
-    _kernel("dense")(block, block.view(np.uint64), NAN_BITS, rows, columns)
+def _add_rows(block: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> None:
+    kernel = _kernel("dense")
+    n_jobs = thread_count()
+    if block.size < THREADED_ENTRIES or n_jobs == 1 or block.shape[0] < 2 * n_jobs:
+        kernel(block, block.view(np.uint64), NAN_BITS, rows, columns)
+        return
+    bounds = np.linspace(0, block.shape[0], n_jobs + 1).astype(int)
+    pieces = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+    # Each thread adds into its own column sums; added up at the end (modulo 2**64, exact).
+    column_parts = np.zeros((len(pieces), columns.size), dtype=np.uint64)
+
+    def add(piece: slice) -> None:
+        part = block[piece]
+        index = pieces.index(piece)
+        kernel(part, part.view(np.uint64), NAN_BITS, rows[piece], column_parts[index])
+
+    run_parts(add, pieces, n_jobs)
+    columns += column_parts.sum(axis=0, dtype=np.uint64)
 
 
 def dense_bit_sums(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,15 +103,17 @@ def dense_bit_sums(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_rows, n_columns = matrix.shape
     rows = np.zeros(n_rows, dtype=np.uint64)
     columns = np.zeros(n_columns, dtype=np.uint64)
-    if matrix.dtype == np.float64 and matrix.flags.c_contiguous:
-        _add_c_contiguous(matrix, rows, columns)
-    elif matrix.dtype == np.float64 and matrix.flags.f_contiguous:
-        _add_c_contiguous(matrix.T, columns, rows)
+    # float64 values in contiguous rows (or columns), such as a DataFrame's block of
+    # columns, are read where they are
+    if matrix.dtype == np.float64 and matrix.strides[1] == matrix.itemsize:
+        _add_rows(matrix, rows, columns)
+    elif matrix.dtype == np.float64 and matrix.strides[0] == matrix.itemsize:
+        _add_rows(matrix.T, columns, rows)
     else:
         step = max(1, CHUNK_ENTRIES // max(1, n_columns))
         for start in range(0, n_rows, step):
             block = np.ascontiguousarray(matrix[start : start + step], dtype=np.float64)
-            _add_c_contiguous(block, rows[start : start + step], columns)
+            _add_rows(block, rows[start : start + step], columns)
     return rows, columns
 
 
