@@ -436,7 +436,7 @@ def test_normalize_refuses_user_keys_before_any_work(recipe_data, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("QC ran before the refusal")
 
-    monkeypatch.setattr(_recipe, "qc_reads", no_work)
+    monkeypatch.setattr(_recipe, "_qc_reads", no_work)
     adata = recipe_data[0].copy()
     adata.obsm["nsc_covariates"] = np.zeros((adata.n_obs, 2))
     before = adata.copy()

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike, DTypeLike
 
-    from .._types import InputMatrix, RowSliceable
+    from .._types import InputMatrix
     from ._reduce import Progress
 
 #: Counts are scaled to this many per cell before the log (log CPM).
@@ -155,15 +155,20 @@ class ReadSums:
     over the kept genes.
     """
 
-    def __init__(self, keep_genes: np.ndarray) -> None:
+    def __init__(self, keep_genes: np.ndarray, *, check: bool = False) -> None:
         self.gene_weights = keep_genes.astype(np.float64)
         self.gene_counts = np.zeros(keep_genes.size)
         self.gene_cells = np.zeros(keep_genes.size)
         self.cells = PerCell(2)
+        #: With ``check``, the validity of the counts read (:class:`CountCheck`), found in
+        #: the same pass: the sums mean something only once it is confirmed.
+        self.check = CountCheck() if check else None
 
     def add(
         self, rows: slice, block: np.ndarray | sparse.csr_matrix, cell_weights: np.ndarray
     ) -> None:
+        if self.check is not None:
+            self.check.add(rows, block)
         if isinstance(block, sparse.csr_matrix | sparse.csr_array):
             self._add_csr(rows, block, cell_weights)
             return
@@ -207,39 +212,77 @@ class ReadSums:
         self.gene_counts += other.gene_counts
         self.gene_cells += other.gene_cells
         self.cells.merge(other.cells)
+        if self.check is not None and other.check is not None:
+            self.check.merge(other.check)
         return self
 
 
-def filter_reads(
-    counts: RowSliceable,
+@dataclass(frozen=True)
+class ReadFilter:
+    """The outcome of the iterative read-count QC (:func:`read_filter`).
+
+    Attributes
+    ----------
+    cells, genes
+        Boolean masks of the kept cells and genes.
+    rounds
+        Number of rounds (passes over the counts) run.
+    first
+        Sums of the first round: over all cells and all genes.
+    last
+        Sums of the last round: over the cells and genes kept before it. When
+        ``converged`` (that round removed nothing), these are the kept ones.
+    converged
+        Whether the last round confirmed the masks (else it removed every cell or gene).
+    """
+
+    cells: np.ndarray
+    genes: np.ndarray
+    rounds: int
+    first: ReadSums
+    last: ReadSums
+    converged: bool
+
+
+def read_filter(
+    counts: InputMatrix,
     bounds: ReadBounds,
     *,
     block_cells: int,
     progress: Progress = no_progress,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Run the iterative read-count QC.
+    source: str | None = None,
+) -> ReadFilter:
+    """Run the iterative read-count QC, keeping the sums of its first and last rounds.
 
     Both masks are recomputed from the currently kept genes and cells, applied at
     once, and the process repeats until nothing changes. Each round is one pass.
 
-    Returns
-    -------
-    Boolean masks of kept cells and kept genes, and the number of rounds run.
+    With ``source`` (the matrix's name in messages), the first round also checks that
+    every count is a finite, non-negative integer (:func:`validate_counts`, in the same
+    pass) and raises its ``ValueError`` right after that pass, before any mask is made.
     """
+    if source is not None:
+        check_count_dtype(counts.dtype, source=source)
     n_cells, n_genes = counts.shape
     keep_cells = np.ones(n_cells, dtype=bool)
     keep_genes = np.ones(n_genes, dtype=bool)
     rounds = 0
+    first: ReadSums | None = None
     while True:
         rounds += 1
         sums = accumulate(
-            partial(ReadSums, keep_genes),
+            partial(ReadSums, keep_genes, check=first is None and source is not None),
             counts,
             (keep_cells.astype(np.float64),),
             block_cells=block_cells,
             progress=progress,
             desc=f"read-count QC, round {rounds}",
         )
+        if first is None:
+            if sums.check is not None:
+                assert source is not None  # a check is made only with a source
+                sums.check.raise_if_invalid(source)
+            first = sums
         cell_counts, cell_genes = sums.cells.values().T
         n_kept_cells, n_kept_genes = keep_cells.sum(), keep_genes.sum()
         genes_pass = (
@@ -255,10 +298,52 @@ def filter_reads(
         new_genes = keep_genes & genes_pass
         new_cells = keep_cells & cells_pass
         if not new_genes.any() or not new_cells.any():
-            return new_cells, new_genes, rounds
+            return ReadFilter(new_cells, new_genes, rounds, first, sums, converged=False)
         if (new_genes == keep_genes).all() and (new_cells == keep_cells).all():
-            return keep_cells, keep_genes, rounds
+            return ReadFilter(keep_cells, keep_genes, rounds, first, sums, converged=True)
         keep_cells, keep_genes = new_cells, new_genes
+
+
+def filter_reads(
+    counts: InputMatrix,
+    bounds: ReadBounds,
+    *,
+    block_cells: int,
+    progress: Progress = no_progress,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Run the iterative read-count QC (:func:`read_filter`, without the count check).
+
+    Returns
+    -------
+    Boolean masks of kept cells and kept genes, and the number of rounds run.
+    """
+    result = read_filter(counts, bounds, block_cells=block_cells, progress=progress)
+    return result.cells, result.genes, result.rounds
+
+
+def kept_summaries(result: ReadFilter) -> tuple[np.ndarray, np.ndarray, GeneStatistics]:
+    """Return the count summaries of the kept cells and genes, from the round confirming them.
+
+    Each kept cell's total count and number of zero-count genes over the kept genes, and
+    the :class:`GeneStatistics` of the kept genes over the kept cells: the figures
+    :class:`CountSummaries` gives on the filtered counts, equal because every one is a
+    sum of integer counts (or of ones), exact in any order. Only ``proportion_sum`` is
+    not summed by QC: it is NaN here (the default scaling factor does not use it).
+    """
+    if not result.converged:
+        msg = "kept_summaries: read-count QC removed every cell or gene; nothing was kept."
+        raise ValueError(msg)
+    sums, cells, genes = result.last, result.cells, result.genes
+    kept = sums.cells.values()[cells]
+    n_genes = int(genes.sum())
+    totals = np.ascontiguousarray(kept[:, 0])
+    zeros = n_genes - kept[:, 1]
+    stats = GeneStatistics(n_genes)
+    stats.n_cells = int(cells.sum())
+    stats.detected = sums.gene_cells[genes]
+    stats.total = sums.gene_counts[genes]
+    stats.proportion_sum = np.full(n_genes, np.nan)
+    return totals, zeros, stats
 
 
 def _table(

@@ -55,6 +55,12 @@ def _summarise_counts(
     )
     summaries.check.raise_if_invalid(source)
     totals, zeros = summaries.cells.values().T
+    _refuse_empty_cells(adata, totals)
+    return totals, zeros, summaries.genes
+
+
+def _refuse_empty_cells(adata: AnnData, totals: np.ndarray) -> None:
+    """Refuse cells without any count (Bayesian log CPM needs one)."""
     if (totals == 0).any():
         empty = adata.obs_names[totals == 0]
         msg = (
@@ -63,7 +69,6 @@ def _summarise_counts(
             "`nsc.pp.qc_reads(adata, min_cell_counts=1)`."
         )
         raise ValueError(msg)
-    return totals, zeros, summaries.genes
 
 
 def _lcpm_in_memory(
@@ -174,6 +179,38 @@ def lcpm(
     >>> adata.layers["lcpm"].shape == adata.shape
     True
     """
+    _lcpm(
+        adata,
+        layer=layer,
+        key_added=key_added,
+        varscale=varscale,
+        seed=seed,
+        dtype=dtype,
+        chunked=chunked,
+        chunk_size=chunk_size,
+    )
+
+
+def _lcpm(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    key_added: str = "lcpm",
+    varscale: float = 0.0,
+    seed: int | None = None,
+    dtype: DTypeLike = "float64",
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
+    counted: tuple[np.ndarray, np.ndarray, GeneStatistics] | None = None,
+) -> None:
+    """Run :func:`lcpm`; with ``counted``, on the count summaries given rather than read.
+
+    ``counted`` holds the cell totals, zero-gene counts and :class:`GeneStatistics` of
+    the counts as :func:`_summarise_counts` would find them, counts already checked:
+    :func:`normalize` hands over those of the read-count QC's last round
+    (:func:`~normalisr_sc._core._counts.kept_summaries`), so that the counts are not
+    read once more for them.
+    """
     check_str("layer", layer, allow_none=True)
     check_str("key_added", key_added)
     varscale = check_number("varscale", varscale, minimum=0)
@@ -198,7 +235,14 @@ def lcpm(
             "`adata.X = adata.X.compute()` for a dask array) and pass chunked=False."
         )
         raise ValueError(msg)
-    totals, zeros, gene_stats = _summarise_counts(adata, counts, layer, size, "lcpm: counts")
+    if counted is None:
+        totals, zeros, gene_stats = _summarise_counts(adata, counts, layer, size, "lcpm: counts")
+    else:
+        totals, zeros, gene_stats = counted
+        if totals.shape != (adata.n_obs,) or zeros.shape != (adata.n_obs,):
+            msg = "lcpm: the count summaries handed over are not those of these cells."
+            raise ValueError(msg)
+        _refuse_empty_cells(adata, totals)
     total = float(totals.sum())
     scale = scaling_factor_values(gene_stats)
     if is_dask(counts):

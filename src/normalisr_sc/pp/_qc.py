@@ -8,14 +8,17 @@ than :data:`WARN_FRACTION` of the cells or genes go.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._core._counts import ReadBounds, ReadSums, filter_reads, validate_counts
+from .._core._counts import (
+    ReadBounds,
+    ReadFilter,
+    ReadSums,
+    read_filter,
+)
 from .._core._normalize import variance_outliers
-from .._core._reduce import accumulate
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
 from .._store import check_writable, read_record, side_key, store, subsetting
@@ -65,19 +68,14 @@ def scaled_bounds(
 
 
 def _first_round_failures(
-    counts, bounds: ReadBounds, size: int
+    sums: ReadSums, bounds: ReadBounds
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per bound, the cells and genes failing it on the input matrix (one pass)."""
-    n_cells, n_genes = counts.shape
-    sums = accumulate(
-        partial(ReadSums, np.ones(n_genes, dtype=bool)),
-        counts,
-        (np.ones(n_cells),),
-        block_cells=size,
-        progress=progress,
-        desc="read-count QC summary",
-    )
+    """Per bound, the cells and genes failing it on the input matrix.
+
+    From the sums of QC's first round, which are over all cells and genes.
+    """
     cell_counts, cell_genes = sums.cells.values().T
+    n_cells, n_genes = cell_counts.size, sums.gene_counts.size
     cells = {
         "min_cell_counts": cell_counts < bounds.min_cell_counts,
         "min_cell_genes": cell_genes < bounds.min_cell_genes,
@@ -105,9 +103,8 @@ def _removed_by(
     return removed
 
 
-def _read_summary(
-    counts, bounds: ReadBounds, cells: np.ndarray, genes: np.ndarray, size: int
-) -> dict[str, Any]:
+def _read_summary(result: ReadFilter, bounds: ReadBounds) -> dict[str, Any]:
+    cells, genes = result.cells, result.genes
     summary: dict[str, Any] = {
         "n_cells_in": int(cells.size),
         "n_genes_in": int(genes.size),
@@ -119,7 +116,7 @@ def _read_summary(
         failures_cells = {name: np.zeros(cells.size, dtype=bool) for name in CELL_BOUNDS}
         failures_genes = {name: np.zeros(genes.size, dtype=bool) for name in GENE_BOUNDS}
     else:
-        failures_cells, failures_genes = _first_round_failures(counts, bounds, size)
+        failures_cells, failures_genes = _first_round_failures(result.first, bounds)
     summary["cells_removed"] = _removed_by(failures_cells, cells, bounds)
     summary["genes_removed"] = _removed_by(failures_genes, genes, bounds)
     return summary
@@ -277,6 +274,44 @@ def qc_reads(
     >>> nsc.pp.qc_reads(adata, min_gene_cells=50, min_gene_cell_fraction=0.02,
     ...                 min_cell_counts=500, min_cell_genes=100)
     """
+    result = _qc_reads(
+        adata,
+        min_gene_counts=min_gene_counts,
+        min_gene_cells=min_gene_cells,
+        min_gene_cell_fraction=min_gene_cell_fraction,
+        min_cell_counts=min_cell_counts,
+        min_cell_genes=min_cell_genes,
+        min_cell_gene_fraction=min_cell_gene_fraction,
+        transcriptome_genes=transcriptome_genes,
+        layer=layer,
+        inplace=inplace,
+        chunked=chunked,
+        chunk_size=chunk_size,
+    )
+    return None if inplace else (result.cells, result.genes)
+
+
+def _qc_reads(
+    adata: AnnData,
+    *,
+    min_gene_counts: float = 0,
+    min_gene_cells: float = 0,
+    min_gene_cell_fraction: float = 0.0,
+    min_cell_counts: float = 0,
+    min_cell_genes: float = 0,
+    min_cell_gene_fraction: float = 0.0,
+    transcriptome_genes: int | None = None,
+    layer: str | None = None,
+    inplace: bool = True,
+    chunked: bool | None = None,
+    chunk_size: int | None = None,
+) -> ReadFilter:
+    """Run :func:`qc_reads` and return the QC's outcome with the sums of its rounds.
+
+    The sums of the last round are those of the kept cells and genes
+    (:func:`kept_summaries`): :func:`normalize` hands them to :func:`lcpm`, which then
+    reads the counts once less.
+    """
     given = {
         "min_gene_counts": min_gene_counts,
         "min_gene_cells": min_gene_cells,
@@ -312,8 +347,11 @@ def qc_reads(
         )
     )
     counts, size = input_matrix(adata, layer, chunked=chunked, chunk_size=chunk_size)
-    validate_counts(counts, source=matrix_name(layer), block_cells=size, progress=progress)
-    cells, genes, rounds = filter_reads(counts, bounds, block_cells=size, progress=progress)
+    # The counts are checked in the pass of the first round (before anything changes).
+    result = read_filter(
+        counts, bounds, block_cells=size, progress=progress, source=matrix_name(layer)
+    )
+    cells, genes, rounds = result.cells, result.genes, result.rounds
     if not genes.any() or not cells.any():
         what = "gene" if not genes.any() else "cell"
         msg = (
@@ -321,7 +359,7 @@ def qc_reads(
             f"in); lower the bounds {vars(bounds)}."
         )
         raise ValueError(msg)
-    summary = _read_summary(counts, bounds, cells, genes, size)
+    summary = _read_summary(result, bounds)
     logger.info(
         "qc_reads: removed %d/%d genes and %d/%d cells in %d rounds",
         (~genes).sum(),
@@ -332,18 +370,19 @@ def qc_reads(
     )
     _warn_reads(summary, " (in nsc.pp.normalize: the `qc=` mapping; `qc=None` skips QC)")
     if not inplace:
-        return cells, genes
+        return result
     params = {
         **summary["bounds"],
         "transcriptome_genes": transcriptome_genes,
         "layer": layer,
         "rounds": rounds,
     }
-    with subsetting(adata):
-        # One copy for cells and genes at once (anndata copies per call), lazy for a dask X.
-        adata._init_as_actual(adata[cells, genes].copy())
+    if not (cells.all() and genes.all()):
+        with subsetting(adata):
+            # One copy for cells and genes at once (anndata copies per call), lazy for dask.
+            adata._init_as_actual(adata[cells, genes].copy())
     store(adata, QC_KEY, params, uns={QC_KEY: {SUMMARY: summary}})
-    return None
+    return result
 
 
 def qc_outlier(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from copy import deepcopy
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .._core._blocks import compact_rows
+from .._core._counts import kept_summaries
 from .._core._reduce import is_dask
 from .._store import (
     PARAMS,
@@ -25,8 +26,8 @@ from .._store import (
 from .._utils import ensure_actual, float_dtype, input_matrix, logger, obs_columns
 from .._validate import as_names, check_bool, check_int, check_keys, check_number, check_str
 from ._covariates import normcov
-from ._lcpm import lcpm
-from ._qc import QC_KEY, SUMMARY, WARN_FRACTION, qc_outlier, qc_reads
+from ._lcpm import _lcpm
+from ._qc import QC_KEY, SUMMARY, WARN_FRACTION, _qc_reads, qc_outlier
 from ._variance import compute_var, normvar
 
 if TYPE_CHECKING:
@@ -292,9 +293,12 @@ def normalize(
     var = pd.DataFrame({_POSITION: np.arange(adata.n_vars)}, index=_unique_names(adata.var_names))
     work = AnnData(X=counts, obs=obs, var=var)
     with working(work):
+        counted = None
         if qc is not None:
-            qc_reads(work, **qc, chunk_size=size)
-        lcpm(work, chunk_size=size)
+            # The last QC round summed the kept counts: lcpm needs not read them again.
+            bounds: dict[str, Any] = qc  # floats, and transcriptome_genes an int or None
+            counted = kept_summaries(_qc_reads(work, **bounds, chunk_size=size))
+        _lcpm(work, chunk_size=size, counted=counted)
         work.X = None  # the remaining steps need no counts
         normcov(work, columns)
         compute_var(work, stepmax=stepmax, chunk_size=size)
