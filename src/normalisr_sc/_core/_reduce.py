@@ -254,11 +254,17 @@ def _accumulate_dask(
     matrix = matrix.rechunk((block_cells, -1))
     starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
     # The other matrices in the same chunks of cells: block i of each goes with block i.
-    others = [other.rechunk((matrix.chunks[0], -1)).to_delayed()[:, 0] for other in beside]
+    # Their graphs are not optimised: dask's optimisation fuses the tasks at their roots
+    # into each matrix derived from them, so that the blocks of the counts they all
+    # derive from would be read and computed once per matrix instead of once.
+    others = [
+        other.rechunk((matrix.chunks[0], -1)).to_delayed(optimize_graph=False)[:, 0]
+        for other in beside
+    ]
     blocks = [
         (slice(start, stop), block, [other[i] for other in others])
         for i, (start, stop, block) in enumerate(
-            zip(starts[:-1], starts[1:], matrix.to_delayed()[:, 0], strict=True)
+            zip(starts[:-1], starts[1:], matrix.to_delayed(optimize_graph=False)[:, 0], strict=True)
         )
     ]
     if not blocks:
