@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.special import betaincinv
 
-from normalisr_sc._core import _coex
-from normalisr_sc._core._pvalues import association_pvalues
+from normalisr_sc._core import _coex, _pvalues
+from normalisr_sc._core._pvalues import betainc_pvalues
 
 DFS = [1, 2, 3, 7, 50, 999, 19_995, 10**6]
 
@@ -30,8 +30,8 @@ def test_coex_pvalues_agree_with_scipy(df):
     r = _correlations(df, np.random.default_rng(df))
     p, neg_log10 = _coex.coex_pvalues(r, df)
     # scipy's betainc of the rounded 1 - r^2: its rounding costs up to df * 2^-53 of p
-    expected_p, expected_log = association_pvalues(1.0 - r * r, df)
-    fast = r * r <= _coex.SeriesDomain.of(df).y_cut
+    expected_p, expected_log = betainc_pvalues(1.0 - r * r, df)
+    fast = r * r <= _pvalues.SeriesDomain.of(df).y_cut
     assert 0.2 < fast.mean() < 0.9  # both paths are exercised
     if df == 1:
         # scipy's betainc loses up to 1e-8 of p near 1 at df = 1 (against mpmath); the
@@ -82,7 +82,7 @@ def test_coex_pvalues_against_high_precision(df):
     # |r| down to 1e-8: the old kernel, reading the rounded 1 - r^2, was off by up to
     # 1e-16 / r^2 of 1 - p there (2e-10 of p at |r| = 6e-6, df = 19,995)
     mpmath = pytest.importorskip("mpmath")
-    domain = _coex.SeriesDomain.of(df)
+    domain = _pvalues.SeriesDomain.of(df)
     rng = np.random.default_rng(df)
     cut = np.sqrt(domain.y_cut)
     # tails, down to p = 1e-300 where r does not round to 1 (mpmath's betainc does not
@@ -117,17 +117,18 @@ def test_half_gamma_ratio(a):
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 40
     exact = mpmath.gamma(mpmath.mpf(a) + 0.5) / mpmath.gamma(mpmath.mpf(a))
-    assert abs(_coex.half_gamma_ratio(a) - float(exact)) <= 4e-16 * float(exact)
+    assert abs(_pvalues.half_gamma_ratio(a) - float(exact)) <= 4e-16 * float(exact)
 
 
 def test_empty_series_domain_is_the_tails_or_scipy():
     r = _correlations(100, np.random.default_rng(1))
-    p, neg_log10 = _coex.coex_pvalues(r, 100, fast_p=1.0)
-    expected_p, expected_log = association_pvalues(1.0 - r * r, 100)
-    domain = _coex.SeriesDomain.of(100, 1.0)
-    scratch = np.empty(_coex.BGRAT_TERMS), np.empty(_coex.BGRAT_TERMS)
+    p, neg_log10 = _coex.coex_pvalues(r, 100, fast_p=1.0, table=False)
+    expected_p, expected_log = betainc_pvalues(1.0 - r * r, 100)
+    params = _pvalues.table_params(100.0, 1.0, False)
+    scratch = np.empty(_pvalues.BGRAT_TERMS), np.empty(_pvalues.BGRAT_TERMS)
+    exact = _pvalues.kernel("exact")
     by_scipy = np.isnan(
-        [_coex._tail(v, domain.a, domain.log_front, domain.log_ratio, *scratch) for v in r]
+        [exact(v, _pvalues.MODE_R, params, _pvalues.SERIES_INVERSE, *scratch)[0] for v in r]
     )
     assert by_scipy.mean() < 0.5  # most by the expansion at df = 100, even near p = 1
     np.testing.assert_array_equal(p[by_scipy], expected_p[by_scipy])
@@ -154,7 +155,7 @@ def _independent(stats: _coex.CoexStats) -> tuple[np.ndarray, np.ndarray, np.nda
     upper = np.triu(stats.dot)
     dot = upper + np.triu(upper, 1).T
     r = dot * np.outer(stats.inv_sd, stats.inv_sd)
-    p, neg_log10 = association_pvalues(1.0 - r * r, stats.df)
+    p, neg_log10 = betainc_pvalues(1.0 - r * r, stats.df)
     for out, diagonal in ((r, 1.0), (p, 1.0), (neg_log10, 0.0)):
         np.fill_diagonal(out, diagonal)
     return p, neg_log10, r
@@ -175,7 +176,7 @@ def test_matrices_match_an_independent_computation(dtype):
         assert out.dtype == dtype
         np.testing.assert_array_equal(out, out.T)
     np.testing.assert_array_equal(r, expected_r.astype(dtype))
-    slow = expected_p < _coex.FAST_P
+    slow = expected_p < _pvalues.FAST_P
     assert slow.sum() > 500  # the module and the r = 1 pair: the continued fraction
     # the kernel's own p-values of the same r, bit for bit
     pair_p, pair_log = _coex.coex_pvalues(expected_r, stats.df)

@@ -157,9 +157,14 @@ class _Results:
         xy = np.where(zero_x | zero_y | ~tested[rows, None], 0.0, xy)
         gamma = self.gamma[rows]
         np.divide(xy, xx, out=gamma)
-        one_minus_r2 = 1.0 - gamma * xy / yy
-        self.pvals[rows], self.neg_log10[rows] = association_pvalues(
-            one_minus_r2, np.maximum(self.df[rows], 1)[:, None]
+        # R^2 itself, not a rounded 1 - R^2: exact where R^2 is small (most tests)
+        r2 = gamma * xy / yy
+        association_pvalues(
+            None,
+            np.maximum(self.df[rows], 1)[:, None],
+            r2=r2,
+            n_jobs=1,  # fill_rows runs in the threads of fill
+            out=(self.pvals[rows], self.neg_log10[rows]),
         )
         self.var_x[rows] = np.where(tested[rows], xx[:, 0] / n_cells[rows], np.nan)
         self.var_y[rows] = np.where(tested[rows, None], yy / cells, np.nan)

@@ -21,7 +21,6 @@ pair where none converges quickly is computed by
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,12 +30,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.linalg.blas import dgemm, dsyrk
-from scipy.special import betaincinv, gamma
+from scipy.special import betaincinv
 
 from ._blocks import dense_block
 from ._checks import ZERO_VARIANCE_RTOL, check_df, check_finite_sums
 from ._linalg import pinv_psd
-from ._pvalues import association_pvalues
+from ._pvalues import (
+    FAST_P,
+    MODE_R,
+    SERIES_INVERSE,
+    TILE,
+    betainc_pvalues,
+    kernel,
+    table_params,
+)
 from ._reduce import accumulate, is_dask, limit_threads, no_progress
 
 if TYPE_CHECKING:
@@ -52,41 +59,6 @@ if TYPE_CHECKING:
 #: ``qcut * (1 + BH_SLACK)``, which covers every entry whose adjusted p-value can round
 #: to ``qcut`` or below (the rounding of ``p * m / rank`` is far smaller).
 BH_SLACK = 1e-9
-
-#: P-values from this up are summed by the kernel's series (:func:`_complements`);
-#: smaller ones by the asymptotic expansion (:func:`_tail_asymptotic`, ``df >= 2
-#: BGRAT_MIN_A``) or the continued fraction (:func:`_tail_log`; it loses digits near
-#: the cut at large ``df``, 1e-11 at ``df = 1e6``). ``p = 1 - S`` with ``S`` accurate
-#: to a few ulp, so the relative error of ``p`` stays below ``2e-13`` here (largest
-#: just above the cut, where ``S`` is largest). All read ``r``: the series ``r^2`` and
-#: ``(1 - r^2)^a = exp(a log1p(-r^2))``, the tails ``log(1 - r^2)`` as ``log1p(-r^2)``,
-#: or ``log((1 - |r|)(1 + |r|))`` where ``|r| >= 1/2``, so that no rounding of
-#: ``1 - r^2`` enters (it cost up to 2e-10 of p at ``|r| = 6e-6``, ``df = 19,995``).
-#: Against 40-digit mpmath of the same ``r`` (``|r|`` from 1e-8 to 0.99, ``df`` from 3
-#: to 1e6): at most 2e-13 relative where ``p > 1e-20``, and a few ulp of ``log p``
-#: below (the rounding of ``r^2``: 1.5e-13 at ``p = 1e-250``).
-FAST_P = 0.01
-#: Most terms of the series; where more would be needed (small ``df`` with large
-#: ``|r|``), the pairs are handed to ``betainc``.
-SERIES_TERMS = 400
-#: The series stops once the bound of its remaining terms is below this fraction of its
-#: sum (under the rounding of float64).
-SERIES_RTOL = 1e-17
-#: Genes per tile of the matrices kernel: the tile's mirror images of the three outputs
-#: stay in the L1/L2 cache while a band is written.
-COEX_TILE = 64
-#: ``1 / log(10)``: ``-log10 p = -log1p(-(1 - p)) / log(10)``, exact where ``p`` is near 1.
-INV_LN10 = 1.0 / np.log(10.0)
-#: From this ``a = df / 2`` on, p-values below :data:`FAST_P` come from the asymptotic
-#: expansion (:func:`_tail_asymptotic`), and where it fails, from the continued fraction.
-BGRAT_MIN_A = 10.0
-#: Most terms of the asymptotic expansion, and its relative tolerance.
-BGRAT_TERMS = 30
-BGRAT_EPS = 1e-16
-#: Relative convergence tolerance, iteration cap and floor of the continued fraction.
-CF_EPS = 1e-16
-CF_MAX_ITER = 5_000
-CF_TINY = 1e-300
 
 
 class GramSums:
@@ -248,374 +220,80 @@ def _in_bands(
 
 
 # ------------------------------------------------------------------ compiled p-values
-#
-# ``p = I_x(df/2, 1/2)`` with ``x = 1 - r^2``, ``a = df / 2``, ``y = r^2``:
-# ``p = 1 - I_y(1/2, a)`` and
-# ``I_y(1/2, a) = y^(1/2) (1-y)^a / ((1/2) B(1/2, a)) * sum_k c_k``, ``c_0 = 1``,
-# ``c_(k+1) = c_k (a + 1/2 + k) y / (3/2 + k)`` (the hypergeometric series
-# ``2F1(a + 1/2, 1; 3/2; y)``), all terms positive. Its ratios tend to ``y`` (falling to
-# it when ``a > 1``, rising otherwise), so after a term ``c`` with ratio ``q`` the
-# remaining terms are below ``c * m / (1 - m)``, ``m = max(q, y)``. Every term grows
-# with ``y``: the number of terms that is enough at the domain's largest ``y`` is enough
-# for all (:func:`series_terms`). Every pair sums that many terms, so that its p-value
-# depends on its ``x`` only, and the pairs of a tile row are summed together (SIMD).
 
 
-def _complements(r, width, a, scale, y_cut, inverse, n_terms, y, term, total, out):
-    """``1 - I_x(a, 1/2)``, ``x = 1 - r^2``, of ``r[:width]`` into ``out[:width]``.
-
-    NaN outside the domain (``r^2 > y_cut`` or NaN). ``y``, ``term`` and ``total`` are
-    scratch arrays of at least ``width`` values; the first ``n_terms`` of
-    ``inverse[k] = 1 / (3/2 + k)`` are used. Returns the number of entries outside the
-    domain.
-    """
-    missing = 0
-    for q in range(width):
-        value = r[q] * r[q]
-        if value <= y_cut:
-            y[q] = value
-        else:
-            y[q] = np.nan
-            missing += 1
-        term[q] = 1.0
-        total[q] = 1.0
-    alpha = a + 0.5
-    for k in range(n_terms):
-        factor = alpha + k
-        inverse_k = inverse[k]
-        for q in range(width):
-            term[q] *= factor * y[q] * inverse_k
-            total[q] += term[q]
-    for q in range(width):
-        out[q] = scale * np.sqrt(y[q]) * np.exp(a * np.log1p(-y[q])) * total[q]
-    return missing
-
-
-def _tail_log(r, a, log_front):
-    """``log I_x(a, 1/2)``, ``x = 1 - r^2``, by the continued fraction; NaN if it fails.
-
-    ``log_front = log(1 / (a B(a, 1/2)))``. The fraction (modified Lentz) converges
-    where ``x < (a + 1) / (a + 3/2 + 1)``, which holds for small p-values; elsewhere, or
-    without convergence in :data:`CF_MAX_ITER` steps, or for ``|r| > 1``, NaN.
-    ``|r| = 1`` gives ``-inf``.
-    """
-    b = 0.5
-    magnitude = abs(r)
-    y = r * r
-    # 1 - |r| is exact where |r| >= 1/2 (Sterbenz)
-    x = (1.0 - magnitude) * (1.0 + magnitude) if magnitude >= 0.5 else 1.0 - y
-    if not x < (a + 1.0) / (a + b + 2.0):
-        return np.nan  # also |r| > 1 and NaN
-    if x == 0.0:
-        return -np.inf
-    log_x = np.log(x) if magnitude >= 0.5 else np.log1p(-y)
-    d = 1.0 - (a + b) * x / (a + 1.0)
-    if abs(d) < CF_TINY:
-        d = CF_TINY
-    d = 1.0 / d
-    c = 1.0
-    fraction = d
-    for m in range(1, CF_MAX_ITER):
-        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        d = 1.0 + even * d
-        d = 1.0 / (CF_TINY if abs(d) < CF_TINY else d)
-        c = 1.0 + even / c
-        c = CF_TINY if abs(c) < CF_TINY else c
-        fraction *= d * c
-        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1.0 + odd * d
-        d = 1.0 / (CF_TINY if abs(d) < CF_TINY else d)
-        c = 1.0 + odd / c
-        c = CF_TINY if abs(c) < CF_TINY else c
-        step = d * c
-        fraction *= step
-        if abs(step - 1.0) <= CF_EPS:
-            return a * log_x + 0.5 * np.log(y) + log_front + np.log(fraction)
-    return np.nan
-
-
-def _tail_asymptotic(r, a, log_ratio, c, d):
-    """``log I_x(a, 1/2)``, ``x = 1 - r^2``, for large ``a``; NaN if the expansion fails.
-
-    The expansion in incomplete gamma functions of Didonato and Morris (1992, eq. 9.1),
-    ``T = a - 1/4``, ``u = -T log x``, with ``Q(1/2, u) = erfc(sqrt(u))``, summed until
-    a term is below :data:`BGRAT_EPS` of the sum. ``log_ratio = log(Gamma(a + 1/2) /
-    Gamma(a))``; ``c`` and ``d`` are scratch arrays of :data:`BGRAT_TERMS` values.
-    """
-    b = 0.5
-    magnitude = abs(r)
-    y = r * r
-    # 1 - |r| is exact where |r| >= 1/2 (Sterbenz)
-    x = (1.0 - magnitude) * (1.0 + magnitude) if magnitude >= 0.5 else 1.0 - y
-    if not (x > 0.0 and x < 1.0):
-        return np.nan  # also NaN
-    log_x = np.log(x) if magnitude >= 0.5 else np.log1p(-y)
-    nu = a + 0.5 * (b - 1.0)
-    u = -nu * log_x
-    root = np.sqrt(u)
-    if root < 5.0:
-        erfc = math.erfc(root)
-        log_q = np.log(erfc)
-        # Q(b, u) / (exp(-u) u^b / Gamma(b)): only the corrections use it
-        q_ratio = np.sqrt(np.pi) * erfc * np.exp(u) / root
-    else:
-        # erfc(s) = exp(-s^2) / sqrt(pi) / (s + (1/2) / (s + 1 / (s + (3/2) / (s + ...))))
-        fraction = root
-        for k in range(80, 0, -1):
-            fraction = root + 0.5 * k / fraction
-        log_q = -np.log(fraction) - 0.5 * np.log(np.pi) - u
-        q_ratio = 1.0 / (fraction * root)
-    v = 0.25 / (nu * nu)
-    t2 = 0.25 * log_x * log_x
-    j = q_ratio
-    corrections = 0.0
-    t = 1.0
-    cn = 1.0
-    n2 = 0.0
-    for n in range(1, BGRAT_TERMS + 1):
-        bp2n = b + n2
-        j = (bp2n * (bp2n + 1.0) * j + (u + bp2n + 1.0) * t) * v
-        n2 += 2.0
-        t *= t2
-        cn /= n2 * (n2 + 1.0)
-        c[n - 1] = cn
-        acc = 0.0
-        coef = b - n
-        for i in range(1, n):
-            acc += coef * c[i - 1] * d[n - 1 - i]
-            coef += b
-        d[n - 1] = (b - 1.0) * cn + acc / n
-        term = d[n - 1] * j
-        corrections += term
-        if q_ratio + corrections <= 0.0:
-            return np.nan
-        if abs(term) <= BGRAT_EPS * (q_ratio + corrections):
-            return log_ratio - b * np.log(nu) + log_q + np.log1p(corrections / q_ratio)
-    return np.nan
-
-
-def _tail(r, a, log_front, log_ratio, c, d):
-    """``log p`` of a pair below the series' domain (:func:`_tail_asymptotic`, else the fraction)."""
-    log_p = _asymptotic_kernel(r, a, log_ratio, c, d) if a >= BGRAT_MIN_A else np.nan
-    if np.isnan(log_p):
-        log_p = _fraction_kernel(r, a, log_front)
-    return log_p
-
-
-# replaced by their compiled versions before the kernels
-_complement_kernel = _complements
-_fraction_kernel = _tail_log
-_asymptotic_kernel = _tail_asymptotic
-_tail_kernel = _tail
-
-
-def _band_matrices(
-    lower,
-    inv_sd,
-    r_out,
-    p_out,
-    log_out,
-    lo,
-    hi,
-    a,
-    scale,
-    y_cut,
-    inverse,
-    n_terms,
-    log_front,
-    log_ratio,
-    tile,
-):
+def _band_matrices(lower, inv_sd, r_out, p_out, log_out, lo, hi, params, inverse):
     """Write r, p and ``-log10 p`` of the pairs ``(j, i)``, ``lo <= j < hi``, ``i < j``.
 
     ``lower[j, i]`` (``i < j``) holds the covariate-removed inner products; each pair is
-    written at ``(j, i)`` and ``(i, j)`` of the outputs, a tile of columns at a time.
-    ``r_out`` may be ``lower`` itself (an entry is read before it is overwritten; the
-    upper triangle of ``lower`` is never read). Pairs that neither the series nor the
-    continued fraction computes get NaN p-values; returns how many.
+    written at ``(j, i)`` and ``(i, j)`` of the outputs, a tile of :data:`TILE` columns
+    at a time. ``r_out`` may be ``lower`` itself (an entry is read before it is
+    overwritten; the upper triangle of ``lower`` is never read). ``params`` are those of
+    :func:`~._pvalues.table_params`; a tile of a row is computed together
+    (:func:`~._pvalues._tile`). Pairs that no method computes get NaN p-values; returns
+    how many.
     """
     missing = 0
-    r = np.empty(tile)
-    complement = np.empty(tile)
-    y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
-    c, d = np.empty(BGRAT_TERMS), np.empty(BGRAT_TERMS)
-    for i0 in range(0, hi, tile):
-        i1 = min(i0 + tile, hi)
+    scratch = _scratch_kernel()
+    r = np.empty(TILE)
+    p = np.empty(TILE)
+    neg_log = np.empty(TILE)
+    for i0 in range(0, hi, TILE):
+        i1 = min(i0 + TILE, hi)
         for j in range(max(lo, i0 + 1), hi):
             row = lower[j]
             inv_j = inv_sd[j]
             width = min(i1, j) - i0
             for q in range(width):
                 r[q] = row[i0 + q] * (inv_j * inv_sd[i0 + q])
-            _complement_kernel(
-                r, width, a, scale, y_cut, inverse, n_terms, y, term, total, complement
-            )
+            missing += _tile_kernel(r, 0, width, MODE_R, params, inverse, scratch, p, neg_log, 0)
             for q in range(width):
                 i = i0 + q
-                if np.isnan(complement[q]):
-                    log_p = _tail_kernel(r[q], a, log_front, log_ratio, c, d)
-                    missing += np.isnan(log_p)
-                    p = np.exp(log_p)
-                    neg_log = -log_p * INV_LN10
-                else:
-                    p = 1.0 - complement[q]
-                    neg_log = -np.log1p(-complement[q]) * INV_LN10
                 r_out[j, i] = r[q]
                 r_out[i, j] = r[q]
-                p_out[j, i] = p
-                p_out[i, j] = p
-                log_out[j, i] = neg_log
-                log_out[i, j] = neg_log
+                p_out[j, i] = p[q]
+                p_out[i, j] = p[q]
+                log_out[j, i] = neg_log[q]
+                log_out[i, j] = neg_log[q]
     return missing
 
 
-def _values(r, a, scale, y_cut, inverse, n_terms, log_front, log_ratio, tile, p_out, log_out):
-    """P-values and ``-log10`` p-values of the 1-d ``r`` as in :func:`_band_matrices`."""
-    missing = 0
-    complement = np.empty(tile)
-    y, term, total = np.empty(tile), np.empty(tile), np.empty(tile)
-    c, d = np.empty(BGRAT_TERMS), np.empty(BGRAT_TERMS)
-    for start in range(0, r.size, tile):
-        width = min(tile, r.size - start)
-        _complement_kernel(
-            r[start:], width, a, scale, y_cut, inverse, n_terms, y, term, total, complement
-        )
-        for q in range(width):
-            if np.isnan(complement[q]):
-                log_p = _tail_kernel(r[start + q], a, log_front, log_ratio, c, d)
-                missing += np.isnan(log_p)
-                p_out[start + q] = np.exp(log_p)
-                log_out[start + q] = -log_p * INV_LN10
-            else:
-                p_out[start + q] = 1.0 - complement[q]
-                log_out[start + q] = -np.log1p(-complement[q]) * INV_LN10
-    return missing
+# replaced by their compiled versions before the kernel is compiled
+_tile_kernel: Callable | None = None
+_scratch_kernel: Callable | None = None
+_MATRICES: list[Callable] = []
 
 
-_KERNELS: dict[str, Callable] = {}
-
-
-def _kernel(name: str) -> Callable:
-    """Return the compiled kernel ``name`` (numba, compiled on first use, cached on disk)."""
-    if not _KERNELS:
+def _matrices_kernel() -> Callable:
+    """Return the compiled :func:`_band_matrices` (numba, compiled on first use, cached)."""
+    if not _MATRICES:
         import numba
 
-        # the kernels call them by these names
-        global _complement_kernel, _fraction_kernel, _asymptotic_kernel, _tail_kernel
-        jit = numba.njit(nogil=True, cache=True, boundscheck=False)
-        _complement_kernel = jit(_complements)
-        _fraction_kernel = jit(_tail_log)
-        _asymptotic_kernel = jit(_tail_asymptotic)
-        _tail_kernel = jit(_tail)
-        _KERNELS.update(matrices=jit(_band_matrices), values=jit(_values))
-    return _KERNELS[name]
-
-
-#: From this ``a`` on, ``Gamma(a + 1/2) / Gamma(a)`` comes from its asymptotic series
-#: (below, from ``gamma`` itself; both accurate to a few ulp, unlike ``betaln`` or
-#: ``poch``, whose errors reach ``1e-10`` for ``a`` in the thousands).
-GAMMA_RATIO_ASYMPTOTIC = 20.0
-#: ``log(Gamma(a + 1/2) / Gamma(a)) - log(a) / 2 = sum_m c_m a^(1 - 2m)``:
-#: ``c_m = (2^(1-2m) - 2) B_2m / (2m (2m - 1))`` (Bernoulli numbers ``B_2m``).
-_GAMMA_RATIO_SERIES = (-1 / 8, 1 / 192, -1 / 640, 17 / 14336, -5115 / 3041280)
-
-
-def half_gamma_ratio(a: float) -> float:
-    """``Gamma(a + 1/2) / Gamma(a)`` for ``a > 0``, to a few ulp."""
-    if a < GAMMA_RATIO_ASYMPTOTIC:
-        return float(gamma(a + 0.5) / gamma(a))
-    inverse = 1.0 / a
-    correction = sum(c * inverse ** (2 * m + 1) for m, c in enumerate(_GAMMA_RATIO_SERIES))
-    return float(np.sqrt(a) * np.exp(correction))
-
-
-def series_terms(y: float, a: float, limit: int = SERIES_TERMS) -> int | None:
-    """Terms of the series after which the rest is below ``SERIES_RTOL`` at ``y``.
-
-    The same number is enough for every smaller ``y`` (each term grows with ``y``, and
-    the sum is at least 1); None if more than ``limit`` would be needed.
-    """
-    alpha = a + 0.5
-    term = 1.0
-    for k in range(limit):
-        ratio = (alpha + k) * y / (1.5 + k)
-        term *= ratio
-        bound = max(ratio, y)
-        if bound < 1.0 and term * bound <= SERIES_RTOL * (1.0 - bound):
-            return k + 1
-    return None
-
-
-@dataclass(frozen=True)
-class SeriesDomain:
-    """Constants of :func:`_complements` and :func:`_tail_log` for one ``df``.
-
-    The series' domain is ``r^2 <= y_cut``: ``p >= fast_p`` and the series converged
-    within :data:`SERIES_TERMS` terms (``n_terms``, enough at ``y_cut``).
-    ``log_front = log(1 / (a B(a, 1/2)))`` and ``log_ratio = log(Gamma(a + 1/2) /
-    Gamma(a))`` are the constants of the continued fraction and of the expansion.
-    """
-
-    a: float
-    scale: float
-    y_cut: float
-    inverse: np.ndarray
-    n_terms: int
-    log_front: float
-    log_ratio: float
-
-    @classmethod
-    def of(cls, df: float, fast_p: float = FAST_P) -> SeriesDomain:
-        """Domain where ``p >= fast_p`` and the series is short (``fast_p = 1``: empty)."""
-        a = float(df) / 2.0
-        inverse = 1.0 / (1.5 + np.arange(SERIES_TERMS, dtype=np.float64))
-        # 2 / B(1/2, a) = 2 Gamma(a + 1/2) / (Gamma(1/2) Gamma(a))
-        ratio = half_gamma_ratio(a)
-        scale = 2.0 / np.sqrt(np.pi) * ratio
-        log_front, log_ratio = float(np.log(scale / (2.0 * a))), float(np.log(ratio))
-        if fast_p >= 1:
-            return cls(a, scale, -np.inf, inverse, 0, log_front, log_ratio)
-        y_cut = 1.0 - float(betaincinv(a, 0.5, fast_p))
-        n_terms = series_terms(y_cut, a)
-        if n_terms is None:
-            # Shrink the domain to where the series converges: bisect on y.
-            low, high = 0.0, y_cut
-            for _ in range(60):
-                middle = 0.5 * (low + high)
-                low, high = (middle, high) if series_terms(middle, a) else (low, middle)
-            y_cut = low
-            n_terms = series_terms(low, a) or 0
-        return cls(a, scale, y_cut, inverse, n_terms, log_front, log_ratio)
-
-    def args(self) -> tuple[float, float, float, np.ndarray, int, float, float]:
-        return (
-            self.a,
-            self.scale,
-            self.y_cut,
-            self.inverse,
-            self.n_terms,
-            self.log_front,
-            self.log_ratio,
-        )
+        global _tile_kernel, _scratch_kernel
+        _tile_kernel, _scratch_kernel = kernel("tile"), kernel("scratch")
+        _MATRICES.append(numba.njit(nogil=True, cache=True, boundscheck=False)(_band_matrices))
+    return _MATRICES[0]
 
 
 def coex_pvalues(
-    r: np.ndarray, df: float, *, fast_p: float = FAST_P
+    r: np.ndarray, df: float, *, fast_p: float = FAST_P, table: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """P-values and ``-log10`` p-values of Pearson correlations ``r`` with ``df``.
 
     The values of :func:`~._pvalues.association_pvalues` at ``R^2 = r^2``, computed from
-    ``r`` by the kernel's series and continued fraction (the same arithmetic as the
-    matrices of :func:`coex_matrices`), scipy's ``betainc`` for the rare rest.
+    ``r`` by the same arithmetic as the matrices of :func:`coex_matrices` (the table of
+    ``df``, else the exact evaluations, scipy's ``betainc`` for the rare rest).
+    ``fast_p`` and ``table`` are for tests: the series from ``fast_p`` on (1: never),
+    the table or not.
     """
     values = np.ascontiguousarray(r, dtype=np.float64).ravel()
     p = np.empty_like(values)
     neg_log10 = np.empty_like(values)
-    domain = SeriesDomain.of(df, fast_p)
-    missing = _kernel("values")(values, *domain.args(), COEX_TILE, p, neg_log10)
+    params = table_params(float(df), fast_p, table)
+    missing = kernel("values")(values, MODE_R, params, SERIES_INVERSE, p, neg_log10)
     if missing:
-        where = np.flatnonzero(np.isnan(p))
-        p[where], neg_log10[where] = association_pvalues(1.0 - values[where] ** 2, df)
+        where = np.flatnonzero(np.isnan(p) & ~np.isnan(values))
+        p[where], neg_log10[where] = betainc_pvalues(1.0 - values[where] ** 2, df)
     shape = np.shape(r)
     return p.reshape(shape), neg_log10.reshape(shape)
 
@@ -647,12 +325,12 @@ def coex_matrices(
     # valid; r is symmetric.
     lower = stats.dot.T
     r = lower if pvals.dtype == np.float64 else np.empty_like(pvals)
-    domain = SeriesDomain.of(stats.df, fast_p)
-    kernel = _kernel("matrices")
+    params = table_params(float(stats.df), fast_p)
+    matrices = _matrices_kernel()
 
     def band(rows: slice) -> None:
         lo, hi = rows.start, rows.stop
-        missing = kernel(lower, inv_sd, r, pvals, neg_log10, lo, hi, *domain.args(), COEX_TILE)
+        missing = matrices(lower, inv_sd, r, pvals, neg_log10, lo, hi, params, SERIES_INVERSE)
         if not missing:
             return
         row, column = np.nonzero(np.isnan(pvals[lo:hi, :hi]))
@@ -661,7 +339,7 @@ def coex_matrices(
         row, column = row[pair], column[pair]
         dot = lower[row, column]
         values = dot if r is lower else dot * (inv_sd[row] * inv_sd[column])
-        band_p, band_log = association_pvalues(1.0 - values * values, stats.df)
+        band_p, band_log = betainc_pvalues(1.0 - values * values, stats.df)
         for out, value in ((pvals, band_p), (neg_log10, band_log)):
             out[row, column] = value
             out[column, row] = value
