@@ -84,13 +84,25 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return view
 
 
+#: Attribute marking a block made here and found canonical: its index arrays are
+#: read-only views, so that the rows of it are canonical too and need no new check.
+_CHECKED = "_nsc_checked_canonical"
+
+
 def _shared_csr(
     data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]
 ) -> sparse.csr_matrix:
-    """Return a canonical CSR block around read-only views of ``data`` and ``indices``."""
+    """Return a CSR block around read-only views of ``data`` and ``indices``."""
     block = sparse.csr_matrix(shape, dtype=data.dtype)
     # Assigned, not passed to the constructor, which copies views of much larger arrays.
     block.data, block.indices, block.indptr = _read_only(data), _read_only(indices), indptr
+    return block
+
+
+def _checked(block: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Mark ``block`` (made by :func:`_shared_csr`, canonical) as checked; return it."""
+    block.has_canonical_format = True
+    setattr(block, _CHECKED, True)
     return block
 
 
@@ -105,10 +117,10 @@ def materialize(block: RowSliceable | ArrayLike) -> Block:
     value: object = compute() if compute is not None else block
     if is_sparse(value):
         # A conversion to CSR makes new arrays; a CSR array's are shared, not copied.
+        if getattr(value, _CHECKED, False):
+            return value  # type: ignore[return-value]  # a block made (and checked) here
         fixed = canonical(sparse.csr_matrix(value))
-        shared = _shared_csr(fixed.data, fixed.indices, fixed.indptr, fixed.shape)
-        shared.has_canonical_format = True
-        return shared
+        return _checked(_shared_csr(fixed.data, fixed.indices, fixed.indptr, fixed.shape))
     return _read_only(np.asarray(value))
 
 
@@ -117,7 +129,8 @@ def row_block(matrix: RowSliceable, rows: slice) -> Block:
 
     A block of an in-memory CSR matrix shares its ``data`` and ``indices`` (as read-only
     views) instead of copying them (slicing a CSR matrix copies); a non-canonical block
-    is made canonical on a copy.
+    is made canonical on a copy. Rows of a block made here are not checked again: its
+    read-only index arrays were found canonical when it was made.
     """
     if not (isinstance(matrix, sparse.csr_matrix | sparse.csr_array) and rows.step in (None, 1)):
         return materialize(matrix[rows])
@@ -131,7 +144,9 @@ def row_block(matrix: RowSliceable, rows: slice) -> Block:
         matrix.indptr[first : last + 1] - start,
         (last - first, n_columns),
     )
-    return block if is_canonical(block) else materialize(canonical(block))
+    if getattr(matrix, _CHECKED, False) or is_canonical(block):
+        return _checked(block)
+    return materialize(canonical(block))
 
 
 def dense_block(block: RowSliceable | ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:

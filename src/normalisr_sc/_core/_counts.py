@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +17,7 @@ from scipy import sparse
 from scipy.special import digamma, polygamma
 
 from ._blocks import count_non_finite, materialize
+from ._moments import run_parts
 from ._reduce import PerCell, accumulate, no_progress
 
 if TYPE_CHECKING:
@@ -397,13 +399,14 @@ def _sparse_write(indptr, indices, index, table, zero_value, shift, out):
             row[indices[p]] = table[index[p]] - offset
 
 
-def _csr_sums(indptr, indices, data, cells, detected, total, proportion):
+def _csr_sums(indptr, indices, data, cells, detected, total, proportion, proportions):
     """Sum a CSR block per row and per column in one read.
 
     Per row its total and zero-count genes (into ``cells``); per column its detections,
-    total and sum of proportions (into the zeroed ``detected``, ``total``,
-    ``proportion``): the figures of :func:`cell_summaries` and
-    :meth:`GeneStatistics.update`, each sum in scipy's order (rows in turn).
+    total and, if ``proportions``, sum of proportions (into the zeroed ``detected``,
+    ``total``, ``proportion``): the figures of :func:`cell_summaries` and
+    :meth:`GeneStatistics.update`, each sum in scipy's order (rows in turn). The rows
+    are ``indptr``'s (a slice of a block's: its positions index ``indices``, ``data``).
     """
     n_genes = detected.size
     for i in range(indptr.size - 1):
@@ -423,7 +426,8 @@ def _csr_sums(indptr, indices, data, cells, detected, total, proportion):
             column = indices[p]
             value = data[p]
             total[column] += value
-            proportion[column] += value * inverse
+            if proportions:
+                proportion[column] += value * inverse
             if value != 0:
                 detected[column] += 1.0
 
@@ -618,10 +622,16 @@ class CountSummaries:
     zero-count genes, and the :class:`GeneStatistics`.
     """
 
-    def __init__(self, n_genes: int) -> None:
+    def __init__(self, n_genes: int, *, proportions: bool = True, n_jobs: int = 1) -> None:
         self.check = CountCheck()
         self.cells = PerCell(2)
         self.genes = GeneStatistics(n_genes)
+        #: Without ``proportions`` the genes' sums of proportions are not made (NaN):
+        #: the other sums, of integers, are then exact in any order and a CSR block's
+        #: rows are summed in ``n_jobs`` parts on threads.
+        self.proportions, self.n_jobs = proportions, n_jobs
+        if not proportions:
+            self.genes.proportion_sum[:] = np.nan
 
     def add(self, rows: slice, block: np.ndarray | sparse.csr_matrix) -> None:
         self.check.add(rows, block)
@@ -640,15 +650,38 @@ class CountSummaries:
         """
         n_block, n_genes = block.shape
         cells = np.empty((n_block, 2))
-        detected, total, proportion = np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes)
         indptr = np.asarray(block.indptr, dtype=np.int64)
-        _kernel("sums")(indptr, block.indices, block.data, cells, detected, total, proportion)
+        kernel = _kernel("sums")
+        # Rows in parts only without proportions (float sums, whose order would change).
+        n_parts = 1 if self.proportions else max(1, min(self.n_jobs, n_block))
+        bounds = np.linspace(0, n_block, n_parts + 1).round().astype(int)
+        pieces = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+        sums = np.zeros((len(pieces), 3, n_genes))
+
+        order = {piece.start: index for index, piece in enumerate(pieces)}
+
+        def part(chosen: slice) -> None:
+            detected, total, proportion = sums[order[chosen.start]]
+            kernel(
+                indptr[chosen.start : chosen.stop + 1],
+                block.indices,
+                block.data,
+                cells[chosen],
+                detected,
+                total,
+                proportion,
+                self.proportions,
+            )
+
+        run_parts(part, pieces, len(pieces))
         self.cells.add(rows, cells)
         genes = self.genes
         genes.n_cells += n_block
-        genes.detected += detected
-        genes.total += total
-        genes.proportion_sum += proportion
+        for detected, total, proportion in sums:  # in order; integer sums but proportion
+            genes.detected += detected
+            genes.total += total
+            if self.proportions:
+                genes.proportion_sum += proportion
 
     def merge(self, other: CountSummaries) -> CountSummaries:
         self.check.merge(other.check)

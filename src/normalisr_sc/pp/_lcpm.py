@@ -38,16 +38,25 @@ COV_KEY, SCALE_KEY = "nsc_cov", "nsc_scale"
 
 
 def _summarise_counts(
-    adata: AnnData, counts, layer: str | None, block_cells: int, desc: str
+    adata: AnnData,
+    counts,
+    layer: str | None,
+    block_cells: int,
+    desc: str,
+    *,
+    proportions: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, GeneStatistics]:
     """One pass over valid counts: per-cell totals and zero-gene counts, per-gene sums.
 
-    Invalid counts and cells without any count are refused.
+    Invalid counts and cells without any count are refused. Without ``proportions``
+    the genes' sums of proportions are left out (NaN) and the other sums, exact in any
+    order, are made on threads in memory.
     """
     source = matrix_name(layer)
     check_count_dtype(counts.dtype, source=source)
+    n_jobs = 1 if is_dask(counts) or proportions else thread_count()
     summaries = accumulate(
-        partial(CountSummaries, adata.n_vars),
+        partial(CountSummaries, adata.n_vars, proportions=proportions, n_jobs=n_jobs),
         counts,
         block_cells=block_cells,
         progress=progress,
@@ -236,7 +245,10 @@ def _lcpm(
         )
         raise ValueError(msg)
     if counted is None:
-        totals, zeros, gene_stats = _summarise_counts(adata, counts, layer, size, "lcpm: counts")
+        # The default scaling factor (zero fraction) needs no sums of proportions.
+        totals, zeros, gene_stats = _summarise_counts(
+            adata, counts, layer, size, "lcpm: counts", proportions=False
+        )
     else:
         totals, zeros, gene_stats = counted
         if totals.shape != (adata.n_obs,) or zeros.shape != (adata.n_obs,):
