@@ -10,13 +10,13 @@ requested outputs.
 
 The p-values of the matrices come from a compiled kernel (numba, GIL released, threads
 over bands of genes) that reads each pair once, in one triangle, and writes the three
-outputs and their mirror images tile by tile. Both methods read ``r`` itself, never a
-rounded ``1 - r^2``: where ``p >= FAST_P`` it sums the power series of the
-complementary incomplete beta function in ``r^2`` (:func:`_complements`); below, in
-log space, the asymptotic expansion for large ``df`` (:func:`_tail_asymptotic`), else
-the continued fraction of the incomplete beta function (:func:`_tail_log`). The rare
-pair where none converges quickly is computed by
-:func:`~._pvalues.association_pvalues` (scipy's ``betainc``).
+outputs and their mirror images tile by tile. Its p-values are those of
+:func:`~._pvalues.association_pvalues`, computed from ``r`` itself (never a rounded
+``1 - r^2``) by the same arithmetic (:func:`~._pvalues._tile`): for the one ``df`` of
+all pairs, polynomials in ``|r|`` where ``p >= FAST_P`` (a tile of pairs together), a
+table of ``-log(p) / |r|`` down to ``p = 1e-30``, and the exact series and tails beyond;
+so a pair's values depend on its ``r`` only. The rare pair where no method converges is
+computed by scipy's ``betainc`` (:func:`~._pvalues.betainc_pvalues`).
 """
 
 from __future__ import annotations
@@ -311,9 +311,10 @@ def coex_matrices(
 
     Each pair is computed once, in the lower triangle of ``stats.dot.T``, and written at
     both of its places (:func:`_band_matrices`, in bands of ``band_rows`` genes over
-    ``n_jobs`` threads, the longest bands first), by the series where ``p >= fast_p`` and
-    by the continued fraction below; the rare pairs neither computes are then computed
-    by :func:`~._pvalues.association_pvalues`, in their band. Diagonal:
+    ``n_jobs`` threads, the longest bands first), by the kernel of
+    :func:`~._pvalues.association_pvalues` for ``df = stats.df`` (``fast_p``: where the
+    exact series starts); the rare pairs no method computes are then computed by
+    :func:`~._pvalues.betainc_pvalues`, in their band. Diagonal:
     ``p = 1``, ``r = 1``. In float64, ``r`` is written over ``stats.dot``, which is
     consumed: a pair's entry is overwritten only after it has been read.
     """
