@@ -41,6 +41,8 @@ CACHE = Path(tempfile.gettempdir()) / "normalisr_sc_bench"
 METHODS = ("ours", "normalisr", "scanpy", "floor")
 #: Steps of ``nsc.pp.normalize`` timed separately (names in ``normalisr_sc.pp._recipe``).
 OUR_STEPS = ("lcpm", "normcov", "compute_var", "qc_outlier", "normvar")
+#: Private names under which the recipe calls some steps (tried first).
+_RECIPE_NAMES = {"qc_reads": "_qc_reads", "lcpm": "_lcpm"}
 #: Pieces inside the steps, timed in total over the run: (label, module, function name).
 OUR_PIECES = (
     ("count summary (in lcpm)", "normalisr_sc.pp._lcpm", "_summarise_counts"),
@@ -137,11 +139,16 @@ def _run_ours(adata, covariate: str, steps: _Steps) -> tuple[int, int]:
     from normalisr_sc.pp import _recipe
 
     # per-step times wrap the recipe's steps where it still calls them by these names
-    originals = {name: getattr(_recipe, name) for name in OUR_STEPS if hasattr(_recipe, name)}
+    originals = {}
+    for step in OUR_STEPS:
+        for name in (_RECIPE_NAMES.get(step), step):
+            if name is not None and hasattr(_recipe, name):
+                originals[name] = (step, getattr(_recipe, name))
+                break
     import importlib
 
-    for name, function in originals.items():
-        setattr(_recipe, name, steps.wrap(name, function))
+    for name, (step, function) in originals.items():
+        setattr(_recipe, name, steps.wrap(step, function))
     # pieces inside the steps, looked up at call time as globals of their modules
     pieces = []
     for label, module_name, name in OUR_PIECES:
@@ -152,7 +159,7 @@ def _run_ours(adata, covariate: str, steps: _Steps) -> tuple[int, int]:
     try:
         nsc.pp.normalize(adata, covariates=[covariate], qc=None, remove_outliers=True)
     finally:
-        for name, function in originals.items():
+        for name, (_, function) in originals.items():
             setattr(_recipe, name, function)
         for module, name, function in pieces:
             setattr(module, name, function)

@@ -399,14 +399,13 @@ def _sparse_write(indptr, indices, index, table, zero_value, shift, out):
             row[indices[p]] = table[index[p]] - offset
 
 
-def _csr_sums(indptr, indices, data, cells, detected, total, proportion, proportions):
+def _csr_sums(indptr, indices, data, cells, detected, total, proportion):
     """Sum a CSR block per row and per column in one read.
 
     Per row its total and zero-count genes (into ``cells``); per column its detections,
-    total and, if ``proportions``, sum of proportions (into the zeroed ``detected``,
-    ``total``, ``proportion``): the figures of :func:`cell_summaries` and
-    :meth:`GeneStatistics.update`, each sum in scipy's order (rows in turn). The rows
-    are ``indptr``'s (a slice of a block's: its positions index ``indices``, ``data``).
+    total and sum of proportions (into the zeroed ``detected``, ``total``,
+    ``proportion``): the figures of :func:`cell_summaries` and
+    :meth:`GeneStatistics.update`, each sum in scipy's order (rows in turn).
     """
     n_genes = detected.size
     for i in range(indptr.size - 1):
@@ -426,10 +425,31 @@ def _csr_sums(indptr, indices, data, cells, detected, total, proportion, proport
             column = indices[p]
             value = data[p]
             total[column] += value
-            if proportions:
-                proportion[column] += value * inverse
+            proportion[column] += value * inverse
             if value != 0:
                 detected[column] += 1.0
+
+
+def _csr_count_sums(indptr, indices, data, cells, detected, total):
+    """Sum a CSR block as :func:`_csr_sums` does, but the proportions, in one loop.
+
+    Every sum is of integers (counts, ones): exact in any order. The rows are
+    ``indptr``'s, a slice of a block's (its positions index ``indices`` and ``data``).
+    """
+    n_genes = detected.size
+    for i in range(indptr.size - 1):
+        row_total = 0.0
+        nonzero = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            value = data[p]
+            column = indices[p]
+            row_total += value
+            total[column] += value
+            if value != 0:
+                nonzero += 1
+                detected[column] += 1.0
+        cells[i, 0] = row_total
+        cells[i, 1] = n_genes - nonzero
 
 
 def _read_sums(indptr, indices, data, cell_weights, gene_weights, counts, detections, cells):
@@ -468,6 +488,7 @@ def _kernel(name: str) -> Callable:
             "mass": _sparse_mass,
             "write": _sparse_write,
             "sums": _csr_sums,
+            "count_sums": _csr_count_sums,
             "read_sums": _read_sums,
         }
         source = sources[name]
@@ -651,17 +672,25 @@ class CountSummaries:
         n_block, n_genes = block.shape
         cells = np.empty((n_block, 2))
         indptr = np.asarray(block.indptr, dtype=np.int64)
-        kernel = _kernel("sums")
-        # Rows in parts only without proportions (float sums, whose order would change).
-        n_parts = 1 if self.proportions else max(1, min(self.n_jobs, n_block))
-        bounds = np.linspace(0, n_block, n_parts + 1).round().astype(int)
-        pieces = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
-        sums = np.zeros((len(pieces), 3, n_genes))
-
+        genes = self.genes
+        genes.n_cells += n_block
+        if self.proportions:
+            detected, total, proportion = np.zeros((3, n_genes))
+            _kernel("sums")(indptr, block.indices, block.data, cells, detected, total, proportion)
+            self.cells.add(rows, cells)
+            genes.detected += detected
+            genes.total += total
+            genes.proportion_sum += proportion
+            return
+        # Integer sums only: the block's rows in parts on threads, added in any order.
+        kernel = _kernel("count_sums")
+        bounds = np.linspace(0, n_block, max(1, min(self.n_jobs, n_block)) + 1)
+        pieces = [slice(int(a), int(b)) for a, b in pairwise(bounds.round().astype(int))]
+        sums = np.zeros((len(pieces), 2, n_genes))
         order = {piece.start: index for index, piece in enumerate(pieces)}
 
         def part(chosen: slice) -> None:
-            detected, total, proportion = sums[order[chosen.start]]
+            detected, total = sums[order[chosen.start]]
             kernel(
                 indptr[chosen.start : chosen.stop + 1],
                 block.indices,
@@ -669,19 +698,13 @@ class CountSummaries:
                 cells[chosen],
                 detected,
                 total,
-                proportion,
-                self.proportions,
             )
 
         run_parts(part, pieces, len(pieces))
         self.cells.add(rows, cells)
-        genes = self.genes
-        genes.n_cells += n_block
-        for detected, total, proportion in sums:  # in order; integer sums but proportion
+        for detected, total in sums:
             genes.detected += detected
             genes.total += total
-            if self.proportions:
-                genes.proportion_sum += proportion
 
     def merge(self, other: CountSummaries) -> CountSummaries:
         self.check.merge(other.check)
