@@ -31,6 +31,7 @@ Against 40-digit mpmath (``df`` from 1 to 1e6, ``R^2`` over ``(0, 1)``): a few u
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -425,6 +426,7 @@ _scratch_kernel = _scratch
 _tile_kernel = _tile
 
 _KERNELS: dict[str, Callable] = {}
+_KERNELS_LOCK = threading.Lock()
 
 
 def kernel(name: str) -> Callable:
@@ -434,38 +436,35 @@ def kernel(name: str) -> Callable:
     (:func:`_table`), ``'exact'`` (:func:`_exact_value`), ``'values'`` (:func:`_values`)
     or ``'rows'`` (:func:`_rows`).
     """
-    if not _KERNELS:
-        import numba
+    with _KERNELS_LOCK:
+        if not _KERNELS:
+            import numba
 
-        # the kernels call them by these names
-        global \
-            _magnitude_kernel, \
-            _prepare_kernel, \
-            _series_kernel, \
-            _fraction_kernel, \
-            _asymptotic_kernel
-        global _tail_kernel, _exact_kernel, _table_kernel, _exact_value_kernel
-        global _scratch_kernel, _tile_kernel
-        jit = numba.njit(nogil=True, cache=True, boundscheck=False)
-        _magnitude_kernel = jit(_magnitude)
-        _prepare_kernel = jit(_prepare)
-        _series_kernel = jit(_series_complement)
-        _fraction_kernel = jit(_tail_log)
-        _asymptotic_kernel = jit(_tail_asymptotic)
-        _tail_kernel = jit(_tail)
-        _exact_kernel = jit(_exact)
-        _table_kernel = jit(_table)
-        _exact_value_kernel = jit(_exact_value)
-        _scratch_kernel = jit(_scratch)
-        _tile_kernel = jit(_tile)
-        _KERNELS.update(
-            tile=_tile_kernel,
-            scratch=_scratch_kernel,
-            table=_table_kernel,
-            exact=_exact_value_kernel,
-            values=jit(_values),
-            rows=jit(_rows),
-        )
+            # the kernels call them by these names
+            global _magnitude_kernel, _prepare_kernel, _series_kernel
+            global _fraction_kernel, _asymptotic_kernel
+            global _tail_kernel, _exact_kernel, _table_kernel, _exact_value_kernel
+            global _scratch_kernel, _tile_kernel
+            jit = numba.njit(nogil=True, cache=True, boundscheck=False)
+            _magnitude_kernel = jit(_magnitude)
+            _prepare_kernel = jit(_prepare)
+            _series_kernel = jit(_series_complement)
+            _fraction_kernel = jit(_tail_log)
+            _asymptotic_kernel = jit(_tail_asymptotic)
+            _tail_kernel = jit(_tail)
+            _exact_kernel = jit(_exact)
+            _table_kernel = jit(_table)
+            _exact_value_kernel = jit(_exact_value)
+            _scratch_kernel = jit(_scratch)
+            _tile_kernel = jit(_tile)
+            _KERNELS.update(
+                tile=_tile_kernel,
+                scratch=_scratch_kernel,
+                table=_table_kernel,
+                exact=_exact_value_kernel,
+                values=jit(_values),
+                rows=jit(_rows),
+            )
     return _KERNELS[name]
 
 
