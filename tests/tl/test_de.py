@@ -19,6 +19,17 @@ from ._data import normalised_adata, normalised_arrays, random_guides, simulate_
 SINGLE = {"case_control": 0, "low_moi": 1, "high_moi": 4}
 KERNELS = {"case_control": case_control, "low_moi": low_moi, "high_moi": high_moi}
 AGREEMENT_RTOL = 1e-8
+#: normalisr's p-values near 1 carry the error of scipy's ``betainc`` there (2.5e-10
+#: absolute at p = 0.99996, df = 566, in the high-MOI test below), large against a
+#: ``-log10 p`` of 1.6e-5; ours are within 2e-13 relative of 40-digit mpmath
+#: (tests/_core/test_pvalues.py), so ``-log10 p`` is compared with this absolute floor.
+LOG10P_ATOL = 1e-9
+
+
+def _assert_log10p_close(ours: np.ndarray, reference_pvals: np.ndarray) -> None:
+    np.testing.assert_allclose(
+        ours, -np.log10(reference_pvals), rtol=AGREEMENT_RTOL, atol=LOG10P_ATOL
+    )
 
 
 def _rel(actual: np.ndarray, desired: np.ndarray) -> float:
@@ -45,7 +56,7 @@ def test_de_matches_normalisr(arrays, design, per_cell):
     ours = KERNELS[design](groups, expression, covariates, block_cells=128)
     pvals, gamma, _, var_group, var_gene = _reference_de(groups, expression, covariates, design)
     assert ours.tested.all()
-    assert _rel(ours.neg_log10_pvals, -np.log10(pvals)) < AGREEMENT_RTOL
+    _assert_log10p_close(ours.neg_log10_pvals, pvals)
     assert _rel(ours.pvals, pvals) < AGREEMENT_RTOL
     assert _rel(ours.gamma, gamma) < AGREEMENT_RTOL
     assert _rel(ours.var_x, var_group) < AGREEMENT_RTOL
@@ -62,7 +73,7 @@ def test_de_api_matches_normalisr_on_obs_column(arrays):
     groups = np.column_stack([labels == g for g in "abc"]).astype(float)
     pvals, gamma, *_ = _reference_de(groups, expression, covariates, "low_moi")
     assert list(adata.varm["nsc_de_pvals"].columns) == ["a", "b", "c"]
-    assert _rel(adata.varm["nsc_de_log10p"].to_numpy().T, -np.log10(pvals)) < AGREEMENT_RTOL
+    _assert_log10p_close(adata.varm["nsc_de_log10p"].to_numpy().T, pvals)
     assert _rel(adata.varm["nsc_de_gamma"].to_numpy().T, gamma) < AGREEMENT_RTOL
     np.testing.assert_array_equal(adata.uns["nsc_de"]["n_cells_test"], [250, 250, 250])
 
@@ -125,7 +136,7 @@ def test_high_moi_many_guides_per_cell_matches_normalisr():
     groups = random_guides(600, 30, 8.0, seed=8)
     ours = high_moi(groups, expression, covariates, block_cells=200)
     pvals, gamma, *_ = _reference_de(groups.toarray(), expression, covariates, "high_moi")
-    assert _rel(ours.neg_log10_pvals, -np.log10(pvals)) < AGREEMENT_RTOL
+    _assert_log10p_close(ours.neg_log10_pvals, pvals)
     assert _rel(ours.gamma, gamma) < AGREEMENT_RTOL
 
 
