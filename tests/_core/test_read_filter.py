@@ -125,3 +125,22 @@ def test_rows_of_a_checked_block_are_not_checked_again(monkeypatch):
     assert calls
     assert fixed.has_canonical_format
     np.testing.assert_array_equal(fixed.toarray(), unsorted[:50].toarray())
+
+
+@pytest.mark.parametrize("n_jobs", [2, 3, 500])
+def test_read_sums_in_parts_are_the_same_sums(n_jobs):
+    matrix = _counts_matrix(seed=7)
+    matrix.data[::9] = 0
+    rng = np.random.default_rng(7)
+    keep_genes = rng.random(matrix.shape[1]) > 0.2
+    cell_weights = (rng.random(matrix.shape[0]) > 0.2).astype(np.float64)
+    one = _counts.ReadSums(keep_genes)
+    parts = _counts.ReadSums(keep_genes, n_jobs=n_jobs)
+    for start in range(0, matrix.shape[0], 64):
+        rows = slice(start, min(start + 64, matrix.shape[0]))
+        one.add(rows, _blocks.row_block(matrix, rows), cell_weights[rows])
+        parts.add(rows, _blocks.row_block(matrix, rows), cell_weights[rows])
+    np.testing.assert_array_equal(parts.gene_counts, one.gene_counts)
+    np.testing.assert_array_equal(parts.gene_cells, one.gene_cells)
+    np.testing.assert_array_equal(parts.cells.values(), one.cells.values())
+    np.testing.assert_array_equal(one.gene_counts, cell_weights @ matrix.toarray())

@@ -18,7 +18,7 @@ from scipy.special import digamma, polygamma
 
 from ._blocks import count_non_finite, materialize
 from ._moments import run_parts
-from ._reduce import PerCell, accumulate, no_progress
+from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,6 +150,12 @@ class ReadBounds:
     min_cell_gene_fraction: float = 0.0
 
 
+def _row_pieces(n_rows: int, n_jobs: int) -> list[slice]:
+    """Return ``min(n_jobs, n_rows)`` (at least one) slices of about equal numbers of rows."""
+    bounds = np.linspace(0, n_rows, max(1, min(n_jobs, n_rows)) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
 class ReadSums:
     """One round of read-count QC.
 
@@ -157,7 +163,9 @@ class ReadSums:
     over the kept genes.
     """
 
-    def __init__(self, keep_genes: np.ndarray, *, check: bool = False) -> None:
+    def __init__(self, keep_genes: np.ndarray, *, check: bool = False, n_jobs: int = 1) -> None:
+        #: Threads sharing the rows of a CSR block (its sums are exact in any order).
+        self.n_jobs = n_jobs
         self.gene_weights = keep_genes.astype(np.float64)
         self.gene_counts = np.zeros(keep_genes.size)
         self.gene_cells = np.zeros(keep_genes.size)
@@ -192,22 +200,38 @@ class ReadSums:
     ) -> None:
         """Add the sums of :meth:`add` of a CSR block in one read (a compiled kernel).
 
-        Counts are integers (checked before QC) and the weights 0 or 1: every sum is an
-        integer, exact in any order, so the sums equal those of the sparse products.
+        Counts are integers (checked in the first round's pass; otherwise refused after
+        it) and the weights 0 or 1: every sum is an integer, exact in any order, so the
+        sums equal those of the sparse products, and the block's rows are summed in
+        ``n_jobs`` parts on threads, each into sums of its own added at the end.
         """
-        cells = np.empty((block.shape[0], 2))
+        n_block, n_genes = block.shape
+        cells = np.empty((n_block, 2))
         indptr = np.asarray(block.indptr, dtype=np.int64)
         data = block.data.view(np.uint8) if block.data.dtype == np.bool_ else block.data
-        _kernel("read_sums")(
-            indptr,
-            block.indices,
-            data,
-            np.ascontiguousarray(cell_weights, dtype=np.float64),
-            self.gene_weights,
-            self.gene_counts,
-            self.gene_cells,
-            cells,
-        )
+        weights = np.ascontiguousarray(cell_weights, dtype=np.float64)
+        kernel = _kernel("read_sums")
+        pieces = _row_pieces(n_block, self.n_jobs)
+        sums = np.zeros((len(pieces), 2, n_genes))
+        order = {piece.start: index for index, piece in enumerate(pieces)}
+
+        def part(chosen: slice) -> None:
+            counts, detections = sums[order[chosen.start]]
+            kernel(
+                indptr[chosen.start : chosen.stop + 1],
+                block.indices,
+                data,
+                weights[chosen],
+                self.gene_weights,
+                counts,
+                detections,
+                cells[chosen],
+            )
+
+        run_parts(part, pieces, len(pieces))
+        for counts, detections in sums:
+            self.gene_counts += counts
+            self.gene_cells += detections
         self.cells.add(rows, cells)
 
     def merge(self, other: ReadSums) -> ReadSums:
@@ -270,10 +294,14 @@ def read_filter(
     keep_genes = np.ones(n_genes, dtype=bool)
     rounds = 0
     first: ReadSums | None = None
+    # In memory a block's rows are shared by threads; dask runs blocks in parallel itself.
+    n_jobs = 1 if is_dask(counts) else thread_count()
     while True:
         rounds += 1
         sums = accumulate(
-            partial(ReadSums, keep_genes, check=first is None and source is not None),
+            partial(
+                ReadSums, keep_genes, check=first is None and source is not None, n_jobs=n_jobs
+            ),
             counts,
             (keep_cells.astype(np.float64),),
             block_cells=block_cells,
@@ -684,8 +712,7 @@ class CountSummaries:
             return
         # Integer sums only: the block's rows in parts on threads, added in any order.
         kernel = _kernel("count_sums")
-        bounds = np.linspace(0, n_block, max(1, min(self.n_jobs, n_block)) + 1)
-        pieces = [slice(int(a), int(b)) for a, b in pairwise(bounds.round().astype(int))]
+        pieces = _row_pieces(n_block, self.n_jobs)
         sums = np.zeros((len(pieces), 2, n_genes))
         order = {piece.start: index for index, piece in enumerate(pieces)}
 
