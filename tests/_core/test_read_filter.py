@@ -144,3 +144,20 @@ def test_read_sums_in_parts_are_the_same_sums(n_jobs):
     np.testing.assert_array_equal(parts.gene_cells, one.gene_cells)
     np.testing.assert_array_equal(parts.cells.values(), one.cells.values())
     np.testing.assert_array_equal(one.gene_counts, cell_weights @ matrix.toarray())
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, bool])
+def test_subset_counts_is_scipys_indexing(dtype):
+    matrix = _counts_matrix(seed=8).astype(dtype)
+    matrix.data[::5] = 0  # explicit zeros are kept, as scipy keeps them
+    rng = np.random.default_rng(8)
+    cells, genes = rng.random(matrix.shape[0]) > 0.3, rng.random(matrix.shape[1]) > 0.4
+    kept = _counts.subset_counts(matrix, cells, genes)
+    expected = matrix[cells][:, genes]
+    assert kept.shape == expected.shape
+    assert kept.dtype == expected.dtype
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(expected, name))
+    assert kept.has_canonical_format
+    empty = _counts.subset_counts(matrix, np.zeros_like(cells), genes)
+    assert empty.shape == (0, genes.sum())

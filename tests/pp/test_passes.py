@@ -173,3 +173,30 @@ def test_bad_counts_refused_before_any_change(bad, step, streamed):
         assert adata.shape == before.shape
     else:
         assert_unchanged(before, adata)
+
+
+def test_qc_subset_equals_anndatas(monkeypatch):
+    import pandas as pd
+
+    from normalisr_sc.pp import _qc
+
+    adata = _simulated()
+    adata.obs["batch"] = pd.Categorical(adata.obs["batch"])
+    adata.layers["other"] = adata.X.copy() * 2
+    adata.obsm["embedding"] = np.arange(2 * adata.n_obs).reshape(-1, 2)
+    cells = np.arange(adata.n_obs) % 3 != 0
+    genes = np.arange(adata.n_vars) % 4 != 0
+    counts = adata.X
+    kept = _qc._subset(adata, cells, genes)
+    expected = adata[cells, genes].copy()
+    assert adata.X is counts  # the user's AnnData is as it was
+    assert_unchanged(expected, kept)
+    assert type(kept.X) is sparse.csr_matrix
+
+    def fail(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(AnnData, "copy", fail)
+    with pytest.raises(MemoryError):
+        _qc._subset(adata, cells, genes)
+    assert adata.X is counts

@@ -504,6 +504,61 @@ def _read_sums(indptr, indices, data, cell_weights, gene_weights, counts, detect
         cells[i, 1] = detected
 
 
+def _subset_sizes(indptr, indices, rows, column_index, sizes):
+    """Entries each kept row (``rows``) keeps: those of kept columns (``column_index >= 0``)."""
+    for r in range(rows.size):
+        i = rows[r]
+        kept = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            if column_index[indices[p]] >= 0:
+                kept += 1
+        sizes[r + 1] = kept
+
+
+def _subset_fill(indptr, indices, data, rows, column_index, new_indptr, new_indices, new_data):
+    """Copy the kept entries of the kept rows, in their order, with their new columns."""
+    for r in range(rows.size):
+        i = rows[r]
+        q = new_indptr[r]
+        for p in range(indptr[i], indptr[i + 1]):
+            column = column_index[indices[p]]
+            if column >= 0:
+                new_indices[q] = column
+                new_data[q] = data[p]
+                q += 1
+
+
+def subset_counts(
+    matrix: sparse.csr_matrix | sparse.csr_array, cells: np.ndarray, genes: np.ndarray
+) -> sparse.csr_matrix:
+    """Return ``matrix[cells][:, genes]`` (boolean masks) as a new CSR matrix.
+
+    The same stored entries in the same order as scipy's indexing gives (each kept row's
+    entries of kept columns, renumbered), in two compiled reads instead of scipy's column
+    indexing, which costs several times more.
+    """
+    rows = np.flatnonzero(cells)
+    column_index = np.full(genes.size, -1, dtype=np.int64)
+    column_index[genes] = np.arange(int(genes.sum()))
+    indptr = np.asarray(matrix.indptr, dtype=np.int64)
+    sizes = np.zeros(rows.size + 1, dtype=np.int64)
+    _kernel("subset_sizes")(indptr, matrix.indices, rows, column_index, sizes)
+    new_indptr = np.cumsum(sizes)
+    n_stored = int(new_indptr[-1])
+    new_indices = np.empty(n_stored, dtype=matrix.indices.dtype)
+    new_data = np.empty(n_stored, dtype=matrix.data.dtype)
+    data = matrix.data.view(np.uint8) if matrix.data.dtype == np.bool_ else matrix.data
+    fill = new_data.view(np.uint8) if new_data.dtype == np.bool_ else new_data
+    _kernel("subset_fill")(
+        indptr, matrix.indices, data, rows, column_index, new_indptr, new_indices, fill
+    )
+    index_type = matrix.indptr.dtype if n_stored <= np.iinfo(matrix.indptr.dtype).max else np.int64
+    return sparse.csr_matrix(
+        (new_data, new_indices, new_indptr.astype(index_type)),
+        shape=(rows.size, int(genes.sum())),
+    )
+
+
 _KERNELS: dict[str, Callable] = {}
 
 
@@ -518,6 +573,8 @@ def _kernel(name: str) -> Callable:
             "sums": _csr_sums,
             "count_sums": _csr_count_sums,
             "read_sums": _read_sums,
+            "subset_sizes": _subset_sizes,
+            "subset_fill": _subset_fill,
         }
         source = sources[name]
         _KERNELS[name] = numba.njit(nogil=True, cache=True, boundscheck=False)(source)

@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import sparse
 
 from .._core._counts import (
     ReadBounds,
     ReadFilter,
     ReadSums,
     read_filter,
+    subset_counts,
 )
 from .._core._normalize import variance_outliers
 from .._docs import doc_chunked_counts, doc_params
@@ -87,6 +89,25 @@ def _first_round_failures(
         "min_gene_cell_fraction": sums.gene_cells < bounds.min_gene_cell_fraction * n_cells,
     }
     return cells, genes
+
+
+def _subset(adata: AnnData, cells: np.ndarray, genes: np.ndarray) -> AnnData:
+    """Return ``adata[cells, genes].copy()``; an in-memory CSR ``X`` by a compiled kernel.
+
+    One copy for cells and genes at once (anndata copies per call), lazy for dask. The
+    kernel's CSR matrix holds the same entries, in the same order, as scipy's indexing
+    (:func:`~normalisr_sc._core._counts.subset_counts`), at a fraction of its cost.
+    """
+    counts = adata.X
+    if adata.is_view or type(counts) is not sparse.csr_matrix:
+        return adata[cells, genes].copy()
+    adata.X = None
+    try:
+        kept = adata[cells, genes].copy()
+    finally:
+        adata.X = counts
+    kept.X = subset_counts(counts, cells, genes)
+    return kept
 
 
 def _removed_by(
@@ -379,8 +400,7 @@ def _qc_reads(
     }
     if not (cells.all() and genes.all()):
         with subsetting(adata):
-            # One copy for cells and genes at once (anndata copies per call), lazy for dask.
-            adata._init_as_actual(adata[cells, genes].copy())
+            adata._init_as_actual(_subset(adata, cells, genes))
     store(adata, QC_KEY, params, uns={QC_KEY: {SUMMARY: summary}})
     return result
 
