@@ -161,3 +161,66 @@ def test_subset_counts_is_scipys_indexing(dtype):
     assert kept.has_canonical_format
     empty = _counts.subset_counts(matrix, np.zeros_like(cells), genes)
     assert empty.shape == (0, genes.sum())
+
+
+def _qc_by_definition(values: np.ndarray, bounds: _counts.ReadBounds):
+    """The iterative QC as METHOD 1 states it, every round over the whole matrix."""
+    cells = np.ones(values.shape[0], dtype=bool)
+    genes = np.ones(values.shape[1], dtype=bool)
+    rounds = 0
+    while True:
+        rounds += 1
+        kept = values[cells][:, genes]
+        gene_counts = np.zeros(values.shape[1])
+        gene_cells = np.zeros(values.shape[1])
+        gene_counts[genes] = kept.sum(axis=0)
+        gene_cells[genes] = (kept > 0).sum(axis=0)
+        cell_counts = values[:, genes].sum(axis=1)
+        cell_genes = (values[:, genes] > 0).sum(axis=1)
+        new_genes = genes & (gene_counts >= bounds.min_gene_counts)
+        new_genes &= gene_cells >= bounds.min_gene_cells
+        new_genes &= gene_cells >= bounds.min_gene_cell_fraction * cells.sum()
+        new_cells = cells & (cell_counts >= bounds.min_cell_counts)
+        new_cells &= cell_genes >= bounds.min_cell_genes
+        new_cells &= cell_genes >= bounds.min_cell_gene_fraction * genes.sum()
+        if (new_cells == cells).all() and (new_genes == genes).all():
+            return cells, genes, rounds, gene_counts, gene_cells
+        cells, genes = new_cells, new_genes
+
+
+#: (bounds, least detections of the genes kept in the data, least rounds): cells only
+#: (round 2 reads the removed cells alone); cells only, and then a gene falls below its
+#: bound (a round reading the removed cells, then a whole pass); cells and genes at once.
+CASES = {
+    "cells only": (_counts.ReadBounds(min_cell_counts=15), 0, 2),
+    "then genes": (_counts.ReadBounds(min_cell_counts=15, min_gene_cells=20), 20, 3),
+    "both": (BOUNDS, 0, 2),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("form", ["csr", "dense", "dask"])
+def test_rounds_equal_their_definition(case, form):
+    """Also where a round follows one that removed cells only (read alone, sums taken off)."""
+    import dask.array as da
+
+    bounds, least_detections, least_rounds = CASES[case]
+    matrix = _counts_matrix(seed=3)
+    matrix = matrix[:, np.flatnonzero((matrix.toarray() > 0).sum(axis=0) >= least_detections)]
+    values = matrix.toarray()
+    counts = {
+        "csr": matrix,
+        "dense": values,
+        "dask": da.from_array(matrix, chunks=(64, -1), asarray=False),
+    }[form]
+    result = _counts.read_filter(counts, bounds, block_cells=64)
+    cells, genes, rounds, gene_counts, gene_cells = _qc_by_definition(values, bounds)
+    assert result.converged
+    np.testing.assert_array_equal(result.cells, cells)
+    np.testing.assert_array_equal(result.genes, genes)
+    assert result.rounds == rounds >= least_rounds
+    np.testing.assert_array_equal(result.last.gene_counts[genes], gene_counts[genes])
+    np.testing.assert_array_equal(result.last.gene_cells[genes], gene_cells[genes])
+    kept = values[cells][:, genes]
+    np.testing.assert_array_equal(result.last.cells.values()[cells, 0], kept.sum(axis=1))
+    np.testing.assert_array_equal(result.last.cells.values()[cells, 1], (kept > 0).sum(axis=1))

@@ -83,6 +83,34 @@ def test_qc_reads_one_pass_per_round(monkeypatch):
     assert reads.passes(400) == rounds
 
 
+def test_qc_round_after_removing_cells_only_reads_them(monkeypatch):
+    """The round confirming a round that removed cells only reads those cells alone."""
+    adata = _simulated()
+    reads = _SparseReads(monkeypatch)
+    nsc.pp.qc_reads(adata, min_cell_counts=200, chunk_size=BLOCK)
+    assert adata.uns["nsc_qc"]["params"]["rounds"] == 2
+    removed = 400 - adata.n_obs
+    assert 0 < removed < BLOCK
+    assert adata.n_vars == 120  # no gene removed
+    # One pass; the removed cells are then taken out of the counts by indexing (a
+    # matrix of their rows alone, under the counted size), not by a second pass.
+    assert reads.cells == 400
+
+
+def test_qc_round_after_removing_cells_only_streamed():
+    adata = _simulated()
+    calls = [0]
+    streamed = AnnData(
+        X=_streamed_counts(adata.X, calls), obs=adata.obs.copy(), var=adata.var.copy()
+    )
+    nsc.pp.qc_reads(streamed, min_cell_counts=200, chunk_size=BLOCK)
+    nsc.pp.qc_reads(adata, min_cell_counts=200, chunk_size=BLOCK)
+    assert streamed.uns["nsc_qc"]["params"]["rounds"] == 2
+    np.testing.assert_array_equal(streamed.obs_names, adata.obs_names)
+    # One pass, then the one chunk holding the removed cells (the first 15).
+    assert calls[0] == _blocks.n_blocks(400, BLOCK) + 1
+
+
 def test_qc_reads_nothing_removed_one_pass(monkeypatch):
     adata = _simulated(shallow=False)
     counts = adata.X

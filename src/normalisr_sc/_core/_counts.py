@@ -242,6 +242,20 @@ class ReadSums:
             self.check.merge(other.check)
         return self
 
+    def without(self, removed: ReadSums) -> ReadSums:
+        """Return these sums less the gene sums of ``removed``; per cell, as they are.
+
+        The next round's sums after a round that removed cells only: the gene sums over
+        the remaining cells, and each cell's sums over the same genes as before. Every
+        sum is of integer counts (or of ones), exact, so they equal those of a new pass
+        over all the cells.
+        """
+        sums = ReadSums(self.gene_weights > 0, n_jobs=self.n_jobs)
+        sums.gene_counts = self.gene_counts - removed.gene_counts
+        sums.gene_cells = self.gene_cells - removed.gene_cells
+        sums.cells = self.cells
+        return sums
+
 
 @dataclass(frozen=True)
 class ReadFilter:
@@ -252,7 +266,7 @@ class ReadFilter:
     cells, genes
         Boolean masks of the kept cells and genes.
     rounds
-        Number of rounds (passes over the counts) run.
+        Number of rounds run.
     first
         Sums of the first round: over all cells and all genes.
     last
@@ -281,7 +295,9 @@ def read_filter(
     """Run the iterative read-count QC, keeping the sums of its first and last rounds.
 
     Both masks are recomputed from the currently kept genes and cells, applied at
-    once, and the process repeats until nothing changes. Each round is one pass.
+    once, and the process repeats until nothing changes. Each round is one pass, but
+    the round after one that removed cells only reads those cells alone and takes their
+    sums off (:meth:`ReadSums.without`: exact integer sums, the same figures).
 
     With ``source`` (the matrix's name in messages), the first round also checks that
     every count is a finite, non-negative integer (:func:`validate_counts`, in the same
@@ -296,18 +312,34 @@ def read_filter(
     first: ReadSums | None = None
     # In memory a block's rows are shared by threads; dask runs blocks in parallel itself.
     n_jobs = 1 if is_dask(counts) else thread_count()
+    sums: ReadSums | None = None
+    removed_cells = np.zeros(n_cells, dtype=bool)
     while True:
         rounds += 1
-        sums = accumulate(
-            partial(
-                ReadSums, keep_genes, check=first is None and source is not None, n_jobs=n_jobs
-            ),
-            counts,
-            (keep_cells.astype(np.float64),),
-            block_cells=block_cells,
-            progress=progress,
-            desc=f"read-count QC, round {rounds}",
-        )
+        if sums is not None and np.array_equal(sums.gene_weights > 0, keep_genes):
+            # The last round removed cells only: their sums are taken off, read alone.
+            gone = np.flatnonzero(removed_cells)
+            sums = sums.without(
+                accumulate(
+                    partial(ReadSums, keep_genes, n_jobs=n_jobs),
+                    counts[gone],
+                    (np.ones(gone.size),),
+                    block_cells=block_cells,
+                    progress=progress,
+                    desc=f"read-count QC, round {rounds} (the removed cells)",
+                )
+            )
+        else:
+            sums = accumulate(
+                partial(
+                    ReadSums, keep_genes, check=first is None and source is not None, n_jobs=n_jobs
+                ),
+                counts,
+                (keep_cells.astype(np.float64),),
+                block_cells=block_cells,
+                progress=progress,
+                desc=f"read-count QC, round {rounds}",
+            )
         if first is None:
             if sums.check is not None:
                 assert source is not None  # a check is made only with a source
@@ -331,6 +363,7 @@ def read_filter(
             return ReadFilter(new_cells, new_genes, rounds, first, sums, converged=False)
         if (new_genes == keep_genes).all() and (new_cells == keep_cells).all():
             return ReadFilter(keep_cells, keep_genes, rounds, first, sums, converged=True)
+        removed_cells = keep_cells & ~new_cells
         keep_cells, keep_genes = new_cells, new_genes
 
 
