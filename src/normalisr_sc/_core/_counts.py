@@ -156,6 +156,25 @@ def _row_pieces(n_rows: int, n_jobs: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
 
 
+def _gene_sums_in_parts(
+    n_rows: int,
+    n_genes: int,
+    n_jobs: int,
+    add_rows: Callable[[slice, np.ndarray, np.ndarray], None],
+) -> np.ndarray:
+    """Return two per-gene sums over ``n_rows`` rows, made in ``n_jobs`` parts on threads.
+
+    ``add_rows(rows, first, second)`` adds the rows' sums into the two arrays; each part
+    adds into sums of its own, added up at the end. For sums of integers (exact in any
+    order), so that they do not depend on the number of parts.
+    """
+    pieces = _row_pieces(n_rows, n_jobs)
+    sums = np.zeros((len(pieces), 2, n_genes))
+    order = {piece.start: index for index, piece in enumerate(pieces)}
+    run_parts(lambda rows: add_rows(rows, *sums[order[rows.start]]), pieces, len(pieces))
+    return sums.sum(axis=0)
+
+
 class ReadSums:
     """One round of read-count QC.
 
@@ -211,12 +230,8 @@ class ReadSums:
         data = block.data.view(np.uint8) if block.data.dtype == np.bool_ else block.data
         weights = np.ascontiguousarray(cell_weights, dtype=np.float64)
         kernel = _kernel("read_sums")
-        pieces = _row_pieces(n_block, self.n_jobs)
-        sums = np.zeros((len(pieces), 2, n_genes))
-        order = {piece.start: index for index, piece in enumerate(pieces)}
 
-        def part(chosen: slice) -> None:
-            counts, detections = sums[order[chosen.start]]
+        def add_rows(chosen: slice, counts: np.ndarray, detections: np.ndarray) -> None:
             kernel(
                 indptr[chosen.start : chosen.stop + 1],
                 block.indices,
@@ -228,10 +243,9 @@ class ReadSums:
                 cells[chosen],
             )
 
-        run_parts(part, pieces, len(pieces))
-        for counts, detections in sums:
-            self.gene_counts += counts
-            self.gene_cells += detections
+        counts, detections = _gene_sums_in_parts(n_block, n_genes, self.n_jobs, add_rows)
+        self.gene_counts += counts
+        self.gene_cells += detections
         self.cells.add(rows, cells)
 
     def merge(self, other: ReadSums) -> ReadSums:
@@ -802,12 +816,8 @@ class CountSummaries:
             return
         # Integer sums only: the block's rows in parts on threads, added in any order.
         kernel = _kernel("count_sums")
-        pieces = _row_pieces(n_block, self.n_jobs)
-        sums = np.zeros((len(pieces), 2, n_genes))
-        order = {piece.start: index for index, piece in enumerate(pieces)}
 
-        def part(chosen: slice) -> None:
-            detected, total = sums[order[chosen.start]]
+        def add_rows(chosen: slice, detected: np.ndarray, total: np.ndarray) -> None:
             kernel(
                 indptr[chosen.start : chosen.stop + 1],
                 block.indices,
@@ -817,11 +827,10 @@ class CountSummaries:
                 total,
             )
 
-        run_parts(part, pieces, len(pieces))
+        detected, total = _gene_sums_in_parts(n_block, n_genes, self.n_jobs, add_rows)
         self.cells.add(rows, cells)
-        for detected, total in sums:
-            genes.detected += detected
-            genes.total += total
+        genes.detected += detected
+        genes.total += total
 
     def merge(self, other: CountSummaries) -> CountSummaries:
         self.check.merge(other.check)
