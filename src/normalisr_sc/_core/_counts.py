@@ -17,6 +17,7 @@ from scipy import sparse
 from scipy.special import digamma, polygamma
 
 from ._blocks import count_non_finite, materialize
+from ._buffers import block_array
 from ._moments import run_parts
 from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
 
@@ -428,7 +429,9 @@ def _table(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values of ``function`` at the distinct counts, and each count's index into them."""
     if counts.dtype.kind not in "iu":
-        counts = counts.astype(np.int64)
+        as_integers = block_array(counts.shape, np.int64)
+        np.copyto(as_integers, counts, casting="unsafe")
+        counts = as_integers
     if counts.size == 0:
         return np.empty(0), np.empty(0, dtype=np.intp)
     largest = int(counts.max())
@@ -673,7 +676,7 @@ def lcpm_block(
 
     n_block, n_genes = block.shape
     if out is None:
-        out = np.empty((n_block, n_genes))
+        out = block_array((n_block, n_genes))
     zero_value = float(log_proportion(np.zeros(1))[0])
     if sparse.issparse(block) and varscale <= 0:
         _sparse_lcpm(block, log_proportion, zero_value, out)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from ._blocks import dense_block
+from ._buffers import block_array
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments, run_parts
 from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
@@ -703,7 +704,7 @@ def normalised_block(
     writes (then multiplied by ``factor``), on ``n_jobs`` threads.
     """
     values = _float_rows(block)
-    out = np.empty(values.shape)
+    out = block_array(values.shape)
     _normalised_into(
         values,
         np.ascontiguousarray(covariates, dtype=np.float64),

@@ -30,6 +30,7 @@ from dask.callbacks import Callback
 from threadpoolctl import ThreadpoolController
 
 from ._blocks import materialize, row_block, row_slices
+from ._buffers import reusing_buffers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -186,18 +187,32 @@ def accumulate(
         ``dask.distributed`` cluster uses its own workers.
     """
     _check_beside(matrix, beside)
-    if is_dask(matrix):
-        dask_beside = [other for other in beside if is_dask(other)]  # all (_check_beside)
-        return _accumulate_dask(
-            new_sums,
-            matrix,
-            row_data,
-            block_cells,
-            progress,
-            desc,
-            dask_beside,
-            thread_count(n_jobs),
-        )
+    # The blocks' large arrays (log CPM, normalised expression) reuse memory (_buffers).
+    with reusing_buffers():
+        if is_dask(matrix):
+            dask_beside = [other for other in beside if is_dask(other)]  # all (_check_beside)
+            return _accumulate_dask(
+                new_sums,
+                matrix,
+                row_data,
+                block_cells,
+                progress,
+                desc,
+                dask_beside,
+                thread_count(n_jobs),
+            )
+        return _accumulate_loop(new_sums, matrix, row_data, block_cells, progress, desc, beside)
+
+
+def _accumulate_loop(
+    new_sums: Callable[[], S],
+    matrix: RowSliceable,
+    row_data: Sequence[RowSliceable],
+    block_cells: int,
+    progress: Progress,
+    desc: str,
+    beside: Sequence[RowSliceable],
+) -> S:
     sums = new_sums()
     blocks = list(row_slices(matrix.shape[0], block_cells))
     for rows in progress(blocks, len(blocks), desc):
