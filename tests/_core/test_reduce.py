@@ -1,4 +1,4 @@
-"""The dask driver of ``accumulate``: shared blocks are computed once per pass."""
+"""The drivers of ``accumulate``: blocks computed once per pass, in the order of the pass."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections import Counter
 
 import dask.array as da
 import numpy as np
+import pytest
 
-from normalisr_sc._core._reduce import accumulate
+from normalisr_sc._core._reduce import accumulate, alternating_scans
 
 
 class _Totals:
@@ -43,3 +44,60 @@ def test_matrices_read_beside_share_the_blocks_they_derive_from():
         sums.totals, [values.sum(), (values + 1).sum(), (values * 2).sum()]
     )
     assert calls == {0: 1, 1: 1, 2: 1}
+
+
+class _Order:
+    """The first row of each block, in the order the blocks were added."""
+
+    shared = False
+    seen: list[int]
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+
+    def add(self, rows: slice, block: np.ndarray) -> None:
+        self.starts.append(int(rows.start))
+        _Order.seen.append(int(rows.start))
+
+    def merge(self, other: _Order) -> _Order:
+        self.starts += other.starts
+        return self
+
+
+class _SharedOrder(_Order):
+    shared = True
+
+
+@pytest.mark.parametrize(("sums", "lazy"), [(_Order, False), (_Order, True), (_SharedOrder, True)])
+def test_passes_alternate_direction_inside_alternating_scans(sums: type, lazy: bool):
+    """Forward outside; inside, forward then backward, restarting with each outer block."""
+    values = np.arange(40.0).reshape(20, 2)
+    matrix = da.from_array(values, chunks=(4, 2)) if lazy else values
+    forward = list(range(0, 20, 4))
+
+    def read_order() -> list[int]:
+        """The order of the additions: in the shared accumulator, that of the reads."""
+        _Order.seen = []
+        # One thread: blocks in flight together are added in the order they finish.
+        result = accumulate(sums, matrix, block_cells=4, n_jobs=1)
+        return _Order.seen if sums.shared else result.starts
+
+    assert read_order() == forward
+    for _ in range(2):
+        with alternating_scans():
+            assert read_order() == forward
+            with alternating_scans():
+                assert read_order() == forward[::-1]
+            assert read_order() == forward
+    assert read_order() == forward
+
+
+def test_reversed_pass_gives_the_same_sums():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(30, 3))
+    matrix = da.from_array(values, chunks=(7, 3))
+    with alternating_scans():
+        first = accumulate(_Totals, matrix, block_cells=7).totals
+        second = accumulate(_Totals, matrix, block_cells=7).totals
+    np.testing.assert_allclose(second, first, rtol=1e-14)
+    np.testing.assert_allclose(first[0], values.sum(), rtol=1e-14)

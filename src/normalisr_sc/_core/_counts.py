@@ -19,7 +19,7 @@ from scipy.special import digamma, polygamma
 from ._blocks import count_non_finite, materialize
 from ._buffers import block_array
 from ._moments import run_parts
-from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
+from ._reduce import PerCell, accumulate, alternating_scans, is_dask, no_progress, thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -299,6 +299,7 @@ class ReadFilter:
     converged: bool
 
 
+@alternating_scans()
 def read_filter(
     counts: InputMatrix,
     bounds: ReadBounds,

@@ -21,7 +21,7 @@ from ._blocks import dense_block
 from ._buffers import block_array
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments, run_parts
-from ._reduce import PerCell, accumulate, is_dask, no_progress, thread_count
+from ._reduce import PerCell, accumulate, alternating_scans, is_dask, no_progress, thread_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -494,6 +494,7 @@ def _row_parts(n_rows: int, n_jobs: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
+@alternating_scans()
 def _log_rms_standardized_residuals(
     expression: RowSliceable,
     covariates: np.ndarray,
@@ -847,6 +848,7 @@ class _NormalisedSquares:
         return self
 
 
+@alternating_scans()
 def fit_normalisation(
     expression: RowSliceable,
     covariates: np.ndarray,

@@ -13,6 +13,12 @@ accumulator of the same kind. :func:`accumulate` runs it
   on the local scheduler (one accumulator in memory however many blocks are in flight).
 
 Both give the same sums up to the order of floating-point additions.
+
+Inside :func:`alternating_scans`, successive passes go over the blocks in alternating
+directions, each starting where the previous one ended: data read from disk that is
+larger than the memory is then read first from what the page cache still holds (the
+blocks read last), instead of always from the start, which a cache full of the end of
+the previous pass never holds.
 """
 
 from __future__ import annotations
@@ -152,6 +158,44 @@ def is_dask(matrix: object) -> TypeIs[da.Array]:
     return type(matrix).__module__.startswith("dask.array.")
 
 
+class _Scans:
+    """How many passes :func:`accumulate` has run inside :func:`alternating_scans`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.passes = 0
+
+    def next_reversed(self) -> bool:
+        """Whether the next pass goes from the last block to the first."""
+        with self.lock:
+            if not self.depth:
+                return False
+            self.passes += 1
+            return self.passes % 2 == 0
+
+
+_SCANS = _Scans()
+
+
+@contextmanager
+def alternating_scans() -> Iterator[None]:
+    """Let the passes of :func:`accumulate` inside the block alternate their direction.
+
+    The first pass goes forward; nested blocks continue the count of the outermost, whose
+    start resets it, so that a computation's order of additions is the same every time.
+    """
+    with _SCANS.lock:
+        if not _SCANS.depth:
+            _SCANS.passes = 0
+        _SCANS.depth += 1
+    try:
+        yield
+    finally:
+        with _SCANS.lock:
+            _SCANS.depth -= 1
+
+
 def accumulate(
     new_sums: Callable[[], S],
     matrix: RowSliceable,
@@ -187,6 +231,7 @@ def accumulate(
         ``dask.distributed`` cluster uses its own workers.
     """
     _check_beside(matrix, beside)
+    reverse = _SCANS.next_reversed()
     # The blocks' large arrays (log CPM, normalised expression) reuse memory (_buffers).
     with reusing_buffers():
         if is_dask(matrix):
@@ -200,8 +245,11 @@ def accumulate(
                 desc,
                 dask_beside,
                 thread_count(n_jobs),
+                reverse=reverse,
             )
-        return _accumulate_loop(new_sums, matrix, row_data, block_cells, progress, desc, beside)
+        return _accumulate_loop(
+            new_sums, matrix, row_data, block_cells, progress, desc, beside, reverse=reverse
+        )
 
 
 def _accumulate_loop(
@@ -212,9 +260,13 @@ def _accumulate_loop(
     progress: Progress,
     desc: str,
     beside: Sequence[RowSliceable],
+    *,
+    reverse: bool,
 ) -> S:
     sums = new_sums()
     blocks = list(row_slices(matrix.shape[0], block_cells))
+    if reverse:
+        blocks.reverse()
     for rows in progress(blocks, len(blocks), desc):
         sums.add(
             rows,
@@ -265,6 +317,8 @@ def _accumulate_dask(
     desc: str,
     beside: Sequence[da.Array] = (),
     n_jobs: int = 1,
+    *,
+    reverse: bool = False,
 ) -> S:
     matrix = matrix.rechunk((block_cells, -1))
     starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
@@ -284,6 +338,8 @@ def _accumulate_dask(
     ]
     if not blocks:
         return new_sums()
+    if reverse:
+        blocks.reverse()
     done = iter(progress(range(len(blocks)), len(blocks), desc))
     client = _active_client()
     sums = new_sums() if client is None else None
@@ -292,11 +348,19 @@ def _accumulate_dask(
         # into it one at a time (each add uses the threads itself), so that its memory
         # does not grow with the number of blocks in flight.
         shared = _Shared(sums)
+        # Independent tasks run in the order of their keys, the greatest first (dask's
+        # ordering): named so that the blocks are read in the order of `blocks`.
+        prefix = f"nsc-{desc or 'pass'}-{id(shared):x}-"
         leaves = [
             delayed(shared.add)(
-                rows, block, len(beside), *(data[rows] for data in row_data), *beside_blocks
+                rows,
+                block,
+                len(beside),
+                *(data[rows] for data in row_data),
+                *beside_blocks,
+                dask_key_name=f"{prefix}{len(blocks) - position:09d}",
             )
-            for rows, block, beside_blocks in blocks
+            for position, (rows, block, beside_blocks) in enumerate(blocks)
         ]
         with _Advance({leaf.key for leaf in leaves}, done):
             dask.compute(*leaves, **_local_workers(n_jobs))

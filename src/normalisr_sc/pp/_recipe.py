@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from .._core._blocks import compact_rows
 from .._core._counts import kept_summaries
-from .._core._reduce import is_dask
+from .._core._reduce import alternating_scans, is_dask
 from .._store import (
     PARAMS,
     check_writable,
@@ -169,6 +169,7 @@ def _summary(work: AnnData, n_cells: int, n_genes: int, n_outliers: int | None) 
     return summary
 
 
+@alternating_scans()
 def normalize(
     adata: AnnData,
     covariates: Sequence[str] | str | None = None,

@@ -24,7 +24,7 @@ from .._core._pair_qc import (
     read_pairs,
     top_order,
 )
-from .._core._reduce import is_dask, thread_count
+from .._core._reduce import alternating_scans, is_dask, thread_count
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
 from .._store import check_writable, store
@@ -459,6 +459,7 @@ def _log_positive_controls(report: pd.DataFrame, qcut: float) -> None:
 
 
 @doc_params(doc_chunked_layer=doc_chunked_layer)
+@alternating_scans()
 def de(
     adata: AnnData,
     groupby: str,
