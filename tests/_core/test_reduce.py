@@ -101,3 +101,51 @@ def test_reversed_pass_gives_the_same_sums():
         second = accumulate(_Totals, matrix, block_cells=7).totals
     np.testing.assert_allclose(second, first, rtol=1e-14)
     np.testing.assert_allclose(first[0], values.sum(), rtol=1e-14)
+
+
+class _Total:
+    shared = True
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def add(self, rows: slice, block: np.ndarray) -> None:
+        self.total += float(block.sum())
+
+
+def test_shared_passes_never_reuse_a_task_key():
+    """A key seen in an earlier graph would let a key-based cache skip a pass's additions."""
+    from dask.callbacks import Callback
+
+    keys: list[set] = []
+
+    class Keys(Callback):
+        def _start(self, dsk) -> None:
+            keys.append(set(dsk))
+
+    values = np.arange(40.0).reshape(20, 2)
+    matrix = da.from_array(values, chunks=(4, 2))
+    with Keys():
+        totals = [accumulate(_Total, matrix, block_cells=4, n_jobs=1).total for _ in range(10)]
+    assert totals == [values.sum()] * 10
+    shared_keys = [{key for key in graph if isinstance(key, str)} for graph in keys]
+    assert all(shared_keys)
+    assert len(set.union(*shared_keys)) == sum(len(graph) for graph in shared_keys)
+
+
+def test_alternating_scans_turn_only_the_calling_threads_passes():
+    values = np.arange(40.0).reshape(20, 2)
+    forward = list(range(0, 20, 4))
+    orders: list[list[int]] = []
+
+    def other_thread() -> None:
+        for _ in range(2):
+            orders.append(accumulate(_Order, values, block_cells=4).starts)
+
+    with alternating_scans():
+        accumulate(_Order, values, block_cells=4)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert accumulate(_Order, values, block_cells=4).starts == forward[::-1]
+    assert orders == [forward, forward]

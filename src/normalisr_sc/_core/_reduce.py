@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, Protocol, Self, TypeVar
+from uuid import uuid4
 
 import dask
 import numpy as np
@@ -158,21 +159,22 @@ def is_dask(matrix: object) -> TypeIs[da.Array]:
     return type(matrix).__module__.startswith("dask.array.")
 
 
-class _Scans:
-    """How many passes :func:`accumulate` has run inside :func:`alternating_scans`."""
+class _Scans(threading.local):
+    """How many passes :func:`accumulate` has run inside :func:`alternating_scans`.
+
+    Per thread: a computation on one thread does not turn the passes of another.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.depth = 0
         self.passes = 0
 
     def next_reversed(self) -> bool:
         """Whether the next pass goes from the last block to the first."""
-        with self.lock:
-            if not self.depth:
-                return False
-            self.passes += 1
-            return self.passes % 2 == 0
+        if not self.depth:
+            return False
+        self.passes += 1
+        return self.passes % 2 == 0
 
 
 _SCANS = _Scans()
@@ -184,16 +186,15 @@ def alternating_scans() -> Iterator[None]:
 
     The first pass goes forward; nested blocks continue the count of the outermost, whose
     start resets it, so that a computation's order of additions is the same every time.
+    The count is the calling thread's.
     """
-    with _SCANS.lock:
-        if not _SCANS.depth:
-            _SCANS.passes = 0
-        _SCANS.depth += 1
+    if not _SCANS.depth:
+        _SCANS.passes = 0
+    _SCANS.depth += 1
     try:
         yield
     finally:
-        with _SCANS.lock:
-            _SCANS.depth -= 1
+        _SCANS.depth -= 1
 
 
 def accumulate(
@@ -350,7 +351,8 @@ def _accumulate_dask(
         shared = _Shared(sums)
         # Independent tasks run in the order of their keys, the greatest first (dask's
         # ordering): named so that the blocks are read in the order of `blocks`.
-        prefix = f"nsc-{desc or 'pass'}-{id(shared):x}-"
+        # A fresh prefix per pass: a key must never name a task of an earlier graph.
+        prefix = f"nsc-{desc or 'pass'}-{uuid4().hex}-"
         leaves = [
             delayed(shared.add)(
                 rows,
