@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from normalisr_sc._core._blocks import canonical, count_non_finite, materialize, row_block
+from normalisr_sc._core._blocks import (
+    canonical,
+    count_non_finite,
+    keep_rows_lazily,
+    materialize,
+    row_block,
+)
 from normalisr_sc._core._reduce import is_dask
 from normalisr_sc._types import is_sparse
 
@@ -95,3 +101,18 @@ def test_type_guards():
     assert not is_dask(sparse.csr_matrix((2, 2)))
     assert not is_sparse(np.zeros((2, 2)))
     assert not is_sparse(da.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_keep_rows_lazily_keeps_each_row_in_its_chunk(as_sparse: bool) -> None:
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(50, 4))
+    keep = rng.random(50) > 0.2
+    source = sparse.csr_matrix(values) if as_sparse else values
+    matrix = da.from_array(source, chunks=(16, 4), asarray=False)
+    kept = keep_rows_lazily(matrix, keep)
+    starts = range(0, 50, 16)
+    assert kept.chunks[0] == tuple(int(keep[start : start + 16].sum()) for start in starts)
+    result = kept.compute()
+    assert sparse.issparse(result) == as_sparse
+    np.testing.assert_array_equal(result.toarray() if as_sparse else result, values[keep])

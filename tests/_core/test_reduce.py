@@ -149,3 +149,15 @@ def test_alternating_scans_turn_only_the_calling_threads_passes():
         thread.join()
         assert accumulate(_Order, values, block_cells=4).starts == forward[::-1]
     assert orders == [forward, forward]
+
+
+def test_chunks_about_the_block_size_are_passes_blocks():
+    """Chunks a few rows short (cells dropped chunk by chunk) are not rechunked across."""
+    from normalisr_sc._core._reduce import _block_rows
+
+    assert _block_rows((4096, 4090, 4095, 100), 4096) == (4096, 4090, 4095, 100)
+    assert _block_rows((100,) * 50, 4096) == 4096
+    assert _block_rows((8192, 8192), 4096) == 4096
+    values = np.arange(40.0).reshape(20, 2)
+    matrix = da.from_array(values, chunks=((4, 3, 4, 4, 5), (2,)))
+    assert accumulate(_Order, matrix, block_cells=5, n_jobs=1).starts == [0, 4, 7, 11, 15]

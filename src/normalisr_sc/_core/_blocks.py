@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +13,7 @@ from .._types import COMPRESSED, is_sparse
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    import dask.array as da
     from numpy.typing import ArrayLike, DTypeLike
 
     from .._types import Block, Compressed, RowSliceable, SparseMatrix
@@ -181,3 +183,30 @@ def compact_rows(array: np.ndarray, keep: np.ndarray, block_rows: int) -> np.nda
         # Every destination row precedes its source, which no earlier block overwrote.
         array[rows] = array[kept[rows]]
     return array[: kept.size]
+
+
+def _kept_rows(block: Block, keep: np.ndarray) -> Block:
+    return block[keep[:, 0]]
+
+
+def keep_rows_lazily(matrix: da.Array, keep: np.ndarray) -> da.Array:
+    """Return the rows of the dask ``matrix`` where ``keep`` is True, each in its chunk.
+
+    Unlike ``matrix[keep]``, whose rows dask regroups into chunks of its own size: these
+    straddle the blocks of every later pass, each block then joined from two chunks in
+    fresh memory (on a 1M-cell screen, ten times the memory traffic of a pass).
+    """
+    import dask.array as da
+
+    keep = np.asarray(keep, dtype=bool)
+    starts = np.cumsum((0, *matrix.chunks[0]))
+    kept = tuple(int(keep[start:stop].sum()) for start, stop in pairwise(starts))
+    mask = da.from_array(keep[:, None], chunks=(matrix.chunks[0], 1))
+    return da.map_blocks(
+        _kept_rows,
+        matrix,
+        mask,
+        chunks=(kept, *matrix.chunks[1:]),
+        dtype=matrix.dtype,
+        meta=matrix._meta,
+    )

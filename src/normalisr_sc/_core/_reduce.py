@@ -287,6 +287,19 @@ def _check_beside(matrix: RowSliceable, beside: Sequence[RowSliceable]) -> None:
             raise ValueError(msg)
 
 
+def _block_rows(chunks: tuple[int, ...], block_cells: int) -> int | tuple[int, ...]:
+    """Rows per block of a dask pass: ``chunks`` themselves when they are about ``block_cells``.
+
+    Cells dropped chunk by chunk (:func:`~._blocks.keep_rows_lazily`) leave chunks a few
+    rows short of the block size; rechunking them to ``block_cells`` would make every
+    later block straddle two chunks, each computed for two blocks.
+    """
+    *inner, last = chunks or (0,)
+    if all(block_cells // 2 <= size <= block_cells for size in inner) and last <= block_cells:
+        return chunks
+    return block_cells
+
+
 def _sums_of_block(
     new_sums: Callable[[], S],
     rows: slice,
@@ -321,7 +334,7 @@ def _accumulate_dask(
     *,
     reverse: bool = False,
 ) -> S:
-    matrix = matrix.rechunk((block_cells, -1))
+    matrix = matrix.rechunk((_block_rows(matrix.chunks[0], block_cells), -1))
     starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])]).astype(int)
     # The other matrices in the same chunks of cells: block i of each goes with block i.
     # Their graphs are not optimised: dask's optimisation fuses the tasks at their roots

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._core._blocks import compact_rows
+from .._core._blocks import compact_rows, keep_rows_lazily
 from .._core._counts import kept_summaries
 from .._core._reduce import alternating_scans, is_dask
 from .._store import (
@@ -81,11 +81,30 @@ def _drop_cells(work: AnnData, keep: np.ndarray, block_rows: int) -> AnnData:
         uns=work.uns,
         obsm={key: value[keep] for key, value in work.obsm.items()},
         layers={
-            "lcpm": lcpm_layer[keep]
+            "lcpm": keep_rows_lazily(lcpm_layer, keep)
             if is_dask(lcpm_layer)
             else compact_rows(lcpm_layer, keep, block_rows)
         },
     )
+
+
+def _subset_cells(adata: AnnData, positions: np.ndarray) -> None:
+    """Subset ``adata`` in place to the cells at ``positions`` (ascending).
+
+    Its dask matrices keep their chunks (:func:`keep_rows_lazily`), not regrouped by
+    anndata's indexing, so that later passes read them block by block.
+    """
+    keep = np.zeros(adata.n_obs, dtype=bool)
+    keep[positions] = True
+    lazy = {
+        key: keep_rows_lazily(value, keep) for key, value in adata.layers.items() if is_dask(value)
+    }
+    counts = keep_rows_lazily(adata.X, keep) if is_dask(adata.X) else None
+    adata._inplace_subset_obs(positions)
+    for key, value in lazy.items():
+        adata.layers[key] = value
+    if counts is not None:
+        adata.X = counts
 
 
 def _detached(adata: AnnData, counts) -> AnnData:
@@ -339,7 +358,7 @@ def normalize(
     ensure_actual(adata)
     with subsetting(adata):
         if work.n_obs != adata.n_obs:
-            adata._inplace_subset_obs(work.obs[_POSITION].to_numpy())
+            _subset_cells(adata, work.obs[_POSITION].to_numpy())
         if work.n_vars != adata.n_vars:
             adata._inplace_subset_var(work.var[_POSITION].to_numpy())
     store(adata, None, None, **results)
