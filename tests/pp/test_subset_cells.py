@@ -1,4 +1,4 @@
-"""Cells dropped by the recipe leave the lazy matrices in their chunks."""
+"""Cells dropped by the recipe or the read-count QC leave lazy matrices in their chunks."""
 
 from __future__ import annotations
 
@@ -28,3 +28,17 @@ def test_dask_matrices_keep_their_chunks_and_values() -> None:
     np.testing.assert_array_equal(adata.X.compute().toarray(), counts[positions].toarray())
     np.testing.assert_array_equal(adata.layers["lazy"].compute(), dense[positions])
     np.testing.assert_array_equal(adata.layers["memory"], dense[positions])
+
+
+def test_read_count_qc_subset_keeps_dask_chunks() -> None:
+    from normalisr_sc.pp._qc import _subset
+
+    counts = sparse.random(60, 8, density=0.4, format="csr", random_state=0)
+    adata = ad.AnnData(X=da.from_array(counts, chunks=(16, 8), asarray=False))
+    cells = np.random.default_rng(1).random(60) > 0.2
+    genes = np.arange(8) % 3 > 0
+    kept = _subset(adata, cells, genes)
+    in_chunks = tuple(int(cells[start : start + 16].sum()) for start in range(0, 60, 16))
+    assert kept.X.chunks[0] == in_chunks
+    np.testing.assert_array_equal(kept.X.compute().toarray(), counts[cells][:, genes].toarray())
+    assert adata.X.shape == (60, 8)  # the input keeps its counts

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from .._core._blocks import keep_rows_lazily
 from .._core._counts import (
     ReadBounds,
     ReadFilter,
@@ -21,6 +22,7 @@ from .._core._counts import (
     subset_counts,
 )
 from .._core._normalize import variance_outliers
+from .._core._reduce import is_dask
 from .._docs import doc_chunked_counts, doc_params
 from .._progress import progress
 from .._store import check_writable, read_record, side_key, store, subsetting
@@ -92,21 +94,25 @@ def _first_round_failures(
 
 
 def _subset(adata: AnnData, cells: np.ndarray, genes: np.ndarray) -> AnnData:
-    """Return ``adata[cells, genes].copy()``; an in-memory CSR ``X`` by a compiled kernel.
+    """Return ``adata[cells, genes].copy()``; a CSR ``X`` by a compiled kernel, dask by chunk.
 
     One copy for cells and genes at once (anndata copies per call), lazy for dask. The
     kernel's CSR matrix holds the same entries, in the same order, as scipy's indexing
     (:func:`~normalisr_sc._core._counts.subset_counts`), at a fraction of its cost.
     """
     counts = adata.X
-    if adata.is_view or type(counts) is not sparse.csr_matrix:
+    lazy = is_dask(counts)
+    if adata.is_view or not (lazy or type(counts) is sparse.csr_matrix):
         return adata[cells, genes].copy()
     adata.X = None
     try:
         kept = adata[cells, genes].copy()
     finally:
         adata.X = counts
-    kept.X = subset_counts(counts, cells, genes)
+    # Lazily, each kept cell stays in its chunk (dask's indexing would regroup them).
+    kept.X = (
+        keep_rows_lazily(counts, cells)[:, genes] if lazy else subset_counts(counts, cells, genes)
+    )
     return kept
 
 
