@@ -21,6 +21,14 @@ average, before and after it, is at most ``own + LOAD_MARGIN x cores``, where ``
 what the benchmark itself may keep busy (by default every core: the library's thread
 pools and BLAS use them all) and ``LOAD_MARGIN = 0.5``. Above it, other jobs held more
 than half of the machine's cores beside the benchmark, and the row is marked ``BUSY``.
+On a virtual machine, the host's other guests do not show in the load average but in
+the time the hypervisor takes from this guest (steal, ``/proc/stat``): a run during
+which more than ``STEAL_LIMIT`` of the CPU time was stolen is ``BUSY`` too.
+
+Allocating new memory costs what the machine charges for its first touch
+(:func:`first_touch_seconds_per_gb`, printed in the header): on a virtual machine that
+returns freed memory to its host, several seconds per GB, paid again by every new
+allocation, so that a method producing more output pays more than on bare metal.
 
 Memory is read from Linux ``/proc/self/status``: :func:`rss_kib`, :func:`peak_kib`
 (VmHWM) and :func:`reset_peak` (``/proc/self/clear_refs``), the last two meant for the
@@ -62,6 +70,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_REPEAT = 3
 #: Share of the cores other jobs may keep busy before a measurement is not trusted.
 LOAD_MARGIN = 0.5
+#: Share of the CPU time the hypervisor may take (steal) before a run is not trusted.
+STEAL_LIMIT = 0.05
 #: Environment variables setting the number of threads of the BLAS libraries.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -118,6 +128,40 @@ def load_limit(own: float | None = None) -> float:
     return (cores() if own is None else own) + LOAD_MARGIN * cores()
 
 
+def cpu_times() -> tuple[int, int]:
+    """Stolen and total CPU time of the machine so far (Linux ``/proc/stat``), in ticks.
+
+    ``(0, 0)`` where there is no ``/proc/stat``: the steal of a run is then 0.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0, 0
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    ticks = [int(value) for value in fields[:8]]
+    return ticks[7] if len(ticks) > 7 else 0, sum(ticks)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of the CPU time between two :func:`cpu_times` that the hypervisor took."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def first_touch_seconds_per_gb(megabytes: int = 256) -> float:
+    """Seconds per GB to write newly allocated memory for the first time, measured now.
+
+    About 0.1-0.3 s/GB on bare metal; far more on a virtual machine whose freed memory
+    goes back to the host (virtio-balloon free page reporting), where every new
+    allocation is backed again by the host on first touch (see the module's text).
+    """
+    import numpy as np
+
+    start = time.perf_counter()
+    np.ones(megabytes * MB // 8)
+    return (time.perf_counter() - start) * GB / (megabytes * MB)
+
+
 def set_threads(threads: int | None) -> None:
     """Limit the BLAS/OpenMP threads of this process and of the processes it starts."""
     if threads is None:
@@ -150,6 +194,9 @@ class Run:
         peak memory or per-step times).
     own
         What the benchmark itself may keep busy (cores), for :func:`load_limit`.
+    steal
+        Share of the machine's CPU time the hypervisor took during the call
+        (:func:`steal_share`).
     """
 
     seconds: float
@@ -158,11 +205,13 @@ class Run:
     error: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     own: float | None = None
+    steal: float = 0.0
 
     @property
     def busy(self) -> bool:
-        """The load average exceeded :func:`load_limit` before or after the call."""
-        return max(self.load) > load_limit(self.own)
+        """The load average exceeded :func:`load_limit` before or after the call, or the
+        hypervisor took more than :data:`STEAL_LIMIT` of the CPU time during it."""
+        return max(self.load) > load_limit(self.own) or self.steal > STEAL_LIMIT
 
     @property
     def ok(self) -> bool:
@@ -205,7 +254,7 @@ def timed(
     instruction: a long C call finishes first) and returned as capped. A dict returned
     by the function is kept as :attr:`Run.data`.
     """
-    before = load_1min()
+    before, ticks = load_1min(), cpu_times()
     start = time.perf_counter()
     try:
         with _alarm(cap):
@@ -214,7 +263,8 @@ def timed(
         return Run(math.inf, (before, load_1min()), capped=True, own=own)
     seconds = time.perf_counter() - start
     data = result if isinstance(result, dict) else {}
-    return Run(seconds, (before, load_1min()), data=data, own=own)
+    steal = steal_share(ticks, cpu_times())
+    return Run(seconds, (before, load_1min()), data=data, own=own, steal=steal)
 
 
 def _child(connection: Any, function: Callable[..., dict], args: tuple, kwargs: dict) -> None:
@@ -252,7 +302,7 @@ def in_child(
     """
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    before = load_1min()
+    before, ticks = load_1min(), cpu_times()
     start = time.perf_counter()
     process = context.Process(target=_child, args=(send, function, args, kwargs))
     process.start()
@@ -271,10 +321,11 @@ def in_child(
     except EOFError:
         status, result = "error", f"child exited with code {process.join() or process.exitcode}"
     process.join()
-    after = load_1min()
+    after, steal = load_1min(), steal_share(ticks, cpu_times())
     if status == "error":
-        return Run(math.inf, (before, after), error=result, own=own)
-    return Run(float(result.get("seconds", wall)), (before, after), data=result, own=own)
+        return Run(math.inf, (before, after), error=result, own=own, steal=steal)
+    seconds = float(result.get("seconds", wall))
+    return Run(seconds, (before, after), data=result, own=own, steal=steal)
 
 
 def alternate(
@@ -303,7 +354,10 @@ def alternate(
 
 def describe(run: Run) -> str:
     """One line: seconds (or capped / failed) and the load average around the run."""
-    loads = f"load {run.load[0]:.1f}->{run.load[1]:.1f}{' BUSY' if run.busy else ''}"
+    loads = (
+        f"load {run.load[0]:.1f}->{run.load[1]:.1f}, steal {run.steal:.0%}"
+        f"{' BUSY' if run.busy else ''}"
+    )
     if run.capped:
         return f"stopped at the cap, {loads}"
     if run.error is not None:
@@ -339,10 +393,16 @@ def load_range(runs: Sequence[Run]) -> tuple[float, float]:
     return (min(loads), max(loads)) if loads else (math.nan, math.nan)
 
 
+def most_steal(runs: Sequence[Run]) -> float:
+    """Highest share of CPU time stolen by the hypervisor during one of the runs."""
+    return max((run.steal for run in runs), default=0.0)
+
+
 def load_note(runs: Sequence[Run]) -> str:
-    """``[load 1m low-high, ok|BUSY]``: to print beside any figure drawn from ``runs``."""
+    """``[load 1m low-high, steal <=x%, ok|BUSY]``: beside any figure drawn from ``runs``."""
     low, high = load_range(runs)
-    return f"[load 1m {low:.1f}-{high:.1f}, {'BUSY' if any(r.busy for r in runs) else 'ok'}]"
+    busy = "BUSY" if any(r.busy for r in runs) else "ok"
+    return f"[load 1m {low:.1f}-{high:.1f}, steal <={most_steal(runs):.0%}, {busy}]"
 
 
 @dataclass
@@ -417,7 +477,7 @@ def print_table(
             f"{'scenario':<{label_width}}",
             *(f"{m:>{w}}" for m, w in zip(methods, widths, strict=True)),
             *(f"{e:>{w}}" for e, w in zip(extra, extra_widths, strict=True)),
-            f"{'n':>3} {'load 1m':>11} {'trust':>5}",
+            f"{'n':>3} {'load 1m':>11} {'steal':>5} {'trust':>5}",
         ]
     )
     print(header + "\n" + "-" * len(header))
@@ -434,7 +494,8 @@ def print_table(
                         f"{row.extra.get(e, ''):>{w}}"
                         for e, w in zip(extra, extra_widths, strict=True)
                     ),
-                    f"{n:>3} {f'{low:.1f}-{high:.1f}':>11} {'BUSY' if row.busy else 'ok':>5}",
+                    f"{n:>3} {f'{low:.1f}-{high:.1f}':>11} "
+                    f"{most_steal(row.all_runs()):>5.0%} {'BUSY' if row.busy else 'ok':>5}",
                 ]
             )
         )
@@ -458,12 +519,12 @@ def print_markdown(
     """Print the table of :func:`print_table` in Markdown, ready to paste into a README.
 
     The same cells (medians, ratios to ``reference``), the number of runs and the range
-    of the 1-minute load average of each row, and a last line giving the date, the
-    cores and whether the load rule held.
+    of the 1-minute load average and the highest steal of each row, and a last line
+    giving the date, the cores and whether the load rule held.
     """
     used = [m for m in methods if any(row.runs.get(m) for row in rows)]
-    print("\n| scenario | " + " | ".join(used) + " | n | load 1m |")
-    print("|---|" + "---|" * len(used) + "---|---|")
+    print("\n| scenario | " + " | ".join(used) + " | n | load 1m | steal |")
+    print("|---|" + "---|" * len(used) + "---|---|---|")
     for row in rows:
         cells = [
             _cell(row.runs.get(m, []), row.runs.get(reference) if reference else None, cap, unit)
@@ -473,14 +534,20 @@ def print_markdown(
         counts = sorted({len(runs) for runs in row.runs.values() if runs})
         n = "/".join(str(c) for c in counts) or "0"
         busy = " (busy)" if row.busy else ""
-        print(f"| {row.label} | " + " | ".join(cells) + f" | {n} | {low:.1f}-{high:.1f}{busy} |")
+        steal = f"{most_steal(row.all_runs()):.0%}"
+        print(
+            f"| {row.label} | "
+            + " | ".join(cells)
+            + f" | {n} | {low:.1f}-{high:.1f}{busy} | {steal} |"
+        )
     trusted = not any(row.busy for row in rows)
     print(
         f"\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores()} cores; "
         + (
             "quiet machine (load rule held)."
             if trusted
-            else f"machine BUSY (load above {load_limit():.1f}): indicative only."
+            else f"machine BUSY (load above {load_limit():.1f} or steal above "
+            f"{STEAL_LIMIT:.0%}): indicative only."
         )
         + (f" (x): median / median of {reference!r} in the same row." if reference else "")
     )
@@ -495,7 +562,8 @@ def verdict(rows: Sequence[Row]) -> bool:
     limit = load_limit(runs[0].own)
     rule = (
         f"load rule: 1-minute load average <= {limit:.1f} ({limit - LOAD_MARGIN * cores():g}"
-        f" own + {LOAD_MARGIN} x {cores()} cores) before and after every run"
+        f" own + {LOAD_MARGIN} x {cores()} cores) before and after every run, and at most "
+        f"{STEAL_LIMIT:.0%} of the CPU time stolen by the hypervisor during it"
     )
     busy = [row.label for row in rows if row.busy]
     if not busy:
@@ -504,7 +572,8 @@ def verdict(rows: Sequence[Row]) -> bool:
     highest = max(load_range(runs))
     print(
         f"verdict: MACHINE TOO BUSY to trust {len(busy)} of {len(rows)} rows (load up to "
-        f"{highest:.1f}; {rule}): {', '.join(busy)}. Re-measure on a quiet machine."
+        f"{highest:.1f}, steal up to {most_steal(runs):.0%}; {rule}): {', '.join(busy)}. "
+        "Re-measure on a quiet machine."
     )
     return False
 
@@ -556,7 +625,8 @@ def yes(condition: bool) -> str:
 
 
 def print_header(packages: Sequence[str] = ("normalisr-sc",), **settings: object) -> None:
-    """Print the machine, the package versions, the settings and the load average now."""
+    """Print the machine, the package versions, the settings, the load average, steal and
+    the cost of new memory now."""
     versions = []
     for package in packages:
         try:
@@ -571,9 +641,13 @@ def print_header(packages: Sequence[str] = ("normalisr-sc",), **settings: object
             *(f"{k} {v}" for k, v in settings.items()),
         ]
     )
+    ticks = cpu_times()
+    time.sleep(1.0)
+    steal = steal_share(ticks, cpu_times())
     one, five, fifteen = os.getloadavg()
     print(
         f"{text}; load average {one:.1f} {five:.1f} {fifteen:.1f} (trusted up to "
-        f"{load_limit():.1f})",
+        f"{load_limit():.1f}); steal {steal:.0%} over 1 s (trusted up to {STEAL_LIMIT:.0%}); "
+        f"first touch of new memory {first_touch_seconds_per_gb():.2f} s/GB",
         flush=True,
     )

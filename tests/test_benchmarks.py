@@ -80,6 +80,31 @@ def test_load_rule(monkeypatch):
     assert not h.Run(1.0, (1.0, 2.9), own=1).busy
 
 
+def test_steal_rule(monkeypatch, capsys):
+    monkeypatch.setattr(h, "cores", lambda: 2)
+    assert h.steal_share((10, 1000), (30, 1100)) == 0.2
+    assert h.steal_share((10, 1000), (10, 1000)) == 0.0  # no time passed
+    assert not _run(1.0, steal=0.05).busy
+    stolen = _run(1.0, steal=0.2)
+    assert stolen.busy  # a quiet load average, but the host took a fifth of the CPU
+    assert "steal 20% BUSY" in h.describe(stolen)
+    assert h.print_table([h.Row("stolen", {"ours": [_run(1.0), stolen]})], ["ours"]) is False
+    out = capsys.readouterr().out
+    assert re.search(r"stolen\s+1\.00s\s+2\s+0\.0-0\.0\s+20%\s+BUSY", out)
+    assert "steal up to 20%" in out
+    assert "steal <=20%, BUSY" in h.load_note([stolen])
+
+
+def test_runs_record_the_steal_of_their_call(monkeypatch):
+    ticks = iter([(0, 1000), (50, 1100)])
+    monkeypatch.setattr(h, "cpu_times", lambda: next(ticks))
+    assert h.timed(lambda: None).steal == 0.5
+
+
+def test_first_touch_is_measured():
+    assert 0 < h.first_touch_seconds_per_gb(16) < 60
+
+
 def test_timed_caps_a_long_call():
     run = h.timed(time.sleep, 5, cap=0.2)
     assert run.capped
@@ -136,19 +161,19 @@ def test_table_prints_medians_ratios_loads_and_verdict(capsys, monkeypatch):
     )
     assert h.print_table([quiet], ["ours", "peer"]) is True
     out = capsys.readouterr().out
-    assert re.search(r"quiet\s+2\.00s\s+6\.00s \(3\.00x\)\s+3\s+0\.5-1\.0\s+ok", out)
+    assert re.search(r"quiet\s+2\.00s\s+6\.00s \(3\.00x\)\s+3\s+0\.5-1\.0\s+0%\s+ok", out)
     assert "verdict: quiet machine" in out
     assert h.print_table([quiet, busy], ["ours", "peer"], cap=10) is False
     out = capsys.readouterr().out
-    assert re.search(r"busy\s+1\.00s\s+>10s \(>10x\)\s+1\s+9\.0-9\.5\s+BUSY", out)
+    assert re.search(r"busy\s+1\.00s\s+>10s \(>10x\)\s+1\s+9\.0-9\.5\s+0%\s+BUSY", out)
     assert "MACHINE TOO BUSY to trust 1 of 2 rows" in out
     assert "<= 3.0" in out  # 2 own + 0.5 x 2 cores
 
 
 # ---------------------------------------------------------------- smoke runs
 
-#: A table row ends with the runs per method, the load range and the trust mark.
-ROW_END = re.compile(r"\s\d+(/\d+)?\s+\d+\.\d-\d+\.\d\s+(ok|BUSY)$")
+#: A table row ends with the runs per method, the load range, the steal and the trust mark.
+ROW_END = re.compile(r"\s\d+(/\d+)?\s+\d+\.\d-\d+\.\d\s+\d+%\s+(ok|BUSY)$")
 
 
 def _smoke(script: str, *options: str) -> str:
@@ -168,6 +193,7 @@ def _smoke(script: str, *options: str) -> str:
     lines = out.splitlines()
     for start in tables:
         assert "load 1m" in lines[start]
+        assert "steal" in lines[start]
         assert "trust" in lines[start]
         rows = []
         for line in lines[start + 2 :]:
