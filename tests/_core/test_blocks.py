@@ -9,6 +9,7 @@ import pytest
 from scipy import sparse
 
 from normalisr_sc._core._blocks import (
+    _kept_block,
     canonical,
     count_non_finite,
     keep_rows_lazily,
@@ -116,3 +117,30 @@ def test_keep_rows_lazily_keeps_each_row_in_its_chunk(as_sparse: bool) -> None:
     result = kept.compute()
     assert sparse.issparse(result) == as_sparse
     np.testing.assert_array_equal(result.toarray() if as_sparse else result, values[keep])
+
+
+@pytest.mark.parametrize("column_chunk", [7, 3])
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_keep_rows_lazily_drops_columns_in_the_same_copy(as_sparse: bool, column_chunk) -> None:
+    rng = np.random.default_rng(6)
+    values = rng.poisson(1.0, size=(50, 7)).astype(np.float64)
+    keep = rng.random(50) > 0.2
+    keep[16:32] = True  # a chunk keeping every cell still loses the columns
+    genes = np.array([True, False, True, True, False, True, True])
+    source = sparse.csr_matrix(values) if as_sparse else values
+    matrix = da.from_array(source, chunks=(16, column_chunk), asarray=False)
+    kept = keep_rows_lazily(matrix, keep, genes)
+    assert sum(kept.chunks[1]) == 5
+    result = kept.compute()
+    assert sparse.issparse(result) == as_sparse
+    np.testing.assert_array_equal(result.toarray() if as_sparse else result, values[keep][:, genes])
+
+
+def test_chunks_keeping_everything_are_not_copied() -> None:
+    block = sparse.csr_matrix(np.eye(4))
+    assert _kept_block(block, np.ones((4, 1), dtype=bool), None) is block
+    dense_chunk = np.eye(4)
+    assert _kept_block(dense_chunk, np.ones((4, 1), dtype=bool), None) is dense_chunk
+    matrix = da.from_array(dense_chunk, chunks=(2, 4))
+    assert keep_rows_lazily(matrix, np.ones(4, dtype=bool)) is matrix
+    assert keep_rows_lazily(matrix, np.ones(4, dtype=bool), np.ones(4, dtype=bool)) is matrix

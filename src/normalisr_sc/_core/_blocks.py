@@ -185,28 +185,57 @@ def compact_rows(array: np.ndarray, keep: np.ndarray, block_rows: int) -> np.nda
     return array[: kept.size]
 
 
-def _kept_rows(block: Block, keep: np.ndarray) -> Block:
-    return block[keep[:, 0]]
+def _kept_block(block: Block, keep: np.ndarray, genes: np.ndarray | None) -> Block:
+    """Rows ``keep[:, 0]`` (and columns ``genes``) of one block; the block itself if all.
+
+    Most blocks keep every cell: they are passed on as they are, not copied into fresh
+    memory on every pass. A CSR block loses its rows and columns in one compiled copy.
+    """
+    from ._counts import subset_counts  # it imports this module
+
+    rows = keep[:, 0]
+    every_row = bool(rows.all())
+    if every_row and genes is None:
+        return block
+    if type(block) is sparse.csr_matrix:
+        columns = np.ones(block.shape[1], dtype=bool) if genes is None else genes
+        return subset_counts(block, rows, columns)
+    kept = block if every_row else block[rows]
+    return kept if genes is None else kept[:, genes]
 
 
-def keep_rows_lazily(matrix: da.Array, keep: np.ndarray) -> da.Array:
+def keep_rows_lazily(
+    matrix: da.Array, keep: np.ndarray, genes: np.ndarray | None = None
+) -> da.Array:
     """Return the rows of the dask ``matrix`` where ``keep`` is True, each in its chunk.
 
-    Unlike ``matrix[keep]``, whose rows dask regroups into chunks of its own size: these
+    With ``genes`` (a boolean mask of the columns), only those columns. Unlike
+    ``matrix[keep]``, whose rows dask regroups into chunks of its own size: these
     straddle the blocks of every later pass, each block then joined from two chunks in
-    fresh memory (on a 1M-cell screen, ten times the memory traffic of a pass).
+    fresh memory (on a 1M-cell screen, ten times the memory traffic of a pass). A chunk
+    that keeps every row and column is the chunk itself (no copy per pass).
     """
     import dask.array as da
 
     keep = np.asarray(keep, dtype=bool)
+    if genes is not None:
+        genes = np.asarray(genes, dtype=bool)
+        if genes.all():
+            genes = None
+        elif matrix.numblocks[1] > 1:  # the mask would be split per chunk of columns
+            return keep_rows_lazily(matrix, keep)[:, genes]
+    if keep.all() and genes is None:
+        return matrix
     starts = np.cumsum((0, *matrix.chunks[0]))
     kept = tuple(int(keep[start:stop].sum()) for start, stop in pairwise(starts))
+    columns = matrix.chunks[1] if genes is None else (int(genes.sum()),)
     mask = da.from_array(keep[:, None], chunks=(matrix.chunks[0], 1))
     return da.map_blocks(
-        _kept_rows,
+        _kept_block,
         matrix,
         mask,
-        chunks=(kept, *matrix.chunks[1:]),
+        genes=genes,
+        chunks=(kept, columns),
         dtype=matrix.dtype,
         meta=matrix._meta,
     )
