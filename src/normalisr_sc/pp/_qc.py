@@ -110,9 +110,7 @@ def _subset(adata: AnnData, cells: np.ndarray, genes: np.ndarray) -> AnnData:
     finally:
         adata.X = counts
     # Lazily, each kept cell stays in its chunk (dask's indexing would regroup them).
-    kept.X = (
-        keep_rows_lazily(counts, cells, genes) if lazy else subset_counts(counts, cells, genes)
-    )
+    kept.X = keep_rows_lazily(counts, cells, genes) if lazy else subset_counts(counts, cells, genes)
     return kept
 
 
