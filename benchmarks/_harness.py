@@ -260,7 +260,8 @@ def timed(
         with _alarm(cap):
             result = function(*args, **kwargs)
     except _Capped:
-        return Run(math.inf, (before, load_1min()), capped=True, own=own)
+        steal = steal_share(ticks, cpu_times())
+        return Run(math.inf, (before, load_1min()), capped=True, own=own, steal=steal)
     seconds = time.perf_counter() - start
     data = result if isinstance(result, dict) else {}
     steal = steal_share(ticks, cpu_times())
@@ -315,7 +316,8 @@ def in_child(
     wall = time.perf_counter() - start
     if not ready:
         _kill_group(process)
-        return Run(math.inf, (before, load_1min()), capped=True, own=own)
+        steal = steal_share(ticks, cpu_times())
+        return Run(math.inf, (before, load_1min()), capped=True, own=own, steal=steal)
     try:
         status, result = receive.recv()
     except EOFError:
