@@ -310,6 +310,15 @@ def test_fingerprint_sees_every_value_of_large_arrays():
     edited = {k: v.copy() for k, v in layout.items()}
     edited["names"]["B"][-1] = "gX"
     assert fingerprint(layout) != fingerprint(edited)
+    # numbers of a record: an entry away from the sampled rows, and two entries swapped
+    for edit in ("one", "swap"):
+        numbers = {k: v.copy() for k, v in layout.items()}
+        if edit == "one":
+            numbers["scores"]["A"][77] = np.nextafter(numbers["scores"]["A"][77], np.inf)
+        else:
+            a, b = numbers["scores"]["A"][77], numbers["scores"]["B"][78]
+            numbers["scores"]["A"][77], numbers["scores"]["B"][78] = b, a
+        assert fingerprint(numbers) != fingerprint(layout), edit
     assert fingerprint(layout) == fingerprint({k: v.copy() for k, v in layout.items()})
 
 
