@@ -314,7 +314,8 @@ def test_fingerprint_sees_every_value_of_large_arrays():
     for edit in ("one", "swap"):
         numbers = {k: v.copy() for k, v in layout.items()}
         if edit == "one":
-            numbers["scores"]["A"][77] = np.nextafter(numbers["scores"]["A"][77], np.inf)
+            value = numbers["scores"]["A"][77]
+            numbers["scores"]["A"][77] = np.nextafter(value, np.float32(np.inf))  # one ulp
         else:
             a, b = numbers["scores"]["A"][77], numbers["scores"]["B"][78]
             numbers["scores"]["A"][77], numbers["scores"]["B"][78] = b, a
