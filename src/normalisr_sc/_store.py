@@ -117,8 +117,8 @@ def _feed_records(digest: hashlib.blake2b, array: np.ndarray) -> None:
         if packed
         else array.astype([(n, field) for n in array.dtype.names])
     )
-    # Numbers as a matrix is (a few rows and every row and column sum): one compiled
-    # pass, several times faster than hashing every byte of a large ranking.
+    # The numbers are fingerprinted as a matrix is (a few rows, every row and column
+    # sum): one compiled pass, several times faster than hashing every byte.
     block = view.view(field).reshape(array.shape[0], len(fields))
     _feed_numbers(digest, block[_sample_rows(block.shape[0])])
     if block.size:
