@@ -11,6 +11,7 @@ from scipy.special import digamma
 
 import normalisr_sc as nsc
 from normalisr_sc._core import _counts, _normalize
+from normalisr_sc._core._reduce import no_progress
 
 
 def _counts_matrix(n_cells: int = 300, n_genes: int = 120, seed: int = 0) -> sparse.csr_matrix:
@@ -108,6 +109,74 @@ def test_weighted_regression_matches_numpy(n_jobs):
     np.testing.assert_allclose(sums.cross, cross, rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(sums.before.mean, mean, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(sums.before.variance, variance, rtol=1e-12)
+
+
+def _expressed_genes(n_cells: int = 700, seed: int = 6):
+    """Log-count-like genes on a replicate and a depth covariate with an intercept.
+
+    Gene 0 is constant (its residuals are rounding errors), gene 1 is entirely explained
+    by the covariates, and the last genes are highly expressed (a mean of about 8 log
+    units over a spread of about 0.05: most of their sum of squares is the mean's).
+    """
+    rng = np.random.default_rng(seed)
+    depth = rng.normal(size=n_cells)
+    replicate = rng.integers(0, 2, n_cells).astype(np.float64)
+    covariates = np.column_stack([depth, replicate, np.ones(n_cells)])
+    mu = np.exp(rng.normal(0.0, 2.0, 40))
+    mu[-5:] = 3000.0
+    expression = np.log1p(rng.poisson(mu * np.exp(0.2 * depth)[:, None]).astype(np.float64))
+    expression[:, 0] = 3.0
+    expression[:, 1] = 1.5 + 0.3 * depth - 0.2 * replicate
+    return expression, covariates
+
+
+def test_residual_sums_of_normvar_without_a_pass_over_them():
+    """The keepvar rescaling's residual sums of squares, from the regression's sums."""
+    expression, covariates = _expressed_genes()
+    rng = np.random.default_rng(7)
+    weights = rng.uniform(1.0, 3.0, expression.shape[0])
+    scale = rng.uniform(0.0, 1.0, expression.shape[1])
+    prefit = _normalize.prefit(expression[:200], covariates[:200])
+    sums = _normalize._WeightedRegression(scale, covariates.shape[1], prefit=prefit)
+    for start in range(0, expression.shape[0], 256):
+        rows = slice(start, min(start + 256, expression.shape[0]))
+        sums.add(rows, expression[rows], covariates[rows], np.log(weights[rows]))
+    coefficients = sums.coefficients()
+    w = weights[:, None] ** scale[None, :]
+    explicit = ((w * (expression - covariates @ coefficients.T)) ** 2).sum(axis=0)
+    squares = sums.residual_squares(coefficients)
+    # rounding, not a spread to rescale by: the constant gene, the gene fully explained
+    np.testing.assert_array_equal(squares[:2], 0.0)
+    np.testing.assert_allclose(squares[2:], explicit[2:], rtol=1e-12)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_residual_moments_of_the_variance_fit_without_a_pass_over_them(uniform, monkeypatch):
+    """Means and spreads of the scaled residuals from one pass's sums (METHOD 5)."""
+    expression, covariates = _expressed_genes()
+    n_cells = expression.shape[0]
+    rng = np.random.default_rng(8)
+    cell_scale = np.ones(n_cells) if uniform else rng.uniform(1.0, 2.0, n_cells)
+    captured = {}
+
+    def keep(coefficients, moments, n_jobs):
+        captured["coefficients"], captured["moments"] = coefficients, moments
+        return original(coefficients, moments, n_jobs)
+
+    original = _normalize._LogRmsPerCell
+    monkeypatch.setattr(_normalize, "_LogRmsPerCell", keep)
+    _normalize._log_rms_standardized_residuals(
+        expression, covariates, cell_scale, block_cells=256, progress=no_progress
+    )
+    scaled_y, scaled_c = expression / cell_scale[:, None], covariates / cell_scale[:, None]
+    coefficients = np.linalg.lstsq(scaled_c, scaled_y, rcond=None)[0]
+    residual = scaled_y - scaled_c @ coefficients
+    moments = captured["moments"]
+    np.testing.assert_allclose(captured["coefficients"], coefficients, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(moments.mean, residual.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(moments.std[2:], residual.std(axis=0)[2:], rtol=1e-9)
+    # no spread: the constant gene, and the gene the covariates explain
+    np.testing.assert_array_equal(moments.std[:2], 0.0)
 
 
 @pytest.mark.parametrize("n_rows", [1, 3, 64, 67, 301])

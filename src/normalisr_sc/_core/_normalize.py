@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from ._blocks import dense_block
+from ._blocks import dense_block, float_block, row_block
 from ._buffers import block_array
+from ._checks import ZERO_VARIANCE_RTOL
 from ._linalg import pinv_psd
 from ._moments import ColumnMoments, run_parts
 from ._reduce import PerCell, accumulate, alternating_scans, is_dask, no_progress, thread_count
@@ -168,26 +169,38 @@ def _log_weight_tile(log_weights, scale, g0, g1, out):
             row[g] = a * factors[g]
 
 
-def _weighted_tile(values, weights, g0, g1, count, squared, twice, mean, m2):
+def _weighted_tile(
+    values, weights, covariates, prefit, g0, g1, count, squared, twice, mean, m2, squares
+):
     """Compute the weighted values of one tile, for the genes ``g0:g1``.
 
-    ``weights`` (tile rows x genes) holds ``w ** scale``; writes ``w^2`` into ``squared``
-    and ``w^2 y`` into ``twice`` (tile rows x genes) and adds the rows of ``y w`` to the
-    running moments ``mean``, ``m2`` of ``count`` rows before.
+    ``weights`` (tile rows x genes) holds ``w ** scale``; with ``d = y - c b0`` (``b0``:
+    the coefficients ``prefit``, covariates x genes), writes ``w^2`` into ``squared`` and
+    ``w^2 d`` into ``twice`` (tile rows x genes), adds the rows of ``y w`` to the running
+    moments ``mean``, ``m2`` of ``count`` rows before and the squares of ``w d`` to
+    ``squares``.
     """
     n = g1 - g0
     weighted = np.empty(n)
+    fit = np.empty(n)
     means, m2s = mean[g0:g1], m2[g0:g1]
+    partial = np.zeros(n)
     for r in range(values.shape[0]):
+        _fitted_row(covariates[r], prefit, g0, g1, fit)
         y, w = values[r, g0:g1], weights[r]
-        w2, w2y = squared[r], twice[r]
+        w2, w2d = squared[r], twice[r]
         for g in range(n):
             a = w[g]
             b = a * a
+            d = y[g] - fit[g]
             w2[g] = b
-            w2y[g] = b * y[g]
+            w2d[g] = b * d
+            partial[g] += b * d * d
             weighted[g] = y[g] * a
         _welford_row(weighted, count + r + 1, means, m2s)
+    sums = squares[g0:g1]
+    for g in range(n):
+        sums[g] += partial[g]
 
 
 def _normalised_tile(values, weights, covariates, coefficients, factor, g0, g1, out, squares):
@@ -377,11 +390,16 @@ def _check_sums(sums: Sequence[np.ndarray], on_non_finite: Callable[[], object] 
     raise ValueError(msg)
 
 
-class _CrossProducts:
-    """``Y' D`` of the expression with a cells x k design ``D`` (stored k x genes)."""
+class _ScaledSums:
+    """Per gene, sums over the cells of ``Y / s``: products with a design, and moments.
+
+    ``(Y / s)' D`` with a cells x k design ``D`` (stored k x genes), and the moments of
+    ``Y / s`` (``s``: the cell scale), in one pass.
+    """
 
     def __init__(self, n_genes: int, n_columns: int, n_jobs: int = 1) -> None:
         self.sums = np.zeros((n_columns, n_genes))
+        self.moments = ColumnMoments(n_genes)
         self.n_jobs = n_jobs
 
     @property
@@ -389,47 +407,27 @@ class _CrossProducts:
         """Genes x k."""
         return self.sums.T
 
-    def add(self, rows: slice, block: np.ndarray, design: np.ndarray) -> None:
-        values = _float_rows(block)
-        design = np.ascontiguousarray(design)
-        add_rows = _kernel("add_rows")
-        sums = np.zeros_like(self.sums)
-
-        def genes(part: slice) -> None:
-            for tile in _row_tiles(values.shape[0]):
-                add_rows(values[tile], part.start, design[tile], sums, part.start, part.stop)
-
-        run_parts(genes, _gene_parts(values.shape[1], self.n_jobs), self.n_jobs)
-        self.sums += sums
-
-    def merge(self, other: _CrossProducts) -> _CrossProducts:
-        self.sums += other.sums
-        return self
-
-
-class _ResidualMoments:
-    """Per-gene mean and spread of the scaled covariate residuals."""
-
-    def __init__(self, coefficients: np.ndarray, n_jobs: int = 1) -> None:
-        self.coefficients, self.n_jobs = np.ascontiguousarray(coefficients), n_jobs
-        self.moments = ColumnMoments(coefficients.shape[1])
-
     def add(
-        self, rows: slice, block: np.ndarray, covariates: np.ndarray, cell_scale: np.ndarray
+        self, rows: slice, block: np.ndarray, design_over_scale: np.ndarray, cell_scale: np.ndarray
     ) -> None:
+        # ``design_over_scale``: D / s, so that the sums of Y (D / s) are those of (Y / s) D.
         values = _float_rows(block)
-        covariates = np.ascontiguousarray(covariates)
+        design = np.ascontiguousarray(design_over_scale)
         scale = _scale_or_empty(cell_scale)
         n_rows, n_genes = values.shape
+        sums = np.zeros_like(self.sums)
         work = (np.zeros(n_genes), np.zeros(n_genes))
-        kernel = _kernel("moments")
+        add_rows, moments = _kernel("add_rows"), _kernel("moments")
+        # The moments kernel with no covariates: those of Y / s itself.
+        no_covariates, no_coefficients = np.empty((n_rows, 0)), np.empty((0, n_genes))
 
         def genes(part: slice) -> None:
             for tile in _row_tiles(n_rows):
-                kernel(
+                add_rows(values[tile], part.start, design[tile], sums, part.start, part.stop)
+                moments(
                     values[tile],
-                    covariates[tile],
-                    self.coefficients,
+                    no_covariates[tile],
+                    no_coefficients,
                     scale[tile] if scale.size else scale,
                     part.start,
                     part.stop,
@@ -438,11 +436,42 @@ class _ResidualMoments:
                 )
 
         run_parts(genes, _gene_parts(n_genes, self.n_jobs), self.n_jobs)
+        self.sums += sums
         self.moments.add_block(n_rows, *work)
 
-    def merge(self, other: _ResidualMoments) -> _ResidualMoments:
+    def merge(self, other: _ScaledSums) -> _ScaledSums:
+        self.sums += other.sums
         self.moments.merge(other.moments)
         return self
+
+
+def _residual_moments(
+    moments: ColumnMoments,
+    design_mean: np.ndarray,
+    centred_cross: np.ndarray,
+    centred_gram: np.ndarray,
+    coefficients: np.ndarray,
+) -> ColumnMoments:
+    """Per gene: the moments of the residuals ``r = y - c b`` from those of ``y``.
+
+    ``design_mean`` (k) is the mean of the design's rows ``c``; ``centred_cross`` (genes
+    x k) and ``centred_gram`` (k x k) are the sums over the cells of ``y (c - mean c)``
+    and ``(c - mean c) (c - mean c)'``; ``coefficients`` (k x genes) holds the ``b``.
+    Centred, so that a column of ones in the design adds nothing: the rounding error is
+    about the machine epsilon over the share of the variance left to the residuals, as
+    in a pass over them. A residual sum of squares below ``ZERO_VARIANCE_RTOL`` of that
+    of ``y`` is rounding and counts as 0.
+    """
+    residual = ColumnMoments(coefficients.shape[1])
+    residual.count = moments.count
+    residual.mean = moments.mean - design_mean @ coefficients
+    m2 = (
+        moments.m2
+        - 2 * np.einsum("kg,gk->g", coefficients, centred_cross)
+        + np.einsum("kg,kl,lg->g", coefficients, centred_gram, coefficients)
+    )
+    residual.m2 = np.where(m2 > ZERO_VARIANCE_RTOL * moments.m2, m2, 0.0)
+    return residual
 
 
 class _LogRmsPerCell:
@@ -507,32 +536,36 @@ def _log_rms_standardized_residuals(
     """Per cell: log root-mean-square over genes of standardised covariate residuals.
 
     Expression and covariates of each cell are divided by ``cell_scale`` first
-    (weighted least squares when the scale is not uniform). Three passes over the
-    cells: regression, residual spread per gene, spread per cell. The expression is
-    refused after the second when sums over it are not finite (:func:`_check_sums`).
+    (weighted least squares when the scale is not uniform). Two passes over the cells:
+    the regression and the residual spread per gene (from the same sums), then the
+    spread per cell. The expression is refused after the first when sums over it are
+    not finite (:func:`_check_sums`).
     """
     n_genes = expression.shape[1]
     n_jobs = _block_threads(expression)
     scaled_cov = covariates / cell_scale[:, None]
+    design_mean = scaled_cov.mean(axis=0)
+    centred = scaled_cov - design_mean
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
-    # (Y / s)' (C / s) = Y' (C / s^2): the expression block is used as it is.
-    cross = stream(
-        partial(_CrossProducts, n_genes, covariates.shape[1], n_jobs),
-        row_data=(scaled_cov / cell_scale[:, None],),
+    # (Y / s)' (C / s - mean): the expression block is used as it is, divided by s with
+    # the design. Sums over the centred design are those of the centred Y / s as well.
+    sums = stream(
+        partial(_ScaledSums, n_genes, covariates.shape[1], n_jobs),
+        row_data=(centred / cell_scale[:, None], cell_scale),
         desc="variance fit: regression",
-    ).cross
+    )
+    centred_cross, scaled = sums.cross, sums.moments
+    _check_sums((centred_cross, scaled.mean, scaled.m2), on_non_finite)
+    # (C / s)' (Y / s) = centred cross + n mean(C / s) mean(Y / s)'
+    cross = centred_cross + scaled.count * np.outer(scaled.mean, design_mean)
     coefficients = pinv @ cross.T
-    side = (covariates, cell_scale)
-    moments = stream(
-        partial(_ResidualMoments, coefficients, n_jobs),
-        row_data=side,
-        desc="variance fit: residual spread",
-    ).moments
-    _check_sums((cross, moments.mean, moments.m2), on_non_finite)
+    moments = _residual_moments(
+        scaled, design_mean, centred_cross, centred.T @ centred, coefficients
+    )
     return stream(
         partial(_LogRmsPerCell, coefficients, moments, n_jobs),
-        row_data=side,
+        row_data=(covariates, cell_scale),
         desc="variance fit: per-cell spread",
     ).log_rms.values()
 
@@ -720,16 +753,47 @@ def normalised_block(
     return out
 
 
-class _WeightedRegression:
-    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes."""
+#: Cells of the first fit of the weighted regression (see :class:`_WeightedRegression`).
+PREFIT_CELLS = 1024
 
-    def __init__(self, scale: np.ndarray, n_cov: int, n_jobs: int = 1) -> None:
+
+def prefit(expression: RowSliceable, covariates: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients (covariates x genes) of the genes on the first cells.
+
+    Any coefficients serve :class:`_WeightedRegression`; these leave residuals about
+    as small as the final fit's. Values that are not finite give coefficients of 0 (the
+    pass refuses them).
+    """
+    rows = slice(0, min(PREFIT_CELLS, expression.shape[0]))
+    first = float_block(row_block(expression, rows))
+    design = covariates[rows]
+    pinv, _ = pinv_psd(design.T @ design)
+    with np.errstate(invalid="ignore", over="ignore"):
+        coefficients = pinv @ (design.T @ first)
+    return np.ascontiguousarray(np.where(np.isfinite(coefficients), coefficients, 0.0))
+
+
+class _WeightedRegression:
+    """Per-gene weighted Gram matrices, cross products and moments of the weighted genes.
+
+    The products with the genes are sums of those of ``d = y - c b0``, the residuals of
+    given coefficients ``prefit`` (``b0``, covariates x genes; default 0), and of the
+    squares of ``w d``: with ``b0`` near the final fit they are about the size of its
+    residuals, and its residual sums of squares follow from them without losing the
+    digits of what the covariates explain (:meth:`residual_squares`).
+    """
+
+    def __init__(
+        self, scale: np.ndarray, n_cov: int, n_jobs: int = 1, prefit: np.ndarray | None = None
+    ) -> None:
         n_genes = scale.size
         self.scale, self.n_jobs = np.ascontiguousarray(scale, dtype=np.float64), n_jobs
+        self.prefit = np.zeros((n_cov, n_genes)) if prefit is None else np.ascontiguousarray(prefit)
         # Gram matrices are symmetric: only the upper triangle is accumulated.
         self.upper = np.triu_indices(n_cov)
         self.gram_sums = np.zeros((self.upper[0].size, n_genes))
-        self.cross_sums = np.zeros((n_cov, n_genes))
+        self.residual_cross = np.zeros((n_cov, n_genes))
+        self.residual_sums = np.zeros(n_genes)
         self.before = ColumnMoments(n_genes)
 
     @property
@@ -739,8 +803,9 @@ class _WeightedRegression:
 
     @property
     def cross(self) -> np.ndarray:
-        """Genes x covariates weighted cross products."""
-        return self.cross_sums.T
+        """Genes x covariates weighted cross products ``sum w^2 c y``."""
+        # sum w^2 c y = sum w^2 c d + (sum w^2 c c') b0
+        return self.residual_cross.T + np.einsum("gij,jg->gi", self._gram(), self.prefit)
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
@@ -750,8 +815,8 @@ class _WeightedRegression:
         log_weights = np.ascontiguousarray(log_weights, dtype=np.float64)
         products = covariates[:, self.upper[0]] * covariates[:, self.upper[1]]
         n_rows, n_genes = values.shape
-        mean, m2 = np.zeros(n_genes), np.zeros(n_genes)
-        gram, cross = np.zeros_like(self.gram_sums), np.zeros_like(self.cross_sums)
+        mean, m2, squares = np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes)
+        gram, cross = np.zeros_like(self.gram_sums), np.zeros_like(self.residual_cross)
         kernel = _kernel("weighted")
         _kernel("log_weights")  # compiled (or loaded) here, not by the threads at once
         n_tile = min(REGRESSION_ROWS, n_rows)
@@ -768,6 +833,8 @@ class _WeightedRegression:
                 kernel(
                     values[tile],
                     weights,
+                    covariates[tile],
+                    self.prefit,
                     part.start,
                     part.stop,
                     tile.start,
@@ -775,6 +842,7 @@ class _WeightedRegression:
                     twice,
                     mean,
                     m2,
+                    squares,
                 )
                 # Sums over the tile's cells by BLAS, then over the tiles in their order.
                 np.matmul(products[tile].T, squared[:size], out=tile_gram)
@@ -786,50 +854,63 @@ class _WeightedRegression:
         # (run_parts limits BLAS to one thread when the parts run in threads).
         run_parts(genes, _fixed_gene_parts(n_genes), self.n_jobs)
         self.gram_sums += gram
-        self.cross_sums += cross
+        self.residual_cross += cross
+        self.residual_sums += squares
         self.before.add_block(n_rows, mean, m2)
 
     def merge(self, other: _WeightedRegression) -> _WeightedRegression:
         self.gram_sums += other.gram_sums
-        self.cross_sums += other.cross_sums
+        self.residual_cross += other.residual_cross
+        self.residual_sums += other.residual_sums
         self.before.merge(other.before)
         return self
 
-    def coefficients(self) -> np.ndarray:
-        n_genes, n_cov = self.cross.shape
+    def _gram(self) -> np.ndarray:
+        """Genes x covariates x covariates weighted Gram matrices."""
+        n_genes, n_cov = self.gram_sums.shape[1], self.residual_cross.shape[0]
         gram = np.empty((n_genes, n_cov, n_cov))
         gram[:, self.upper[0], self.upper[1]] = gram[:, self.upper[1], self.upper[0]] = (
             self.gram_upper
         )
-        pinv, _ = pinv_psd(gram)
+        return gram
+
+    def coefficients(self) -> np.ndarray:
+        pinv, _ = pinv_psd(self._gram())
         return np.einsum("gij,gj->gi", pinv, self.cross)
 
+    def residual_squares(self, coefficients: np.ndarray) -> np.ndarray:
+        """Per gene: the sum over cells of the squared weighted residuals ``(w (y - c b))^2``.
 
-class _NormalisedSquares:
-    """Per-gene sums of squares of the normalised expression before the keepvar rescaling.
+        From this pass's sums, without a pass over the residuals: with ``e = b - b0``,
+        ``y - c b = d - c e`` and the sum expands to ``sum (w d)^2 - 2 e' sum w^2 c d +
+        e' (sum w^2 c c') e``. Its rounding error is about the machine epsilon times the
+        first sum over the result, near 1 when ``b0`` fits about as well as ``b``. As in
+        the tests, a result below ``ZERO_VARIANCE_RTOL`` of the sum of ``(w y)^2`` counts
+        as 0: the covariates explain the gene.
+        """
+        change = coefficients - self.prefit.T
+        fitted = np.einsum("gi,gij,gj->g", change, self._gram(), change)
+        squares = self.residual_sums - 2 * np.einsum("gi,ig->g", change, self.residual_cross)
+        squares += fitted
+        before = self.before
+        raw = before.m2 + before.count * np.square(before.mean)
+        return np.where(squares > ZERO_VARIANCE_RTOL * raw, squares, 0.0)
 
-    With ``out`` (an in-memory float64 array), the values are also written there.
-    """
+
+class _NormalisedWriter:
+    """Writes the normalised expression, before the keepvar rescaling, into ``out``."""
 
     def __init__(
-        self,
-        coefficients: np.ndarray,
-        scale: np.ndarray,
-        out: np.ndarray | None = None,
-        n_jobs: int = 1,
+        self, coefficients: np.ndarray, scale: np.ndarray, out: np.ndarray, n_jobs: int = 1
     ) -> None:
         self.coefficients = np.ascontiguousarray(coefficients.T)  # covariates x genes
         self.scale = np.ascontiguousarray(scale, dtype=np.float64)
         self.out, self.n_jobs = out, n_jobs
-        self.sum_squares = np.zeros(scale.size)
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
     ) -> None:
         values = _float_rows(block)
-        n_genes = values.shape[1]
-        out = None if self.out is None else self.out[rows]
-        squares = np.zeros(n_genes)
         _normalised_into(
             values,
             np.ascontiguousarray(covariates, dtype=np.float64),
@@ -837,14 +918,12 @@ class _NormalisedSquares:
             self.coefficients,
             self.scale,
             np.empty(0),
-            out,
-            squares,
+            self.out[rows],
+            np.zeros(values.shape[1]),
             self.n_jobs,
         )
-        self.sum_squares += squares
 
-    def merge(self, other: _NormalisedSquares) -> _NormalisedSquares:
-        self.sum_squares += other.sum_squares
+    def merge(self, other: _NormalisedWriter) -> _NormalisedWriter:
         return self
 
 
@@ -867,16 +946,17 @@ def fit_normalisation(
     the covariates, weighted the same way, is removed. With ``keepvar`` the residual
     is rescaled by ``(sd_before / rms_after) ** scale[x]``.
 
-    Two passes over the cells (the second only with ``keepvar`` or ``out``): per-gene
-    weighted Gram matrices, cross products and moments; then the sums of squares of
-    the weighted residuals. With ``out`` (in memory, float64, cells x genes) the second
-    pass also writes the normalised expression *before* the ``factor`` rescaling into
-    it: multiply by ``factor`` to finish (the values of :func:`normalised_block`, bit for
-    bit). Otherwise :func:`normalised_block` gives it block by block.
+    One pass over the cells: per-gene weighted Gram matrices, cross products and
+    moments, from which the coefficients and the residual sums of squares of the keepvar
+    rescaling follow (:class:`_WeightedRegression`, after a first fit on the first
+    cells). With ``out`` (in memory, float64, cells x genes) a second pass writes the
+    normalised expression *before* the ``factor`` rescaling into it: multiply by
+    ``factor`` to finish (the values of :func:`normalised_block`, bit for bit).
+    Otherwise :func:`normalised_block` gives it block by block.
 
     An expression whose sums over cells are not finite (NaN or infinite values) is
-    refused after the pass that finds them, by ``on_non_finite`` if given (it is meant
-    to raise), else by a ValueError.
+    refused after the first pass, by ``on_non_finite`` if given (it is meant to raise),
+    else by a ValueError.
     """
     n_cov = covariates.shape[1]
     n_jobs = _block_threads(expression)
@@ -892,27 +972,30 @@ def fit_normalisation(
         msg = "fit_normalisation: `out` must be a C-contiguous float64 array."
         raise ValueError(msg)
     regression = stream(
-        partial(_WeightedRegression, scale, n_cov, n_jobs),
+        partial(
+            _WeightedRegression,
+            scale,
+            n_cov,
+            n_jobs,
+            # the same cells whatever the blocks: the sums' rounding does not depend on them
+            prefit(expression, covariates),
+        ),
         desc="normvar: weighted regression",
     )
     _check_sums(
-        (regression.cross_sums, regression.before.mean, regression.before.m2), on_non_finite
+        (regression.residual_sums, regression.before.mean, regression.before.m2), on_non_finite
     )
     coefficients = regression.coefficients()
     factor = np.ones_like(scale)
-    if keepvar or out is not None:
-        squares = stream(
-            partial(_NormalisedSquares, coefficients, scale, out, n_jobs),
-            desc="normvar: residuals",
+    if keepvar:
+        rms_after = np.sqrt(regression.residual_squares(coefficients) / expression.shape[0])
+        sd_before = regression.before.std
+        ratio = np.divide(sd_before, rms_after, out=np.ones_like(rms_after), where=rms_after > 0)
+        factor = ratio**scale
+    if out is not None:
+        stream(
+            partial(_NormalisedWriter, coefficients, scale, out, n_jobs), desc="normvar: writing"
         )
-        _check_sums((squares.sum_squares,), on_non_finite)
-        if keepvar:
-            rms_after = np.sqrt(squares.sum_squares / expression.shape[0])
-            sd_before = regression.before.std
-            ratio = np.divide(
-                sd_before, rms_after, out=np.ones_like(rms_after), where=rms_after > 0
-            )
-            factor = ratio**scale
     return NormalisationFit(coefficients, scale, factor)
 
 
