@@ -169,25 +169,21 @@ def _log_weight_tile(log_weights, scale, g0, g1, out):
             row[g] = a * factors[g]
 
 
-def _weighted_tile(
-    values, weights, covariates, prefit, g0, g1, count, squared, twice, mean, m2, squares
-):
+def _weighted_tile(values, weights, fitted, g0, g1, count, squared, twice, mean, m2, squares):
     """Compute the weighted values of one tile, for the genes ``g0:g1``.
 
-    ``weights`` (tile rows x genes) holds ``w ** scale``; with ``d = y - c b0`` (``b0``:
-    the coefficients ``prefit``, covariates x genes), writes ``w^2`` into ``squared`` and
+    ``weights`` (tile rows x genes) holds ``w ** scale`` and ``fitted`` the values ``c b0``
+    of given coefficients; with ``d = y - c b0``, writes ``w^2`` into ``squared`` and
     ``w^2 d`` into ``twice`` (tile rows x genes), adds the rows of ``y w`` to the running
     moments ``mean``, ``m2`` of ``count`` rows before and the squares of ``w d`` to
     ``squares``.
     """
     n = g1 - g0
     weighted = np.empty(n)
-    fit = np.empty(n)
     means, m2s = mean[g0:g1], m2[g0:g1]
     partial = np.zeros(n)
     for r in range(values.shape[0]):
-        _fitted_row(covariates[r], prefit, g0, g1, fit)
-        y, w = values[r, g0:g1], weights[r]
+        y, w, fit = values[r, g0:g1], weights[r], fitted[r]
         w2, w2d = squared[r], twice[r]
         for g in range(n):
             a = w[g]
@@ -394,11 +390,13 @@ class _ScaledSums:
     """Per gene, sums over the cells of ``Y / s``: products with a design, and moments.
 
     ``(Y / s)' D`` with a cells x k design ``D`` (stored k x genes), and the moments of
-    ``Y / s`` (``s``: the cell scale), in one pass.
+    ``(Y - C b0) / s``, the residuals of given coefficients ``prefit`` (``b0``, covariates
+    x genes), in one pass (``s``: the cell scale).
     """
 
-    def __init__(self, n_genes: int, n_columns: int, n_jobs: int = 1) -> None:
+    def __init__(self, n_genes: int, n_columns: int, prefit: np.ndarray, n_jobs: int = 1) -> None:
         self.sums = np.zeros((n_columns, n_genes))
+        self.prefit = np.ascontiguousarray(prefit)
         self.moments = ColumnMoments(n_genes)
         self.n_jobs = n_jobs
 
@@ -408,26 +406,30 @@ class _ScaledSums:
         return self.sums.T
 
     def add(
-        self, rows: slice, block: np.ndarray, design_over_scale: np.ndarray, cell_scale: np.ndarray
+        self,
+        rows: slice,
+        block: np.ndarray,
+        design_over_scale: np.ndarray,
+        covariates: np.ndarray,
+        cell_scale: np.ndarray,
     ) -> None:
         # ``design_over_scale``: D / s, so that the sums of Y (D / s) are those of (Y / s) D.
         values = _float_rows(block)
         design = np.ascontiguousarray(design_over_scale)
+        covariates = np.ascontiguousarray(covariates)
         scale = _scale_or_empty(cell_scale)
         n_rows, n_genes = values.shape
         sums = np.zeros_like(self.sums)
         work = (np.zeros(n_genes), np.zeros(n_genes))
         add_rows, moments = _kernel("add_rows"), _kernel("moments")
-        # The moments kernel with no covariates: those of Y / s itself.
-        no_covariates, no_coefficients = np.empty((n_rows, 0)), np.empty((0, n_genes))
 
         def genes(part: slice) -> None:
             for tile in _row_tiles(n_rows):
                 add_rows(values[tile], part.start, design[tile], sums, part.start, part.stop)
                 moments(
                     values[tile],
-                    no_covariates[tile],
-                    no_coefficients,
+                    covariates[tile],
+                    self.prefit,
                     scale[tile] if scale.size else scale,
                     part.start,
                     part.stop,
@@ -450,27 +452,29 @@ def _residual_moments(
     design_mean: np.ndarray,
     centred_cross: np.ndarray,
     centred_gram: np.ndarray,
-    coefficients: np.ndarray,
+    change: np.ndarray,
+    raw: np.ndarray,
 ) -> ColumnMoments:
-    """Per gene: the moments of the residuals ``r = y - c b`` from those of ``y``.
+    """Per gene: the moments of the residuals ``r = r0 - c e`` from those of ``r0``.
 
     ``design_mean`` (k) is the mean of the design's rows ``c``; ``centred_cross`` (genes
-    x k) and ``centred_gram`` (k x k) are the sums over the cells of ``y (c - mean c)``
-    and ``(c - mean c) (c - mean c)'``; ``coefficients`` (k x genes) holds the ``b``.
-    Centred, so that a column of ones in the design adds nothing: the rounding error is
-    about the machine epsilon over the share of the variance left to the residuals, as
-    in a pass over them. A residual sum of squares below ``ZERO_VARIANCE_RTOL`` of that
-    of ``y`` is rounding and counts as 0.
+    x k) and ``centred_gram`` (k x k) are the sums over the cells of ``r0 (c - mean c)``
+    and ``(c - mean c) (c - mean c)'``; ``change`` (k x genes) holds the ``e``. With ``r0``
+    the residuals of coefficients near the final ones, ``e`` is small and the rounding
+    error is about the machine epsilon over the share of the variance left to the
+    residuals, as in a pass over them. A centred sum of squares below
+    ``ZERO_VARIANCE_RTOL`` of the gene's sum of squares ``raw`` counts as 0: the
+    covariates explain the gene.
     """
-    residual = ColumnMoments(coefficients.shape[1])
+    residual = ColumnMoments(change.shape[1])
     residual.count = moments.count
-    residual.mean = moments.mean - design_mean @ coefficients
+    residual.mean = moments.mean - design_mean @ change
     m2 = (
         moments.m2
-        - 2 * np.einsum("kg,gk->g", coefficients, centred_cross)
-        + np.einsum("kg,kl,lg->g", coefficients, centred_gram, coefficients)
+        - 2 * np.einsum("kg,gk->g", change, centred_cross)
+        + np.einsum("kg,kl,lg->g", change, centred_gram, change)
     )
-    residual.m2 = np.where(m2 > ZERO_VARIANCE_RTOL * moments.m2, m2, 0.0)
+    residual.m2 = np.where(m2 > ZERO_VARIANCE_RTOL * raw, m2, 0.0)
     return residual
 
 
@@ -546,22 +550,29 @@ def _log_rms_standardized_residuals(
     scaled_cov = covariates / cell_scale[:, None]
     design_mean = scaled_cov.mean(axis=0)
     centred = scaled_cov - design_mean
+    centred_gram = centred.T @ centred
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
+    first_fit = prefit(expression, covariates)
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
     # (Y / s)' (C / s - mean): the expression block is used as it is, divided by s with
     # the design. Sums over the centred design are those of the centred Y / s as well.
     sums = stream(
-        partial(_ScaledSums, n_genes, covariates.shape[1], n_jobs),
-        row_data=(centred / cell_scale[:, None], cell_scale),
+        partial(_ScaledSums, n_genes, covariates.shape[1], first_fit, n_jobs),
+        row_data=(centred / cell_scale[:, None], covariates, cell_scale),
         desc="variance fit: regression",
     )
-    centred_cross, scaled = sums.cross, sums.moments
-    _check_sums((centred_cross, scaled.mean, scaled.m2), on_non_finite)
+    centred_cross, first = sums.cross, sums.moments
+    _check_sums((centred_cross, first.mean, first.m2), on_non_finite)
     # (C / s)' (Y / s) = centred cross + n mean(C / s) mean(Y / s)'
-    cross = centred_cross + scaled.count * np.outer(scaled.mean, design_mean)
-    coefficients = pinv @ cross.T
+    scaled_mean = first.mean + design_mean @ first_fit
+    coefficients = pinv @ (centred_cross + first.count * np.outer(scaled_mean, design_mean)).T
+    # the same sums of the first fit's residuals (Y - C b0) / s
+    first_cross = centred_cross - (centred_gram @ first_fit).T
+    # the sum of squares of Y / s (about: only what counts as none of it is read off it)
+    explained = np.einsum("kg,kl,lg->g", first_fit, centred_gram, first_fit)
+    raw = first.m2 + explained + first.count * np.square(scaled_mean)
     moments = _residual_moments(
-        scaled, design_mean, centred_cross, centred.T @ centred, coefficients
+        first, design_mean, first_cross, centred_gram, coefficients - first_fit, raw
     )
     return stream(
         partial(_LogRmsPerCell, coefficients, moments, n_jobs),
@@ -825,16 +836,17 @@ class _WeightedRegression:
             width = part.stop - part.start
             buffer = np.empty((n_tile, width))
             squared, twice = np.empty((n_tile, width)), np.empty((n_tile, width))
+            fitted = np.empty((n_tile, width))
             tile_gram = np.empty((gram.shape[0], width))
             tile_cross = np.empty((cross.shape[0], width))
             for tile in _row_tiles(n_rows, REGRESSION_ROWS):
                 size = tile.stop - tile.start
                 weights = _gene_weights(log_weights[tile], self.scale, part, buffer)
+                np.matmul(covariates[tile], self.prefit[:, part], out=fitted[:size])
                 kernel(
                     values[tile],
                     weights,
-                    covariates[tile],
-                    self.prefit,
+                    fitted,
                     part.start,
                     part.stop,
                     tile.start,
