@@ -162,6 +162,25 @@ def first_touch_seconds_per_gb(megabytes: int = 256) -> float:
     return (time.perf_counter() - start) * GB / (megabytes * MB)
 
 
+#: Where Linux drops its page cache on request (root only).
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def can_drop_page_cache() -> bool:
+    """Whether this process may drop the page cache (Linux, as root)."""
+    return DROP_CACHES.exists() and os.access(DROP_CACHES, os.W_OK)
+
+
+def drop_page_cache() -> None:
+    """Write dirty pages back and drop the clean page cache: files are read from disk again.
+
+    For runs that should each start with their data on disk, whatever the runs before
+    them read (see :func:`can_drop_page_cache`).
+    """
+    os.sync()
+    DROP_CACHES.write_text("1\n")
+
+
 def set_threads(threads: int | None) -> None:
     """Limit the BLAS/OpenMP threads of this process and of the processes it starts."""
     if threads is None:

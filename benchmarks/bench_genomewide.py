@@ -9,7 +9,9 @@ a CSR h5ad file in ``--workdir`` with as many cells as the largest size asked fo
 size on disk is estimated first from a 2,000-cell pilot (about 8 bytes per nonzero:
 float32 values and int32 gene indices) and checked against the free space.
 
-Then, in a fresh Python process per size reading the first ``n`` cells of that file
+Then, in a fresh Python process per size (with ``--drop-caches``, after dropping the
+page cache, so that every size reads its cells from disk whatever earlier runs left in
+memory) reading the first ``n`` cells of that file
 lazily (X a dask array of CSR blocks read from disk, never dense, never whole in
 memory): ``nsc.pp.normalize`` (read-count QC, outliers removed, replicate covariate)
 and ``nsc.tl.de(design='low_moi', reference='non-targeting')``, the normalised layers
@@ -293,11 +295,19 @@ def main() -> None:
         help="cells of the screen file (default the largest size); sizes read its first "
         "cells, so one cached 1M-cell file serves every smaller size",
     )
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before every run (Linux, as root), so that each size "
+        "starts with its cells on disk whatever the runs before it read",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated screen")
     parser.add_argument(
         "--json", type=Path, default=None, help="also write every run's figures to this file"
     )
     args = parser.parse_args()
+    if args.drop_caches and not h.can_drop_page_cache():
+        parser.error(f"--drop-caches: cannot write {h.DROP_CACHES} (Linux, as root).")
     h.set_threads(args.threads)
     repeat = h.repeats(args)
     sizes = args.cells or ([1000, 2000] if args.quick else [125_000, 250_000, 500_000, 1_000_000])
@@ -331,6 +341,7 @@ def main() -> None:
         chunk_size=chunk_size or nsc.settings.block_cells,
         n_jobs=nsc.settings.n_jobs,
         BLAS_threads=args.threads or "default",
+        page_cache="dropped before every run" if args.drop_caches else "as found",
     )
     warm_up = replace(QUICK_LOW_MOI, n_cells=PILOT_CELLS).path(args.workdir)
     low_moi_file(replace(QUICK_LOW_MOI, n_cells=PILOT_CELLS), args.workdir)
@@ -342,7 +353,15 @@ def main() -> None:
             "warm_up": str(warm_up),
             "chunk_size": chunk_size,
         }
-        return partial(h.in_child, measure, spec, cap=args.cap)
+        run = partial(h.in_child, measure, spec, cap=args.cap)
+        if not args.drop_caches:
+            return run
+
+        def from_disk():
+            h.drop_page_cache()
+            return run()
+
+        return from_disk
 
     scaling = {}
     for n_cells in sizes:  # one size after the other: the largest ones take the longest

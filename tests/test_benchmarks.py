@@ -105,6 +105,16 @@ def test_first_touch_is_measured():
     assert 0 < h.first_touch_seconds_per_gb(16) < 60
 
 
+def test_page_cache_drop_is_asked_of_the_kernel(monkeypatch, tmp_path):
+    request = tmp_path / "drop_caches"
+    monkeypatch.setattr(h, "DROP_CACHES", request)
+    assert not h.can_drop_page_cache()  # no such file: refused before any run
+    request.write_text("0\n")
+    assert h.can_drop_page_cache()
+    h.drop_page_cache()
+    assert request.read_text() == "1\n"  # clean page cache only
+
+
 def test_timed_caps_a_long_call():
     run = h.timed(time.sleep, 5, cap=0.2)
     assert run.capped
