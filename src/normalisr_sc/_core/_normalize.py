@@ -897,8 +897,8 @@ class _WeightedRegression:
         ``y - c b = d - c e`` and the sum expands to ``sum (w d)^2 - 2 e' sum w^2 c d +
         e' (sum w^2 c c') e``. Its rounding error is about the machine epsilon times the
         first sum over the result, near 1 when ``b0`` fits about as well as ``b``. As in
-        the tests, a result below ``ZERO_VARIANCE_RTOL`` of the sum of ``(w y)^2`` counts
-        as 0: the covariates explain the gene.
+        the association tests, a result below ``ZERO_VARIANCE_RTOL`` of the sum of
+        ``(w y)^2`` counts as 0: the covariates explain the gene.
         """
         change = coefficients - self.prefit.T
         fitted = np.einsum("gi,gij,gj->g", change, self._gram(), change)
