@@ -226,16 +226,17 @@ def print_extrapolation(largest: tuple | None) -> None:
     if largest is None:
         return
     n_cells, per_cell, peak_mb, cpu_per_cell = largest
-    for target in EXTRAPOLATE:
+    for target in (size for size in EXTRAPOLATE if size > n_cells):
         print(
             f"extrapolated from {n_cells} cells (time per cell constant): {target} cells in "
             f"{per_cell * target / 60:.0f} min, {cpu_per_cell * target / 60:.0f} CPU-minutes "
             f"(on {h.cores()} idle cores: between {cpu_per_cell * target / 60 / h.cores():.0f} "
             f"and {cpu_per_cell * target / 60:.0f} min)"
         )
+    how = "measured" if n_cells == 1_000_000 else "extrapolated"
     print(
         f"targets at 1M cells: <= {TARGET_SECONDS // 60} min "
-        f"{h.yes(per_cell * 1_000_000 <= TARGET_SECONDS)} (extrapolated); peak RSS <= "
+        f"{h.yes(per_cell * 1_000_000 <= TARGET_SECONDS)} ({how}); peak RSS <= "
         f"{TARGET_PEAK_GB} GB at {n_cells} cells {h.yes(peak_mb * h.MB <= TARGET_PEAK_GB * h.GB)} "
         "(measured; it grows with genes x groups, not only with cells)"
     )
