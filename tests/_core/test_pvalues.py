@@ -57,6 +57,25 @@ def test_bh_qvalues_match_scipy():
     np.testing.assert_allclose(q[10:], stats.false_discovery_control(with_nan[10:]), rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_bh_qvalues_with_mostly_missing_values():
+    """Rows of mostly NaN (a genome-wide pair QC), all NaN, and NaN beside infinity."""
+    rng = np.random.default_rng(5)
+    pvals = rng.uniform(size=(4, 400))
+    pvals[rng.random(pvals.shape) < 0.7] = np.nan
+    pvals[1] = np.nan
+    pvals[2, :5] = np.inf  # not a p-value, but kept apart from the missing values
+    q = bh_qvalues(pvals, axis=1)
+    assert np.isnan(q[1]).all()
+    for row, qrow in zip(pvals[[0, 2, 3]], q[[0, 2, 3]], strict=True):
+        kept = ~np.isnan(row)
+        assert np.isnan(qrow[~kept]).all()
+        finite = np.isfinite(row[kept])
+        expected = stats.false_discovery_control(np.where(finite, row[kept], 1.0))
+        np.testing.assert_allclose(qrow[kept][finite], expected[finite], rtol=1e-12)
+    np.testing.assert_array_equal(q[2, :5], 1.0)
+
+
 def test_bh_qvalues_do_not_depend_on_the_order_of_ties():
     """Tied p-values get one q-value, and permuting the input permutes the q-values
     bit for bit (the sort is not stable)."""

@@ -834,19 +834,25 @@ def association_pvalues(
 def bh_qvalues(pvals: np.ndarray, axis: int = -1) -> np.ndarray:
     """Benjamini-Hochberg q-values along ``axis`` (NaN entries are ignored)."""
     pvals = np.moveaxis(np.asarray(pvals, dtype=np.float64), axis, -1)
+    missing = np.isnan(pvals)
+    n_valid = (~missing).sum(axis=-1, keepdims=True)
+    # NaN sorts last, as infinity does; numpy sorts floats holding NaN several times more
+    # slowly (argsort: 53 against 8 ms per 2M values, 70% of them NaN), so NaN is sorted
+    # as infinity unless infinity is among the values (it would tie with it).
+    if missing.any() and not np.isposinf(pvals).any():
+        pvals = np.where(missing, np.inf, pvals)
     # The sorted values come from a sort (cheaper than gathering them through the
     # order), and the order need not be stable: tied p-values get the same q-value
     # whatever their order (the minimum from the last of them on), so the result is
     # the same as with a stable order.
     order = np.argsort(pvals, axis=-1)
     ranked = np.sort(pvals, axis=-1)
-    n_valid = (~np.isnan(ranked)).sum(axis=-1, keepdims=True)
     position = np.arange(1, ranked.shape[-1] + 1)
-    adjusted = ranked * n_valid / position
-    adjusted = np.minimum.accumulate(np.nan_to_num(adjusted, nan=np.inf)[..., ::-1], axis=-1)[
-        ..., ::-1
-    ]
-    adjusted = np.where(np.isnan(ranked), np.nan, np.minimum(adjusted, 1.0))
+    valid = position <= n_valid  # the missing values rank last
+    with np.errstate(invalid="ignore"):  # inf x 0 in a row of missing values only
+        adjusted = np.where(valid, ranked * n_valid / position, np.inf)
+    adjusted = np.minimum.accumulate(adjusted[..., ::-1], axis=-1)[..., ::-1]
+    adjusted = np.where(valid, np.minimum(adjusted, 1.0), np.nan)
     out = np.empty_like(adjusted)
     np.put_along_axis(out, order, adjusted, axis=-1)
     return np.moveaxis(out, -1, axis)
