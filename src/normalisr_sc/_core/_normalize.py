@@ -764,16 +764,17 @@ def normalised_block(
     return out
 
 
-#: Cells of the first fit of the weighted regression (see :class:`_WeightedRegression`).
+#: Cells of the first fits of the variance fit and of normvar (:func:`prefit`).
 PREFIT_CELLS = 1024
 
 
 def prefit(expression: RowSliceable, covariates: np.ndarray) -> np.ndarray:
     """Least-squares coefficients (covariates x genes) of the genes on the first cells.
 
-    Any coefficients serve :class:`_WeightedRegression`; these leave residuals about
-    as small as the final fit's. Values that are not finite give coefficients of 0 (the
-    pass refuses them).
+    Any coefficients serve :class:`_ScaledSums` and :class:`_WeightedRegression`, whose
+    sums are taken of the residuals of these; these leave residuals about as small as
+    the final fit's, so that the sums lose no digits to what the covariates explain.
+    Values that are not finite give coefficients of 0 (the pass refuses them).
     """
     rows = slice(0, min(PREFIT_CELLS, expression.shape[0]))
     first = float_block(row_block(expression, rows))
