@@ -166,7 +166,12 @@ def test_residual_moments_of_the_variance_fit_without_a_pass_over_them(uniform, 
     original = _normalize._LogRmsPerCell
     monkeypatch.setattr(_normalize, "_LogRmsPerCell", keep)
     _normalize._log_rms_standardized_residuals(
-        expression, covariates, cell_scale, block_cells=256, progress=no_progress
+        expression,
+        covariates,
+        cell_scale,
+        first_fit=_normalize.prefit(expression, covariates),
+        block_cells=256,
+        progress=no_progress,
     )
     scaled_y, scaled_c = expression / cell_scale[:, None], covariates / cell_scale[:, None]
     coefficients = np.linalg.lstsq(scaled_c, scaled_y, rcond=None)[0]

@@ -533,6 +533,7 @@ def _log_rms_standardized_residuals(
     covariates: np.ndarray,
     cell_scale: np.ndarray,
     *,
+    first_fit: np.ndarray,
     block_cells: int,
     progress: Progress,
     on_non_finite: Callable[[], object] | None = None,
@@ -543,7 +544,8 @@ def _log_rms_standardized_residuals(
     (weighted least squares when the scale is not uniform). Two passes over the cells:
     the regression and the residual spread per gene (from the same sums), then the
     spread per cell. The expression is refused after the first when sums over it are
-    not finite (:func:`_check_sums`).
+    not finite (:func:`_check_sums`). ``first_fit``: the coefficients of :func:`prefit`,
+    whose residuals the sums are taken of (the same whatever the cell scale).
     """
     n_genes = expression.shape[1]
     n_jobs = _block_threads(expression)
@@ -552,7 +554,6 @@ def _log_rms_standardized_residuals(
     centred = scaled_cov - design_mean
     centred_gram = centred.T @ centred
     pinv, _ = pinv_psd(scaled_cov.T @ scaled_cov)
-    first_fit = prefit(expression, covariates)
     stream = partial(accumulate, matrix=expression, block_cells=block_cells, progress=progress)
     # (Y / s)' (C / s - mean): the expression block is used as it is, divided by s with
     # the design. Sums over the centred design are those of the centred Y / s as well.
@@ -606,11 +607,13 @@ def cell_weights(
     scale = np.ones(n_cells)
     best_scale, best_change = scale, np.inf
     steps = 0
+    first_fit = prefit(expression, covariates)  # read once for all the steps
     while steps < stepmax and best_change > eps:
         log_rms = _log_rms_standardized_residuals(
             expression,
             covariates,
             scale,
+            first_fit=first_fit,
             block_cells=block_cells,
             progress=progress,
             on_non_finite=on_non_finite,
@@ -816,8 +819,11 @@ class _WeightedRegression:
     @property
     def cross(self) -> np.ndarray:
         """Genes x covariates weighted cross products ``sum w^2 c y``."""
+        return self._cross(self._gram())
+
+    def _cross(self, gram: np.ndarray) -> np.ndarray:
         # sum w^2 c y = sum w^2 c d + (sum w^2 c c') b0
-        return self.residual_cross.T + np.einsum("gij,jg->gi", self._gram(), self.prefit)
+        return self.residual_cross.T + np.einsum("gij,jg->gi", gram, self.prefit)
 
     def add(
         self, rows: slice, block: np.ndarray, covariates: np.ndarray, log_weights: np.ndarray
@@ -888,8 +894,9 @@ class _WeightedRegression:
         return gram
 
     def coefficients(self) -> np.ndarray:
-        pinv, _ = pinv_psd(self._gram())
-        return np.einsum("gij,gj->gi", pinv, self.cross)
+        gram = self._gram()
+        pinv, _ = pinv_psd(gram)
+        return np.einsum("gij,gj->gi", pinv, self._cross(gram))
 
     def residual_squares(self, coefficients: np.ndarray) -> np.ndarray:
         """Per gene: the sum over cells of the squared weighted residuals ``(w (y - c b))^2``.
