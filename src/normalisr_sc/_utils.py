@@ -12,10 +12,10 @@ from scipy import sparse
 from ._core._blocks import (
     canonical,
     count_non_finite,
+    count_non_finite_in,
     is_canonical,
     materialize,
     row_block,
-    row_slices,
 )
 from ._core._checks import name_source
 from ._core._reduce import is_dask
@@ -93,11 +93,11 @@ def input_matrix(
     backed on disk. Otherwise it is returned in memory (CSC converted to CSR unless
     ``keep_format``).
 
-    With ``finite_in_sums`` an in-memory matrix is not checked here: the step's kernel
-    finds NaN and infinity in the sums its pass makes anyway (every cell's squares;
-    :func:`~._core._checks.check_finite_sums`), and names the matrix as it is named here
-    (:func:`~._core._checks.name_source`). Streamed matrices are checked block by block
-    as always.
+    With ``finite_in_sums`` the matrix, in memory or streamed, is not checked here: the
+    step's kernel finds NaN and infinity in the sums its pass makes anyway (every cell's
+    squares; :func:`~._core._checks.check_finite_sums`) before the step writes anything,
+    and names the matrix as it is named here (:func:`~._core._checks.name_source`).
+    Streamed, that saves a read of every block in every pass.
     """
     check_bool("chunked", chunked, allow_none=True)
     size = chunk_cells(chunk_size)
@@ -114,14 +114,18 @@ def input_matrix(
             "or load the data into memory first (`adata.to_memory()`)."
         )
         raise ValueError(msg)
+
+    def checked(value: T) -> T:
+        if finite_in_sums:
+            name_source(value, source)
+            return value
+        return checked_finite(value, source, fix)
+
     if not (chunked or lazy):
         in_memory = (
             canonical_copy(matrix, source) if keep_format else canonical_rows(matrix, source)
         )
-        if finite_in_sums:
-            name_source(in_memory, source)
-            return in_memory, size
-        return checked_finite(in_memory, source, fix), size
+        return checked(in_memory), size
     if backed:
         from anndata.experimental import read_elem_lazy
 
@@ -130,7 +134,7 @@ def input_matrix(
         if adata.is_view:
             # anndata keeps a view's cell and gene selection in these two indices.
             lazy = lazy[adata._oidx][:, adata._vidx].rechunk((size, -1))
-        return checked_finite(lazy, source, fix), size
+        return checked(lazy), size
     import dask.array as da
 
     if is_dask(matrix):
@@ -143,11 +147,16 @@ def input_matrix(
                 dtype=matrix.dtype,
                 meta=sparse.csr_matrix((0, 0), dtype=matrix.dtype),
             )
-        return checked_finite(matrix.rechunk((size, -1)), source, fix), size
-    in_memory = checked_finite(canonical_rows(matrix, source), source, fix)
+        return checked(matrix.rechunk((size, -1))), size
+    # In memory: checked now (not in every pass), or named for the kernels' sums.
+    in_memory = canonical_rows(matrix, source)
+    if not finite_in_sums:
+        in_memory = checked_finite(in_memory, source, fix)
     meta = in_memory[:0, :0] if is_sparse(in_memory) else np.empty((0, 0), in_memory.dtype)
-    blocks = _RowBlocks(in_memory)
-    return da.from_array(blocks, chunks=(size, -1), name=False, meta=meta), size
+    streamed = da.from_array(_RowBlocks(in_memory), chunks=(size, -1), name=False, meta=meta)
+    if finite_in_sums:
+        name_source(streamed, source)
+    return streamed, size
 
 
 def check_real_matrix(matrix, source: str, what: str = "values") -> None:
@@ -215,7 +224,7 @@ def canonical_copy(
     return canonical(matrix)
 
 
-def _non_finite_message(where: str, count: int, fix: str) -> str:
+def non_finite_message(where: str, count: int, fix: str) -> str:
     return f"{where} contains NaN or infinite values ({count} of them); " + (
         fix or "repair or remove them before this step."
     )
@@ -224,7 +233,7 @@ def _non_finite_message(where: str, count: int, fix: str) -> str:
 def _checked_block(block: T, where: str, fix: str) -> T:
     count = count_non_finite(block)
     if count:
-        raise ValueError(_non_finite_message(where, count, fix))
+        raise ValueError(non_finite_message(where, count, fix))
     return block
 
 
@@ -243,19 +252,17 @@ def checked_finite(value: T, where: str, fix: str = "") -> T:
             _checked_block, value, where=where, fix=fix, dtype=value.dtype, meta=value._meta
         )
         return cast("T", checked)  # a dask array, as ``value`` is
+    count: int | None
     if isinstance(value, pd.DataFrame | pd.Series):
         count = count_non_finite(value.to_numpy(dtype=np.float64, na_value=np.nan))
     elif is_sparse(value):
         count = count_non_finite(value)  # the stored values only, never a copy of them
     elif isinstance(value, np.ndarray) and value.ndim == 2:
-        block_rows = settings.block_cells
-        count = sum(
-            count_non_finite(value[rows]) for rows in row_slices(value.shape[0], block_rows)
-        )
+        count = count_non_finite_in(value, settings.block_cells)
     else:
         count = count_non_finite(value)
     if count:
-        raise ValueError(_non_finite_message(where, count, fix))
+        raise ValueError(non_finite_message(where, count, fix))
     return value
 
 

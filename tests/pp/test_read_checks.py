@@ -64,12 +64,15 @@ def test_non_finite_lcpm_layer(weighted, function, bad, lazy):
     )
 
 
+@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("function", [nsc.pp.compute_var, nsc.pp.normvar])
-def test_lcpm_layer_overflowing_the_sums(weighted, function):
+def test_lcpm_layer_overflowing_the_sums(weighted, function, lazy):
     """Finite values whose squares overflow float64: refused through the passes' sums."""
     layer = np.array(weighted.layers["lcpm"])
     layer[5, 3] = 1e300
     weighted.layers["lcpm"] = layer
+    if lazy:
+        _lazy(weighted, "lcpm")
     assert_fails(weighted, function, r"adata.layers\['lcpm'\] holds values so large")
 
 

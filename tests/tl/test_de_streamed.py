@@ -3,6 +3,8 @@ equals the in-memory path; the kernels' range-wise finishing and the large-Gram 
 
 from __future__ import annotations
 
+from functools import partial
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -137,3 +139,32 @@ def test_large_gram_inverse_is_the_pseudo_inverse(eigenvalues, rank):
     expected, expected_rank = pinv_psd(gram)
     assert found == expected_rank == rank
     np.testing.assert_allclose(pinv, expected, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.nan, r"contains NaN or infinite values \(1 of them\)"),
+        (1e300, r"holds values so large that their sums of squares overflow"),
+    ],
+)
+@pytest.mark.parametrize("how", ["dask", "chunked"])
+@pytest.mark.parametrize("design", [*KERNELS, "coex"])
+def test_streamed_layer_refused_through_the_sums(design, how, bad, message):
+    """Streamed, the kernels' sums find what the layer holds, before anything changes.
+
+    The layer's blocks are not read once more to check them first; the refusal reads the
+    layer again to tell NaN and infinity from finite values whose squares overflow.
+    """
+    adata = _adata("low_moi" if design == "coex" else design)
+    layer = np.array(adata.layers["normalisr"])
+    layer[200, 7] = bad
+    adata.layers["normalisr"] = da.from_array(layer, chunks=(CHUNK, -1)) if how == "dask" else layer
+    before = adata.copy()
+    if design == "coex":
+        run = partial(nsc.tl.coex, adata, chunked=True, chunk_size=CHUNK)
+    else:
+        run = partial(nsc.tl.de, adata, "guides", design=design, chunked=True, chunk_size=CHUNK)
+    with pytest.raises(ValueError, match=r"adata.layers\['normalisr'\] " + message):
+        run()
+    assert_unchanged(before, adata)

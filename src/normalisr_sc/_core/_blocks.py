@@ -44,6 +44,26 @@ def count_non_finite(values: ArrayLike | SparseMatrix) -> int:
     return _count_non_finite(array)
 
 
+def count_non_finite_in(matrix: object, block_rows: int = 4096) -> int | None:
+    """Count the NaN or infinite values of a cells x genes matrix without copying it whole.
+
+    In memory, a dense array is read ``block_rows`` rows at a time (sparse: its stored
+    values); a dask array is computed block by block. Returns None for anything else
+    (e.g. a dataset on disk), whose values are not counted here.
+    """
+    if getattr(matrix, "ndim", 0) != 2:
+        return None
+    if is_sparse(matrix):
+        return count_non_finite(matrix)
+    if isinstance(matrix, np.ndarray):
+        return sum(count_non_finite(matrix[rows]) for rows in row_slices(len(matrix), block_rows))
+    numblocks = getattr(matrix, "numblocks", None)
+    if numblocks is not None and hasattr(matrix, "compute"):
+        blocks = matrix.blocks  # type: ignore[attr-defined]
+        return sum(count_non_finite(blocks[index].compute()) for index in np.ndindex(*numblocks))
+    return None
+
+
 def _count_non_finite(values: np.ndarray) -> int:
     if values.dtype.kind not in "fc" or values.size == 0:
         return 0

@@ -7,8 +7,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from .._types import is_sparse
-from ._blocks import count_non_finite, row_slices
+from ._blocks import count_non_finite_in
 
 #: A residual sum of squares below this fraction of the raw sum of squares is zero.
 ZERO_VARIANCE_RTOL = 1e-9
@@ -71,12 +70,12 @@ def check_finite_sums(
 def raise_non_finite(what: str = "normalised expression", matrix: object = None) -> NoReturn:
     """Refuse ``matrix``, whose sums were found not finite, naming why and the fix.
 
-    An in-memory matrix is read again to tell NaN or infinite values from finite values
-    so large that their squares overflow.
+    The matrix (in memory or dask) is read again to tell NaN or infinite values from
+    finite values so large that their squares overflow.
     """
     rerun = "nsc.pp.lcpm" if what == "log CPM" else "nsc.pp.normvar"
     name = source_name(matrix, f"the {what}")
-    count = _count_non_finite(matrix)
+    count = count_non_finite_in(matrix)
     if count == 0:
         msg = (
             f"{name} holds values so large that their sums of squares overflow float64; "
@@ -89,16 +88,3 @@ def raise_non_finite(what: str = "normalised expression", matrix: object = None)
         f"finite {what} (rerun `{rerun}`)."
     )
     raise ValueError(msg)
-
-
-def _count_non_finite(matrix: object) -> int | None:
-    """Non-finite values of an in-memory matrix, block by block; None if not in memory."""
-    if matrix is None or not hasattr(matrix, "shape") or hasattr(matrix, "compute"):
-        return None
-    if getattr(matrix, "ndim", 0) != 2 or not hasattr(matrix, "__getitem__"):
-        return None
-    if is_sparse(matrix):
-        return count_non_finite(matrix)
-    if not isinstance(matrix, np.ndarray):
-        return None
-    return sum(count_non_finite(matrix[rows]) for rows in row_slices(matrix.shape[0], 4096))

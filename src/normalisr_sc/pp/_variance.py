@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._blocks import float_block, row_block, row_slices
+from .._core._blocks import count_non_finite_in, float_block, row_block, row_slices
 from .._core._moments import in_parts
 from .._core._normalize import (
     NormalisationFit,
@@ -20,15 +20,16 @@ from .._core._normalize import (
 from .._core._reduce import is_dask, thread_count
 from .._docs import doc_chunked_layer, doc_params
 from .._progress import progress
+from .._settings import settings
 from .._store import check_writable, side_key, store, written_key
 from .._utils import (
     FLOAT_TYPES,
-    checked_finite,
     covariate_frame,
     float_dtype,
     input_matrix,
     logger,
     matrix_name,
+    non_finite_message,
     numeric_values,
     require,
 )
@@ -75,14 +76,16 @@ def _expression_and_covariates(
 def _refuser(expression: InputMatrix, layer: str) -> Callable[[], NoReturn]:
     """Return what refuses ``expression`` when the sums of a pass over it are not finite.
 
-    The values are counted then, and the message is that of every step's input check.
+    The values are counted then (in memory or block by block when streamed), and the
+    message is that of every step's input check.
     """
 
     def refuse() -> NoReturn:
         where = matrix_name(layer)
-        checked_finite(
-            expression, where, "log CPM must be finite: repair or remove those entries first."
-        )
+        count = count_non_finite_in(expression, settings.block_cells)
+        if count:
+            fix = "log CPM must be finite: repair or remove those entries first."
+            raise ValueError(non_finite_message(where, count, fix))
         msg = (
             f"{where} holds values so large that sums of their squares overflow float64; "
             "the log CPM of `nsc.pp.lcpm` is needed."
